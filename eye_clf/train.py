@@ -1,0 +1,229 @@
+"""Training: one ``fit`` loop (AdamW, one-cycle LR, early stopping on validation loss, best-val-loss weights),
+scoring, and checkpoints that hold weights + architecture + preprocessing + metrics + config."""
+import json
+import os
+import tempfile
+import time
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+import torch.nn.functional as F
+from tqdm.auto import tqdm
+
+from . import data, metrics
+from .models import build_model
+
+CHECKPOINT_FORMAT = "eye_clf/1"
+
+
+@dataclass
+class TrainConfig:
+    arch: str = "eyenet"
+    method: str = "finetune"
+    weights: str | None = None   # None, "imagenet" or a local state-dict path
+    width: int = 16              # eyenet width
+    dropout: float = 0.0
+    input_size: int | None = None  # resize inside the model (None: the arch's default)
+    epochs: int = 40
+    batch_size: int = 64
+    lr: float = 3e-3
+    weight_decay: float = 5e-4
+    label_smoothing: float = 0.0
+    augment: float = 1.0         # augmentation strength (0: none)
+    invert: float = 0.0          # probability of inverting colours during training
+    patience: int = 10           # early stopping: epochs without a better validation loss
+    tta: bool = False            # average the logits of the image and its mirror at prediction time
+    seed: int = 0
+    device: str = "auto"
+
+    @classmethod
+    def from_dict(cls, d):
+        known = {f.name for f in fields(cls)}
+        unknown = set(d) - known
+        if unknown:
+            raise ValueError(f"unknown config key(s): {sorted(unknown)}")
+        return cls(**d)
+
+
+def device_of(name="auto"):
+    return torch.device("cuda" if name == "auto" and torch.cuda.is_available() else
+                        "cpu" if name == "auto" else name)
+
+
+def seed_everything(seed):
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def model_spec(cfg):
+    """The builder arguments that rebuild the architecture (without downloading weights)."""
+    return dict(arch=cfg.arch, width=cfg.width, dropout=cfg.dropout, input_size=cfg.input_size,
+                pretrained_layout=cfg.weights is not None)
+
+
+@torch.inference_mode()
+def logits(model, x, batch_size=1024, tta=False):
+    """Logits of a normalized N x 1 x 24 x 24 tensor, batched, on the model's device; tta adds the mirror."""
+    model.eval()
+    dev = next(model.parameters()).device
+    out = []
+    for xb in torch.split(x, batch_size):
+        xb = xb.to(dev, non_blocking=True)
+        z = model(xb)
+        if tta:
+            z = (z + model(xb.flip(-1))) / 2
+        out.append(z.float().cpu())
+    return torch.cat(out) if out else torch.empty(0)
+
+
+def scores(model, images, batch_size=1024, tta=False):
+    """P(open) for uint8 N x 24 x 24 images."""
+    return torch.sigmoid(logits(model, data.to_tensor(images), batch_size, tta)).numpy()
+
+
+def _bce(z, y, smoothing):
+    return F.binary_cross_entropy_with_logits(z, y * (1 - smoothing) + smoothing / 2)
+
+
+def _epoch_metrics(prefix, loss, y, p):
+    return {f"{prefix}_loss": loss, f"{prefix}_accuracy": metrics.accuracy(y, p),
+            f"{prefix}_eer": metrics.eer(y, p)[0]}
+
+
+def fit(images, targets, train_idx, val_idx, cfg=TrainConfig(), progress=True):
+    """Train on ``train_idx``, select the epoch of best validation loss on ``val_idx``.
+
+    Returns ``(model, history)``: the model holds the best-validation-loss weights; history is one dict per epoch
+    (train/val loss, accuracy, EER, learning rate, seconds).
+    """
+    seed_everything(cfg.seed)
+    dev = device_of(cfg.device)
+    model = build_model(cfg.arch, cfg.method, cfg.weights, cfg.width, cfg.dropout, cfg.input_size).to(dev)
+    train_set = data.EyeDataset(images[train_idx], targets[train_idx],
+                                data.augmentation(cfg.augment, cfg.invert) if cfg.augment else None)
+    loader = torch.utils.data.DataLoader(train_set, cfg.batch_size, shuffle=True, drop_last=True,
+                                         generator=torch.Generator().manual_seed(cfg.seed))
+    params = [p for p in model.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, cfg.lr, total_steps=cfg.epochs * len(loader))
+    x_val = data.to_tensor(images[val_idx])
+    y_val = targets[val_idx]
+    amp = dict(device_type=dev.type, dtype=torch.bfloat16, enabled=dev.type == "cuda")
+    history, best_loss, best_state, stale = [], float("inf"), None, 0
+    bar = tqdm(range(cfg.epochs), desc=f"{cfg.arch}/{cfg.method}", disable=not progress, leave=False)
+    for epoch in bar:
+        t0 = time.perf_counter()
+        model.train()
+        total, ys, ps = 0.0, [], []
+        for xb, yb in loader:
+            xb, yb = xb.to(dev, non_blocking=True), yb.to(dev, non_blocking=True)
+            with torch.autocast(**amp):
+                z = model(xb).float()
+            loss = _bce(z, yb, cfg.label_smoothing)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            sched.step()
+            total += loss.item() * len(yb)
+            ys.append(yb.cpu().numpy())
+            ps.append(torch.sigmoid(z.detach()).cpu().numpy())
+        y_tr, p_tr = np.concatenate(ys), np.concatenate(ps)
+        z_val = logits(model, x_val, tta=cfg.tta)
+        val_loss = _bce(z_val, torch.as_tensor(y_val, dtype=torch.float32), cfg.label_smoothing).item()
+        row = dict(epoch=epoch + 1, lr=sched.get_last_lr()[0],
+                   **_epoch_metrics("train", total / len(y_tr), y_tr, p_tr),
+                   **_epoch_metrics("val", val_loss, y_val, torch.sigmoid(z_val).numpy()),
+                   seconds=time.perf_counter() - t0)
+        history.append(row)
+        bar.set_postfix(val_loss=f"{val_loss:.4f}", val_eer=f"{row['val_eer']:.4f}")
+        if val_loss < best_loss:
+            best_loss, stale = val_loss, 0
+            best_state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
+        else:
+            stale += 1
+            if stale >= cfg.patience:
+                break
+    model.load_state_dict(best_state)
+    return model, history
+
+
+def checkpoint(model, cfg, metrics_=None, history=None):
+    """A plain-types dict (loadable with ``torch.load(weights_only=True)``) describing a trained model."""
+    best = min(history, key=lambda r: r["val_loss"]) if history else None
+    return {
+        "format": CHECKPOINT_FORMAT,
+        "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
+        "model": model_spec(cfg),
+        "preprocessing": dict(size=data.IMG_SIZE, mode="L", resize="bilinear, antialiased",
+                              mean=data.MEAN, std=data.STD, tta=cfg.tta),
+        "weights": cfg.weights or "random init",
+        "metrics": metrics_ or {},
+        "best_epoch": best["epoch"] if best else None,
+        "config": asdict(cfg),
+    }
+
+
+def atomic_write(path, write):
+    """Call ``write(tmp_path)`` then move the file into place, so ``path`` is never half-written."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+
+
+def save_checkpoint(ckpt, path):
+    atomic_write(path, lambda tmp: torch.save(ckpt, tmp))
+
+
+def save_history(history, stem):
+    """Write ``stem``.csv and ``stem``.json."""
+    atomic_write(f"{stem}.csv", lambda tmp: pd.DataFrame(history).to_csv(tmp, index=False))
+    atomic_write(f"{stem}.json", lambda tmp: Path(tmp).write_text(json.dumps(history, indent=1)))
+
+
+def load_checkpoint(path):
+    """Rebuild the model of a checkpoint; returns ``(model, checkpoint_dict)`` with the model in eval mode."""
+    ckpt = torch.load(Path(path), map_location="cpu", weights_only=True)
+    if not isinstance(ckpt, dict) or ckpt.get("format") != CHECKPOINT_FORMAT:
+        raise ValueError(f"{path} is not an eye_clf checkpoint (format {CHECKPOINT_FORMAT})")
+    spec = dict(ckpt["model"])
+    model = build_model(spec.pop("arch"), "finetune", None, **spec)
+    model.load_state_dict(ckpt["state_dict"])
+    return model.eval(), ckpt
+
+
+def run(cfg=TrainConfig(), root=None, out_dir="plots_checkpoints", limit=None, progress=True):
+    """The main job: load the data, split it, train, evaluate on the held-out test split, write the checkpoint
+    (``eye_clf.pt``), the history (``history.csv``/``.json``) and the curves into ``out_dir``.
+
+    Returns a dict with the model, history, validation and test metrics, split indices and training seconds.
+    """
+    from .plots import plot_history
+
+    images, targets, names = data.load_dataset(root, limit=limit)
+    train_idx, val_idx, test_idx = data.split(targets, cfg.seed)
+    t0 = time.perf_counter()
+    model, history = fit(images, targets, train_idx, val_idx, cfg, progress)
+    seconds = time.perf_counter() - t0
+    val = metrics.summary(targets[val_idx], scores(model, images[val_idx], tta=cfg.tta))
+    test = metrics.summary(targets[test_idx], scores(model, images[test_idx], tta=cfg.tta))
+    # accuracy at the threshold chosen on validation (EER point), never tuned on test
+    test["accuracy_at_val_eer_threshold"] = metrics.accuracy(
+        targets[test_idx], scores(model, images[test_idx], tta=cfg.tta), val["eer_threshold"])
+    out = Path(out_dir)
+    save_checkpoint(checkpoint(model, cfg, dict(val=val, test=test, train_seconds=seconds), history),
+                    out / "eye_clf.pt")
+    save_history(history, out / "history")
+    plot_history(history, out / "train_val_loss_metrics_history.png",
+                 title=f"{cfg.arch} / {cfg.method} / weights: {cfg.weights or 'random init'}")
+    return dict(model=model, history=history, val=val, test=test, seconds=seconds, images=images,
+                targets=targets, names=names, split=(train_idx, val_idx, test_idx))
