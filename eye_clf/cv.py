@@ -13,7 +13,8 @@ def cross_val_predict(images, targets, cfg=TrainConfig(), folds=5, seed=0, progr
 
     Inside each fold 15% of the training part (stratified) is the validation set that picks the
     best-validation-loss epoch; the test fold is used only for scoring. Returns ``(oof_proba, per_fold)``
-    where per_fold is a DataFrame of the fold metrics (see metrics.summary) and epochs trained.
+    where per_fold is a DataFrame of the fold metrics (see metrics.summary), epochs trained and ``eer_tta``,
+    the EER of the same model with mirror averaging.
     """
     oof = np.full(len(targets), np.nan)
     rows = []
@@ -22,7 +23,8 @@ def cross_val_predict(images, targets, cfg=TrainConfig(), folds=5, seed=0, progr
         model, history = fit(images, targets, train, val, cfg, progress=progress)
         oof[test] = scores(model, images[test], tta=cfg.tta)
         rows.append(dict(fold=k, epochs=len(history), seconds=sum(r["seconds"] for r in history),
-                         **metrics.summary(targets[test], oof[test])))
+                         **metrics.summary(targets[test], oof[test]),
+                         eer_tta=metrics.eer(targets[test], scores(model, images[test], tta=True))[0]))
     return oof, pd.DataFrame(rows)
 
 
