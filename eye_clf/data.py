@@ -45,7 +45,10 @@ def read_labels(path, images_dir=None):
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"labels file not found: {path}")
-    df = pd.read_csv(path) if path.suffix.lower() == ".csv" else pd.read_excel(path)
+    try:
+        df = pd.read_csv(path) if path.suffix.lower() == ".csv" else pd.read_excel(path)
+    except pd.errors.EmptyDataError:
+        raise LabelError(f"{path}: empty file") from None
     missing = {"img_name", "target"} - set(df.columns)
     if missing:
         raise LabelError(f"{path}: missing column(s) {sorted(missing)}; found {list(df.columns)}")
@@ -57,7 +60,7 @@ def read_labels(path, images_dir=None):
     duplicated = names.duplicated(keep=False)
     for i, (name, raw, t) in enumerate(zip(names, df["target"], targets)):
         row = i + 2  # spreadsheet row: header is row 1
-        if not isinstance(df["img_name"].iloc[i], str) or not name:
+        if pd.isna(df["img_name"].iloc[i]) or not name:
             problems.append(f"row {row}: img_name is empty")
             continue
         if t not in (0, 1):
@@ -73,6 +76,8 @@ def read_labels(path, images_dir=None):
 
 def to_gray24(image):
     """A PIL image of any size and mode as a 24x24 grayscale uint8 array."""
+X
+        image = Image.fromarray(np.clip(np.asarray(image) / 257, 0, 255).round().astype(np.uint8))
     image = image.convert("L")
     if image.size != (IMG_SIZE, IMG_SIZE):
         image = image.resize((IMG_SIZE, IMG_SIZE), Image.Resampling.BILINEAR, reducing_gap=None)

@@ -67,9 +67,11 @@ def _to_images(x, name="input"):
             t = t.permute(0, 2, 3, 1)
         x = t.numpy()
     if isinstance(x, np.ndarray):
-        if x.ndim == 2 or (x.ndim == 3 and x.shape[-1] in (1, 3, 4)):
+        if x.ndim == 2 or (x.ndim == 3 and x.shape[-1] <= 4):  # H x W x C (C = 2 is rejected there)
             return [_array_image(x, name)], True
         if x.ndim in (3, 4):
+            if len(x) == 0:
+                raise ValueError(f"{name}: empty batch of shape {x.shape}")
             return [_array_image(a, f"{name}[{i}]") for i, a in enumerate(x)], False
         raise ValueError(f"{name}: expected an image or a batch of images, got an array of shape {x.shape}")
     if isinstance(x, (list, tuple)):

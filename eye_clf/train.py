@@ -104,7 +104,8 @@ def fit(images, targets, train_idx, val_idx, cfg=TrainConfig(), progress=True):
     model = build_model(cfg.arch, cfg.method, cfg.weights, cfg.width, cfg.dropout, cfg.input_size).to(dev)
     train_set = data.EyeDataset(images[train_idx], targets[train_idx],
                                 data.augmentation(cfg.augment, cfg.invert) if cfg.augment else None)
-    loader = torch.utils.data.DataLoader(train_set, cfg.batch_size, shuffle=True, drop_last=True,
+    loader = torch.utils.data.DataLoader(train_set, cfg.batch_size, shuffle=True,
+                                         drop_last=len(train_set) > cfg.batch_size,  # keep one batch at least
                                          generator=torch.Generator().manual_seed(cfg.seed))
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
