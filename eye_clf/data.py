@@ -76,7 +76,7 @@ def read_labels(path, images_dir=None):
 
 def to_gray24(image):
     """A PIL image of any size and mode as a 24x24 grayscale uint8 array."""
-X
+    if image.mode.startswith("I"):  # 16-bit (I;16, I): scale 0..65535 to 0..255; convert("L") would clip
         image = Image.fromarray(np.clip(np.asarray(image) / 257, 0, 255).round().astype(np.uint8))
     image = image.convert("L")
     if image.size != (IMG_SIZE, IMG_SIZE):
