@@ -1,0 +1,317 @@
+import re
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from PIL import Image
+
+from eye_clf import data
+from eye_clf.data import LabelError
+
+from conftest import smooth_image
+
+
+# ---- data_dir ----------------------------------------------------------------------------------------------
+
+def fake_root(path):
+    (path / "EyesDataset").mkdir(parents=True)
+    (path / "img_name_target.xlsx").touch()
+    return path
+
+
+def test_data_dir_argument_beats_env_beats_default(tmp_path, monkeypatch):
+    arg, env, repo = fake_root(tmp_path / "arg"), fake_root(tmp_path / "env"), tmp_path / "repo"
+    fake_root(tmp_path / "shared" / "data")
+    monkeypatch.setattr(data, "REPO_ROOT", repo)
+    monkeypatch.delenv(data.DATA_ENV, raising=False)
+    assert data.data_dir() == tmp_path / "shared" / "data"
+    monkeypatch.setenv(data.DATA_ENV, str(env))
+    assert data.data_dir() == env
+    assert data.data_dir(arg) == arg
+    assert data.data_dir(str(arg)) == arg
+
+
+def test_data_dir_missing_dataset_is_a_clear_error(tmp_path, monkeypatch):
+    monkeypatch.setattr(data, "REPO_ROOT", tmp_path / "repo")
+    monkeypatch.delenv(data.DATA_ENV, raising=False)
+    with pytest.raises(FileNotFoundError, match=re.escape(str(tmp_path / "shared" / "data"))) as err:
+        data.data_dir()
+    assert "EyesDataset" in str(err.value) and data.DATA_ENV in str(err.value)
+    half = tmp_path / "half"
+    (half / "EyesDataset").mkdir(parents=True)  # images but no labels
+    with pytest.raises(FileNotFoundError, match="img_name_target.xlsx"):
+        data.data_dir(half)
+
+
+# ---- images of any size and mode ---------------------------------------------------------------------------
+
+def palette_image(g, size=(40, 30)):
+    image = Image.new("P", size, 1)
+    image.putpalette([0, 0, 0, g, g, g])
+    return image
+
+
+def constant_images(g):
+    """The same gray level ``g`` in many modes and sizes."""
+    rgb = Image.new("RGB", (40, 30), (g, g, g))
+    return {
+        "L 24x24": Image.new("L", (24, 24), g),
+        "RGB non-square": rgb,
+        "RGBA": Image.new("RGBA", (33, 33), (g, g, g, 128)),
+        "P": palette_image(g),
+        "LA": Image.new("LA", (24, 50), (g, 255)),
+        "16-bit": Image.fromarray(np.full((30, 20), g * 257, np.uint16)),
+        "32-bit int": Image.fromarray(np.full((30, 20), g * 257, np.int32)),
+        "large RGB": Image.new("RGB", (1600, 1200), (g, g, g)),
+    }
+
+
+@pytest.mark.parametrize("g", [10, 128, 240])
+def test_any_mode_and_size_becomes_24x24_uint8_of_the_same_gray(g):
+    for name, image in constant_images(g).items():
+        out = data.to_gray24(image)
+        assert out.shape == (24, 24) and out.dtype == np.uint8, name
+        assert np.abs(out.astype(int) - g).max() <= 1, name
+
+
+def test_16bit_gradient_keeps_its_contrast():
+    a8 = np.tile(np.linspace(0, 255, 48).astype(np.uint8), (48, 1))
+    out16 = data.to_gray24(Image.fromarray(a8.astype(np.uint16) * 257))
+    assert np.abs(out16.astype(int) - data.to_gray24(Image.fromarray(a8))).max() <= 1
+
+
+def test_downscaling_is_antialiased():
+    checker = ((np.indices((240, 240)).sum(0) % 2) * 255).astype(np.uint8)  # 1-px checkerboard
+    out = data.to_gray24(Image.fromarray(checker))
+    assert np.abs(out.astype(int) - 127).max() <= 3  # averaged, not aliased to black/white
+
+
+def test_colour_uses_luminance():
+    out = data.to_gray24(Image.new("RGB", (24, 24), (255, 0, 0)))
+    assert np.all(out == round(0.299 * 255))
+
+
+@pytest.mark.parametrize("suffix,mode", [(".png", "L"), (".png", "RGBA"), (".png", "P"), (".jpg", "RGB"),
+                                         (".bmp", "RGB"), (".png", "I;16"), (".tif", "L")])
+def test_files_through_eye_dataset_give_normalized_1x24x24(tmp_path, suffix, mode):
+    g = 200
+    if mode == "I;16":
+        image = Image.fromarray(np.full((50, 70), g * 257, np.uint16))
+    else:
+        image = palette_image(g, (70, 50)) if mode == "P" else Image.new("RGB", (70, 50), (g, g, g)).convert(mode)
+    path = tmp_path / f"img{suffix}"
+    image.save(path)
+    arr = data.load_image(path)
+    assert arr.shape == (24, 24) and arr.dtype == np.uint8
+    x, y = data.EyeDataset(np.stack([arr]), [1])[0]
+    assert x.shape == (1, 24, 24) and x.dtype == torch.float32 and y.item() == 1.0
+    assert torch.allclose(x, torch.full_like(x, (g / 255 - data.MEAN) / data.STD), atol=1.5 / 255 / data.STD)
+
+
+def test_normalization_matches_to_tensor():
+    images = np.random.default_rng(0).integers(0, 256, (5, 24, 24), dtype=np.uint8)
+    ds = data.EyeDataset(images, np.zeros(5))
+    stacked = torch.stack([ds[i][0] for i in range(5)])
+    assert torch.equal(stacked, data.to_tensor(images))
+    assert torch.allclose(stacked, (torch.from_numpy(images).float()[:, None] / 255 - 0.5) / 0.2)
+
+
+def test_load_image_errors_name_the_file(tmp_path):
+    with pytest.raises(FileNotFoundError, match="nope.png"):
+        data.load_image(tmp_path / "nope.png")
+    text = tmp_path / "notes.jpg"
+    text.write_text("not an image")
+    with pytest.raises(ValueError, match="not an image file.*notes.jpg"):
+        data.load_image(text)
+    good = tmp_path / "good.jpg"
+    Image.fromarray(np.random.default_rng(0).integers(0, 256, (64, 64), dtype=np.uint8)).save(good)
+    broken = tmp_path / "broken.jpg"
+    broken.write_bytes(good.read_bytes()[: good.stat().st_size // 2])
+    with pytest.raises(ValueError, match="corrupt image.*broken.jpg"):
+        data.load_image(broken)
+
+
+def test_list_images_sorted_and_filtered(tmp_path):
+    for name in ["b.png", "a.JPG", "c.txt", "d.jpeg"]:
+        (tmp_path / name).touch()
+    (tmp_path / "e.png").mkdir()
+    assert [p.name for p in data.list_images(tmp_path)] == ["a.JPG", "b.png", "d.jpeg"]
+    with pytest.raises(FileNotFoundError, match="missing"):
+        data.list_images(tmp_path / "missing")
+
+
+# ---- labels ------------------------------------------------------------------------------------------------
+
+def write(df, path):
+    if path.suffix == ".csv":
+        df.to_csv(path, index=False)
+    else:
+        df.to_excel(path, index=False)
+    return path
+
+
+@pytest.mark.parametrize("suffix", [".xlsx", ".csv"])
+def test_read_labels_good(tmp_path, suffix):
+    (tmp_path / "a.jpg").touch()
+    (tmp_path / "b.jpg").touch()
+    path = write(pd.DataFrame({"img_name": ["a.jpg", " b.jpg"], "target": [1, 0], "extra": [5, 6]}),
+                 tmp_path / f"labels{suffix}")
+    df = data.read_labels(path, images_dir=tmp_path)
+    assert list(df.columns) == ["img_name", "target"]
+    assert df["img_name"].tolist() == ["a.jpg", "b.jpg"] and df["target"].tolist() == [1, 0]
+    assert df["target"].dtype.kind == "i"
+
+
+def test_read_labels_real_spreadsheet(real_root):
+    df = data.read_labels(real_root / "img_name_target.xlsx", images_dir=real_root / "EyesDataset")
+    assert len(df) == 4000 and set(df["target"]) == {0, 1} and df["img_name"].is_unique
+
+
+BAD = {  # rows (spreadsheet numbering: header is row 1) -> expected words in the message
+    "target 2": ({"img_name": ["a.jpg", "b.jpg"], "target": [1, 2]}, [r"row 3 \(b.jpg\): target 2"]),
+    "target yes": ({"img_name": ["a.jpg", "b.jpg"], "target": ["yes", 0]}, [r"row 2 \(a.jpg\): target 'yes'"]),
+    "target blank": ({"img_name": ["a.jpg", "b.jpg"], "target": [1, None]}, [r"row 3 \(b.jpg\): target"]),
+    "target 0.5": ({"img_name": ["a.jpg", "b.jpg"], "target": [0.5, 1]}, [r"row 2 \(a.jpg\): target 0.5"]),
+    "duplicate": ({"img_name": ["a.jpg", "b.jpg", "a.jpg"], "target": [1, 0, 1]},
+                  [r"row 2 \(a.jpg\): duplicate", r"row 4 \(a.jpg\): duplicate"]),
+    "missing image": ({"img_name": ["a.jpg", "gone.jpg"], "target": [1, 0]},
+                      [r"row 3 \(gone.jpg\): image file not found"]),
+    "blank name": ({"img_name": ["a.jpg", None], "target": [1, 0]}, [r"row 3: img_name is empty"]),
+    "numeric name": ({"img_name": ["a.jpg", 7], "target": [1, 0]}, [r"row 3 \(7\): image file not found"]),
+}
+
+
+@pytest.mark.parametrize("suffix", [".xlsx", ".csv"])
+@pytest.mark.parametrize("case", list(BAD))
+def test_each_bad_label_raises_label_error_naming_the_row(tmp_path, suffix, case):
+    (tmp_path / "a.jpg").touch()
+    (tmp_path / "b.jpg").touch()
+    rows, expected = BAD[case]
+    path = write(pd.DataFrame(rows), tmp_path / f"labels{suffix}")
+    with pytest.raises(LabelError) as err:
+        data.read_labels(path, images_dir=tmp_path)
+    for pattern in expected:
+        assert re.search(pattern, str(err.value)), (pattern, str(err.value))
+    assert str(path) in str(err.value)
+
+
+@pytest.mark.parametrize("suffix", [".xlsx", ".csv"])
+def test_all_bad_rows_are_listed_at_once(tmp_path, suffix):
+    (tmp_path / "ok.jpg").touch()
+    (tmp_path / "dup.jpg").touch()
+    df = pd.DataFrame({"img_name": ["ok.jpg", "dup.jpg", "dup.jpg", "gone.jpg", "ok2.jpg", "", "x.jpg"],
+                       "target": [1, 0, 0, 1, "yes", 1, 2]})
+    (tmp_path / "ok2.jpg").touch()
+    (tmp_path / "x.jpg").touch()
+    with pytest.raises(LabelError) as err:
+        data.read_labels(write(df, tmp_path / f"labels{suffix}"), images_dir=tmp_path)
+    msg = str(err.value)
+    assert "6 bad row(s)" in msg
+    for row in ["row 3 (dup.jpg)", "row 4 (dup.jpg)", "row 5 (gone.jpg)", "row 6 (ok2.jpg)", "row 7",
+                "row 8 (x.jpg)"]:
+        assert row in msg
+    assert "row 2 " not in msg
+
+
+@pytest.mark.parametrize("suffix", [".xlsx", ".csv"])
+def test_missing_column_and_empty_sheet(tmp_path, suffix):
+    path = write(pd.DataFrame({"img_name": ["a.jpg"], "label": [1]}), tmp_path / f"cols{suffix}")
+    with pytest.raises(LabelError, match=r"missing column\(s\) \['target'\]"):
+        data.read_labels(path)
+    path = write(pd.DataFrame({"img_name": [], "target": []}), tmp_path / f"empty{suffix}")
+    with pytest.raises(LabelError, match="no rows"):
+        data.read_labels(path)
+
+
+def test_blank_files_are_label_errors(tmp_path):
+    blank_csv = tmp_path / "blank.csv"
+    blank_csv.touch()
+    with pytest.raises(LabelError, match="blank.csv"):
+        data.read_labels(blank_csv)
+    blank_xlsx = write(pd.DataFrame(), tmp_path / "blank.xlsx")
+    with pytest.raises(LabelError, match="blank.xlsx"):
+        data.read_labels(blank_xlsx)
+
+
+def test_missing_labels_file(tmp_path):
+    with pytest.raises(FileNotFoundError, match="labels file not found.*nope.xlsx"):
+        data.read_labels(tmp_path / "nope.xlsx")
+
+
+def test_load_dataset_custom_labels_and_limit(labelled_folder):
+    folder, labels, images, targets = labelled_folder
+    root = folder.parent
+    (root / "EyesDataset").symlink_to(folder)
+    (root / "img_name_target.xlsx").touch()  # the default sheet is replaced by labels=
+    x, y, names = data.load_dataset(root, labels=labels)
+    assert np.array_equal(x, images) and np.array_equal(y, targets) and names[0] == "000.png"
+    x, y, names = data.load_dataset(root, labels=labels, limit=10)
+    assert x.shape == (10, 24, 24) and y.sum() == 5 and len(set(names)) == 10
+
+
+def test_load_dataset_real_limit(real_root):
+    x, y, names = data.load_dataset(real_root, limit=100)
+    full = data.read_labels(real_root / "img_name_target.xlsx").set_index("img_name")["target"]
+    assert x.shape == (100, 24, 24) and x.dtype == np.uint8
+    assert np.array_equal(y, full[names].to_numpy())
+    assert abs(y.mean() - full.mean()) < 0.02  # stratified
+
+
+# ---- splits ------------------------------------------------------------------------------------------------
+
+def test_split_is_deterministic_stratified_and_disjoint():
+    targets = np.array([1] * 300 + [0] * 100)
+    a = data.split(targets, seed=1)
+    b = data.split(targets, seed=1)
+    c = data.split(targets, seed=2)
+    assert all(np.array_equal(x, y) for x, y in zip(a, b))
+    assert not np.array_equal(a[0], c[0])
+    train_idx, val_idx, test_idx = a
+    assert np.array_equal(np.sort(np.concatenate(a)), np.arange(400))
+    assert abs(len(val_idx) - 60) <= 1 and abs(len(test_idx) - 60) <= 1
+    for part in a:
+        assert targets[part].mean() == pytest.approx(0.75, abs=0.01)
+
+
+def test_kfold_partitions_stratified():
+    targets = np.array([1] * 60 + [0] * 40)
+    folds = data.kfold(targets, folds=5, seed=0)
+    assert len(folds) == 5
+    tests = np.concatenate([t for _, t in folds])
+    assert np.array_equal(np.sort(tests), np.arange(100))
+    for tr, te in folds:
+        assert not set(tr) & set(te) and len(tr) + len(te) == 100
+        assert targets[te].mean() == pytest.approx(0.6)
+    again = data.kfold(targets, folds=5, seed=0)
+    other = data.kfold(targets, folds=5, seed=1)
+    assert all(np.array_equal(a[1], b[1]) for a, b in zip(folds, again))
+    assert not all(np.array_equal(a[1], b[1]) for a, b in zip(folds, other))
+
+
+# ---- augmentation ------------------------------------------------------------------------------------------
+
+def test_augmentation_returns_uint8_1x24x24_and_changes_images():
+    x = torch.from_numpy(smooth_image())[None]
+    aug = data.augmentation()
+    outs = [aug(x) for _ in range(10)]
+    for out in outs:
+        assert out.shape == (1, 24, 24) and out.dtype == torch.uint8
+    assert sum(not torch.equal(out, x) for out in outs) >= 9
+    assert len({out.numpy().tobytes() for out in outs}) >= 9  # random, not one fixed transform
+
+
+def test_augmentation_invert_and_no_strength():
+    x = torch.from_numpy(smooth_image())[None]
+    for _ in range(5):
+        out = data.augmentation(strength=0, invert=1.0)(x)
+        assert torch.equal(out, 255 - x) or torch.equal(out, (255 - x).flip(-1))
+
+
+def test_dataset_applies_transform():
+    images = np.stack([smooth_image(seed=i) for i in range(4)])
+    plain = data.EyeDataset(images, np.ones(4))
+    aug = data.EyeDataset(images, np.ones(4), data.augmentation())
+    assert len(aug) == 4
+    assert not torch.equal(plain[0][0], aug[0][0])
+    assert aug[0][0].shape == (1, 24, 24) and aug[0][0].dtype == torch.float32

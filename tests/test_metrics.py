@@ -1,0 +1,126 @@
+import numpy as np
+import pytest
+from scipy.optimize import brentq
+from sklearn.metrics import roc_curve
+
+from eye_clf import metrics
+
+
+def rates(targets, scores, t):
+    """FPR (closed called open) and FNR (open called closed) when score >= t means open."""
+    targets, scores = np.asarray(targets), np.asarray(scores)
+    return np.mean(scores[targets == 0] >= t), np.mean(scores[targets == 1] < t)
+
+
+def brute_force_eer(targets, scores):
+    """Sweep every threshold; the EER is where FPR and FNR cross (linear between neighbouring thresholds)."""
+    ts = np.concatenate([[np.inf], np.unique(scores)[::-1]])
+    fpr, fnr = np.array([rates(targets, scores, t) for t in ts]).T
+    k = np.argmax(fnr <= fpr)
+    if fnr[k] == fpr[k]:
+        return fpr[k]
+    d0, d1 = fnr[k - 1] - fpr[k - 1], fnr[k] - fpr[k]
+    return fpr[k - 1] + d0 / (d0 - d1) * (fpr[k] - fpr[k - 1])
+
+
+def sklearn_roc_eer(targets, scores):
+    """The EER as the root of FNR - FPR along sklearn's piecewise-linear ROC curve."""
+    fpr, tpr, _ = roc_curve(targets, scores)
+    s = np.arange(len(fpr))
+    gap = lambda u: np.interp(u, s, 1 - tpr) - np.interp(u, s, fpr)  # noqa: E731
+    return float(np.interp(brentq(gap, 0, len(fpr) - 1, xtol=1e-12), s, fpr))
+
+
+def test_eer_perfect_separation_is_zero():
+    targets, scores = [0, 0, 1, 1], [0.1, 0.2, 0.8, 0.9]
+    rate, thr = metrics.eer(targets, scores)
+    assert rate == 0
+    assert 0.2 < thr <= 0.8 and rates(targets, scores, thr) == (0, 0)
+    assert metrics.accuracy(targets, scores, thr) == 1
+
+
+def test_eer_fully_inverted_is_one():
+    assert metrics.eer([1, 1, 0, 0], [0.1, 0.2, 0.8, 0.9])[0] == 1
+
+
+def test_eer_exact_crossing_at_a_threshold():
+    # by score: open, open, closed, open, open | closed, open, closed, closed, closed
+    targets = [1, 1, 0, 1, 1, 0, 1, 0, 0, 0]
+    scores = [0.95, 0.9, 0.85, 0.8, 0.75, 0.7, 0.65, 0.6, 0.55, 0.5]
+    # score >= 0.75: 1 of 5 closed eyes called open (FPR 0.2), 1 of 5 open eyes called closed (FNR 0.2)
+    assert metrics.eer(targets, scores) == (pytest.approx(0.2), 0.75)
+
+
+def test_eer_threshold_is_the_crossing_even_on_straight_roc_segments():
+    # open 0.9, closed 0.8, closed 0.7, open 0.6: at 0.8 FPR = FNR = 1/2; at 0.7 FPR is 1 (the ROC point of 0.8
+    # lies on a straight segment, which sklearn's roc_curve drops by default)
+    rate, thr = metrics.eer([1, 0, 0, 1], [0.9, 0.8, 0.7, 0.6])
+    assert rate == 0.5 and thr == 0.8
+
+
+def test_eer_interpolates_between_thresholds():
+    # open 0.9 | closed 0.8 | closed 0.7 | open 0.6 | closed 0.5: FNR stays 1/2 while FPR goes 1/3 -> 2/3
+    rate, thr = metrics.eer([1, 0, 0, 1, 0], [0.9, 0.8, 0.7, 0.6, 0.5])
+    assert rate == pytest.approx(0.5) and thr == 0.7
+    # ties: FNR 1/2 -> 0 while FPR 0 -> 1/2 in one step; the lines cross half-way
+    assert metrics.eer([1, 1, 0, 0], [0.9, 0.5, 0.5, 0.1])[0] == pytest.approx(0.25)
+    assert metrics.eer([1, 0, 1, 0], [0.3] * 4) == (pytest.approx(0.5), 0.3)
+
+
+@pytest.mark.parametrize("seed", range(20))
+def test_eer_matches_brute_force_and_sklearn_on_random_data(seed):
+    rng = np.random.default_rng(seed)
+    n = int(rng.integers(20, 300))
+    targets = rng.integers(0, 2, n)
+    targets[:2] = [0, 1]
+    scores = rng.normal(targets * rng.uniform(0, 2), 1)
+    if seed % 2:
+        scores = np.round(scores, 1)  # many ties
+    rate, thr = metrics.eer(targets, scores)
+    assert rate == pytest.approx(brute_force_eer(targets, scores), abs=1e-12)
+    assert rate == pytest.approx(sklearn_roc_eer(targets, scores), abs=1e-9)
+    ts = np.unique(scores)
+    fpr, fnr = np.array([rates(targets, scores, t) for t in ts]).T
+    assert np.max(np.minimum(fpr, fnr)) <= rate + 1e-12 <= np.min(np.maximum(fpr, fnr)) + 2e-12
+    if seed % 2 == 0:  # distinct scores: the threshold is the sample next to the crossing
+        fpr_t, fnr_t = rates(targets, scores, thr)
+        assert abs(fpr_t - rate) <= 1 / np.sum(targets == 0) + 1e-12
+        assert abs(fnr_t - rate) <= 1 / np.sum(targets == 1) + 1e-12
+
+
+def test_accuracy():
+    assert metrics.accuracy([1, 0, 1, 0], [0.9, 0.1, 0.4, 0.5]) == 0.5
+    assert metrics.accuracy([1, 0, 1, 0], [0.9, 0.1, 0.4, 0.5], threshold=0.35) == 0.75
+    assert metrics.accuracy(np.array([1, 1]), np.array([0.5, 0.49])) == 0.5
+
+
+def test_auc_hand_case_and_pair_counting():
+    assert metrics.auc([0, 0, 1, 1], [0.1, 0.4, 0.35, 0.8]) == 0.75
+    rng = np.random.default_rng(0)
+    targets = rng.integers(0, 2, 200)
+    scores = np.round(rng.normal(targets, 1), 1)
+    pos, neg = scores[targets == 1], scores[targets == 0]
+    pairs = (pos[:, None] > neg[None]).mean() + 0.5 * (pos[:, None] == neg[None]).mean()
+    assert metrics.auc(targets, scores) == pytest.approx(pairs)
+
+
+def test_ece():
+    rng = np.random.default_rng(0)
+    p = rng.uniform(0, 1, 20000)
+    calibrated = (rng.uniform(0, 1, p.size) < p).astype(int)
+    assert metrics.ece(calibrated, p) < 0.02
+    truth = rng.uniform(0, 1, p.size) < 0.7  # 70% open, but the model says 99% / 1%
+    over = np.where(rng.uniform(0, 1, p.size) < 0.7, 0.99, 0.01)
+    assert metrics.ece(truth.astype(int), over) > 0.25
+    assert metrics.ece([1, 1, 1, 1, 0], [0.8] * 5) == pytest.approx(0)
+    assert metrics.ece([1, 1], [0.8, 1.0]) == pytest.approx(0.1)
+    assert metrics.ece([0, 1], [0.0, 1.0]) == 0
+
+
+def test_summary():
+    targets, scores = [1, 1, 0, 1, 1, 0, 1, 0, 0, 0], [0.95, 0.9, 0.85, 0.8, 0.75, 0.7, 0.65, 0.6, 0.55, 0.5]
+    s = metrics.summary(targets, scores)
+    assert set(s) == {"eer", "eer_threshold", "accuracy", "accuracy_at_eer", "auc", "ece"}
+    assert s["eer"] == pytest.approx(0.2) and s["eer_threshold"] == 0.75
+    assert s["accuracy"] == 0.5 and s["accuracy_at_eer"] == 0.8
+    assert all(isinstance(v, float) for v in s.values())

