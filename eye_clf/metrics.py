@@ -10,6 +10,8 @@ def eer(targets, scores):
     called closed) cross; the EER is their common value, linearly interpolated between the two ROC points that
     bracket the crossing. Returns ``(eer, threshold)``.
     """
+    if len(np.unique(targets)) != 2:
+        raise ValueError("EER needs both open (1) and closed (0) targets")
     fpr, tpr, thr = roc_curve(targets, scores, drop_intermediate=False)  # thr[i] next to the crossing
     fnr = 1 - tpr
     i = np.nonzero(fnr <= fpr)[0][0]  # first point at or past the crossing (fpr rises, fnr falls)

@@ -91,9 +91,9 @@ def predict_proba(x, model=None, checkpoint=None, batch_size=1024, tta=None):
     Returns a float for one image, else a numpy array. ``model`` (a built eye_clf model) or ``checkpoint`` (a
     path) replace the shipped checkpoint; ``tta`` overrides the checkpoint's mirror averaging.
     """
+    images, single = _to_images(x)
     if model is None:
         model, ckpt_tta = load_model(checkpoint)
         tta = ckpt_tta if tta is None else tta
-    images, single = _to_images(x)
     p = scores(model, np.stack(images), batch_size, bool(tta))
     return float(p[0]) if single else p

@@ -2,6 +2,7 @@
 scoring, and checkpoints that hold weights + architecture + preprocessing + metrics + config."""
 import json
 import os
+import pickle
 import tempfile
 import time
 from dataclasses import asdict, dataclass, fields
@@ -193,7 +194,10 @@ def save_history(history, stem):
 
 def load_checkpoint(path):
     """Rebuild the model of a checkpoint; returns ``(model, checkpoint_dict)`` with the model in eval mode."""
-    ckpt = torch.load(Path(path), map_location="cpu", weights_only=True)
+    try:
+        ckpt = torch.load(Path(path), map_location="cpu", weights_only=True)
+    except (RuntimeError, EOFError, pickle.UnpicklingError) as err:
+        raise ValueError(f"{path} is not a readable eye_clf checkpoint ({type(err).__name__})") from None
     if not isinstance(ckpt, dict) or ckpt.get("format") != CHECKPOINT_FORMAT:
         raise ValueError(f"{path} is not an eye_clf checkpoint (format {CHECKPOINT_FORMAT})")
     spec = dict(ckpt["model"])

@@ -124,3 +124,8 @@ def test_summary():
     assert s["eer"] == pytest.approx(0.2) and s["eer_threshold"] == 0.75
     assert s["accuracy"] == 0.5 and s["accuracy_at_eer"] == 0.8
     assert all(isinstance(v, float) for v in s.values())
+
+
+def test_eer_needs_both_classes():
+    with pytest.raises(ValueError, match="both open"):
+        metrics.eer([1, 1, 1], [0.2, 0.5, 0.9])

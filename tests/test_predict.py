@@ -191,3 +191,10 @@ def test_unsupported_types(ck, bad):
         ck(bad)
     with pytest.raises(TypeError, match=rf"input\[1\]: cannot read a {type(bad).__name__}"):
         ck([BRIGHT, bad])
+
+
+def test_unreadable_checkpoint_is_named(tmp_path):
+    bad = tmp_path / "bad.pt"
+    bad.write_text("not a checkpoint")
+    with pytest.raises(ValueError, match="bad.pt is not a readable eye_clf checkpoint"):
+        predict_proba(np.zeros((24, 24), np.uint8), checkpoint=bad)
