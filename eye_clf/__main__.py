@@ -1,4 +1,4 @@
-"""Command line: ``python -m eye_clf {train,predict,evaluate,cv} --help``."""
+"""Command line: ``python -m eye_clf {train,predict,evaluate,cv,label,audit} --help``."""
 import argparse
 import json
 import sys
@@ -93,6 +93,29 @@ def cmd_cv(args):
         atomic_write(args.out, lambda tmp: Path(tmp).write_text(json.dumps(result, indent=1)))
 
 
+def cmd_label(args):
+    from .studio import serve
+    try:
+        serve(args.images, args.labels, args.checkpoint, args.review, args.port, not args.no_browser)
+    except OSError as err:
+        sys.exit(f"error: {err}")
+
+
+def cmd_audit(args):
+    from .audit import audit
+    root = data.data_dir(args.data) if args.images is None or args.labels is None else None
+    images_dir = Path(args.images) if args.images else root / "EyesDataset"
+    labels = Path(args.labels) if args.labels else root / "img_name_target.xlsx"
+    review, names, targets, p_open = audit(images_dir, labels, args.oof, config_from(args), args.folds)
+    atomic_write(args.out, lambda tmp: review.to_csv(tmp, index=False))
+    if args.save_oof:
+        oof = pd.DataFrame({"img_name": names, "target": targets, "p_open": p_open})
+        atomic_write(args.save_oof, lambda tmp: oof.to_csv(tmp, index=False))
+    print(f"{len(review)} of {len(names)} labels look wrong (cleanlab, out-of-fold P(open)); wrote {args.out}\n"
+          f"review them: python -m eye_clf label --images {images_dir} --labels COPY.xlsx --review {args.out}\n"
+          f"(COPY.xlsx: a copy of {labels} as .xlsx; the studio saves every change into it)")
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(prog="python -m eye_clf", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -125,6 +148,27 @@ def main(argv=None):
     p.add_argument("--limit", type=int, help="use a stratified subset of this many images")
     p.add_argument("--out", help="write the per-fold results as JSON here")
     p.set_defaults(run=cmd_cv)
+
+    p = sub.add_parser("label", help="labeling studio: a local web page to label images with the keyboard")
+    p.add_argument("--images", required=True, help="folder of the images to label")
+    p.add_argument("--labels", required=True, help="labels .xlsx (created listing every image if missing)")
+    p.add_argument("--checkpoint", help="pre-label with this model, most uncertain images first (label mode)")
+    p.add_argument("--review", help="review list from `audit`: review suspicious labels instead")
+    p.add_argument("--port", type=int, default=8765, help="port on 127.0.0.1 (0: a free one; default 8765)")
+    p.add_argument("--no-browser", action="store_true", help="do not open the page in a browser")
+    p.set_defaults(run=cmd_label)
+
+    p = sub.add_parser("audit", help="rank likely label errors (k-fold out-of-fold P(open) + cleanlab)")
+    add_config_args(p)
+    p.add_argument("--images", help="image folder (default: <data>/EyesDataset)")
+    p.add_argument("--labels", help="labels xlsx/csv (default: <data>/img_name_target.xlsx); rows without a "
+                                    "target are left out")
+    p.add_argument("--data", help=f"data folder (default: ${data.DATA_ENV} or ../shared/data)")
+    p.add_argument("--oof", help="CSV of out-of-fold P(open) (img_name, p_open) instead of training")
+    p.add_argument("--folds", type=int, default=5)
+    p.add_argument("--out", default="review.csv", help="review list CSV (default: review.csv)")
+    p.add_argument("--save-oof", help="also write the out-of-fold P(open) as CSV here (reuse with --oof)")
+    p.set_defaults(run=cmd_audit)
 
     args = parser.parse_args(argv)
     try:

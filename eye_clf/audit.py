@@ -1,0 +1,74 @@
+"""Label audit: out-of-fold P(open) from k-fold models (or a given CSV), then cleanlab ranks the labels that are
+most likely wrong into a review list that the studio opens as a queue (``python -m eye_clf label --review``)."""
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from cleanlab.filter import find_label_issues
+from cleanlab.rank import get_label_quality_scores
+
+from . import data
+from .cv import cross_val_predict
+from .data import LabelError
+from .labels_store import read_table
+from .train import TrainConfig
+
+
+def labeled(images_dir, labels):
+    """Images, targets and names of the labeled rows of a labels file (blank and unsure rows are left out)."""
+    df = read_table(labels)
+    df = df[df["target"].notna()]
+    if df["target"].nunique() < 2:
+        raise LabelError(f"{labels}: the audit needs labeled images of both classes")
+    missing = [n for n in df["img_name"] if not (Path(images_dir) / n).is_file()]
+    if missing:
+        raise FileNotFoundError(f"{labels}: {len(missing)} labeled image(s) not found in {images_dir}, "
+                                f"e.g. {missing[:3]}")
+    images = np.stack([data.load_image(Path(images_dir) / n) for n in df["img_name"]])
+    return images, df["target"].to_numpy(int), df["img_name"].tolist()
+
+
+def read_oof(path, names):
+    """Out-of-fold P(open) for ``names`` from a CSV with columns img_name, p_open."""
+    df = pd.read_csv(path, dtype={"img_name": str})
+    if {"img_name", "p_open"} - set(df.columns):
+        raise ValueError(f"{path}: needs columns img_name and p_open; found {list(df.columns)}")
+    if df["img_name"].duplicated().any():
+        raise ValueError(f"{path}: duplicate img_name, e.g. {df['img_name'][df['img_name'].duplicated()].iloc[0]}")
+    p = df.set_index("img_name")["p_open"]
+    missing = [n for n in names if n not in p.index]
+    if missing:
+        raise ValueError(f"{path}: no p_open for {len(missing)} labeled image(s), e.g. {missing[:3]}")
+    p = pd.to_numeric(p.loc[names], errors="coerce").to_numpy(float)
+    if not (np.isfinite(p) & (p >= 0) & (p <= 1)).all():
+        raise ValueError(f"{path}: p_open must be numbers in 0..1")
+    return p
+
+
+def review_list(names, targets, p_open):
+    """Likely label errors, most suspicious first.
+
+    cleanlab's ``find_label_issues`` (confident learning) on out-of-fold P(open) picks the issues; they are ranked
+    by self-confidence, the out-of-fold probability of the given label (``score``: low = suspicious).
+    Returns a DataFrame img_name, target (the given label), p_open, rank (1 = most suspicious), score.
+    """
+    targets, p_open = np.asarray(targets, dtype=int), np.asarray(p_open, dtype=float)
+    probs = np.column_stack([1 - p_open, p_open])
+    idx = find_label_issues(targets, probs, return_indices_ranked_by="self_confidence", n_jobs=1)
+    score = get_label_quality_scores(targets, probs, method="self_confidence")
+    return pd.DataFrame({"img_name": np.asarray(names, dtype=object)[idx], "target": targets[idx],
+                         "p_open": p_open[idx], "rank": np.arange(1, len(idx) + 1), "score": score[idx]})
+
+
+def audit(images_dir, labels, oof=None, cfg=TrainConfig(), folds=5, progress=True):
+    """Audit a labels file: returns ``(review_list, names, targets, p_open)``.
+
+    ``oof``: a CSV of out-of-fold P(open) (img_name, p_open); without it ``folds`` models are trained with
+    ``cfg`` (each image is scored by the model that did not train on it).
+    """
+    images, targets, names = labeled(images_dir, labels)
+    if oof is not None:
+        p_open = read_oof(oof, names)
+    else:
+        p_open, _ = cross_val_predict(images, targets, cfg, folds, cfg.seed, progress)
+    return review_list(names, targets, p_open), names, targets, p_open

@@ -1,0 +1,209 @@
+"""Measure the label audit and the studio on ../shared/data; writes results/audit.md.
+
+    python scripts/audit_measure.py [--epochs 25] [--timing results/studio_timing.json]
+
+1. Flip a seeded random 5% of the reference labels, audit them (5-fold out-of-fold P(open) + cleanlab) and score
+   the review list at finding the flipped ones: precision, recall, precision@k (k = number flipped).
+2. Audit the reference labels as they are: how many images where other_annotations.csv disagrees with the
+   reference are in the review list.
+3. Estimate the time to label 4000 images with model assistance from the out-of-fold predictions of 2 (what a
+   model that never saw an image says about it), the browser test's measured seconds per grid page and per label
+   ($EYE_CLF_STUDIO_TIMING) and stated human-pace assumptions.
+
+Out-of-fold probabilities are cached in runs/audit/ (not committed): delete them to retrain.
+"""
+import argparse
+import json
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from eye_clf import data  # noqa: E402
+from eye_clf.audit import review_list  # noqa: E402
+from eye_clf.cv import cross_val_predict  # noqa: E402
+from eye_clf.labels_store import LabelStore  # noqa: E402
+from eye_clf.train import TrainConfig, atomic_write  # noqa: E402
+
+ROOT = Path(__file__).resolve().parent.parent
+FLIP = 0.05
+PAGE = 48                 # images per grid page (studio.html)
+# Human pace: assumptions, not measurements (no person labeled here).
+SCAN_S = 0.25             # looking at one image on a grid page of confident pre-labels
+FIX_S = 2.0               # moving to a wrong pre-label on the page and flipping it
+DECIDE_S = 1.5            # judging one uncertain image shown alone, then one key
+
+
+def oof(images, targets, cfg, folds, seed, cache):
+    """Out-of-fold P(open), cached as CSV; returns (p, seconds spent training, from_cache)."""
+    if cache.exists():
+        return pd.read_csv(cache)["p_open"].to_numpy(), json.loads(cache.with_suffix(".json").read_text()), True
+    t0 = time.perf_counter()
+    p, _ = cross_val_predict(images, targets, cfg, folds, seed)
+    seconds = time.perf_counter() - t0
+    atomic_write(cache, lambda tmp: pd.DataFrame({"p_open": p}).to_csv(tmp, index=False))
+    atomic_write(cache.with_suffix(".json"), lambda tmp: Path(tmp).write_text(json.dumps(seconds)))
+    return p, seconds, False
+
+
+def self_confidence(targets, p):
+    return np.where(targets == 1, p, 1 - p)
+
+
+def flipped_audit(images, targets, names, cfg, args):
+    rng = np.random.default_rng(args.seed)
+    flip = rng.choice(len(targets), round(FLIP * len(targets)), replace=False)
+    noisy = targets.copy()
+    noisy[flip] ^= 1
+    p, seconds, cached = oof(images, noisy, cfg, args.folds, args.seed, args.work / f"oof_flipped_{args.tag}.csv")
+    review = review_list(names, noisy, p)
+    found = set(review["img_name"])
+    flipped = {names[i] for i in flip}
+    k = len(flip)
+    top_k = {names[i] for i in np.argsort(self_confidence(noisy, p), kind="stable")[:k]}
+    return dict(flipped=k, listed=len(found), hits=len(found & flipped),
+                precision=len(found & flipped) / max(len(found), 1), recall=len(found & flipped) / k,
+                precision_at_k=len(top_k & flipped) / k, others=found - flipped, seconds=seconds, cached=cached)
+
+
+def disagreements(names, targets, root):
+    """Images where annotator a or b (when they labeled it) disagrees with the reference, and where both do."""
+    other = pd.read_csv(root / "other_annotations.csv", dtype={"img_name": str}).set_index("img_name")
+    other = other.reindex(names)
+    off = [other[c].notna() & (other[c] != targets) for c in ("annotator_a", "annotator_b")]
+    return set(other.index[off[0] | off[1]]), set(other.index[off[0] & off[1]])
+
+
+def labeling_estimate(targets, p, timing, save_s):
+    """Seconds to label len(p) images: confident ones (P >= 0.9 or <= 0.1) on grid pages, the rest one by one."""
+    confident = np.abs(p - 0.5) >= 0.4
+    wrong = confident & ((p >= 0.5) != (targets == 1))
+    pages = int(np.ceil(confident.sum() / PAGE))
+    page_s = float(np.mean(timing["grid_page_seconds"])) + save_s
+    key_s = float(np.mean(timing["single_label_seconds"])) + save_s
+    grid_s = confident.sum() * SCAN_S + wrong.sum() * FIX_S + pages * page_s
+    single_s = (~confident).sum() * (DECIDE_S + key_s)
+    return dict(confident=int(confident.sum()), wrong=int(wrong.sum()), pages=pages,
+                uncertain=int((~confident).sum()), save_s=save_s, grid_s=grid_s, single_s=single_s,
+                total_s=grid_s + single_s, unassisted_s=len(p) * (DECIDE_S + key_s))
+
+
+def save_seconds(n):
+    """Median seconds of one studio save of an n-row labels file."""
+    with tempfile.TemporaryDirectory() as tmp:
+        (Path(tmp) / "img").mkdir()
+        for i in range(n):
+            (Path(tmp) / "img" / f"{i:06d}.png").write_bytes(b"")  # names only: the store never opens them
+        store = LabelStore(Path(tmp) / "labels.xlsx", Path(tmp) / "img")
+        times = []
+        for _ in range(5):
+            t0 = time.perf_counter()
+            store.save()
+            times.append(time.perf_counter() - t0)
+    return float(np.median(times))
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--epochs", type=int, default=25)
+    parser.add_argument("--folds", type=int, default=5)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--data", help="data folder (default: ../shared/data)")
+    parser.add_argument("--threads", type=int, default=1, help="torch CPU threads (default 1: the machine is shared)")
+    parser.add_argument("--work", type=Path, default=ROOT / "runs" / "audit")
+    parser.add_argument("--timing", type=Path, default=ROOT / "results" / "studio_timing.json",
+                        help="timings from EYE_CLF_STUDIO_TIMING=... pytest tests/test_studio_browser.py")
+    parser.add_argument("--out", type=Path, default=ROOT / "results" / "audit.md")
+    args = parser.parse_args()
+    if not args.timing.is_file():
+        sys.exit(f"{args.timing} missing: run EYE_CLF_STUDIO_TIMING={args.timing} "
+                 ".venv/bin/python -m pytest -q tests/test_studio_browser.py first")
+    timing = json.loads(args.timing.read_text())
+    torch.set_num_threads(args.threads)
+    cfg = TrainConfig(epochs=args.epochs, seed=args.seed)
+    args.tag = f"e{args.epochs}_f{args.folds}_s{args.seed}"
+    root = data.data_dir(args.data)
+    images, targets, names = data.load_dataset(root)
+
+    flipped = flipped_audit(images, targets, names, cfg, args)
+    disagree, both = disagreements(names, targets, root)
+    flipped["others_disagreed"] = len(flipped["others"] & disagree)
+    p, clean_s, clean_cached = oof(images, targets, cfg, args.folds, args.seed,
+                                   args.work / f"oof_reference_{args.tag}.csv")
+    listed = set(review_list(names, targets, p)["img_name"])
+    top = {names[i] for i in np.argsort(self_confidence(targets, p), kind="stable")[:len(disagree)]}
+    est = labeling_estimate(targets, p, timing, save_seconds(len(names)))
+
+    f = flipped
+    lines = [
+        "# Label audit and labeling studio: measured",
+        "",
+        f"Command: `python scripts/audit_measure.py --epochs {args.epochs} --folds {args.folds} --seed {args.seed}` "
+        f"on the {len(names)} images of ../shared/data. Each audit trains {args.folds} eyenet models (default "
+        f"`TrainConfig()` except epochs={args.epochs}, lowered from 40 to save CPU; early stopping on the fold's "
+        "validation split) and scores every image with the model that did not train on it; cleanlab's "
+        "`find_label_issues` on those out-of-fold P(open) makes the review list (ranked by self-confidence, the "
+        "out-of-fold probability of the given label). "
+        f"Training time: {f['seconds']:.0f} s + {clean_s:.0f} s wall on CPU ({args.threads} torch thread(s), "
+        "2 cores shared with other jobs)"
+        + (" (out-of-fold probabilities read from the cache in runs/audit/)" if f["cached"] or clean_cached else "")
+        + ".",
+        "",
+        f"## Finding {f['flipped']} flipped labels ({FLIP:.0%}, seed {args.seed})",
+        "",
+        "| review list | flipped found | precision | recall | precision@k (k = flipped, by self-confidence) |",
+        "|---|---|---|---|---|",
+        f"| {f['listed']} images | {f['hits']} | {f['precision']:.1%} | {f['recall']:.1%} | "
+        f"{f['precision_at_k']:.1%} |",
+        "",
+        f"Of the {len(f['others'])} listed images that were not flipped, {f['others_disagreed']} are images where "
+        "annotator a or b disagrees with the reference label: some of the \"false positives\" are likely errors "
+        "of the reference itself.",
+        "",
+        "## The reference labels as given",
+        "",
+        f"- The audit lists {len(listed)} of {len(names)} labels as likely wrong.",
+        f"- `other_annotations.csv` disagrees with the reference on {len(disagree)} images (annotator a or b); "
+        f"{len(listed & disagree)} of them are in the review list ({len(listed & disagree) / max(len(listed), 1):.0%}"
+        f" of the list, against {len(disagree) / len(names):.1%} of all images).",
+        f"- On {len(both)} images both annotators disagree with the reference; {len(listed & both)} of them are in "
+        "the review list.",
+        f"- The {len(disagree)} lowest self-confidence images hold {len(top & disagree)} of the {len(disagree)} "
+        "disagreements.",
+        "",
+        "## Labeling 4000 images with the studio: estimate",
+        "",
+        "What a model that never saw an image says about it: the out-of-fold P(open) of the reference audit above. "
+        f"{est['confident']} images are confident (P >= 0.9 or <= 0.1) and go to grid pages of {PAGE} "
+        f"({est['pages']} pages), {est['wrong']} of them with a wrong pre-label to flip; {est['uncertain']} uncertain "
+        "images are labeled one at a time, most uncertain first.",
+        "",
+        "Measured (software, no human): headless Chromium driven by Playwright in "
+        "`tests/test_studio_browser.py` (`EYE_CLF_STUDIO_TIMING=results/studio_timing.json`): key presses to the "
+        f"page saved and the next one shown {np.mean(timing['grid_page_seconds']):.2f} s per grid page, "
+        f"{np.mean(timing['single_label_seconds']):.2f} s per single label (120-row labels file); one save of a "
+        f"{len(names)}-row xlsx here adds {est['save_s']:.2f} s to each. The page "
+        "does not wait for saves, so these are upper bounds of the wait.",
+        "",
+        f"Assumed (human pace): {SCAN_S} s to check one image on a grid page ({SCAN_S * PAGE:.0f} s per page), "
+        f"{FIX_S} s to move to and flip a wrong pre-label, {DECIDE_S} s to judge an uncertain image alone.",
+        "",
+        "| part | images | time |",
+        "|---|---|---|",
+        f"| grid pages | {est['confident']} | {est['grid_s'] / 60:.0f} min |",
+        f"| one at a time | {est['uncertain']} | {est['single_s'] / 60:.0f} min |",
+        f"| **model-assisted total** | {len(names)} | **{est['total_s'] / 60:.0f} min** |",
+        f"| without a model, one at a time at the same pace | {len(names)} | {est['unassisted_s'] / 60:.0f} min |",
+        "",
+    ]
+    atomic_write(args.out, lambda tmp: Path(tmp).write_text("\n".join(lines)))
+    print("\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()

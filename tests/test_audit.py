@@ -1,0 +1,100 @@
+"""Label audit: cleanlab ranking on out-of-fold P(open), the review list, and the CLI (with and without training)."""
+import numpy as np
+import pandas as pd
+import pytest
+
+from eye_clf.__main__ import main
+from eye_clf.audit import labeled, read_oof, review_list
+from eye_clf.data import LabelError
+from eye_clf.labels_store import LabelStore
+from eye_clf.studio import Studio, read_review
+from test_studio import eye
+
+
+def test_review_list_finds_flipped_labels_first():
+    rng = np.random.default_rng(0)
+    truth = rng.integers(0, 2, 300)
+    p_open = np.clip(np.where(truth == 1, 0.9, 0.1) + rng.normal(0, 0.05, 300), 0.01, 0.99)
+    flipped = rng.choice(300, 12, replace=False)
+    given = truth.copy()
+    given[flipped] ^= 1
+    names = [f"{i:03d}.png" for i in range(300)]
+    review = review_list(names, given, p_open)
+    found = set(review["img_name"])
+    assert found <= {names[i] for i in flipped} and len(found) >= 11  # confident learning may keep a borderline one
+    assert list(review["rank"]) == list(range(1, len(found) + 1)) and review["score"].is_monotonic_increasing
+    row = review.iloc[0]
+    i = names.index(row["img_name"])
+    assert row["target"] == given[i] and row["p_open"] == p_open[i]
+    assert row["score"] == pytest.approx(p_open[i] if given[i] else 1 - p_open[i])
+
+
+@pytest.fixture
+def labeled_folder(tmp_path):
+    images = tmp_path / "images"
+    images.mkdir()
+    for i in range(40):
+        eye(i % 2, i).save(images / f"{i:03d}.png")
+    targets = [i % 2 for i in range(40)]
+    targets[3] = 0  # a wrong label: 003.png shows an open eye
+    df = pd.DataFrame({"img_name": [f"{i:03d}.png" for i in range(40)], "target": targets})
+    df.loc[38, "target"] = None                       # not labeled yet
+    df["unsure"] = 0
+    df.loc[39, ["target", "unsure"]] = [None, 1]      # skipped as unsure
+    df.to_excel(tmp_path / "labels.xlsx", index=False)
+    return images, tmp_path / "labels.xlsx"
+
+
+def test_only_labeled_rows_are_audited(labeled_folder):
+    images, labels = labeled_folder
+    x, y, names = labeled(images, labels)
+    assert x.shape == (38, 24, 24) and len(y) == 38 and names[-1] == "037.png"
+    (images / "010.png").unlink()
+    with pytest.raises(FileNotFoundError, match="010.png"):
+        labeled(images, labels)
+
+
+def test_read_oof_checks_its_input(tmp_path):
+    path = tmp_path / "oof.csv"
+    pd.DataFrame({"img_name": ["a", "b"], "p_open": [0.2, 1.5]}).to_csv(path, index=False)
+    with pytest.raises(ValueError, match="0..1"):
+        read_oof(path, ["a", "b"])
+    with pytest.raises(ValueError, match="no p_open for 1"):
+        read_oof(path, ["a", "c"])
+    pd.DataFrame({"img_name": ["a"], "p": [0.2]}).to_csv(path, index=False)
+    with pytest.raises(ValueError, match="needs columns"):
+        read_oof(path, ["a"])
+
+
+def test_audit_cli_with_given_oof_feeds_the_studio(labeled_folder, tmp_path, capsys):
+    images, labels = labeled_folder
+    oof = tmp_path / "oof.csv"
+    pd.DataFrame({"img_name": [f"{i:03d}.png" for i in range(38)],
+                  "p_open": [0.95 if i % 2 else 0.05 for i in range(38)]}).to_csv(oof, index=False)
+    main(["audit", "--images", str(images), "--labels", str(labels), "--oof", str(oof),
+          "--out", str(tmp_path / "review.csv")])
+    assert "1 of 38 labels look wrong" in capsys.readouterr().out
+    review = pd.read_csv(tmp_path / "review.csv", dtype={"img_name": str})
+    assert review.to_dict("records") == [dict(img_name="003.png", target=0, p_open=0.95, rank=1,
+                                              score=pytest.approx(0.05))]
+    store = LabelStore(labels, images)
+    queue = Studio(store, review=read_review(tmp_path / "review.csv", store.files))
+    assert queue.mode == "review" and queue.order == ["003.png"] and queue.start() == 0
+
+
+def test_audit_cli_trains_folds(labeled_folder, tmp_path):
+    images, labels = labeled_folder
+    main(["audit", "--images", str(images), "--labels", str(labels), "--folds", "2", "--epochs", "1",
+          "--width", "4", "--batch-size", "8", "--out", str(tmp_path / "review.csv"),
+          "--save-oof", str(tmp_path / "oof.csv")])
+    oof = pd.read_csv(tmp_path / "oof.csv", dtype={"img_name": str})
+    assert len(oof) == 38 and oof["p_open"].between(0, 1).all()
+    assert list(pd.read_csv(tmp_path / "review.csv").columns) == ["img_name", "target", "p_open", "rank", "score"]
+
+
+def test_one_class_is_refused(tmp_path):
+    (tmp_path / "images").mkdir()
+    eye(1).save(tmp_path / "images" / "a.png")
+    pd.DataFrame({"img_name": ["a.png"], "target": [1]}).to_excel(tmp_path / "l.xlsx", index=False)
+    with pytest.raises(LabelError, match="both classes"):
+        labeled(tmp_path / "images", tmp_path / "l.xlsx")
