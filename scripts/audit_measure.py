@@ -79,18 +79,19 @@ def disagreements(names, targets, root):
     return set(other.index[off[0] | off[1]]), set(other.index[off[0] & off[1]])
 
 
-def labeling_estimate(targets, p, timing, save_s):
-    """Seconds to label len(p) images: confident ones (P >= 0.9 or <= 0.1) on grid pages, the rest one by one."""
+def labeling_estimate(targets, p, timing, save_s, slow=1.0):
+    """Seconds to label len(p) images: confident ones (P >= 0.9 or <= 0.1) on grid pages, the rest one by one;
+    ``slow`` multiplies the assumed human times."""
     confident = np.abs(p - 0.5) >= 0.4
     wrong = confident & ((p >= 0.5) != (targets == 1))
     pages = int(np.ceil(confident.sum() / PAGE))
     page_s = float(np.mean(timing["grid_page_seconds"])) + save_s
     key_s = float(np.mean(timing["single_label_seconds"])) + save_s
-    grid_s = confident.sum() * SCAN_S + wrong.sum() * FIX_S + pages * page_s
-    single_s = (~confident).sum() * (DECIDE_S + key_s)
+    grid_s = confident.sum() * SCAN_S * slow + wrong.sum() * FIX_S * slow + pages * page_s
+    single_s = (~confident).sum() * (DECIDE_S * slow + key_s)
     return dict(confident=int(confident.sum()), wrong=int(wrong.sum()), pages=pages,
                 uncertain=int((~confident).sum()), save_s=save_s, grid_s=grid_s, single_s=single_s,
-                total_s=grid_s + single_s, unassisted_s=len(p) * (DECIDE_S + key_s))
+                total_s=grid_s + single_s, unassisted_s=len(p) * (DECIDE_S * slow + key_s))
 
 
 def save_seconds(n):
@@ -137,7 +138,9 @@ def main():
                                    args.work / f"oof_reference_{args.tag}.csv")
     listed = set(review_list(names, targets, p)["img_name"])
     top = {names[i] for i in np.argsort(self_confidence(targets, p), kind="stable")[:len(disagree)]}
-    est = labeling_estimate(targets, p, timing, save_seconds(len(names)))
+    save_s = save_seconds(len(names))
+    est = labeling_estimate(targets, p, timing, save_s)
+    slow = labeling_estimate(targets, p, timing, save_s, slow=2.0)
 
     f = flipped
     lines = [
@@ -151,8 +154,8 @@ def main():
         "out-of-fold probability of the given label). "
         f"Training time: {f['seconds']:.0f} s + {clean_s:.0f} s wall on CPU ({args.threads} torch thread(s), "
         "2 cores shared with other jobs)"
-        + (" (out-of-fold probabilities read from the cache in runs/audit/)" if f["cached"] or clean_cached else "")
-        + ".",
+        + (". These numbers were re-rendered from the out-of-fold probabilities that run cached in runs/audit/"
+           if f["cached"] or clean_cached else "") + ".",
         "",
         f"## Finding {f['flipped']} flipped labels ({FLIP:.0%}, seed {args.seed})",
         "",
@@ -178,7 +181,9 @@ def main():
         "",
         "## Labeling 4000 images with the studio: estimate",
         "",
-        "What a model that never saw an image says about it: the out-of-fold P(open) of the reference audit above. "
+        "What a model that never saw an image says about it: the out-of-fold P(open) of the reference audit above "
+        "(each model trained on the other 80% of the images, so this assumes a model trained on similar images "
+        "that are already labeled). "
         f"{est['confident']} images are confident (P >= 0.9 or <= 0.1) and go to grid pages of {PAGE} "
         f"({est['pages']} pages), {est['wrong']} of them with a wrong pre-label to flip; {est['uncertain']} uncertain "
         "images are labeled one at a time, most uncertain first.",
@@ -199,6 +204,9 @@ def main():
         f"| one at a time | {est['uncertain']} | {est['single_s'] / 60:.0f} min |",
         f"| **model-assisted total** | {len(names)} | **{est['total_s'] / 60:.0f} min** |",
         f"| without a model, one at a time at the same pace | {len(names)} | {est['unassisted_s'] / 60:.0f} min |",
+        "",
+        f"If every human time above is doubled: {slow['total_s'] / 60:.0f} min with the model, "
+        f"{slow['unassisted_s'] / 60:.0f} min without.",
         "",
     ]
     atomic_write(args.out, lambda tmp: Path(tmp).write_text("\n".join(lines)))
