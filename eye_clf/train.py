@@ -5,13 +5,14 @@ import os
 import pickle
 import tempfile
 import time
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import torch
 import torch.nn.functional as F
+from scipy.optimize import minimize_scalar
 from tqdm.auto import tqdm
 
 from . import data, metrics
@@ -37,6 +38,9 @@ class TrainConfig:
     invert: float = 0.0          # probability of inverting colours during training
     patience: int = 10           # early stopping: epochs without a better validation loss
     tta: bool = False            # average the logits of the image and its mirror at prediction time
+    calibrate: bool = True       # temperature scaling on the validation split after training
+    teachers: int = 0            # distil: train this many models first (seeds seed+1...), then fit to their
+                                 # mirror-averaged mean P(open) on every augmented batch
     seed: int = 0
     device: str = "auto"
 
@@ -67,7 +71,8 @@ def model_spec(cfg):
 
 @torch.inference_mode()
 def logits(model, x, batch_size=1024, tta=False):
-    """Logits of a normalized N x 1 x 24 x 24 tensor, batched, on the model's device; tta adds the mirror."""
+    """Calibrated logits (divided by the model's temperature) of a normalized N x 1 x 24 x 24 tensor, batched,
+    on the model's device; tta averages them with the mirror image's."""
     model.eval()
     dev = next(model.parameters()).device
     out = []
@@ -76,8 +81,15 @@ def logits(model, x, batch_size=1024, tta=False):
         z = model(xb)
         if tta:
             z = (z + model(xb.flip(-1))) / 2
-        out.append(z.float().cpu())
+        out.append((z / model.temperature).float().cpu())
     return torch.cat(out) if out else torch.empty(0)
+
+
+def fit_temperature(z, y):
+    """The temperature T that minimises the BCE of sigmoid(z / T) on held-out logits (temperature scaling)."""
+    y = torch.as_tensor(y, dtype=torch.float32)
+    return minimize_scalar(lambda t: F.binary_cross_entropy_with_logits(z / t, y).item(), bounds=(0.05, 20),
+                           method="bounded").x
 
 
 def scores(model, images, batch_size=1024, tta=False):
@@ -89,6 +101,11 @@ def _bce(z, y, smoothing):
     return F.binary_cross_entropy_with_logits(z, y * (1 - smoothing) + smoothing / 2)
 
 
+@torch.no_grad()
+def _ensemble_proba(models, x):
+    return torch.stack([torch.sigmoid((m(x) + m(x.flip(-1))) / 2) for m in models]).mean(0)
+
+
 def _epoch_metrics(prefix, loss, y, p):
     return {f"{prefix}_loss": loss, f"{prefix}_accuracy": metrics.accuracy(y, p),
             f"{prefix}_eer": metrics.eer(y, p)[0]}
@@ -98,8 +115,11 @@ def fit(images, targets, train_idx, val_idx, cfg=TrainConfig(), progress=True):
     """Train on ``train_idx``, select the epoch of best validation loss on ``val_idx``.
 
     Returns ``(model, history)``: the model holds the best-validation-loss weights; history is one dict per epoch
-    (train/val loss, accuracy, EER, learning rate, seconds).
+    (train/val loss, accuracy, EER, learning rate, seconds). With ``cfg.teachers`` the model learns the teachers'
+    soft P(open) instead of the labels (distillation); validation loss stays against the labels.
     """
+    teachers = [fit(images, targets, train_idx, val_idx, replace(cfg, teachers=0, seed=cfg.seed + 1 + k),
+                    progress)[0].eval() for k in range(cfg.teachers)]
     seed_everything(cfg.seed)
     dev = device_of(cfg.device)
     model = build_model(cfg.arch, cfg.method, cfg.weights, cfg.width, cfg.dropout, cfg.input_size).to(dev)
@@ -124,7 +144,7 @@ def fit(images, targets, train_idx, val_idx, cfg=TrainConfig(), progress=True):
             xb, yb = xb.to(dev, non_blocking=True), yb.to(dev, non_blocking=True)
             with torch.autocast(**amp):
                 z = model(xb).float()
-            loss = _bce(z, yb, cfg.label_smoothing)
+            loss = _bce(z, _ensemble_proba(teachers, xb) if teachers else yb, cfg.label_smoothing)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
@@ -149,6 +169,8 @@ def fit(images, targets, train_idx, val_idx, cfg=TrainConfig(), progress=True):
             if stale >= cfg.patience:
                 break
     model.load_state_dict(best_state)
+    if cfg.calibrate:
+        model.temperature.fill_(fit_temperature(logits(model, x_val, tta=cfg.tta), y_val))
     return model, history
 
 
@@ -168,6 +190,12 @@ def checkpoint(model, cfg, metrics_=None, history=None):
     }
 
 
+def _umask():
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 def atomic_write(path, write):
     """Call ``write(tmp_path)`` then move the file into place, so ``path`` is never half-written."""
     path = Path(path)
@@ -176,6 +204,7 @@ def atomic_write(path, write):
     os.close(fd)
     try:
         write(tmp)
+        os.chmod(tmp, path.stat().st_mode & 0o777 if path.exists() else 0o666 & ~_umask())
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):

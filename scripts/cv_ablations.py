@@ -1,6 +1,7 @@
 """5-fold cross-validated ablations of the training recipe (one change at a time from BASE).
 
     python scripts/cv_ablations.py baseline wide ...   # run these (each result cached in results/cv/NAME.json)
+    python scripts/cv_ablations.py --ensemble a b ...  # CV of the average of cached runs' out-of-fold P(open)
     python scripts/cv_ablations.py --table             # rebuild results/cv_ablations.md from the cached runs
 
 Each run: the same 5 stratified folds (seed 0) of the 4000 images; inside each fold 15% of the training part picks
@@ -32,6 +33,7 @@ ABLATIONS = {
     "upsample_48px": dict(input_size=48),
     "dropout_0.3": dict(dropout=0.3),
     "epochs_60": dict(epochs=60, patience=15),
+    "ls0.1+distill_3_teachers": dict(label_smoothing=0.1, teachers=3),
     "plain_resnet18": dict(arch="resnet18", epochs=15, patience=5, lr=1e-3),
     "lite0_imagenet_finetune": dict(arch="efficientnet_lite0", weights="imagenet", input_size=64, epochs=12,
                                     patience=5, lr=1e-3),
@@ -50,12 +52,25 @@ def run(name, images, targets):
           flush=True)
 
 
+def ensemble(names, targets):
+    """All runs share the folds, so averaging their out-of-fold P(open) is a CV of the averaged ensemble."""
+    runs = [json.loads((OUT / "cv" / f"{n}.json").read_text()) for n in names]
+    oof = np.mean([r["oof"] for r in runs], axis=0)
+    folds = [dict(fold=k, epochs=sum(r["folds"][k]["epochs"] for r in runs),
+                  seconds=sum(r["folds"][k]["seconds"] for r in runs),
+                  **metrics.summary(targets[test], oof[test]), eer_tta=None)
+             for k, (_, test) in enumerate(data.kfold(targets, 5, 0))]
+    name = "ensemble(" + "+".join(names) + ")"
+    result = dict(name=name, change={"average of": names}, config=None, folds=folds,
+                  pooled=metrics.summary(targets, oof), oof=oof.tolist())
+    atomic_write(OUT / "cv" / f"{name}.json", lambda tmp: Path(tmp).write_text(json.dumps(result)))
+    print(f"{name}: EER {100 * np.mean([f['eer'] for f in folds]):.2f}%")
+
+
 def table():
     rows = []
-    for name in ABLATIONS:
-        path = OUT / "cv" / f"{name}.json"
-        if not path.exists():
-            continue
+    paths = [OUT / "cv" / f"{n}.json" for n in ABLATIONS] + sorted((OUT / "cv").glob("ensemble(*.json"))
+    for path in filter(Path.exists, paths):
         r = json.loads(path.read_text())
         f = pd.DataFrame(r["folds"])
         cell = {}
@@ -63,7 +78,7 @@ def table():
                            ("ece", "ECE %")):
             m, h = interval(f[col])
             cell[label] = f"{100 * m:.2f} ± {100 * h:.2f}"
-        rows.append(dict(run=name, change=json.dumps(r["change"]) if r["change"] else "(BASE)", **cell,
+        rows.append(dict(run=r["name"], change=json.dumps(r["change"]) if r["change"] else "(BASE)", **cell,
                          **{"epochs (mean)": f"{f['epochs'].mean():.0f}",
                             "train s/fold": f"{f['seconds'].mean():.0f}"}))
     md = ("# 5-fold CV ablations\n\nCommand: `python scripts/cv_ablations.py NAME...` then "
@@ -78,6 +93,7 @@ def table():
 if __name__ == "__main__":
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("names", nargs="*", help=f"runs among: {', '.join(ABLATIONS)}")
+    ap.add_argument("--ensemble", nargs="+", metavar="RUN", help="cached runs to average")
     ap.add_argument("--table", action="store_true")
     ap.add_argument("--threads", type=int, default=torch.get_num_threads())
     args = ap.parse_args()
@@ -89,5 +105,7 @@ if __name__ == "__main__":
         images, targets, _ = data.load_dataset()
         for name in args.names:
             run(name, images, targets)
+    if args.ensemble:
+        ensemble(args.ensemble, data.load_dataset()[1])
     if args.table:
         table()

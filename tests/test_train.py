@@ -60,10 +60,22 @@ def misleading(toy):
 
 def test_returned_model_holds_the_best_validation_loss_epoch(toy):
     images, targets, tr, va = misleading(toy)
-    model, history = fit(images, targets, tr, va, CFG, progress=False)
+    model, history = fit(images, targets, tr, va, replace(CFG, calibrate=False), progress=False)
     losses = [r["val_loss"] for r in history]
     assert len(history) == CFG.epochs and np.argmin(losses) < len(losses) - 1  # the last epoch is not the best
     assert val_loss(model, images[va], targets[va]) == pytest.approx(min(losses), rel=1e-5)
+
+
+def test_temperature_scaling_fits_held_out_logits(toy):
+    rng = np.random.default_rng(0)
+    calibrated = rng.normal(0, 2, 2000)
+    y = (rng.random(2000) < 1 / (1 + np.exp(-calibrated))).astype(int)  # labels drawn from sigmoid(z)
+    assert train.fit_temperature(torch.tensor(3 * calibrated), y) == pytest.approx(3, rel=0.15)  # overconfident
+    assert train.fit_temperature(torch.tensor(calibrated / 2), y) == pytest.approx(0.5, rel=0.15)
+    images, targets, tr, va = misleading(toy)
+    model, history = fit(images, targets, tr, va, CFG, progress=False)
+    assert model.temperature.item() != 1
+    assert val_loss(model, images[va], targets[va]) < min(r["val_loss"] for r in history)
 
 
 def test_early_stopping(toy):
