@@ -5,7 +5,7 @@ import os
 import pickle
 import tempfile
 import time
-from dataclasses import asdict, dataclass, fields, replace
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
 import numpy as np
@@ -39,8 +39,6 @@ class TrainConfig:
     patience: int = 10           # early stopping: epochs without a better validation loss
     tta: bool = False            # average the logits of the image and its mirror at prediction time
     calibrate: bool = True       # temperature scaling on the validation split after training
-    teachers: int = 0            # distil: train this many models first (seeds seed+1...), then fit to their
-                                 # mirror-averaged mean P(open) on every augmented batch
     seed: int = 0
     device: str = "auto"
 
@@ -101,11 +99,6 @@ def _bce(z, y, smoothing):
     return F.binary_cross_entropy_with_logits(z, y * (1 - smoothing) + smoothing / 2)
 
 
-@torch.no_grad()
-def _ensemble_proba(models, x):
-    return torch.stack([torch.sigmoid((m(x) + m(x.flip(-1))) / 2) for m in models]).mean(0)
-
-
 def _epoch_metrics(prefix, loss, y, p):
     return {f"{prefix}_loss": loss, f"{prefix}_accuracy": metrics.accuracy(y, p),
             f"{prefix}_eer": metrics.eer(y, p)[0]}
@@ -115,11 +108,8 @@ def fit(images, targets, train_idx, val_idx, cfg=TrainConfig(), progress=True):
     """Train on ``train_idx``, select the epoch of best validation loss on ``val_idx``.
 
     Returns ``(model, history)``: the model holds the best-validation-loss weights; history is one dict per epoch
-    (train/val loss, accuracy, EER, learning rate, seconds). With ``cfg.teachers`` the model learns the teachers'
-    soft P(open) instead of the labels (distillation); validation loss stays against the labels.
+    (train/val loss, accuracy, EER, learning rate, seconds).
     """
-    teachers = [fit(images, targets, train_idx, val_idx, replace(cfg, teachers=0, seed=cfg.seed + 1 + k),
-                    progress)[0].eval() for k in range(cfg.teachers)]
     seed_everything(cfg.seed)
     dev = device_of(cfg.device)
     model = build_model(cfg.arch, cfg.method, cfg.weights, cfg.width, cfg.dropout, cfg.input_size).to(dev)
@@ -144,7 +134,7 @@ def fit(images, targets, train_idx, val_idx, cfg=TrainConfig(), progress=True):
             xb, yb = xb.to(dev, non_blocking=True), yb.to(dev, non_blocking=True)
             with torch.autocast(**amp):
                 z = model(xb).float()
-            loss = _bce(z, _ensemble_proba(teachers, xb) if teachers else yb, cfg.label_smoothing)
+            loss = _bce(z, yb, cfg.label_smoothing)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()

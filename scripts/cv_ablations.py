@@ -33,7 +33,7 @@ ABLATIONS = {
     "upsample_48px": dict(input_size=48),
     "dropout_0.3": dict(dropout=0.3),
     "epochs_60": dict(epochs=60, patience=15),
-    "ls0.1+distill_3_teachers": dict(label_smoothing=0.1, teachers=3),
+    "ls0.1+mirror_tta": dict(label_smoothing=0.1, tta=True),
     "plain_resnet18": dict(arch="resnet18", epochs=15, patience=5, lr=1e-3),
     "lite0_imagenet_finetune": dict(arch="efficientnet_lite0", weights="imagenet", input_size=64, epochs=12,
                                     patience=5, lr=1e-3),
