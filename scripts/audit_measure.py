@@ -126,7 +126,8 @@ def main():
                  ".venv/bin/python -m pytest -q tests/test_studio_browser.py first")
     timing = json.loads(args.timing.read_text())
     torch.set_num_threads(args.threads)
-    cfg = TrainConfig(epochs=args.epochs, seed=args.seed)
+    # the recipe this measurement was made with (before label smoothing, mirror TTA and temperature scaling)
+    cfg = TrainConfig(epochs=args.epochs, seed=args.seed, label_smoothing=0.0, tta=False, calibrate=False)
     args.tag = f"e{args.epochs}_f{args.folds}_s{args.seed}"
     root = data.data_dir(args.data)
     images, targets, names = data.load_dataset(root)
@@ -147,9 +148,9 @@ def main():
         "# Label audit and labeling studio: measured",
         "",
         f"Command: `python scripts/audit_measure.py --epochs {args.epochs} --folds {args.folds} --seed {args.seed}` "
-        f"on the {len(names)} images of ../shared/data. Each audit trains {args.folds} eyenet models (default "
-        f"`TrainConfig()` except epochs={args.epochs}, lowered from 40 to save CPU; early stopping on the fold's "
-        "validation split) and scores every image with the model that did not train on it; cleanlab's "
+        f"on the {len(names)} images of ../shared/data. Each audit trains {args.folds} eyenet models (width 16, "
+        f"augmentation 1.0, no label smoothing, no mirror TTA, no temperature scaling, lr 3e-3, epochs={args.epochs}, "
+        "early stopping on the fold's validation split) and scores every image with the model that did not train on it; cleanlab's "
         "`find_label_issues` on those out-of-fold P(open) makes the review list (ranked by self-confidence, the "
         "out-of-fold probability of the given label). "
         f"Training time: {f['seconds']:.0f} s + {clean_s:.0f} s wall on CPU ({args.threads} torch thread(s), "
