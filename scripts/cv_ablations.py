@@ -22,7 +22,8 @@ from eye_clf.cv import cross_val_predict, interval  # noqa: E402
 from eye_clf.train import TrainConfig, atomic_write  # noqa: E402
 
 OUT = Path(__file__).resolve().parent.parent / "results"
-BASE = dict(arch="eyenet", width=16, epochs=30, patience=10, lr=3e-3, augment=1.0, label_smoothing=0.0, tta=False)
+BASE = dict(arch="eyenet", width=16, epochs=30, patience=10, lr=3e-3, augment=1.0, label_smoothing=0.0, tta=False,
+            calibrate=False)
 ABLATIONS = {
     "baseline": {},
     "no_augmentation": dict(augment=0.0),
@@ -33,7 +34,8 @@ ABLATIONS = {
     "upsample_48px": dict(input_size=48),
     "dropout_0.3": dict(dropout=0.3),
     "epochs_60": dict(epochs=60, patience=15),
-    "ls0.1+mirror_tta": dict(label_smoothing=0.1, tta=True),
+    "ls0.1+mirror_tta": dict(label_smoothing=0.1, tta=True, calibrate=True),
+    "shipped_ls0.1+temperature": dict(label_smoothing=0.1, calibrate=True),
     "plain_resnet18": dict(arch="resnet18", epochs=15, patience=5, lr=1e-3),
     "lite0_imagenet_finetune": dict(arch="efficientnet_lite0", weights="imagenet", input_size=64, epochs=12,
                                     patience=5, lr=1e-3),
@@ -76,8 +78,8 @@ def table():
         cell = {}
         for col, label in (("eer", "EER %"), ("eer_tta", "EER +mirror TTA %"), ("accuracy", "accuracy %"),
                            ("ece", "ECE %")):
-            m, h = interval(f[col])
-            cell[label] = f"{100 * m:.2f} ± {100 * h:.2f}"
+            m, h = interval(f[col].astype(float))
+            cell[label] = f"{100 * m:.2f} ± {100 * h:.2f}" if np.isfinite(m) else "—"
         calibrated = "yes" if r["config"] and r["config"].get("calibrate") else "no"
         rows.append(dict(run=r["name"], change=json.dumps(r["change"]) if r["change"] else "(BASE)",
                          **{"temperature-scaled": calibrated}, **cell,
