@@ -3,6 +3,7 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
 from .train import atomic_write  # noqa: E402
@@ -56,7 +57,7 @@ def plot_comparison(histories, path=None, title="method comparison (validation)"
 def image_grid(images, titles=(), path=None, cols=10, title=None):
     """Show uint8 24x24 images in a grid, nearest-neighbour upscaled, with optional per-image titles."""
     rows = max(1, -(-len(images) // cols))
-    fig, axes = plt.subplots(rows, cols, figsize=(cols * 1.1, rows * 1.25), squeeze=False)
+    fig, axes = plt.subplots(rows, cols, figsize=(cols * 1.1, rows * 1.25), squeeze=False, layout="constrained")
     for ax in axes.flat:
         ax.axis("off")
     for ax, im, t in zip(axes.flat, images, list(titles) + [""] * (len(images) - len(titles))):
@@ -64,6 +65,27 @@ def image_grid(images, titles=(), path=None, cols=10, title=None):
         ax.set_title(t, fontsize=7)
     if title:
         fig.suptitle(title)
+    if path:
+        save(fig, path)
+    return fig
+
+
+def plot_reliability(targets, scores, path=None, bins=15, title="reliability diagram"):
+    """Mean P(open) vs observed open rate per score bin (the diagonal is perfect calibration); bar = count."""
+    targets, scores = np.asarray(targets, dtype=float), np.asarray(scores, dtype=float)
+    which = np.clip((scores * bins).astype(int), 0, bins - 1)
+    used = [b for b in range(bins) if (which == b).any()]
+    mean_p = [scores[which == b].mean() for b in used]
+    rate = [targets[which == b].mean() for b in used]
+    fig, (ax, ax_n) = plt.subplots(2, 1, figsize=(4.5, 5.5), sharex=True, height_ratios=(3, 1))
+    ax.plot([0, 1], [0, 1], color="grey", ls=":", label="perfect calibration")
+    ax.plot(mean_p, rate, "o-", label="model")
+    ax.set(ylabel="observed open rate", title=title)
+    ax.legend()
+    ax_n.bar((np.arange(bins) + 0.5) / bins, np.bincount(which, minlength=bins), width=0.9 / bins)
+    ax_n.set(xlabel="predicted P(open)", ylabel="images", yscale="log")
+    for a in (ax, ax_n):
+        a.grid(alpha=0.3)
     if path:
         save(fig, path)
     return fig
