@@ -4,6 +4,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from PIL import Image
+from torch.fx.experimental.optimization import fuse
 
 from . import data
 from .train import device_of, load_checkpoint, scores
@@ -13,7 +14,8 @@ _loaded = {}
 
 
 def load_model(checkpoint=None):
-    """The model of a checkpoint (default: the shipped one), cached per file, on CUDA when present.
+    """The model of a checkpoint (default: the shipped one), cached per file, on CUDA when present, with every
+    BatchNorm folded into the convolution before it (same outputs, faster inference).
 
     Returns ``(model, tta)`` where tta says whether the checkpoint predicts with mirror averaging.
     """
@@ -23,6 +25,7 @@ def load_model(checkpoint=None):
     key = (path, path.stat().st_mtime_ns)
     if key not in _loaded:
         model, ckpt = load_checkpoint(path)
+        model.backbone = fuse(model.backbone)
         _loaded[key] = model.to(device_of()), bool(ckpt["preprocessing"].get("tta", False))
     return _loaded[key]
 
