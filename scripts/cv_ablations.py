@@ -36,6 +36,7 @@ ABLATIONS = {
     "epochs_60": dict(epochs=60, patience=15),
     "ls0.1+mirror_tta": dict(label_smoothing=0.1, tta=True, calibrate=True),
     "shipped_ls0.1+temperature": dict(label_smoothing=0.1, calibrate=True),
+    "ls0.1+temperature+invert0.2": dict(label_smoothing=0.1, calibrate=True, invert=0.2),
     "plain_resnet18": dict(arch="resnet18", epochs=15, patience=5, lr=1e-3),
     "lite0_imagenet_finetune": dict(arch="efficientnet_lite0", weights="imagenet", input_size=64, epochs=12,
                                     patience=5, lr=1e-3),

@@ -45,6 +45,7 @@ CHANGES = {
     "loose (padded to 28x28 with edge)": lambda im: ImageOps.pad(im.resize((24, 24)), (28, 28),
                                                                  color=int(np.asarray(im)[0].mean())),
     "darker (x0.5)": lambda im: im.point(lambda v: v // 2),
+    "inverted colours (255 - pixel)": ImageOps.invert,
     "colour, upscaled, JPEG 40, 128x128": lambda im: jpeg(tint(im.resize((128, 128), UP)), 40),
 }
 
