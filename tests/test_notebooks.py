@@ -1,0 +1,52 @@
+"""Every notebook runs top to bottom in smoke mode (EYE_CLF_SMOKE=1: tiny subset, 1 epoch, outputs to a temp dir).
+
+Executed in memory with the current interpreter as kernel, in the notebook's folder; never saved. Needs the data
+folder (../shared/data or $EYE_CLF_DATA).
+"""
+import json
+import sys
+from pathlib import Path
+
+import nbformat
+import pytest
+from nbclient import NotebookClient
+
+ROOT = Path(__file__).resolve().parent.parent
+CATEGORIES = ["dark", "blurry", "glasses", "unusual_angle", "inverted", "model_disagreement",
+              "annotator_disagreement", "other"]
+OUTPUTS = {  # notebook: the files its full run writes (smoke mode must leave them alone)
+    "choose_method.ipynb": ["plots_checkpoints/comparison_two_methods.png", "results/choose_method.csv"],
+    "train_model.ipynb": [f"plots_checkpoints/{f}" for f in ("eye_clf.pt", "history.csv", "history.json",
+                                                              "train_val_loss_metrics_history.png")],
+    "for_readme/data_categories.ipynb": [f"for_readme/{c}.png" for c in CATEGORIES],
+}
+
+
+def snapshot(files):
+    """mtime of each file (None when absent)."""
+    return {f: (ROOT / f).stat().st_mtime_ns if (ROOT / f).exists() else None for f in files}
+
+
+@pytest.fixture
+def kernel(tmp_path, monkeypatch):
+    """A kernel spec for this interpreter, found first through $JUPYTER_PATH."""
+    spec = tmp_path / "jupyter" / "kernels" / "eye_clf_test"
+    spec.mkdir(parents=True)
+    (spec / "kernel.json").write_text(json.dumps({
+        "argv": [sys.executable, "-m", "ipykernel_launcher", "-f", "{connection_file}"],
+        "display_name": "eye_clf test", "language": "python"}))
+    monkeypatch.setenv("JUPYTER_PATH", str(tmp_path / "jupyter"))
+    monkeypatch.setenv("EYE_CLF_SMOKE", "1")
+    return "eye_clf_test"
+
+
+@pytest.mark.parametrize("name", list(OUTPUTS))
+def test_notebook_runs_in_smoke_mode(name, kernel):
+    path = ROOT / name
+    nb = nbformat.read(path, as_version=4)
+    before = snapshot(OUTPUTS[name])
+    NotebookClient(nb, timeout=1200, kernel_name=kernel,
+                   resources={"metadata": {"path": str(path.parent)}}).execute()  # raises on any cell error
+    assert snapshot(OUTPUTS[name]) == before, "smoke mode must not touch committed outputs"
+    text = "\n".join(o.get("text", "") for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", []))
+    assert "smoke mode: True" in text
