@@ -1,30 +1,60 @@
-"""Stratified k-fold cross-validation: out-of-fold P(open) and per-fold metrics with a 95% interval."""
+"""Stratified k-fold cross-validation: out-of-fold P(open) and per-fold metrics with a 95% interval.
+
+With ``fold_dir`` every fold writes ``fold{k}.json`` (and the fold's model as ``fold{k}.pt``) as soon as it
+finishes, and a rerun resumes: folds already on disk with the same config, data and folds are read, not retrained.
+"""
+import json
+from dataclasses import asdict
+from pathlib import Path
+
 import numpy as np
 import pandas as pd
 from scipy import stats
 from sklearn.model_selection import train_test_split
 
 from . import data, metrics
-from .train import TrainConfig, fit, scores
+from .files import provenance, write_json
+from .train import TrainConfig, checkpoint, fit, save_checkpoint, scores
 
 
-def cross_val_predict(images, targets, cfg=TrainConfig(), folds=5, seed=0, progress=True):
+def _fold(images, targets, rest, test, cfg, progress):
+    """Train on ``rest`` (minus its validation part), score the test fold; returns (row, model)."""
+    train, val = train_test_split(rest, test_size=cfg.val_fraction, stratify=targets[rest], random_state=cfg.seed)
+    model, history = fit(images, targets, train, val, cfg, progress=progress)
+    p, p_tta = scores(model, images[test]), scores(model, images[test], tta=True)
+    best = min(history, key=lambda r: r["val_loss"])
+    row = dict(epochs=len(history), best_epoch=best["epoch"], seconds=sum(r["seconds"] for r in history),
+               temperature=float(model.temperature), **metrics.summary(targets[test], p),
+               eer_tta=metrics.eer(targets[test], p_tta)[0], test_idx=test.tolist(), p=p.tolist(),
+               p_tta=p_tta.tolist())
+    return row, model
+
+
+def cross_val_predict(images, targets, cfg=None, folds=5, seed=0, progress=True, fold_dir=None):
     """Train one model per fold; each test fold is predicted by the model that never saw it.
 
-    Inside each fold 15% of the training part (stratified) is the validation set that picks the
-    best-validation-loss epoch; the test fold is used only for scoring. Returns ``(oof_proba, per_fold)``
-    where per_fold is a DataFrame of the fold metrics (see metrics.summary), epochs trained and ``eer_tta``,
-    the EER of the same model with mirror averaging.
+    Inside each fold ``cfg.val_fraction`` of the training part (stratified) is the validation set that picks the
+    best-validation-loss epoch and the temperature; the test fold is used only for scoring. Returns
+    ``(oof, per_fold)``: out-of-fold P(open) (with the checkpoint's own TTA setting) and a DataFrame of fold
+    metrics (see metrics.summary), epochs, seconds, ``eer_tta`` (EER with mirror averaging).
     """
+    cfg = cfg or TrainConfig()
     oof = np.full(len(targets), np.nan)
+    key = dict(config=asdict(cfg), folds=folds, seed=seed, n=len(targets), n_open=int(np.sum(targets)))
     rows = []
     for k, (rest, test) in enumerate(data.kfold(targets, folds, seed)):
-        train, val = train_test_split(rest, test_size=0.15, stratify=targets[rest], random_state=seed)
-        model, history = fit(images, targets, train, val, cfg, progress=progress)
-        oof[test] = scores(model, images[test], tta=cfg.tta)
-        rows.append(dict(fold=k, epochs=len(history), seconds=sum(r["seconds"] for r in history),
-                         **metrics.summary(targets[test], oof[test]),
-                         eer_tta=metrics.eer(targets[test], scores(model, images[test], tta=True))[0]))
+        path = Path(fold_dir) / f"fold{k}.json" if fold_dir else None
+        row = json.loads(path.read_text()) if path and path.exists() else None
+        if row is not None and row["key"] != key:
+            raise ValueError(f"{path} was made with another config or data; move it away to rerun")
+        if row is None:
+            row, model = _fold(images, targets, rest, test, cfg, progress)
+            row = dict(fold=k, key=key, **row, provenance=provenance())
+            if path:
+                save_checkpoint(checkpoint(model, cfg), path.with_suffix(".pt"))
+                write_json(path, row)
+        oof[test] = row["p_tta"] if cfg.tta else row["p"]
+        rows.append({c: v for c, v in row.items() if c not in ("key", "test_idx", "p", "p_tta", "provenance")})
     return oof, pd.DataFrame(rows)
 
 

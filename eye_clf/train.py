@@ -1,9 +1,6 @@
 """Training: one ``fit`` loop (AdamW, one-cycle LR, early stopping on validation loss, best-val-loss weights),
 scoring, and checkpoints that hold weights + architecture + preprocessing + metrics + config."""
-import json
-import os
 import pickle
-import tempfile
 import time
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
@@ -16,6 +13,7 @@ from scipy.optimize import minimize_scalar
 from tqdm.auto import tqdm
 
 from . import data, metrics
+from .files import atomic_write, provenance, save_history
 from .models import build_model
 
 CHECKPOINT_FORMAT = "eye_clf/1"
@@ -37,6 +35,7 @@ class TrainConfig:
     label_smoothing: float = 0.1  # targets 0.05/0.95: the labels themselves are uncertain on hard images
     augment: float = 1.0         # augmentation strength (0: none)
     invert: float = 0.0          # probability of inverting colours during training
+    val_fraction: float = 0.1    # held out of the training images to pick the best epoch and the temperature
     patience: int = 30           # early stopping: epochs without a better validation loss. One-cycle LR peaks at
                                  # 30% and its best epochs come at the end, so the shipped recipe does not stop early
     tta: bool = False            # average the logits of the image and its mirror at prediction time
@@ -179,38 +178,12 @@ def checkpoint(model, cfg, metrics_=None, history=None):
         "metrics": metrics_ or {},
         "best_epoch": best["epoch"] if best else None,
         "config": asdict(cfg),
+        "provenance": provenance(),
     }
-
-
-def _umask():
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
-
-def atomic_write(path, write):
-    """Call ``write(tmp_path)`` then move the file into place, so ``path`` is never half-written."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        write(tmp)
-        os.chmod(tmp, path.stat().st_mode & 0o777 if path.exists() else 0o666 & ~_umask())
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
 
 
 def save_checkpoint(ckpt, path):
     atomic_write(path, lambda tmp: torch.save(ckpt, tmp))
-
-
-def save_history(history, stem):
-    """Write ``stem``.csv and ``stem``.json."""
-    atomic_write(f"{stem}.csv", lambda tmp: pd.DataFrame(history).to_csv(tmp, index=False))
-    atomic_write(f"{stem}.json", lambda tmp: Path(tmp).write_text(json.dumps(history, indent=1)))
 
 
 def load_checkpoint(path):

@@ -1,97 +1,105 @@
-"""5-fold cross-validated ablations of the training recipe (one change at a time from BASE).
+"""5-fold cross-validated variants of the training recipe, on the same folds, so they compare pairwise.
 
-    python scripts/cv_ablations.py baseline wide ...   # run these (each result cached in results/cv/NAME.json)
-    python scripts/cv_ablations.py --ensemble a b ...  # CV of the average of cached runs' out-of-fold P(open)
-    python scripts/cv_ablations.py --table             # rebuild results/cv_ablations.md from the cached runs
+    python scripts/cv_ablations.py eyenet16_e60 ...     # run these; each fold lands in results/cv/NAME/foldK.json
+                                                        # as it finishes, and a rerun resumes
+    python scripts/cv_ablations.py --ensemble a b ...   # score the average of finished runs' out-of-fold P(open)
+    python scripts/cv_ablations.py --table              # rebuild results/cv_ablations.md from the finished runs
 
-Each run: the same 5 stratified folds (seed 0) of the 4000 images; inside each fold 15% of the training part picks
-the best-validation-loss epoch, the test fold only scores. Reported: mean ± 95% t-interval over folds.
+Every run: the same 5 stratified folds (seed 0) of the 4000 labelled images; inside each fold 10% of the
+training part picks the best-validation-loss epoch and the temperature, the test fold only scores. The
+reference run is the shipped recipe (TrainConfig's defaults). Reported: mean ± 95% t-interval over folds, and
+for each run the paired difference in EER against the reference on the same folds.
 """
 import argparse
 import json
-import sys
+from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from eye_clf import data, metrics  # noqa: E402
-from eye_clf.cv import cross_val_predict, interval  # noqa: E402
-from eye_clf.train import TrainConfig, atomic_write  # noqa: E402
+from eye_clf import data, metrics
+from eye_clf.cv import cross_val_predict, interval
+from eye_clf.files import atomic_write
+from eye_clf.train import TrainConfig
 
 OUT = Path(__file__).resolve().parent.parent / "results"
-BASE = dict(arch="eyenet", width=16, epochs=30, patience=10, lr=3e-3, augment=1.0, label_smoothing=0.0, tta=False,
-            calibrate=False)
-ABLATIONS = {
-    "baseline": {},
-    "no_augmentation": dict(augment=0.0),
-    "strong_augmentation": dict(augment=1.5),
-    "invert_augmentation": dict(invert=0.2),
-    "label_smoothing_0.1": dict(label_smoothing=0.1),
-    "wide_32": dict(width=32),
-    "upsample_48px": dict(input_size=48),
-    "dropout_0.3": dict(dropout=0.3),
-    "epochs_60": dict(epochs=60, patience=15),
-    "ls0.1+mirror_tta": dict(label_smoothing=0.1, tta=True, calibrate=True),
-    "shipped_ls0.1+temperature": dict(label_smoothing=0.1, calibrate=True),
-    "ls0.1+temperature+invert0.2": dict(label_smoothing=0.1, calibrate=True, invert=0.2),
-    "plain_resnet18": dict(arch="resnet18", epochs=15, patience=5, lr=1e-3),
-    "lite0_imagenet_finetune": dict(arch="efficientnet_lite0", weights="imagenet", input_size=64, epochs=12,
-                                    patience=5, lr=1e-3),
-    "lite0_imagenet_features": dict(arch="efficientnet_lite0", method="feature_extraction", weights="imagenet",
-                                    input_size=64, epochs=15, patience=5, lr=1e-2),
+REFERENCE = "eyenet16_e60"
+RUNS = {  # changes from TrainConfig's defaults (the shipped recipe)
+    "eyenet16_e30": dict(epochs=30),
+    "eyenet16_e60": dict(epochs=60),
+    "eyenet16_e100": dict(epochs=100),
+    "eyenet24_e60": dict(width=24, epochs=60),
+    "eyenet32_e60": dict(width=32, epochs=60),
+    "lite0_imagenet_e12": dict(arch="efficientnet_lite0", weights="imagenet", input_size=64, epochs=12, lr=1e-3),
 }
 
 
+def config(name):
+    """The run's TrainConfig; patience = epochs: one-cycle's best epochs come last, so no early stopping."""
+    change = RUNS[name]
+    return TrainConfig(**{"patience": change.get("epochs", TrainConfig.epochs), **change})
+
+
 def run(name, images, targets):
-    cfg = TrainConfig(**{**BASE, **ABLATIONS[name]})
-    oof, per_fold = cross_val_predict(images, targets, cfg, folds=5, seed=0)
-    result = dict(name=name, change=ABLATIONS[name], config=vars(cfg), folds=per_fold.to_dict("records"),
-                  pooled=metrics.summary(targets, oof), oof=oof.tolist())
-    atomic_write(OUT / "cv" / f"{name}.json", lambda tmp: Path(tmp).write_text(json.dumps(result)))
-    print(f"{name}: EER {100 * np.mean(per_fold['eer']):.2f}% (folds {np.round(100 * per_fold['eer'], 2).tolist()})",
+    cfg = config(name)
+    oof, per_fold = cross_val_predict(images, targets, cfg, folds=5, seed=0, fold_dir=OUT / "cv" / name)
+    print(f"{name}: EER {100 * per_fold['eer'].mean():.2f}% (folds {np.round(100 * per_fold['eer'], 2).tolist()})",
           flush=True)
 
 
-def ensemble(names, targets):
-    """All runs share the folds, so averaging their out-of-fold P(open) is a CV of the averaged ensemble."""
-    runs = [json.loads((OUT / "cv" / f"{n}.json").read_text()) for n in names]
-    oof = np.mean([r["oof"] for r in runs], axis=0)
-    folds = [dict(fold=k, epochs=sum(r["folds"][k]["epochs"] for r in runs),
-                  seconds=sum(r["folds"][k]["seconds"] for r in runs),
-                  **metrics.summary(targets[test], oof[test]), eer_tta=None)
-             for k, (_, test) in enumerate(data.kfold(targets, 5, 0))]
-    name = "ensemble(" + "+".join(names) + ")"
-    result = dict(name=name, change={"average of": names}, config=None, folds=folds,
-                  pooled=metrics.summary(targets, oof), oof=oof.tolist())
-    atomic_write(OUT / "cv" / f"{name}.json", lambda tmp: Path(tmp).write_text(json.dumps(result)))
-    print(f"{name}: EER {100 * np.mean([f['eer'] for f in folds]):.2f}%")
+def load(name):
+    """Per-fold rows of a finished run (None if some fold is missing)."""
+    paths = [OUT / "cv" / name / f"fold{k}.json" for k in range(5)]
+    return [json.loads(p.read_text()) for p in paths] if all(p.exists() for p in paths) else None
 
 
-def table():
+def oof_of(rows, n, tta=False):
+    p = np.full(n, np.nan)
+    for r in rows:
+        p[r["test_idx"]] = r["p_tta" if tta else "p"]
+    return p
+
+
+def fold_metrics(targets, p, rows):
+    return pd.DataFrame([dict(fold=r["fold"], **metrics.summary(targets[r["test_idx"]], p[r["test_idx"]]))
+                         for r in rows])
+
+
+def ensemble(names, targets, tta=False):
+    """The runs share the folds, so averaging their out-of-fold P(open) is a CV of the averaged ensemble."""
+    runs = [load(n) for n in names]
+    p = np.mean([oof_of(r, len(targets), tta) for r in runs], axis=0)
+    f = fold_metrics(targets, p, runs[0])
+    print(f"average of {names}{' with mirror TTA' if tta else ''}: EER {100 * f['eer'].mean():.2f}%")
+    return p, f
+
+
+def table(targets):
+    ref = load(REFERENCE)
     rows = []
-    paths = [OUT / "cv" / f"{n}.json" for n in ABLATIONS] + sorted((OUT / "cv").glob("ensemble(*.json"))
-    for path in filter(Path.exists, paths):
-        r = json.loads(path.read_text())
-        f = pd.DataFrame(r["folds"])
-        cell = {}
-        for col, label in (("eer", "EER %"), ("eer_tta", "EER +mirror TTA %"), ("accuracy", "accuracy %"),
+    for name in RUNS:
+        r = load(name)
+        if r is None:
+            continue
+        f = pd.DataFrame(r)
+        cell = dict(run=name, change=json.dumps(RUNS[name]))
+        for col, label in (("eer", "EER %"), ("eer_tta", "EER +mirror TTA %"), ("accuracy", "accuracy @0.5 %"),
                            ("ece", "ECE %")):
-            m, h = interval(f[col].astype(float))
-            cell[label] = f"{100 * m:.2f} ± {100 * h:.2f}" if np.isfinite(m) else "—"
-        calibrated = "yes" if r["config"] and r["config"].get("calibrate") else "no"
-        rows.append(dict(run=r["name"], change=json.dumps(r["change"]) if r["change"] else "(BASE)",
-                         **{"temperature-scaled": calibrated}, **cell,
-                         **{"epochs (mean)": f"{f['epochs'].mean():.0f}",
-                            "train s/fold": f"{f['seconds'].mean():.0f}"}))
-    md = ("# 5-fold CV ablations\n\nCommand: `python scripts/cv_ablations.py NAME...` then "
+            m, h = interval(f[col])
+            cell[label] = f"{100 * m:.2f} ± {100 * h:.2f}"
+        if ref and name != REFERENCE:
+            m, h = interval(f["eer"] - pd.DataFrame(ref)["eer"])
+            cell[f"ΔEER vs {REFERENCE} (paired)"] = f"{100 * m:+.2f} ± {100 * h:.2f}"
+        cell.update({"best epoch (mean)": f"{f['best_epoch'].mean():.0f}", "train s/fold": f"{f['seconds'].mean():.0f}"})
+        rows.append(cell)
+    md = ("# 5-fold CV of recipe variants\n\nCommand: `python scripts/cv_ablations.py NAME...` then "
           "`python scripts/cv_ablations.py --table`.\n\n"
-          f"BASE: `{json.dumps(BASE)}`; each run's full config is in `results/cv/NAME.json`. Mean ± 95% "
-          "t-interval over the 5 folds; EER per fold on its held-out test fold; accuracy at threshold 0.5. "
-          "Temperature scaling (fit on each fold's validation part) changes ECE and accuracy, not EER. "
-          "Seconds are wall-clock on a 2-core machine shared with other jobs: compare them loosely.\n\n"
+          f"Changes are from the shipped recipe `{json.dumps(asdict(TrainConfig()))}`; each fold's config, git commit, "
+          "library versions and machine are in `results/cv/NAME/foldK.json`. Mean ± 95% t-interval over the 5 "
+          "folds (same folds for every run); EER per fold on its held-out test fold; accuracy at threshold 0.5. "
+          "Seconds are training wall-clock on one thread of a 2-core CPU machine.\n\n"
           + pd.DataFrame(rows).to_markdown(index=False) + "\n")
     atomic_write(OUT / "cv_ablations.md", lambda tmp: Path(tmp).write_text(md))
     print(md)
@@ -99,20 +107,24 @@ def table():
 
 if __name__ == "__main__":
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("names", nargs="*", help=f"runs among: {', '.join(ABLATIONS)}")
-    ap.add_argument("--ensemble", nargs="+", metavar="RUN", help="cached runs to average")
-    ap.add_argument("--table", action="store_true")
-    ap.add_argument("--threads", type=int, default=torch.get_num_threads())
+    ap.add_argument("names", nargs="*", help=f"runs among: {', '.join(RUNS)}")
+    ap.add_argument("--ensemble", nargs="+", metavar="RUN", help="finished runs to average")
+    ap.add_argument("--table", action="store_true", help="rebuild results/cv_ablations.md")
+    ap.add_argument("--threads", type=int, default=1, help="torch threads (default 1: one job per core)")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
-    unknown = set(args.names) - set(ABLATIONS)
+    unknown = set(args.names) - set(RUNS)
     if unknown:
-        ap.error(f"unknown run(s) {sorted(unknown)}; choose among {list(ABLATIONS)}")
+        ap.error(f"unknown run(s) {sorted(unknown)}; choose among {list(RUNS)}")
+    targets = None
     if args.names:
         images, targets, _ = data.load_dataset()
         for name in args.names:
             run(name, images, targets)
+    if args.ensemble or args.table:
+        targets = data.load_dataset()[1] if targets is None else targets
     if args.ensemble:
-        ensemble(args.ensemble, data.load_dataset()[1])
+        ensemble(args.ensemble, targets)
+        ensemble(args.ensemble, targets, tta=True)
     if args.table:
-        table()
+        table(targets)

@@ -1,0 +1,74 @@
+"""File helpers: atomic writes, JSON/history output and the provenance recorded beside every result."""
+import json
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+from importlib import metadata
+from pathlib import Path
+
+PACKAGES = ("torch", "torchvision", "numpy", "scikit-learn", "pillow", "onnxruntime", "efficientnet-lite-pytorch")
+
+
+def _umask():
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def atomic_write(path, write):
+    """Call ``write(tmp_path)`` then move the file into place, so ``path`` is never half-written.
+
+    The temporary file sits beside ``path`` (same file system); the result keeps the mode of the file it replaces.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        write(tmp)
+        os.chmod(tmp, path.stat().st_mode & 0o777 if path.exists() else 0o666 & ~_umask())
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+
+
+def write_json(path, obj, indent=None):
+    atomic_write(path, lambda tmp: Path(tmp).write_text(json.dumps(obj, indent=indent, default=str)))
+
+
+def save_history(history, stem):
+    """Write ``stem``.csv and ``stem``.json (one row per epoch)."""
+    import pandas as pd
+    atomic_write(f"{stem}.csv", lambda tmp: pd.DataFrame(history).to_csv(tmp, index=False))
+    write_json(f"{stem}.json", history, indent=1)
+
+
+def _git(*args):
+    try:
+        out = subprocess.run(["git", *args], cwd=Path(__file__).resolve().parent, capture_output=True, text=True,
+                             timeout=10)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    return out.stdout.strip() if out.returncode == 0 else None
+
+
+def provenance():
+    """Where a result came from: git commit (and whether the tree had uncommitted changes), the command line,
+    library versions and the machine (cores, threads, device)."""
+    versions = {}
+    for name in PACKAGES:
+        try:
+            versions[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            pass
+    status = _git("status", "--porcelain", "--untracked-files=no")
+    machine = dict(platform=platform.platform(), python=platform.python_version(), cpu_count=os.cpu_count())
+    if "torch" in sys.modules:
+        torch = sys.modules["torch"]
+        machine.update(torch_threads=torch.get_num_threads(),
+                       device=torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu")
+    return dict(git_commit=_git("rev-parse", "HEAD"), git_dirty=bool(status) if status is not None else None,
+                command=" ".join(sys.argv), versions=versions, machine=machine)
