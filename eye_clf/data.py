@@ -3,6 +3,7 @@
 Every image, whatever its size or mode, becomes a 24x24 grayscale uint8 array (PIL ``convert("L")``, then an
 antialiased bilinear resize). The model sees it as a 1x24x24 float tensor ``(pixel / 255 - MEAN) / STD``.
 """
+import hashlib
 import os
 from pathlib import Path
 
@@ -18,6 +19,7 @@ MEAN, STD = 0.5, 0.2  # the 4000 CEW patches have mean 0.497 and std 0.199 on a 
 DATA_ENV = "EYE_CLF_DATA"
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp"}
 REPO_ROOT = Path(__file__).resolve().parent.parent
+LABELS_NAME = "img_name_target.xlsx"
 
 
 class LabelError(ValueError):
@@ -28,12 +30,24 @@ def data_dir(path=None):
     """The dataset folder: ``path`` if given, else $EYE_CLF_DATA, else ../shared/data beside the repository."""
     chosen = path or os.environ.get(DATA_ENV) or REPO_ROOT.parent / "shared" / "data"
     chosen = Path(chosen)
-    if not (chosen / "EyesDataset").is_dir() or not (chosen / "img_name_target.xlsx").is_file():
+    if not (chosen / "EyesDataset").is_dir():
         raise FileNotFoundError(
-            f"eye_clf dataset not found in {chosen}: put EyesDataset/ (the 24x24 eye patches) and "
-            f"img_name_target.xlsx (columns img_name, target) there, or point ${DATA_ENV} or --data at the folder "
-            "that holds them.")
+            f"eye_clf dataset not found in {chosen}: put EyesDataset/ (the 24x24 eye patches) there, or point "
+            f"${DATA_ENV} or --data at the folder that holds it.")
     return chosen
+
+
+def labels_file(path=None, root=None):
+    """The labels spreadsheet: ``path`` if given, else the project's reference labels (``img_name_target.xlsx``
+    at the top of the checkout, beside the notebooks), else ``img_name_target.xlsx`` in the data folder."""
+    if path:
+        return Path(path)
+    if (REPO_ROOT / LABELS_NAME).is_file():
+        return REPO_ROOT / LABELS_NAME
+    found = data_dir(root) / LABELS_NAME
+    if not found.is_file():
+        raise FileNotFoundError(f"labels file not found: {found} (pass --labels, or put {LABELS_NAME} there)")
+    return found
 
 
 def read_labels(path, images_dir=None):
@@ -109,11 +123,12 @@ def list_images(folder):
 def load_dataset(root=None, labels=None, limit=None):
     """Images (N x 24 x 24 uint8), targets (N,) and names of a labelled folder.
 
-    ``root`` is the data folder (see data_dir) holding EyesDataset/ and img_name_target.xlsx; ``labels``
-    overrides the spreadsheet. ``limit`` keeps a stratified subset (for smoke runs).
+    ``root`` is the data folder (see data_dir) holding EyesDataset/; ``labels`` is the spreadsheet (default: see
+    labels_file). ``limit`` keeps a stratified subset (for smoke runs).
     """
+    labels = labels_file(labels, root)
     root = data_dir(root)
-    df = read_labels(labels or root / "img_name_target.xlsx", images_dir=root / "EyesDataset")
+    df = read_labels(labels, images_dir=root / "EyesDataset")
     if limit and limit < len(df):
         df, _ = train_test_split(df, train_size=limit, stratify=df["target"], random_state=0)
     images = np.stack([load_image(root / "EyesDataset" / n) for n in df["img_name"]])
@@ -132,6 +147,11 @@ def split(targets, seed=0, val=0.15, test=0.15):
 def kfold(targets, folds=5, seed=0):
     """Stratified k-fold (train_idx, test_idx) pairs."""
     return list(StratifiedKFold(folds, shuffle=True, random_state=seed).split(np.zeros(len(targets)), targets))
+
+
+def image_hash(image):
+    """A short content hash of a 24x24 uint8 image (what the model sees), to recognise training images."""
+    return hashlib.sha256(np.ascontiguousarray(image, dtype=np.uint8).tobytes()).hexdigest()[:16]
 
 
 def to_tensor(images):

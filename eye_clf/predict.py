@@ -9,7 +9,7 @@ from torch.fx.experimental.optimization import fuse
 from . import data
 from .train import device_of, load_checkpoint, scores
 
-DEFAULT_CHECKPOINT = data.REPO_ROOT / "plots_checkpoints" / "eye_clf.pt"
+DEFAULT_CHECKPOINT = Path(__file__).with_name("shipped") / "eye_clf.pt"  # package data, also plots_checkpoints/
 _loaded = {}
 
 

@@ -1,4 +1,5 @@
 import re
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -39,9 +40,15 @@ def test_data_dir_missing_dataset_is_a_clear_error(tmp_path, monkeypatch):
         data.data_dir()
     assert "EyesDataset" in str(err.value) and data.DATA_ENV in str(err.value)
     half = tmp_path / "half"
-    (half / "EyesDataset").mkdir(parents=True)  # images but no labels
+    (half / "EyesDataset").mkdir(parents=True)  # images but no labels, outside a checkout
+    assert data.data_dir(half) == half
     with pytest.raises(FileNotFoundError, match="img_name_target.xlsx"):
-        data.data_dir(half)
+        data.labels_file(root=half)
+
+
+def test_labels_default_to_the_checkouts_reference_file(real_root):
+    assert data.labels_file() == data.REPO_ROOT / "img_name_target.xlsx"
+    assert data.labels_file("x.csv") == Path("x.csv")
 
 
 # ---- images of any size and mode ---------------------------------------------------------------------------
