@@ -22,9 +22,12 @@ def _fold(images, targets, rest, test, cfg, progress):
     train, val = train_test_split(rest, test_size=cfg.val_fraction, stratify=targets[rest], random_state=cfg.seed)
     model, history = fit(images, targets, train, val, cfg, progress=progress)
     p, p_tta = scores(model, images[test]), scores(model, images[test], tta=True)
+    val_threshold = metrics.eer(targets[val], scores(model, images[val], tta=cfg.tta))[1]
     best = min(history, key=lambda r: r["val_loss"])
     row = dict(epochs=len(history), best_epoch=best["epoch"], seconds=sum(r["seconds"] for r in history),
                temperature=float(model.temperature), **metrics.summary(targets[test], p),
+               val_threshold=val_threshold,
+               accuracy_at_val_threshold=metrics.accuracy(targets[test], p_tta if cfg.tta else p, val_threshold),
                eer_tta=metrics.eer(targets[test], p_tta)[0], test_idx=test.tolist(), p=p.tolist(),
                p_tta=p_tta.tolist())
     return row, model
