@@ -161,13 +161,16 @@ def to_tensor(images):
 
 
 def augmentation(strength=1.0, invert=0.0):
-    """Training augmentation on uint8 1x24x24 tensors: flips, shifts, small rotations/scales, light and blur."""
+    """Training augmentation on uint8 1x24x24 tensors: flips, shifts, small rotations/scales, light and blur
+    (``strength`` 0: none of these), then colour inversion with probability ``invert``; None when both are 0."""
     s = strength
+    if not (s or invert):
+        return None
     return v2.Compose([
-        v2.RandomHorizontalFlip(),
-        v2.RandomAffine(degrees=10 * s, translate=(0.1 * s, 0.1 * s), scale=(1 - 0.1 * s, 1 + 0.1 * s)),
-        v2.ColorJitter(brightness=0.4 * s, contrast=0.4 * s),
-        v2.RandomApply([v2.GaussianBlur(3, sigma=(0.1, 1.0))], p=0.2 * s),
+        *([v2.RandomHorizontalFlip(),
+           v2.RandomAffine(degrees=10 * s, translate=(0.1 * s, 0.1 * s), scale=(1 - 0.1 * s, 1 + 0.1 * s)),
+           v2.ColorJitter(brightness=0.4 * s, contrast=0.4 * s),
+           v2.RandomApply([v2.GaussianBlur(3, sigma=(0.1, 1.0))], p=0.2 * s)] if s else []),
         v2.RandomInvert(p=invert),
     ])
 

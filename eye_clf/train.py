@@ -19,6 +19,14 @@ from .models import build_model
 CHECKPOINT_FORMAT = "eye_clf/1"
 
 
+class ConfigError(ValueError):
+    """A TrainConfig field with a value it cannot take; ``field`` names it (the CLI flag is --field-name)."""
+
+    def __init__(self, field, message):
+        super().__init__(f"{field}: {message}")
+        self.field = field
+
+
 @dataclass
 class TrainConfig:
     """A training recipe; the defaults are the shipped model's (see results/cv_ablations.md)."""
@@ -42,6 +50,22 @@ class TrainConfig:
     calibrate: bool = True       # temperature scaling on the validation split after training
     seed: int = 0
     device: str = "auto"
+
+    def __post_init__(self):
+        from .models import ARCHS, METHODS
+        checks = dict(arch=(self.arch in ARCHS, f"one of {ARCHS}"),
+                      method=(self.method in METHODS, f"one of {METHODS}"),
+                      width=(self.width >= 1, ">= 1"), dropout=(0 <= self.dropout < 1, "in [0, 1)"),
+                      input_size=(self.input_size is None or self.input_size >= 8, ">= 8 or None"),
+                      epochs=(self.epochs >= 1, ">= 1"), batch_size=(self.batch_size >= 1, ">= 1"),
+                      lr=(self.lr > 0, "> 0"), weight_decay=(self.weight_decay >= 0, ">= 0"),
+                      label_smoothing=(0 <= self.label_smoothing < 1, "in [0, 1)"),
+                      augment=(self.augment >= 0, ">= 0"), invert=(0 <= self.invert <= 1, "in [0, 1]"),
+                      val_fraction=(0 < self.val_fraction < 0.5, "in (0, 0.5)"),
+                      patience=(self.patience >= 1, ">= 1"))
+        for name, (ok, rule) in checks.items():
+            if not ok:
+                raise ConfigError(name, f"must be {rule}, got {getattr(self, name)!r}")
 
     @classmethod
     def from_dict(cls, d):
@@ -115,7 +139,7 @@ def fit(images, targets, train_idx, val_idx, cfg=TrainConfig(), progress=True):
     dev = device_of(cfg.device)
     model = build_model(cfg.arch, cfg.method, cfg.weights, cfg.width, cfg.dropout, cfg.input_size).to(dev)
     train_set = data.EyeDataset(images[train_idx], targets[train_idx],
-                                data.augmentation(cfg.augment, cfg.invert) if cfg.augment else None)
+                                data.augmentation(cfg.augment, cfg.invert))
     loader = torch.utils.data.DataLoader(train_set, cfg.batch_size, shuffle=True,
                                          drop_last=len(train_set) > cfg.batch_size,  # keep one batch at least
                                          generator=torch.Generator().manual_seed(cfg.seed))
