@@ -32,17 +32,21 @@ def auc(targets, scores):
     return float(roc_auc_score(targets, scores))
 
 
+def calibration_bins(targets, scores, bins=15):
+    """Equal-width P(open) bins: per bin the mean score, the observed open rate (NaN for an empty bin) and the
+    number of images. ``ece`` and the reliability diagram (``plots.plot_reliability``) share these bins."""
+    targets, scores = np.asarray(targets, dtype=float), np.asarray(scores, dtype=float)
+    which = np.clip(np.digitize(scores, np.linspace(0, 1, bins + 1)[1:-1]), 0, bins - 1)
+    count = np.bincount(which, minlength=bins)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return (np.bincount(which, scores, bins) / count, np.bincount(which, targets, bins) / count, count)
+
+
 def ece(targets, scores, bins=15):
     """Expected calibration error of P(open): the bin-weighted gap between mean score and open rate."""
-    targets, scores = np.asarray(targets, dtype=float), np.asarray(scores, dtype=float)
-    edges = np.linspace(0, 1, bins + 1)
-    which = np.clip(np.digitize(scores, edges[1:-1]), 0, bins - 1)
-    total = 0.0
-    for b in range(bins):
-        m = which == b
-        if m.any():
-            total += m.mean() * abs(scores[m].mean() - targets[m].mean())
-    return float(total)
+    mean_score, open_rate, count = calibration_bins(targets, scores, bins)
+    used = count > 0
+    return float(np.sum(count[used] / count.sum() * np.abs(mean_score[used] - open_rate[used])))
 
 
 def summary(targets, scores):

@@ -1,14 +1,17 @@
-"""Figures: training curves, method comparison and image grids (written atomically as PNG)."""
+"""Figures: training curves, method comparison, image grids and the reliability diagram (written atomically
+as PNG). Rates are labelled in percent, log axes at 1-2-5 steps."""
 import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
+from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter  # noqa: E402
 
-from .train import atomic_write  # noqa: E402
+from .files import atomic_write  # noqa: E402
+from .metrics import calibration_bins  # noqa: E402
 
-PANELS = (("loss", "BCE loss"), ("accuracy", "accuracy"), ("eer", "EER"))
+PANELS = (("loss", "BCE loss"), ("accuracy", "accuracy (threshold 0.5)"), ("eer", "EER"))
 
 
 def save(fig, path):
@@ -16,21 +19,43 @@ def save(fig, path):
     return fig
 
 
+def percent(v, _=None):
+    """Tick label of a 0..1 rate in percent: 0.05 -> "5%"."""
+    return f"{100 * v:.4g}%"
+
+
+def log_ticks(ax, label=lambda v, _: f"{v:g}"):
+    """Log-scale y axis with ticks at 1-2-5 steps and plain labels (not the "4x10^-1" of unlabelled decades)."""
+    ax.set_yscale("log")
+    ax.yaxis.set_major_locator(LogLocator(subs=(1, 2, 5)))
+    ax.yaxis.set_major_formatter(FuncFormatter(label))
+    ax.yaxis.set_minor_formatter(NullFormatter())
+
+
+def _panels(title):
+    """One row of the three PANELS with the figure title above the panel titles (constrained layout)."""
+    fig, axes = plt.subplots(1, 3, figsize=(14, 4.2), layout="constrained")
+    for ax, (key, label) in zip(axes, PANELS):
+        ax.set(xlabel="epoch", title=label)
+        if key == "accuracy":
+            ax.yaxis.set_major_formatter(FuncFormatter(percent))
+        elif key == "eer":
+            log_ticks(ax, percent)
+        ax.grid(alpha=0.3)
+    fig.suptitle(title)
+    return fig, axes
+
+
 def plot_history(history, path=None, title="training history"):
     """Loss, accuracy and EER per epoch, train vs validation; the best-val-loss epoch is marked."""
     h = pd.DataFrame(history)
     best = h.loc[h["val_loss"].idxmin(), "epoch"]
-    fig, axes = plt.subplots(1, 3, figsize=(14, 3.8))
-    for ax, (key, label) in zip(axes, PANELS):
+    fig, axes = _panels(title)
+    for ax, (key, _) in zip(axes, PANELS):
         ax.plot(h["epoch"], h[f"train_{key}"], label="train")
         ax.plot(h["epoch"], h[f"val_{key}"], label="validation")
         ax.axvline(best, color="grey", ls=":", label=f"best val loss (epoch {best})")
-        ax.set(xlabel="epoch", title=label)
-        if key == "eer":
-            ax.set_yscale("log")
-        ax.grid(alpha=0.3)
     axes[0].legend()
-    fig.suptitle(title)
     if path:
         save(fig, path)
     return fig
@@ -38,31 +63,31 @@ def plot_history(history, path=None, title="training history"):
 
 def plot_comparison(histories, path=None, title="method comparison (validation)"):
     """Validation loss, accuracy and EER per epoch for several runs: ``{name: history}``."""
-    fig, axes = plt.subplots(1, 3, figsize=(14, 3.8))
+    fig, axes = _panels(title)
     for name, history in histories.items():
         h = pd.DataFrame(history)
-        for ax, (key, label) in zip(axes, PANELS):
+        for ax, (key, _) in zip(axes, PANELS):
             ax.plot(h["epoch"], h[f"val_{key}"], label=name)
-            ax.set(xlabel="epoch", title=f"validation {label}")
-    for ax in axes:
-        ax.grid(alpha=0.3)
-    axes[2].set_yscale("log")
     axes[0].legend(fontsize=8)
-    fig.suptitle(title)
     if path:
         save(fig, path)
     return fig
 
 
-def image_grid(images, titles=(), path=None, cols=10, title=None):
-    """Show uint8 24x24 images in a grid, nearest-neighbour upscaled, with optional per-image titles."""
+def image_grid(images, titles=(), path=None, cols=10, title=None, targets=None, p_open=None):
+    """Show uint8 24x24 images in a grid, nearest-neighbour upscaled. Each caption reads "label: open" (the
+    reference label, from ``targets``), "P(open)=0.93" (the model's score, from ``p_open``), then ``titles``."""
+    parts = [[f"label: {'open' if t else 'closed'}" for t in targets] if targets is not None else [],
+             [f"P(open)={p:.2f}" for p in p_open] if p_open is not None else [], list(titles)]
+    captions = ["\n".join(c[i] for c in parts if i < len(c)) for i in range(len(images))]
+    height = 1.0 + 0.13 * max((c.count("\n") + 1 for c in captions if c), default=0)
     rows = max(1, -(-len(images) // cols))
-    fig, axes = plt.subplots(rows, cols, figsize=(cols * 1.1, rows * 1.25), squeeze=False, layout="constrained")
+    fig, axes = plt.subplots(rows, cols, figsize=(cols * 1.1, rows * height), squeeze=False, layout="constrained")
     for ax in axes.flat:
         ax.axis("off")
-    for ax, im, t in zip(axes.flat, images, list(titles) + [""] * (len(images) - len(titles))):
+    for ax, im, caption in zip(axes.flat, images, captions):
         ax.imshow(im, cmap="gray", vmin=0, vmax=255, interpolation="nearest")
-        ax.set_title(t, fontsize=7)
+        ax.set_title(caption, fontsize=7)
     if title:
         fig.suptitle(title)
     if path:
@@ -71,19 +96,19 @@ def image_grid(images, titles=(), path=None, cols=10, title=None):
 
 
 def plot_reliability(targets, scores, path=None, bins=15, title="reliability diagram"):
-    """Mean P(open) vs observed open rate per score bin (the diagonal is perfect calibration); bar = count."""
-    targets, scores = np.asarray(targets, dtype=float), np.asarray(scores, dtype=float)
-    which = np.clip((scores * bins).astype(int), 0, bins - 1)
-    used = [b for b in range(bins) if (which == b).any()]
-    mean_p = [scores[which == b].mean() for b in used]
-    rate = [targets[which == b].mean() for b in used]
-    fig, (ax, ax_n) = plt.subplots(2, 1, figsize=(4.5, 5.5), sharex=True, height_ratios=(3, 1))
+    """Mean P(open) vs observed open rate per score bin (``metrics.calibration_bins``, the bins of
+    ``metrics.ece``; the diagonal is perfect calibration); below, the number of images per bin."""
+    mean_p, rate, count = calibration_bins(targets, scores, bins)
+    used = count > 0
+    fig, (ax, ax_n) = plt.subplots(2, 1, figsize=(4.5, 5.5), sharex=True, height_ratios=(3, 1),
+                                   layout="constrained")
     ax.plot([0, 1], [0, 1], color="grey", ls=":", label="perfect calibration")
-    ax.plot(mean_p, rate, "o-", label="model")
+    ax.plot(mean_p[used], rate[used], "o-", label="model")
     ax.set(ylabel="observed open rate", title=title)
     ax.legend()
-    ax_n.bar((np.arange(bins) + 0.5) / bins, np.bincount(which, minlength=bins), width=0.9 / bins)
-    ax_n.set(xlabel="predicted P(open)", ylabel="images", yscale="log")
+    ax_n.bar((np.arange(bins) + 0.5) / bins, count, width=0.9 / bins)
+    ax_n.set(xlabel="predicted P(open)", ylabel="images")
+    log_ticks(ax_n)
     for a in (ax, ax_n):
         a.grid(alpha=0.3)
     if path:

@@ -129,3 +129,36 @@ def test_summary():
 def test_eer_needs_both_classes():
     with pytest.raises(ValueError, match="both open"):
         metrics.eer([1, 1, 1], [0.2, 0.5, 0.9])
+
+
+def test_calibration_bins():
+    mean_score, open_rate, count = metrics.calibration_bins([1, 0, 1, 1], [0.05, 0.1, 0.5, 0.97], bins=4)
+    assert count.tolist() == [2, 0, 1, 1]
+    assert np.allclose(mean_score, [0.075, np.nan, 0.5, 0.97], equal_nan=True)
+    assert np.allclose(open_rate, [0.5, np.nan, 1, 1], equal_nan=True)
+    # ECE is the count-weighted gap of these bins: (2 * 0.425 + 1 * 0.5 + 1 * 0.03) / 4
+    assert metrics.ece([1, 0, 1, 1], [0.05, 0.1, 0.5, 0.97], bins=4) == pytest.approx(0.345)
+
+
+def test_reliability_diagram_plots_the_ece_bins():
+    from eye_clf import plots
+    rng = np.random.default_rng(1)
+    targets, scores = rng.integers(0, 2, 300), rng.uniform(0, 1, 300)
+    fig = plots.plot_reliability(targets, scores, bins=10)
+    mean_score, open_rate, count = metrics.calibration_bins(targets, scores, bins=10)
+    x, y = fig.axes[0].lines[1].get_data()
+    assert np.allclose(x, mean_score) and np.allclose(y, open_rate)
+    assert [b.get_height() for b in fig.axes[1].patches] == count.tolist()
+
+
+def test_history_plot_labels_rates_in_percent():
+    from eye_clf import plots
+    history = [dict(epoch=e, train_loss=1 / e, val_loss=1 / e, train_accuracy=0.8, val_accuracy=0.9,
+                    train_eer=0.4 / e, val_eer=0.3 / e) for e in range(1, 21)]
+    fig = plots.plot_history(history)
+    fig.canvas.draw()
+    _, acc, eer = fig.axes
+    eer_labels = [t.get_text() for t in eer.get_yticklabels() if t.get_text()]
+    assert {"2%", "5%", "10%", "20%"} <= set(eer_labels) and all(s.endswith("%") for s in eer_labels)
+    assert all(t.get_text().endswith("%") for t in acc.get_yticklabels() if t.get_text())
+    assert not [t for t in eer.get_yticklabels(minor=True) if t.get_text()]  # no "4x10^-1" minor labels
