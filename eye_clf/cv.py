@@ -14,13 +14,13 @@ from sklearn.model_selection import train_test_split
 
 from . import data, metrics
 from .files import provenance, write_json
-from .train import TrainConfig, checkpoint, fit, save_checkpoint, scores
+from .train import TrainConfig, checkpoint, fit, load_checkpoint, save_checkpoint, scores
 
 
-def _fold(images, targets, rest, test, cfg, progress):
+def _fold(images, targets, rest, test, cfg, progress, teachers):
     """Train on ``rest`` (minus its validation part), score the test fold; returns (row, model)."""
     train, val = train_test_split(rest, test_size=cfg.val_fraction, stratify=targets[rest], random_state=cfg.seed)
-    model, history = fit(images, targets, train, val, cfg, progress=progress)
+    model, history = fit(images, targets, train, val, cfg, progress=progress, teachers=teachers)
     p, p_tta = scores(model, images[test]), scores(model, images[test], tta=True)
     val_threshold = metrics.eer(targets[val], scores(model, images[val], tta=cfg.tta))[1]
     best = min(history, key=lambda r: r["val_loss"])
@@ -33,17 +33,21 @@ def _fold(images, targets, rest, test, cfg, progress):
     return row, model
 
 
-def cross_val_predict(images, targets, cfg=None, folds=5, seed=0, progress=True, fold_dir=None):
+def cross_val_predict(images, targets, cfg=None, folds=5, seed=0, progress=True, fold_dir=None, teacher_dirs=()):
     """Train one model per fold; each test fold is predicted by the model that never saw it.
 
     Inside each fold ``cfg.val_fraction`` of the training part (stratified) is the validation set that picks the
     best-validation-loss epoch and the temperature; the test fold is used only for scoring. Returns
     ``(oof, per_fold)``: out-of-fold P(open) (with the checkpoint's own TTA setting) and a DataFrame of fold
     metrics (see metrics.summary), epochs, seconds, ``eer_tta`` (EER with mirror averaging).
+
+    ``teacher_dirs``: fold folders of finished CVs on the same folds; fold k's student distils from their fold-k
+    models, which saw only that fold's training part (the same split, so not its validation part either).
     """
     cfg = cfg or TrainConfig()
     oof = np.full(len(targets), np.nan)
-    key = dict(config=asdict(cfg), folds=folds, seed=seed, n=len(targets), n_open=int(np.sum(targets)))
+    key = dict(config=asdict(cfg), folds=folds, seed=seed, n=len(targets), n_open=int(np.sum(targets)),
+               **({"teachers": [Path(d).name for d in teacher_dirs]} if teacher_dirs else {}))
     rows = []
     for k, (rest, test) in enumerate(data.kfold(targets, folds, seed)):
         path = Path(fold_dir) / f"fold{k}.json" if fold_dir else None
@@ -51,7 +55,8 @@ def cross_val_predict(images, targets, cfg=None, folds=5, seed=0, progress=True,
         if row is not None and row["key"] != key:
             raise ValueError(f"{path} was made with another config or data; move it away to rerun")
         if row is None:
-            row, model = _fold(images, targets, rest, test, cfg, progress)
+            teachers = [load_checkpoint(Path(d) / f"fold{k}.pt")[0] for d in teacher_dirs]
+            row, model = _fold(images, targets, rest, test, cfg, progress, teachers)
             row = dict(fold=k, key=key, **row, provenance=provenance())
             if path:
                 save_checkpoint(checkpoint(model, cfg), path.with_suffix(".pt"))

@@ -33,18 +33,23 @@ RUNS = {  # changes from TrainConfig's defaults (the shipped recipe)
     "eyenet24_e60": dict(width=24, epochs=60),
     "eyenet32_e60": dict(width=32, epochs=60),
     "lite0_imagenet_e12": dict(arch="efficientnet_lite0", weights="imagenet", input_size=64, epochs=12, lr=1e-3),
+    # online distillation (teachers: finished runs above, fold by fold)
+    "student16_e60_lite0_soft": dict(epochs=60, distill=1.0, teachers=["lite0_imagenet_e12"]),
+    "student16_e60_lite0_mix": dict(epochs=60, distill=0.5, teachers=["lite0_imagenet_e12"]),
 }
 
 
 def config(name):
     """The run's TrainConfig; patience = epochs: one-cycle's best epochs come last, so no early stopping."""
-    change = RUNS[name]
+    change = {k: v for k, v in RUNS[name].items() if k != "teachers"}
     return TrainConfig(**{"patience": change.get("epochs", TrainConfig.epochs), **change})
 
 
 def run(name, images, targets):
     cfg = config(name)
-    oof, per_fold = cross_val_predict(images, targets, cfg, folds=5, seed=0, fold_dir=OUT / "cv" / name)
+    teachers = [OUT / "cv" / t for t in RUNS[name].get("teachers", ())]
+    oof, per_fold = cross_val_predict(images, targets, cfg, folds=5, seed=0, fold_dir=OUT / "cv" / name,
+                                      teacher_dirs=teachers)
     print(f"{name}: EER {100 * per_fold['eer'].mean():.2f}% (folds {np.round(100 * per_fold['eer'], 2).tolist()})",
           flush=True)
 

@@ -1,0 +1,118 @@
+"""The main job: train the shipped recipe on every label, write a run folder; ``ship`` promotes a run.
+
+A run trains on all labelled images except a stratified ``cfg.val_fraction`` validation part, which only picks the
+best-validation-loss epoch, the temperature and the decision threshold. It writes into its own folder
+(``runs/<name>/``): the checkpoint, the history, the curves and ``run.json``. The shipped model
+(``eye_clf/shipped/``, linked from ``plots_checkpoints/``) changes only through ``ship``. Quality figures of a recipe
+come from cross-validating it (``scripts/cv_ablations.py``): the validation part picked the epoch, so its numbers
+are optimistic.
+"""
+import hashlib
+import json
+import os
+import shutil
+import time
+from dataclasses import asdict
+from datetime import datetime
+from pathlib import Path
+
+import numpy as np
+import torch
+from sklearn.model_selection import train_test_split
+
+from . import data, metrics
+from .files import atomic_write, provenance, save_history, write_json
+from .train import load_checkpoint, scores  # noqa: F401  (moving to models)
+from .plots import plot_history
+from .train import TrainConfig, checkpoint, fit, save_checkpoint
+
+SHIPPED = Path(__file__).with_name("shipped")
+FIGURES = data.REPO_ROOT / "plots_checkpoints"
+
+
+def auto_threads():
+    """Torch threads for training: the cores that other processes leave idle (1-minute load average), at least 1.
+    Oversubscribed cores make training many times slower, not a little."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    return max(1, cores - round(os.getloadavg()[0]))
+
+
+def split(targets, cfg):
+    """The run's (train, validation) indices: a stratified ``cfg.val_fraction`` held out, seed ``cfg.seed``."""
+    return train_test_split(np.arange(len(targets)), test_size=cfg.val_fraction, stratify=targets,
+                            random_state=cfg.seed)
+
+
+def compare_with_shipped(images, targets, val_idx):
+    """The shipped model's validation metrics on this run's validation images that it never trained on."""
+    path = SHIPPED / "eye_clf.pt"
+    if not path.is_file():
+        return None
+    model, ckpt = load_checkpoint(path)
+    if "training_images" not in ckpt:  # an older checkpoint cannot tell which images it has seen
+        return None
+    seen = set(ckpt["training_images"])
+    unseen = np.array([i for i in val_idx if data.image_hash(images[i]) not in seen])
+    if len(np.unique(targets[unseen])) < 2:
+        return None
+    tta = bool(ckpt["preprocessing"].get("tta"))
+    return dict(images=len(unseen), **metrics.summary(targets[unseen], scores(model, images[unseen], tta=tta)))
+
+
+def cv_of(cfg, results=data.REPO_ROOT / "results" / "cv"):
+    """The finished 5-fold CV of exactly this recipe in ``results/cv/`` as (run name, per-fold rows), or None."""
+    for folder in sorted(Path(results).glob("*/")):
+        rows = [json.loads(p.read_text()) for p in sorted(folder.glob("fold*.json"))]
+        if len(rows) == 5 and all(r["key"]["config"] == asdict(cfg) for r in rows):
+            return folder.name, rows
+    return None
+
+
+def train_run(cfg=None, root=None, labels=None, out_dir=None, limit=None, progress=True, teachers=()):
+    """Train ``cfg`` (default: the shipped recipe) on the labelled data and write the run folder.
+
+    ``teachers``: checkpoint files of runs on the same split (same seed and val_fraction) to distil from.
+
+    Returns a dict with the model, history, validation metrics, the shipped model's metrics on the same unseen
+    validation images, indices, seconds and the run folder.
+    """
+    cfg = cfg or TrainConfig()
+    out = Path(out_dir or data.REPO_ROOT / "runs" / datetime.now().strftime("train-%Y%m%d-%H%M%S"))
+    images, targets, names = data.load_dataset(root, labels, limit=limit)
+    train_idx, val_idx = split(targets, cfg)
+    t0 = time.perf_counter()
+    teacher_models = [load_checkpoint(t)[0] for t in teachers]
+    model, history = fit(images, targets, train_idx, val_idx, cfg, progress, teacher_models)
+    seconds = time.perf_counter() - t0
+    p_val = scores(model, images[val_idx], tta=cfg.tta)
+    val = metrics.summary(targets[val_idx], p_val)
+    shipped = compare_with_shipped(images, targets, val_idx)
+    ckpt = checkpoint(model, cfg, dict(val=val, train_seconds=seconds, torch_threads=torch.get_num_threads()),
+                      history)
+    ckpt["threshold"] = val["eer_threshold"]  # recommended decision threshold: the validation EER point
+    ckpt["training_images"] = sorted({data.image_hash(images[i]) for i in np.r_[train_idx, val_idx]})
+    ckpt["teachers"] = [dict(file=str(t), sha256=hashlib.sha256(Path(t).read_bytes()).hexdigest()) for t in teachers]
+    save_checkpoint(ckpt, out / "eye_clf.pt")
+    save_history(history, out / "history")
+    plot_history(history, out / "train_val_loss_metrics_history.png",
+                 title=f"{cfg.arch} / {cfg.method} / weights: {cfg.weights or 'random init'}")
+    write_json(out / "run.json", dict(config=ckpt["config"], val=val, shipped_on_same_val=shipped,
+                                      best_epoch=ckpt["best_epoch"], train_seconds=seconds,
+                                      n_train=len(train_idx), n_val=len(val_idx), provenance=provenance()),
+               indent=1)
+    return dict(model=model, history=history, val=val, shipped=shipped, seconds=seconds, images=images,
+                targets=targets, names=names, split=(train_idx, val_idx), out=out)
+
+
+def ship(run_dir):
+    """Make a run the shipped model: its checkpoint and ONNX export into eye_clf/shipped/, its history and
+    curves into plots_checkpoints/."""
+    from .export import export_onnx
+
+    run_dir = Path(run_dir)
+    load_checkpoint(run_dir / "eye_clf.pt")  # refuse a broken checkpoint before replacing anything
+    for src, dst in [(run_dir / "eye_clf.pt", SHIPPED / "eye_clf.pt")] + [
+            (run_dir / name, FIGURES / name) for name in ("history.csv", "history.json",
+                                                          "train_val_loss_metrics_history.png")]:
+        atomic_write(dst, lambda tmp: shutil.copyfile(src, tmp))
+    export_onnx(SHIPPED / "eye_clf.pt", SHIPPED / "eye_clf.onnx")

@@ -1,0 +1,157 @@
+"""The main job (train_run, ship), cross-validation bookkeeping and the recipe's validation."""
+import importlib.util
+import json
+from dataclasses import asdict
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from eye_clf import cv, data, experiment, metrics, train
+from eye_clf.train import ConfigError, TrainConfig
+
+from conftest import synthetic
+
+SMALL = TrainConfig(width=4, epochs=2, batch_size=32, augment=0)
+
+
+def test_train_run_writes_a_run_folder_and_leaves_the_shipped_model_alone(real_root, tmp_path):
+    shipped = (experiment.SHIPPED / "eye_clf.pt").read_bytes()
+    res = experiment.train_run(TrainConfig(width=8, epochs=1), real_root, out_dir=tmp_path, limit=200,
+                               progress=False)
+    assert (experiment.SHIPPED / "eye_clf.pt").read_bytes() == shipped
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["eye_clf.pt", "history.csv", "history.json", "run.json",
+                                                          "train_val_loss_metrics_history.png"]
+    tr, va = res["split"]
+    assert len(tr) == 180 and len(va) == 20 and not set(tr) & set(va)
+    ckpt = torch.load(tmp_path / "eye_clf.pt", weights_only=True)
+    p_val = train.scores(res["model"], res["images"][va])
+    assert ckpt["metrics"]["val"]["eer"] == pytest.approx(metrics.eer(res["targets"][va], p_val)[0])
+    assert ckpt["threshold"] == res["val"]["eer_threshold"]
+    assert sorted(ckpt["training_images"]) == sorted({data.image_hash(im) for im in res["images"]})
+    run = json.loads((tmp_path / "run.json").read_text())
+    assert run["config"] == asdict(TrainConfig(width=8, epochs=1)) and len(run["provenance"]["git_commit"]) == 40
+    with Image.open(tmp_path / "train_val_loss_metrics_history.png") as im:
+        assert im.format == "PNG" and im.width > 300
+
+
+def test_oof_predictions_never_come_from_a_model_that_saw_the_image(monkeypatch, tmp_path):
+    images, targets = synthetic(60)
+    seen = []
+    real_fit = cv.fit
+
+    def recording_fit(images_, targets_, train_idx, val_idx, cfg, progress, teachers):
+        seen.append(set(train_idx) | set(val_idx))
+        return real_fit(images_, targets_, train_idx, val_idx, cfg, progress, teachers)
+
+    monkeypatch.setattr(cv, "fit", recording_fit)
+    oof, per_fold = cv.cross_val_predict(images, targets, SMALL, folds=3, progress=False, fold_dir=tmp_path)
+    rows = [json.loads((tmp_path / f"fold{k}.json").read_text()) for k in range(3)]
+    tests = [set(r["test_idx"]) for r in rows]
+    assert all(not (t & s) for t, s in zip(tests, seen))           # a fold's model never saw its test images
+    assert sorted(i for t in tests for i in t) == list(range(60))   # and every image is predicted exactly once
+    assert np.isfinite(oof).all() and len(per_fold) == 3
+
+
+def test_cv_resumes_from_fold_files_and_refuses_another_config(monkeypatch, tmp_path):
+    images, targets = synthetic(60)
+    first, _ = cv.cross_val_predict(images, targets, SMALL, folds=3, progress=False, fold_dir=tmp_path)
+    monkeypatch.setattr(cv, "fit", lambda *a, **k: pytest.fail("a finished fold was retrained"))
+    again, _ = cv.cross_val_predict(images, targets, SMALL, folds=3, progress=False, fold_dir=tmp_path)
+    np.testing.assert_array_equal(first, again)
+    with pytest.raises(ValueError, match="another config"):
+        cv.cross_val_predict(images, targets, TrainConfig(width=5, epochs=2), folds=3, fold_dir=tmp_path)
+
+
+def test_interval_is_the_t_interval():
+    mean, half = cv.interval([1, 2, 3, 4, 5])
+    # t(0.975, 4) = 2.7764, sample std = 1.5811, n = 5
+    assert mean == 3 and half == pytest.approx(2.7764 * 1.5811 / 5 ** 0.5, rel=1e-4)
+    assert np.isnan(cv.interval([0.1])[1])
+
+
+def load_script(name):
+    spec = importlib.util.spec_from_file_location(name, Path(__file__).parent.parent / "scripts" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_ablation_table_shows_paired_differences(monkeypatch, tmp_path):
+    ablations = load_script("cv_ablations")
+    monkeypatch.setattr(ablations, "OUT", tmp_path)
+    for name, eers in ((ablations.REFERENCE, [0.03, 0.02, 0.04, 0.03, 0.03]),
+                       ("eyenet16_e30", [0.04, 0.03, 0.04, 0.05, 0.04])):
+        for k, e in enumerate(eers):
+            row = dict(fold=k, eer=e, eer_tta=e, accuracy=0.97, ece=0.01, best_epoch=10, seconds=5.0)
+            (tmp_path / "cv" / name).mkdir(parents=True, exist_ok=True)
+            (tmp_path / "cv" / name / f"fold{k}.json").write_text(json.dumps(row))
+    ablations.table(None)
+    md = (tmp_path / "cv_ablations.md").read_text()
+    line = next(l for l in md.splitlines() if l.startswith("| eyenet16_e30"))
+    diff = np.array([0.04, 0.03, 0.04, 0.05, 0.04]) - np.array([0.03, 0.02, 0.04, 0.03, 0.03])
+    m, h = cv.interval(diff)
+    assert f"{100 * m:+.2f} ± {100 * h:.2f}" in line and "3.00 ± " in md
+
+
+@pytest.mark.parametrize("change, field", [(dict(epochs=0), "epochs"), (dict(epochs=-1), "epochs"),
+                                           (dict(batch_size=0), "batch_size"), (dict(arch="vgg"), "arch"),
+                                           (dict(invert=1.5), "invert"), (dict(val_fraction=0), "val_fraction"),
+                                           (dict(label_smoothing=1), "label_smoothing")])
+def test_config_refuses_bad_values_naming_the_field(change, field):
+    with pytest.raises(ConfigError, match=f"^{field}: must be") as err:
+        TrainConfig(**change)
+    assert err.value.field == field
+
+
+def test_inversion_applies_without_the_other_augmentation():
+    t = data.augmentation(strength=0, invert=1.0)
+    x = torch.full((1, 24, 24), 10, dtype=torch.uint8)
+    assert (t(x) == 245).all()
+    assert data.augmentation(strength=0, invert=0) is None
+
+
+def test_auto_threads_leaves_busy_cores_alone(monkeypatch):
+    monkeypatch.setattr(experiment.os, "getloadavg", lambda: (1.2, 0, 0))
+    monkeypatch.setattr(experiment.os, "sched_getaffinity", lambda pid: {0, 1, 2, 3})
+    assert experiment.auto_threads() == 3
+    monkeypatch.setattr(experiment.os, "getloadavg", lambda: (9.0, 0, 0))
+    assert experiment.auto_threads() == 1
+
+
+def test_distillation_trains_towards_the_teachers_on_the_same_views():
+    images, targets = synthetic(200)
+    tr, va, _ = data.split(targets, seed=0)
+    teacher, _ = train.fit(images, targets, tr, va, SMALL, progress=False)
+    flipped = targets.copy()
+    flipped[tr] = 1 - targets[tr]  # training labels that contradict the teacher: with distill=1 only it counts
+    eers = {}
+    for w in (0.0, 1.0):
+        cfg = TrainConfig(**{**asdict(SMALL), "distill": w, "epochs": 4})
+        student, _ = train.fit(images, flipped, tr, va, cfg, progress=False, teachers=[teacher] if w else ())
+        eers[w] = metrics.eer(targets[va], train.scores(student, images[va]))[0]
+    assert eers[1.0] < 0.1 < 0.9 < eers[0.0]  # the teacher's ranking, not the contradicting labels'
+    with pytest.raises(ValueError, match="needs both teachers"):
+        train.fit(images, targets, tr, va, TrainConfig(distill=0.5), progress=False)
+
+
+def test_cv_students_distil_from_the_teacher_of_their_own_fold(monkeypatch, tmp_path):
+    images, targets = synthetic(60)
+    cv.cross_val_predict(images, targets, SMALL, folds=3, progress=False, fold_dir=tmp_path / "teacher")
+    used = []
+    real_fit = cv.fit
+
+    def recording_fit(images_, targets_, train_idx, val_idx, cfg, progress, teachers):
+        used.append(teachers[0].state_dict()["head.weight"].clone())
+        return real_fit(images_, targets_, train_idx, val_idx, cfg, progress, teachers)
+
+    monkeypatch.setattr(cv, "fit", recording_fit)
+    student = TrainConfig(**{**asdict(SMALL), "distill": 0.5})
+    cv.cross_val_predict(images, targets, student, folds=3, progress=False, fold_dir=tmp_path / "student",
+                         teacher_dirs=[tmp_path / "teacher"])
+    for k, w in enumerate(used):
+        expected = torch.load(tmp_path / "teacher" / f"fold{k}.pt", weights_only=True)["state_dict"]["head.weight"]
+        assert torch.equal(w, expected)
+    assert json.loads((tmp_path / "student" / "fold0.json").read_text())["key"]["teachers"] == ["teacher"]

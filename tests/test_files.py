@@ -1,0 +1,35 @@
+import json
+
+import pandas as pd
+import pytest
+
+from eye_clf import files
+
+
+def test_atomic_write_keeps_the_old_file_when_the_writer_fails(tmp_path):
+    path = tmp_path / "out.txt"
+    path.write_text("old")
+
+    def broken(tmp):
+        with open(tmp, "w") as f:
+            f.write("half")
+        raise RuntimeError("disk full")
+
+    with pytest.raises(RuntimeError, match="disk full"):
+        files.atomic_write(path, broken)
+    assert path.read_text() == "old" and [p.name for p in tmp_path.iterdir()] == ["out.txt"]
+    files.atomic_write(path, lambda tmp: open(tmp, "w").write("new"))
+    assert path.read_text() == "new" and [p.name for p in tmp_path.iterdir()] == ["out.txt"]
+
+
+def test_save_history(tmp_path):
+    history = [dict(epoch=1, train_loss=0.5, val_loss=0.4), dict(epoch=2, train_loss=0.3, val_loss=0.45)]
+    files.save_history(history, tmp_path / "h")
+    assert pd.read_csv(tmp_path / "h.csv").to_dict("records") == history
+    assert json.loads((tmp_path / "h.json").read_text()) == history
+
+
+def test_provenance_names_the_commit_versions_and_machine():
+    prov = files.provenance()
+    assert len(prov["git_commit"]) == 40 and isinstance(prov["git_dirty"], bool)
+    assert prov["versions"]["numpy"] and prov["machine"]["cpu_count"] >= 1
