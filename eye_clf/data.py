@@ -1,7 +1,6 @@
-"""Data: where the dataset lives, the labels spreadsheet, image loading and splits.
+"""Data: where the dataset lives, the labels spreadsheet, the dataset's images, splits and augmentation.
 
-Every image, whatever its size or mode, becomes a 24x24 grayscale uint8 array (PIL ``convert("L")``, then an
-antialiased bilinear resize). The model sees it as a 1x24x24 float tensor ``(pixel / 255 - MEAN) / STD``.
+Image reading and normalisation live in ``preprocess`` (shared with prediction) and are re-exported here.
 """
 import hashlib
 import os
@@ -10,14 +9,13 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import torch
-from PIL import Image, UnidentifiedImageError
 from sklearn.model_selection import StratifiedKFold, train_test_split
 from torchvision.transforms import v2
 
-IMG_SIZE = 24
-MEAN, STD = 0.5, 0.2  # the 4000 CEW patches have mean 0.497 and std 0.199 on a 0..1 scale
+from .preprocess import (IMAGE_SUFFIXES, IMG_SIZE, MEAN, STD, list_images,  # noqa: F401 (re-exported)
+                         load_image, normalize, to_gray24)
+
 DATA_ENV = "EYE_CLF_DATA"
-IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp"}
 REPO_ROOT = Path(__file__).resolve().parent.parent
 LABELS_NAME = "img_name_target.xlsx"
 
@@ -88,38 +86,6 @@ def read_labels(path, images_dir=None):
     return pd.DataFrame({"img_name": names, "target": targets.astype(int)})
 
 
-def to_gray24(image):
-    """A PIL image of any size and mode as a 24x24 grayscale uint8 array."""
-    if image.mode.startswith("I"):  # 16-bit (I;16, I): scale 0..65535 to 0..255; convert("L") would clip
-        image = Image.fromarray(np.clip(np.asarray(image) / 257, 0, 255).round().astype(np.uint8))
-    image = image.convert("L")
-    if image.size != (IMG_SIZE, IMG_SIZE):
-        image = image.resize((IMG_SIZE, IMG_SIZE), Image.Resampling.BILINEAR, reducing_gap=None)
-    return np.asarray(image, dtype=np.uint8)
-
-
-def load_image(path):
-    """Read one image file as a 24x24 uint8 array; a clear error names a missing, non-image or corrupt file."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"image not found: {path}")
-    try:
-        with Image.open(path) as image:
-            return to_gray24(image)
-    except UnidentifiedImageError:
-        raise ValueError(f"not an image file: {path}") from None
-    except (OSError, SyntaxError) as err:
-        raise ValueError(f"corrupt image {path}: {err}") from None
-
-
-def list_images(folder):
-    """Image files in a folder, sorted by name."""
-    folder = Path(folder)
-    if not folder.is_dir():
-        raise FileNotFoundError(f"image folder not found: {folder}")
-    return sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
-
-
 def load_dataset(root=None, labels=None, limit=None):
     """Images (N x 24 x 24 uint8), targets (N,) and names of a labelled folder.
 
@@ -156,8 +122,7 @@ def image_hash(image):
 
 def to_tensor(images):
     """uint8 images (N x 24 x 24) as the normalized N x 1 x 24 x 24 float tensor the models take."""
-    x = torch.as_tensor(np.asarray(images), dtype=torch.float32).unsqueeze(1) / 255
-    return (x - MEAN) / STD
+    return torch.from_numpy(normalize(images))
 
 
 def augmentation(strength=1.0, invert=0.0):

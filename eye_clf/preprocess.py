@@ -1,0 +1,108 @@
+"""Preprocessing shared by training and both prediction backends (numpy + Pillow only, no torch).
+
+Every image becomes a 24x24 grayscale uint8 array: PIL ``convert("L")`` (luminance; alpha is ignored), then an
+antialiased bilinear resize. The model sees ``(pixel / 255 - MEAN) / STD`` as float32 N x 1 x 24 x 24.
+
+PIL modes and their scaling to 0..255: ``1`` (0/1 -> 0/255), ``L``, ``LA``, ``La``, ``P``, ``PA``, ``RGB``,
+``RGBA``, ``RGBa``, ``RGBX``, ``CMYK``, ``YCbCr`` (through ``convert("L")``); ``I;16*`` and ``I`` as 16-bit
+(0..65535 / 257; mode ``I`` values outside 0..65535 are refused); ``F`` as 0..1 floats (x 255, like float
+arrays; values outside 0..1 are refused). Other modes (``LAB``, ``HSV``, ...) are refused.
+"""
+import os
+import stat
+import warnings
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, UnidentifiedImageError
+
+IMG_SIZE = 24
+MODE = "L"
+MEAN, STD = 0.5, 0.2  # the 4000 CEW patches have mean 0.497 and std 0.199 on a 0..1 scale
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp"}
+MAX_PIXELS = 4096 * 4096  # larger files are refused (JPEGs are first decoded at 1/2, 1/4 or 1/8 scale)
+THROUGH_L = {"1", "L", "LA", "La", "P", "PA", "RGB", "RGBA", "RGBa", "RGBX", "CMYK", "YCbCr"}
+
+
+def _scaled(a, low, high, scale, name, mode):
+    if not np.isfinite(a).all() or a.min() < low or a.max() > high:
+        raise ValueError(f"{name}: PIL mode {mode} images must hold values in {low}..{high}, got "
+                         f"{np.nanmin(a):.3g}..{np.nanmax(a):.3g}")
+    return Image.fromarray(np.round(a * scale).astype(np.uint8))
+
+
+def to_gray24(image, name="image"):
+    """A PIL image of any size and accepted mode (see the module docstring) as a 24x24 grayscale uint8 array."""
+    try:
+        image.load()
+    except ValueError as err:  # "Operation on closed image"
+        raise ValueError(f"{name}: cannot read the PIL image ({err})") from None
+    mode = image.mode
+    if mode == "I" or mode.startswith("I;16"):
+        image = _scaled(np.asarray(image, dtype=np.float64), 0, 65535, 1 / 257, name, mode)
+    elif mode == "F":
+        image = _scaled(np.asarray(image, dtype=np.float64), 0, 1, 255, name, mode)
+    elif mode not in THROUGH_L:
+        raise ValueError(f"{name}: PIL mode {mode} is not supported; convert it to L or RGB first")
+    image = image.convert("L")
+    if image.size != (IMG_SIZE, IMG_SIZE):
+        image = image.resize((IMG_SIZE, IMG_SIZE), Image.Resampling.BILINEAR, reducing_gap=None)
+    return np.asarray(image, dtype=np.uint8)
+
+
+def _check_file(path):
+    """A clear error for a missing path or one that is not a regular file (a folder, /dev/zero, a pipe)."""
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        raise FileNotFoundError(f"image not found: {path}") from None
+    if not stat.S_ISREG(st.st_mode):
+        raise ValueError(f"not a regular file: {path}")
+
+
+def _reduce_large(image, path):
+    """Decode JPEGs above MAX_PIXELS at a reduced scale; refuse anything that stays above it."""
+    w, h = image.size
+    for k in (1, 2, 4, 8) if image.format == "JPEG" else (1,):
+        if (w // k) * (h // k) <= MAX_PIXELS:
+            if k > 1:
+                image.draft(image.mode, (-(-w // k), -(-h // k)))
+            return image
+    raise ValueError(f"image too large: {path} is {w} x {h} pixels, more than the {MAX_PIXELS} that eye_clf "
+                     "decodes; crop the eye first")
+
+
+def load_image(path):
+    """Read one image file as a 24x24 uint8 array; a clear error names a missing, non-image, corrupt, too large
+    or non-regular file."""
+    path = Path(path)
+    _check_file(path)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # MAX_PIXELS is the limit here
+            with Image.open(path) as image:
+                return to_gray24(_reduce_large(image, path), str(path))
+    except Image.DecompressionBombError as err:
+        raise ValueError(f"image too large: {path} ({err})") from None
+    except UnidentifiedImageError:
+        raise ValueError(f"not an image file: {path}") from None
+    except (OSError, SyntaxError) as err:
+        raise ValueError(f"corrupt image {path}: {err}") from None
+
+
+def list_images(folder):
+    """Image files in a folder, sorted by name. Hidden files (``.name``, which includes macOS ``._name.jpg``
+    companions) are skipped, and so are symlinks that point out of the folder."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise FileNotFoundError(f"image folder not found: {folder}")
+    inside = folder.resolve()
+    return sorted(p for p in folder.iterdir()
+                  if p.suffix.lower() in IMAGE_SUFFIXES and not p.name.startswith(".") and p.is_file()
+                  and p.resolve().is_relative_to(inside))
+
+
+def normalize(images):
+    """uint8 images (N x 24 x 24) as the float32 N x 1 x 24 x 24 model input ``(pixel / 255 - MEAN) / STD``."""
+    x = np.asarray(images, dtype=np.uint8).astype(np.float32)[:, None] / 255
+    return (x - np.float32(MEAN)) / np.float32(STD)
