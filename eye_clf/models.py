@@ -1,4 +1,5 @@
-"""Model builders: a small EyeNet, torchvision ResNets and the ImageNet EfficientNet-Lite0, for 1x24x24 input.
+"""Models: a small EyeNet, torchvision ResNets and the ImageNet EfficientNet-Lite0 for 1x24x24 input; loading
+checkpoints and scoring images with them.
 
 Every model is a ``Classifier``: a backbone that maps the normalized 1x24x24 input to a feature vector and a
 linear head that gives one logit (P(open) = sigmoid(logit)). Two training methods:
@@ -6,17 +7,19 @@ linear head that gives one logit (P(open) = sigmoid(logit)). Two training method
 - ``finetune``: every layer trains.
 - ``feature_extraction``: the backbone is frozen (weights and BatchNorm statistics); only the head trains.
 """
+import pickle
 from pathlib import Path
 
+import numpy as np
 import torch
 import torch.nn.functional as F
-import torchvision
 from torch import nn
 
-from .data import MEAN, STD
+from .preprocess import IMG_SIZE, MEAN, MODE, STD, normalize
 
 ARCHS = ("eyenet", "resnet18", "resnet34", "resnet50", "efficientnet_lite0")
 METHODS = ("finetune", "feature_extraction")
+CHECKPOINT_FORMAT = "eye_clf/1"
 # Pretrained backbones expect their own input scaling; ours is (p - MEAN) / STD with p in 0..1.
 IMAGENET_GRAY_MEAN, IMAGENET_GRAY_STD = 0.449, 0.226  # mean of torchvision's per-channel ImageNet constants
 
@@ -74,6 +77,8 @@ def resnet(arch="resnet18", weights=None, pretrained_layout=None):
     eye upsampled to 112 px, the scale their filters were trained at. ``pretrained_layout`` forces that layout
     without loading weights (to rebuild a checkpoint).
     """
+    import torchvision
+
     if weights == "imagenet":
         model = getattr(torchvision.models, arch)(weights="IMAGENET1K_V1")
     else:
@@ -128,3 +133,60 @@ def build_model(arch="eyenet", method="finetune", weights=None, width=16, dropou
     if method == "feature_extraction" and weights is None:
         raise ValueError("feature_extraction needs pretrained weights: a frozen random backbone learns nothing")
     return Classifier(backbone, n, frozen=method == "feature_extraction", dropout=dropout, **kw)
+
+
+def load_checkpoint(path):
+    """Rebuild the model of a checkpoint; returns ``(model, checkpoint_dict)`` with the model in eval mode.
+
+    Refuses, with a ValueError naming the file and the reason: a file that is not an eye_clf checkpoint, missing
+    keys, preprocessing that differs from this code's, weights that do not fit the architecture, non-finite
+    weights and a temperature that is not > 0.
+    """
+    try:
+        ckpt = torch.load(Path(path), map_location="cpu", weights_only=True)
+    except (RuntimeError, EOFError, pickle.UnpicklingError) as err:
+        raise ValueError(f"{path} is not a readable eye_clf checkpoint ({type(err).__name__})") from None
+    if not isinstance(ckpt, dict) or ckpt.get("format") != CHECKPOINT_FORMAT:
+        raise ValueError(f"{path} is not an eye_clf checkpoint (format {CHECKPOINT_FORMAT})")
+    missing = [k for k in ("state_dict", "model", "preprocessing") if not isinstance(ckpt.get(k), dict)]
+    if missing:
+        raise ValueError(f"{path}: checkpoint has no {', '.join(missing)} dict")
+    expected = dict(size=IMG_SIZE, mode=MODE, mean=MEAN, std=STD)
+    for field, value in expected.items():
+        if ckpt["preprocessing"].get(field) != value:
+            raise ValueError(f"{path}: preprocessing {field} is {ckpt['preprocessing'].get(field)!r}, but this "
+                             f"code preprocesses with {field} {value!r}")
+    for k, v in ckpt["state_dict"].items():
+        if v.is_floating_point() and not torch.isfinite(v).all():
+            raise ValueError(f"{path}: weight {k} holds NaN or infinite values")
+    spec = dict(ckpt["model"])
+    try:
+        model = build_model(spec.pop("arch", None), "finetune", None, **spec)
+        model.load_state_dict(ckpt["state_dict"])
+    except (TypeError, ValueError, RuntimeError) as err:
+        raise ValueError(f"{path}: weights do not fit the model {ckpt['model']}: "
+                         f"{str(err).strip().splitlines()[-1].strip()}") from None
+    if not model.temperature > 0:
+        raise ValueError(f"{path}: temperature {model.temperature.item()} is not > 0")
+    return model.eval(), ckpt
+
+
+@torch.inference_mode()
+def logits(model, x, batch_size=1024, tta=False):
+    """Calibrated logits (divided by the model's temperature) of a normalized N x 1 x 24 x 24 tensor, batched,
+    on the model's device; tta averages them with the mirror image's."""
+    model.eval()
+    dev = next(model.parameters()).device
+    out = []
+    for xb in torch.split(x, batch_size):
+        xb = xb.to(dev, non_blocking=True)
+        z = model(xb)
+        if tta:
+            z = (z + model(xb.flip(-1))) / 2
+        out.append((z / model.temperature).float().cpu())
+    return torch.cat(out) if out else torch.empty(0)
+
+
+def scores(model, images, batch_size=1024, tta=False):
+    """P(open) for uint8 N x 24 x 24 images."""
+    return torch.sigmoid(logits(model, torch.from_numpy(normalize(np.asarray(images))), batch_size, tta)).numpy()

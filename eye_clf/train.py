@@ -1,6 +1,5 @@
 """Training: one ``fit`` loop (AdamW, one-cycle LR, early stopping on validation loss, best-val-loss weights),
 scoring, and checkpoints that hold weights + architecture + preprocessing + metrics + config."""
-import pickle
 import time
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
@@ -14,9 +13,7 @@ from tqdm.auto import tqdm
 
 from . import data, metrics
 from .files import atomic_write, provenance, save_history
-from .models import build_model
-
-CHECKPOINT_FORMAT = "eye_clf/1"
+from .models import CHECKPOINT_FORMAT, build_model, load_checkpoint, logits, scores  # noqa: F401
 
 
 class ConfigError(ValueError):
@@ -92,32 +89,11 @@ def model_spec(cfg):
                 pretrained_layout=cfg.weights is not None)
 
 
-@torch.inference_mode()
-def logits(model, x, batch_size=1024, tta=False):
-    """Calibrated logits (divided by the model's temperature) of a normalized N x 1 x 24 x 24 tensor, batched,
-    on the model's device; tta averages them with the mirror image's."""
-    model.eval()
-    dev = next(model.parameters()).device
-    out = []
-    for xb in torch.split(x, batch_size):
-        xb = xb.to(dev, non_blocking=True)
-        z = model(xb)
-        if tta:
-            z = (z + model(xb.flip(-1))) / 2
-        out.append((z / model.temperature).float().cpu())
-    return torch.cat(out) if out else torch.empty(0)
-
-
 def fit_temperature(z, y):
     """The temperature T that minimises the BCE of sigmoid(z / T) on held-out logits (temperature scaling)."""
     y = torch.as_tensor(y, dtype=torch.float32)
     return minimize_scalar(lambda t: F.binary_cross_entropy_with_logits(z / t, y).item(), bounds=(0.05, 20),
                            method="bounded").x
-
-
-def scores(model, images, batch_size=1024, tta=False):
-    """P(open) for uint8 N x 24 x 24 images."""
-    return torch.sigmoid(logits(model, data.to_tensor(images), batch_size, tta)).numpy()
 
 
 def _bce(z, y, smoothing):
@@ -208,20 +184,6 @@ def checkpoint(model, cfg, metrics_=None, history=None):
 
 def save_checkpoint(ckpt, path):
     atomic_write(path, lambda tmp: torch.save(ckpt, tmp))
-
-
-def load_checkpoint(path):
-    """Rebuild the model of a checkpoint; returns ``(model, checkpoint_dict)`` with the model in eval mode."""
-    try:
-        ckpt = torch.load(Path(path), map_location="cpu", weights_only=True)
-    except (RuntimeError, EOFError, pickle.UnpicklingError) as err:
-        raise ValueError(f"{path} is not a readable eye_clf checkpoint ({type(err).__name__})") from None
-    if not isinstance(ckpt, dict) or ckpt.get("format") != CHECKPOINT_FORMAT:
-        raise ValueError(f"{path} is not an eye_clf checkpoint (format {CHECKPOINT_FORMAT})")
-    spec = dict(ckpt["model"])
-    model = build_model(spec.pop("arch"), "finetune", None, **spec)
-    model.load_state_dict(ckpt["state_dict"])
-    return model.eval(), ckpt
 
 
 def run(cfg=TrainConfig(), root=None, out_dir="plots_checkpoints", limit=None, progress=True):

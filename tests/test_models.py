@@ -31,10 +31,14 @@ def test_random_resnet_has_a_small_gray_stem():
     assert stem.in_channels == 1 and stem.kernel_size == (3, 3) and stem.stride == (1, 1)
 
 
-def test_eyenet_width_and_other_input_sizes():
+def test_eyenet_width_and_other_input_sizes_are_resized_to_24_inside():
     model = build_model("eyenet", width=4, dropout=0.3).eval()
     assert model.head.in_features == 16
-    assert model(torch.randn(2, 1, 48, 40)).shape == (2,)  # resized to 24 inside
+    x = torch.randn(2, 1, 48, 40)
+    seen = capture_backbone_input(model, x)  # global pooling would accept 48 x 40 too: look at what it gets
+    assert torch.equal(seen, F.interpolate(x, size=24, mode="bilinear", align_corners=False))
+    with torch.no_grad():
+        assert model(x).shape == (2,)
 
 
 def test_bad_arguments_raise():
