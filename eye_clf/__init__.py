@@ -1,5 +1,8 @@
-"""eye_clf: is the eye in this 24x24 grayscale patch open? ``eye_clf.predict_proba`` answers with P(open)."""
-from .predict import load_model, predict_proba
+"""eye_clf: is the eye in this 24x24 grayscale patch open? ``eye_clf.predict_proba`` answers with P(open).
 
-__all__ = ["predict_proba", "load_model"]
-__version__ = "0.1.0"
+Importing the package loads only numpy and Pillow; onnxruntime or torch are imported by the first prediction.
+"""
+from .predict import load_model, load_session, predict_proba
+
+__all__ = ["predict_proba", "load_model", "load_session"]
+__version__ = "0.2.0"

@@ -47,6 +47,13 @@ def cmd_train(args):
     print(f"wrote {Path(args.out) / 'eye_clf.pt'}, history.csv/json and train_val_loss_metrics_history.png")
 
 
+def cmd_export(args):
+    from .export import OPSET, export_onnx
+    from .predict import DEFAULT_CHECKPOINT
+    out = export_onnx(args.checkpoint or DEFAULT_CHECKPOINT, args.out)
+    print(f"wrote {out} (ONNX opset {OPSET}): input images uint8 N x 24 x 24, output p_open float32 N")
+
+
 def expand(paths):
     files = []
     for p in map(Path, paths):
@@ -126,6 +133,11 @@ def main(argv=None):
     p.add_argument("--out", default="plots_checkpoints", help="output folder (default: plots_checkpoints)")
     p.add_argument("--limit", type=int, help="use a stratified subset of this many images (smoke runs)")
     p.set_defaults(run=cmd_train)
+
+    p = sub.add_parser("export", help="write the ONNX graph of a checkpoint (uint8 N x 24 x 24 images -> P(open))")
+    p.add_argument("--checkpoint", help="checkpoint (default: the shipped eye_clf/shipped/eye_clf.pt)")
+    p.add_argument("--out", default="eye_clf.onnx", help="ONNX file to write (default: eye_clf.onnx)")
+    p.set_defaults(run=cmd_export)
 
     p = sub.add_parser("predict", help="write a CSV (file, p_open) for image files and folders")
     p.add_argument("paths", nargs="+", help="image files or folders")

@@ -1,43 +1,120 @@
-"""``predict_proba``: P(open) for paths, folders, PIL images, numpy arrays, torch tensors or lists of them."""
+"""``predict_proba``: P(open) for paths, folders, PIL images, numpy arrays, torch tensors or lists of them, computed
+by onnxruntime (numpy + Pillow + onnxruntime, no torch) or by torch. Inputs are read and checked the same way,
+without torch, whichever backend runs."""
+import importlib.util
+import os
+import sys
+from collections import OrderedDict
 from pathlib import Path
 
 import numpy as np
-import torch
 from PIL import Image
-from torch.fx.experimental.optimization import fuse
 
-from . import data
-from .train import device_of, load_checkpoint, scores
+from .preprocess import IMG_SIZE, list_images, load_image, to_gray24
 
-DEFAULT_CHECKPOINT = Path(__file__).with_name("shipped") / "eye_clf.pt"  # package data, also plots_checkpoints/
-_loaded = {}
+SHIPPED = Path(__file__).with_name("shipped")  # package data; plots_checkpoints/ links to these files
+DEFAULT_CHECKPOINT = SHIPPED / "eye_clf.pt"
+DEFAULT_ONNX = SHIPPED / "eye_clf.onnx"
+BACKENDS = ("onnx", "torch")
+CHANNELS = (1, 3, 4)
+CACHE_SIZE = 4  # loaded models kept, most recently used first
+_cache = OrderedDict()
+
+
+def _cached(backend, path, load):
+    key = (backend, path, path.stat().st_mtime_ns)
+    if key in _cache:
+        _cache.move_to_end(key)
+    else:
+        _cache[key] = load(path)
+        while len(_cache) > CACHE_SIZE:
+            _cache.popitem(last=False)
+    return _cache[key]
+
+
+def _model_path(checkpoint, default, how):
+    if checkpoint is not None and str(checkpoint) == "":
+        raise ValueError("checkpoint: empty path")
+    path = Path(checkpoint or default).resolve()
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint not found: {path} ({how})")
+    return path
+
+
+def _load_torch(path):
+    import torch
+    from torch.fx.experimental.optimization import fuse
+
+    from .models import load_checkpoint
+    model, ckpt = load_checkpoint(path)
+    model.backbone = fuse(model.backbone)
+    return model.to("cuda" if torch.cuda.is_available() else "cpu"), bool(ckpt["preprocessing"].get("tta", False))
 
 
 def load_model(checkpoint=None):
-    """The model of a checkpoint (default: the shipped one), cached per file, on CUDA when present, with every
-    BatchNorm folded into the convolution before it (same outputs, faster inference).
-
-    Returns ``(model, tta)`` where tta says whether the checkpoint predicts with mirror averaging.
-    """
-    path = Path(checkpoint or DEFAULT_CHECKPOINT).resolve()
-    if not path.is_file():
-        raise FileNotFoundError(f"checkpoint not found: {path} (train one with `python -m eye_clf train`)")
-    key = (path, path.stat().st_mtime_ns)
-    if key not in _loaded:
-        model, ckpt = load_checkpoint(path)
-        model.backbone = fuse(model.backbone)
-        _loaded[key] = model.to(device_of()), bool(ckpt["preprocessing"].get("tta", False))
-    return _loaded[key]
+    """The torch model of a checkpoint (default: the shipped one), on CUDA when present, with every BatchNorm
+    folded into the convolution before it (same outputs, faster inference). Returns ``(model, tta)``, tta: whether
+    the checkpoint predicts with mirror averaging. The last CACHE_SIZE models loaded are kept."""
+    path = _model_path(checkpoint, DEFAULT_CHECKPOINT, "train one with `python -m eye_clf train`")
+    return _cached("torch", path, _load_torch)
 
 
-def _array_image(a, name):
-    """One H x W or H x W x C array (uint8, or float in 0..1) as 24x24 uint8."""
-    if a.ndim == 3 and a.shape[-1] == 1:
-        a = a[..., 0]
-    if not (a.ndim == 2 or (a.ndim == 3 and a.shape[-1] in (3, 4))):
-        raise ValueError(f"{name}: expected an H x W or H x W x C (C = 1, 3, 4) image, got shape {a.shape}")
-    if min(a.shape[:2]) == 0:
-        raise ValueError(f"{name}: empty image of shape {a.shape}")
+def _load_onnx(path):
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    threads = os.environ.get("OMP_NUM_THREADS", "")
+    if threads.isdigit():  # the thread count torch honours too
+        opts.intra_op_num_threads = int(threads)
+    try:
+        session = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+    except Exception as err:  # onnxruntime raises its own exception types (InvalidProtobuf, Fail, ...)
+        raise ValueError(f"{path} is not a readable ONNX model ({type(err).__name__})") from None
+    inp, out = session.get_inputs(), session.get_outputs()
+    if ([(i.name, i.type, i.shape[1:]) for i in inp] != [("images", "tensor(uint8)", [IMG_SIZE, IMG_SIZE])]
+            or [o.name for o in out] != ["p_open"]):
+        raise ValueError(f"{path} is not an eye_clf ONNX model (input images: uint8 N x {IMG_SIZE} x {IMG_SIZE}, "
+                         "output p_open); export one with `python -m eye_clf export`")
+    return session
+
+
+def load_session(checkpoint=None):
+    """The onnxruntime session of an ``.onnx`` file (default: the shipped ``eye_clf.onnx``), on CPU; it honours
+    $OMP_NUM_THREADS. The last CACHE_SIZE models loaded are kept."""
+    path = _model_path(checkpoint, DEFAULT_ONNX, "export one with `python -m eye_clf export`")
+    return _cached("onnx", path, _load_onnx)
+
+
+def _is_torch(x):
+    return type(x).__module__.split(".")[0] == "torch"  # without importing torch
+
+
+def _choose_backend(backend, model, checkpoint, tta):
+    if backend not in (None, *BACKENDS):
+        raise ValueError(f"backend: expected one of {BACKENDS} or None, got {backend!r}")
+    if model is not None:
+        torch = sys.modules.get("torch")
+        if torch is None or not isinstance(model, torch.nn.Module):
+            raise TypeError(f"model: expected a torch model (e.g. eye_clf.load_model(path)[0]), got a "
+                            f"{type(model).__name__}; pass a checkpoint file as checkpoint=")
+    onnx_file = checkpoint is not None and Path(checkpoint).suffix.lower() == ".onnx"
+    torch_only = [name for name, given in (("model", model is not None), ("tta", tta is not None),
+                                           ("checkpoint", checkpoint is not None and not onnx_file)) if given]
+    if backend is None:
+        onnx_ok = onnx_file or importlib.util.find_spec("onnxruntime") is not None
+        backend = "onnx" if onnx_ok and not torch_only else "torch"
+    if backend == "onnx" and torch_only:
+        raise ValueError(f"{torch_only[0]}: needs backend='torch' (the ONNX graph carries the checkpoint's "
+                         "mirror averaging; convert a .pt checkpoint with `python -m eye_clf export`)")
+    if backend == "torch" and onnx_file:
+        raise ValueError(f"checkpoint: {checkpoint} is an ONNX model; use backend='onnx' or a .pt checkpoint")
+    return backend
+
+
+def _gray(a, name):
+    """An N x H x W or N x H x W x C (C = 1, 3, 4) uint8 or float 0..1 array as N x 24 x 24 uint8."""
+    if min(a.shape[1:3]) == 0:
+        raise ValueError(f"{name}: empty image(s) of shape {a.shape}")
     if a.dtype != np.uint8:
         if not np.issubdtype(a.dtype, np.floating):
             raise ValueError(f"{name}: dtype {a.dtype} is not supported; use uint8 (0..255) or float (0..1)")
@@ -45,58 +122,106 @@ def _array_image(a, name):
             raise ValueError(f"{name}: float images must hold finite values in 0..1, got "
                              f"{np.nanmin(a):.3g}..{np.nanmax(a):.3g}")
         a = np.round(a * 255).astype(np.uint8)
-    if a.shape == (data.IMG_SIZE, data.IMG_SIZE):
+    if a.ndim == 4 and a.shape[-1] == 1:
+        a = a[..., 0]
+    if a.shape[1:] == (IMG_SIZE, IMG_SIZE):
         return a
-    return data.to_gray24(Image.fromarray(a))
+    return np.stack([to_gray24(Image.fromarray(im), f"{name}[{i}]") for i, im in enumerate(a)])
+
+
+def _from_array(x, name):
+    """numpy or torch: H x W is one image; N x H x W a batch of gray images; N x H x W x C (numpy) or
+    N x C x H x W (torch) a batch of colour images. Returns (N x 24 x 24 uint8, is_single)."""
+    torch_layout = _is_torch(x)
+    kind, batch4 = ("tensor", "N x C x H x W") if torch_layout else ("array", "N x H x W x C")
+    shape = tuple(x.shape)
+    if x.ndim == 3 and shape[-1] in CHANNELS:
+        raise ValueError(
+            f"{name}: a 3-D {kind} is a batch N x H x W, so shape {shape} would be {shape[0]} images of "
+            f"{shape[1]} x {shape[2]} pixels; pass one colour image as a PIL image or as a batch of one "
+            f"({batch4} with N = 1), gray images as H x W or N x H x W")
+    if x.ndim == 4 and shape[1 if torch_layout else 3] not in CHANNELS:
+        raise ValueError(f"{name}: a 4-D {kind} is a batch {batch4} with C = 1, 3 or 4, got shape {shape}")
+    if x.ndim not in (2, 3, 4):
+        raise ValueError(f"{name}: expected an image H x W or a batch N x H x W or {batch4}, got shape {shape}")
+    if x.ndim >= 3 and shape[0] == 0:
+        raise ValueError(f"{name}: empty batch of shape {shape}")
+    if torch_layout:
+        x = _torch_to_numpy(x, name)
+        if x.ndim == 4:
+            x = x.transpose(0, 2, 3, 1)
+    return _gray(x[None] if x.ndim == 2 else x, name), x.ndim == 2
+
+
+def _torch_to_numpy(t, name):
+    t = t.detach().cpu()
+    try:
+        return t.numpy()
+    except TypeError:  # dtypes numpy lacks: bfloat16 and float8 become float32, the rest is refused
+        if t.is_floating_point():
+            return t.float().numpy()
+        raise ValueError(f"{name}: dtype {t.dtype} is not supported; use uint8 (0..255) or float (0..1)") from None
 
 
 def _to_images(x, name="input"):
-    """Convert one input to a list of 24x24 uint8 arrays; returns (images, is_single)."""
-    if isinstance(x, (str, Path)):
+    """One input as a list of N x 24 x 24 uint8 arrays; returns (arrays, is_single)."""
+    if isinstance(x, (str, os.PathLike)):
+        if str(x) == "":
+            raise ValueError(f"{name}: empty path")
         path = Path(x)
         if path.is_dir():
-            files = data.list_images(path)
+            files = list_images(path)
             if not files:
                 raise ValueError(f"{name}: no image files in folder {path}")
-            return [data.load_image(f) for f in files], False
-        return [data.load_image(path)], True
+            return [np.stack([load_image(f) for f in files])], False
+        return [load_image(path)[None]], True
     if isinstance(x, Image.Image):
-        return [data.to_gray24(x)], True
-    if isinstance(x, torch.Tensor):
-        t = x.detach().cpu()
-        if t.ndim == 3 and t.shape[0] in (1, 3, 4):      # C x H x W
-            t = t.permute(1, 2, 0)
-        elif t.ndim == 4:                                 # N x C x H x W
-            t = t.permute(0, 2, 3, 1)
-        x = t.numpy()
-    if isinstance(x, np.ndarray):
-        if x.ndim == 2 or (x.ndim == 3 and x.shape[-1] <= 4):  # H x W x C (C = 2 is rejected there)
-            return [_array_image(x, name)], True
-        if x.ndim in (3, 4):
-            if len(x) == 0:
-                raise ValueError(f"{name}: empty batch of shape {x.shape}")
-            return [_array_image(a, f"{name}[{i}]") for i, a in enumerate(x)], False
-        raise ValueError(f"{name}: expected an image or a batch of images, got an array of shape {x.shape}")
+        return [to_gray24(x, name)[None]], True
+    if isinstance(x, np.ndarray) or (_is_torch(x) and hasattr(x, "detach")):
+        a, single = _from_array(x, name)
+        return [a], single
     if isinstance(x, (list, tuple)):
         if not x:
             raise ValueError(f"{name}: empty list")
-        return [im for i, item in enumerate(x) for im in _to_images(item, f"{name}[{i}]")[0]], False
+        return [a for i, item in enumerate(x) for a in _to_images(item, f"{name}[{i}]")[0]], False
     raise TypeError(f"{name}: cannot read a {type(x).__name__} as an image; pass a path, folder, PIL image, "
                     "numpy array, torch tensor or a list of these")
 
 
-def predict_proba(x, model=None, checkpoint=None, batch_size=1024, tta=None):
-    """P(open) of eye image(s).
+def _onnx_scores(session, images, batch_size):
+    return np.concatenate([session.run(["p_open"], {"images": images[i:i + batch_size]})[0]
+                           for i in range(0, len(images), batch_size)])
 
-    ``x``: an image path, a folder (its image files, sorted by name), a PIL image, a numpy array (H x W or
-    H x W x C, uint8 or float 0..1; a batch N x H x W or N x H x W x C), a torch tensor (H x W, C x H x W or
-    N x C x H x W) or a list of these. Any size or colour: images become 24x24 grayscale as in training.
-    Returns a float for one image, else a numpy array. ``model`` (a built eye_clf model) or ``checkpoint`` (a
-    path) replace the shipped checkpoint; ``tta`` overrides the checkpoint's mirror averaging.
+
+def predict_proba(x, model=None, checkpoint=None, batch_size=1024, tta=None, backend=None):
+    """P(open) of eye image(s): a float for one image, else a numpy array (float32) of one value per image.
+
+    ``x``: an image path; a folder (its image files sorted by name; hidden files are skipped); a PIL image; a
+    numpy array or torch tensor; or a list of these. Arrays and tensors follow one rule: **H x W is one image,
+    N x H x W is a batch of gray images** (a 3 x 24 x 24 tensor is three eyes, never one colour image), and
+    colour batches are 4-D: numpy N x H x W x C, torch N x C x H x W (C = 1, 3, 4). A 3-D input whose last axis
+    has 1, 3 or 4 entries is refused as ambiguous: pass one colour image as a PIL image or a batch of one.
+    Values: uint8 0..255 or float 0..1 (bfloat16 and float16 too). Any size and colour: images become 24x24
+    grayscale as in training (PIL modes: see ``eye_clf.preprocess``). Files above ``preprocess.MAX_PIXELS`` are
+    refused.
+
+    ``backend``: ``"onnx"`` (onnxruntime, no torch needed) or ``"torch"``. The default is onnx when onnxruntime
+    is installed and no torch-only argument is given (``model``, ``tta`` or a ``.pt`` checkpoint), else torch:
+    both give the same P(open) to 1e-4, onnxruntime starts faster and needs far less memory.
+    ``checkpoint``: a ``.pt`` (torch) or ``.onnx`` file replacing the shipped model; ``model``: a torch model
+    (e.g. ``load_model(path)[0]``); ``tta``: override the checkpoint's mirror averaging (torch only).
     """
-    images, single = _to_images(x)
-    if model is None:
-        model, ckpt_tta = load_model(checkpoint)
-        tta = ckpt_tta if tta is None else tta
-    p = scores(model, np.stack(images), batch_size, bool(tta))
+    backend = _choose_backend(backend, model, checkpoint, tta)
+    if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
+        raise ValueError(f"batch_size: expected a positive integer, got {batch_size!r}")
+    arrays, single = _to_images(x)
+    images = np.ascontiguousarray(np.concatenate(arrays))
+    if backend == "onnx":
+        p = _onnx_scores(load_session(checkpoint), images, batch_size)
+    else:
+        from .models import scores
+        if model is None:
+            model, ckpt_tta = load_model(checkpoint)
+            tta = ckpt_tta if tta is None else tta
+        p = scores(model, images, batch_size, bool(tta))
     return float(p[0]) if single else p

@@ -1,0 +1,73 @@
+"""ONNX export: one graph from uint8 images to P(open), for onnxruntime without torch or eye_clf.
+
+The graph (opset OPSET) has one input ``images``, uint8 N x 24 x 24 (N dynamic, grayscale 0..255, already
+resized: see ``eye_clf.preprocess``), and one output ``p_open``, float32 N. Normalisation, the network, mirror
+averaging (when the checkpoint's preprocessing says tta), the temperature and the sigmoid are all inside. The
+model's metadata_props hold ``eye_clf.*`` entries: the checkpoint's sha256, format, model, preprocessing, config,
+metrics (JSON) and, when the checkpoint has one, the recommended ``threshold`` on P(open).
+"""
+import hashlib
+import json
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from .files import atomic_write
+from .models import load_checkpoint
+from .preprocess import IMG_SIZE, MEAN, STD
+
+OPSET = 18
+META_KEYS = ("format", "model", "preprocessing", "config", "metrics", "threshold")
+
+
+class ProbabilityGraph(nn.Module):
+    """uint8 N x 24 x 24 -> P(open): what ``predict_proba`` computes after reading the images."""
+
+    def __init__(self, model, tta):
+        super().__init__()
+        self.model, self.tta = model, tta
+
+    def forward(self, images):
+        x = (images.float().unsqueeze(1) / 255 - MEAN) / STD
+        z = self.model(x)
+        if self.tta:
+            z = (z + self.model(x.flip(-1))) / 2
+        return torch.sigmoid(z / self.model.temperature)
+
+
+def sha256(path):
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
+def export_onnx(checkpoint_path, out_path):
+    """Write the ONNX graph of a checkpoint (see the module docstring) to ``out_path``; returns ``out_path``."""
+    import onnx
+    from torch.fx.experimental.optimization import fuse
+
+    model, ckpt = load_checkpoint(checkpoint_path)
+    model.backbone = fuse(model.backbone)
+    graph = ProbabilityGraph(model, bool(ckpt["preprocessing"].get("tta", False))).eval()
+    example = torch.zeros(2, IMG_SIZE, IMG_SIZE, dtype=torch.uint8)
+    program = torch.onnx.export(graph, (example,), input_names=["images"], output_names=["p_open"],
+                                opset_version=OPSET, dynamic_shapes={"images": {0: torch.export.Dim("N")}},
+                                dynamo=True, verbose=False)
+    proto = program.model_proto
+    proto.producer_name = "eye_clf"
+    proto.doc_string = __doc__.split("\n\n")[1].replace("\n", " ")
+    meta = {"eye_clf.checkpoint_sha256": sha256(checkpoint_path)}
+    meta.update({f"eye_clf.{k}": json.dumps(ckpt[k], default=str) for k in META_KEYS if k in ckpt})
+    del proto.metadata_props[:]
+    for k, v in meta.items():
+        proto.metadata_props.add(key=k, value=v)
+    onnx.checker.check_model(proto)
+    atomic_write(out_path, lambda tmp: onnx.save(proto, tmp))
+    return Path(out_path)
+
+
+def metadata(onnx_path):
+    """The ``eye_clf.*`` metadata of an exported graph, JSON values decoded (sha256 stays a string)."""
+    import onnx
+    props = {p.key: p.value for p in onnx.load(str(onnx_path), load_external_data=False).metadata_props}
+    return {k.removeprefix("eye_clf."): v if k.endswith("sha256") else json.loads(v)
+            for k, v in props.items() if k.startswith("eye_clf.")}

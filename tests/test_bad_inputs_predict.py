@@ -1,0 +1,228 @@
+"""Hostile inputs to ``predict_proba``: one clear error naming the argument, the same with either backend."""
+import os
+import struct
+import zlib
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image, JpegImagePlugin
+
+from eye_clf import preprocess
+from eye_clf.__main__ import main
+from eye_clf.predict import predict_proba
+
+from conftest import smooth_image
+
+EYE = smooth_image(seed=1)
+BACKENDS = ["onnx", "torch"]
+
+
+def png_header(path, width, height):
+    """A PNG that declares width x height 16-bit gray pixels but holds no pixel data (a few bytes on disk)."""
+    def chunk(kind, body):
+        return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 16, 0, 0, 0, 0))
+                     + chunk(b"IEND", b""))
+    return path
+
+
+def closed_image():
+    image = Image.fromarray(EYE)
+    image.close()
+    return image
+
+
+BAD_INPUTS = [
+    # 3-D is always N x H x W; colour batches are N x H x W x C (numpy) or N x C x H x W (torch)
+    (np.zeros((24, 24, 3), np.uint8), r"input: a 3-D array is a batch N x H x W, so shape \(24, 24, 3\) would be "
+                                      r"24 images of 24 x 3 pixels; pass one colour image as a PIL image or as a "
+                                      r"batch of one \(N x H x W x C"),
+    (np.zeros((24, 24, 1), np.uint8), r"input: a 3-D array is a batch N x H x W"),
+    (torch.zeros(24, 24, 4), r"input: a 3-D tensor is a batch N x H x W.*\(N x C x H x W with N = 1\)"),
+    (np.zeros((2, 3, 24, 24), np.uint8), r"input: a 4-D array is a batch N x H x W x C with C = 1, 3 or 4, got "
+                                         r"shape \(2, 3, 24, 24\)"),
+    (torch.zeros(2, 24, 24, 3), r"input: a 4-D tensor is a batch N x C x H x W with C = 1, 3 or 4"),
+    (np.zeros((1, 1, 2, 24, 24), np.uint8), r"input: expected an image H x W or a batch .*\(1, 1, 2, 24, 24\)"),
+    (np.zeros(24, np.uint8), r"input: expected an image H x W or a batch.*\(24,\)"),
+    (np.zeros((24, 0), np.uint8), r"input: empty image"),
+    (np.zeros((0, 24, 24), np.uint8), r"input: empty batch"),
+    (torch.zeros(0, 1, 24, 24), r"input: empty batch"),
+    # values
+    (np.zeros((24, 24), np.int32), r"input: dtype int32 is not supported"),
+    (np.zeros((24, 24), np.complex128), r"input: dtype complex128 is not supported"),
+    (np.zeros((24, 24), bool), r"input: dtype bool is not supported"),
+    (torch.zeros(24, 24, dtype=torch.int64), r"input: dtype int64 is not supported"),
+    (torch.zeros(24, 24, dtype=torch.complex32), r"input: dtype torch.complex32 is not supported"),
+    (np.full((24, 24), 1.5), r"input: float images must hold finite values in 0..1, got 1.5"),
+    (np.full((24, 24), 200.0), r"input: float images must hold finite values in 0..1"),
+    (np.where(np.eye(24) > 0, np.nan, 0.5), r"input: float images must hold finite values in 0..1"),
+    (torch.full((2, 24, 24), float("inf")), r"input: float images must hold finite values in 0..1"),
+    ([EYE, np.full((24, 24), 2.0)], r"input\[1\]: float images"),
+    ([EYE, [np.zeros((24, 24), np.int16)]], r"input\[1\]\[0\]: dtype int16"),
+    ([], r"input: empty list"),
+    # PIL images
+    (Image.fromarray(np.full((24, 24), 70000, np.int32)), r"input: PIL mode I images must hold values in 0..65535"),
+    (Image.fromarray(np.full((24, 24), 2.0, np.float32)), r"input: PIL mode F images must hold values in 0..1"),
+    (Image.new("RGB", (24, 24)).convert("LAB"), r"input: PIL mode LAB is not supported"),
+    (Image.new("HSV", (24, 24)), r"input: PIL mode HSV is not supported"),
+    (closed_image(), r"input: cannot read the PIL image"),
+    ([EYE, closed_image()], r"input\[1\]: cannot read the PIL image"),
+    # paths
+    ("", r"input: empty path"),
+    ([EYE, ""], r"input\[1\]: empty path"),
+    ("/dev/zero", r"not a regular file: /dev/zero"),
+]
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("bad,message", BAD_INPUTS, ids=range(len(BAD_INPUTS)))
+def test_bad_inputs_name_the_input(backend, bad, message):
+    with pytest.raises(ValueError, match=message):
+        predict_proba(bad, backend=backend)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("bad", [42, b"bytes", {"image": EYE}, None])
+def test_unsupported_types(backend, bad):
+    with pytest.raises(TypeError, match=f"input: cannot read a {type(bad).__name__} as an image"):
+        predict_proba(bad, backend=backend)
+    with pytest.raises(TypeError, match=rf"input\[1\]: cannot read a {type(bad).__name__}"):
+        predict_proba([EYE, bad], backend=backend)
+
+
+BAD_ARGUMENTS = [
+    (dict(batch_size=0), ValueError, r"batch_size: expected a positive integer, got 0"),
+    (dict(batch_size=-3), ValueError, r"batch_size: expected a positive integer"),
+    (dict(batch_size=2.5), ValueError, r"batch_size: expected a positive integer, got 2.5"),
+    (dict(batch_size=True), ValueError, r"batch_size: expected a positive integer, got True"),
+    (dict(model="x"), TypeError, r"model: expected a torch model .* got a str; pass a checkpoint file as checkpoint="),
+    (dict(backend="tf"), ValueError, r"backend: expected one of \('onnx', 'torch'\) or None, got 'tf'"),
+    (dict(backend="onnx", tta=True), ValueError, r"tta: needs backend='torch'"),
+    (dict(backend="onnx", checkpoint="some.pt"), ValueError, r"checkpoint: needs backend='torch'.*eye_clf export"),
+    (dict(backend="torch", checkpoint="some.onnx"), ValueError, r"checkpoint: some.onnx is an ONNX model"),
+    (dict(checkpoint=""), ValueError, r"checkpoint: empty path"),
+]
+
+
+@pytest.mark.parametrize("kwargs,error,message", BAD_ARGUMENTS)
+def test_bad_arguments_are_named(kwargs, error, message):
+    with pytest.raises(error, match=message):
+        predict_proba(EYE, **kwargs)
+
+
+# ---- PIL modes: a documented scaling for each accepted mode ------------------------------------------------
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_every_accepted_pil_mode_reads_the_same_eye(backend):
+    g = Image.fromarray(EYE)
+    as_l = predict_proba(g, backend=backend)
+    same = {
+        "I (16-bit scale)": Image.fromarray(EYE.astype(np.int32) * 257),
+        "I;16": Image.fromarray(EYE.astype(np.uint16) * 257),
+        "F (0..1)": Image.fromarray((EYE / 255).astype(np.float32)),
+        **{mode: g.convert(mode) for mode in ("LA", "P", "RGB", "RGBA", "RGBX", "CMYK", "YCbCr")},
+    }
+    for name, image in same.items():
+        assert predict_proba(image, backend=backend) == pytest.approx(as_l, abs=0.01), name
+    binary = Image.fromarray(EYE > 128)
+    assert binary.mode == "1"
+    assert predict_proba(binary, backend=backend) == pytest.approx(
+        predict_proba(Image.fromarray(np.where(EYE > 128, 255, 0).astype(np.uint8)), backend=backend), abs=1e-6)
+
+
+# ---- files: size limits, non-regular files -----------------------------------------------------------------
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_huge_images_are_refused_from_the_header(backend, tmp_path):
+    huge = png_header(tmp_path / "huge.png", 13000, 13000)  # 4 GB decoded at 16 bits, a few bytes on disk
+    with pytest.raises(ValueError, match=r"image too large: .*huge.png is 13000 x 13000 pixels"):
+        predict_proba(huge, backend=backend)
+    bomb = png_header(tmp_path / "bomb.png", 20000, 20000)  # above PIL's own decompression-bomb limit
+    with pytest.raises(ValueError, match=r"image too large: .*bomb.png"):
+        predict_proba([EYE, bomb], backend=backend)
+
+
+def test_large_jpegs_are_decoded_at_a_reduced_scale(tmp_path, monkeypatch):
+    monkeypatch.setattr(preprocess, "MAX_PIXELS", 100 * 100)
+    big = Image.fromarray(EYE).resize((300, 300), Image.Resampling.BICUBIC)
+    big.save(tmp_path / "big.jpg", quality=95)
+    big.save(tmp_path / "big.png")
+    opened = []
+    real_draft = JpegImagePlugin.JpegImageFile.draft
+    monkeypatch.setattr(JpegImagePlugin.JpegImageFile, "draft",
+                        lambda im, mode, size: opened.append(size) or real_draft(im, mode, size))
+    reduced = preprocess.load_image(tmp_path / "big.jpg")
+    assert opened == [(75, 75)]  # 1/4 scale: 5625 pixels <= 10000
+    assert np.abs(reduced.astype(int) - preprocess.to_gray24(big)).max() <= 8
+    with pytest.raises(ValueError, match=r"image too large: .*big.png is 300 x 300 pixels, more than the 10000"):
+        preprocess.load_image(tmp_path / "big.png")
+
+
+def test_non_regular_files_are_named(tmp_path):
+    fifo = tmp_path / "pipe.png"
+    os.mkfifo(fifo)  # opening it would block forever
+    with pytest.raises(ValueError, match=r"not a regular file: .*pipe.png"):
+        predict_proba(fifo)
+
+
+# ---- checkpoints that must not load ------------------------------------------------------------------------
+
+def corrupt(state_key=None, value=None, **top):
+    def change(ckpt):
+        if state_key:
+            ckpt["state_dict"][state_key] = value(ckpt["state_dict"][state_key])
+        for k, v in top.items():
+            if v is None:
+                del ckpt[k]
+            elif callable(v):
+                ckpt[k] = v(ckpt[k])
+            else:
+                ckpt[k] = v
+        return ckpt
+    return change
+
+
+BAD_CHECKPOINTS = [
+    (corrupt("head.weight", lambda w: w * float("nan")), r"weight head.weight holds NaN or infinite values"),
+    (corrupt("backbone.0.0.weight", lambda w: w.index_fill(0, torch.tensor([0]), float("inf"))),
+     r"weight backbone.0.0.weight holds NaN or infinite values"),
+    (corrupt("temperature", lambda t: t * 0), r"temperature 0.0 is not > 0"),
+    (corrupt("temperature", lambda t: -t), r"temperature -[\d.]+ is not > 0"),
+    (corrupt("head.weight", lambda w: torch.zeros(1, 3)), r"weights do not fit the model .*size mismatch"),
+    (corrupt(preprocessing=lambda p: {**p, "mean": 0.4}), r"preprocessing mean is 0.4, but this code .* 0.5"),
+    (corrupt(preprocessing=lambda p: {**p, "size": 32}), r"preprocessing size is 32, but this code .* 24"),
+    (corrupt(preprocessing=lambda p: {**p, "mode": "RGB"}), r"preprocessing mode is 'RGB'"),
+    (corrupt(preprocessing=lambda p: {k: v for k, v in p.items() if k != "std"}), r"preprocessing std is None"),
+    (corrupt(preprocessing=None), r"checkpoint has no preprocessing dict"),
+    (corrupt(model=lambda m: {**m, "depth": 3}), r"weights do not fit the model .*depth"),
+    (lambda ckpt: [ckpt], r"is not an eye_clf checkpoint"),
+]
+
+
+@pytest.mark.parametrize("change,message", BAD_CHECKPOINTS, ids=range(len(BAD_CHECKPOINTS)))
+def test_bad_checkpoints_are_refused_naming_the_file(tiny_ckpt, tmp_path, change, message):
+    bad = tmp_path / "bad.pt"
+    torch.save(change(torch.load(tiny_ckpt, weights_only=True)), bad)
+    with pytest.raises(ValueError, match=rf"bad\.pt:? {message}"):
+        predict_proba(EYE, checkpoint=bad)
+
+
+def test_bad_checkpoint_at_the_command_line_is_one_line(tiny_ckpt, tmp_path, capsys):
+    bad = tmp_path / "nan.pt"
+    torch.save(corrupt("head.weight", lambda w: w * float("nan"))(torch.load(tiny_ckpt, weights_only=True)), bad)
+    Image.fromarray(EYE).save(tmp_path / "eye.png")
+    with pytest.raises(SystemExit) as err:
+        main(["predict", str(tmp_path / "eye.png"), "--checkpoint", str(bad)])
+    assert str(err.value.code) == f"error: {bad}: weight head.weight holds NaN or infinite values"
+
+
+def test_unreadable_checkpoint_is_named(tmp_path):
+    bad = tmp_path / "bad.pt"
+    bad.write_text("not a checkpoint")
+    with pytest.raises(ValueError, match="bad.pt is not a readable eye_clf checkpoint"):
+        predict_proba(EYE, checkpoint=bad)
+    onnx = tmp_path / "bad.onnx"
+    onnx.write_text("not a model")
+    with pytest.raises(ValueError, match="bad.onnx is not a readable ONNX model"):
+        predict_proba(EYE, checkpoint=onnx)

@@ -1,0 +1,98 @@
+import re
+import subprocess
+import sys
+
+import numpy as np
+import onnx
+import pytest
+import torch
+
+from eye_clf import data, export, models
+from eye_clf.__main__ import main
+from eye_clf.predict import DEFAULT_CHECKPOINT, DEFAULT_ONNX, predict_proba
+
+from conftest import synthetic
+
+PARITY = 1e-4  # max |P_torch - P_onnx|
+
+
+@pytest.fixture(scope="module")
+def tta_ckpt(tiny_ckpt, tmp_path_factory):
+    """The tiny checkpoint with mirror averaging on and a recommended threshold, as the lead's retraining adds."""
+    ckpt = torch.load(tiny_ckpt, weights_only=True)
+    ckpt["preprocessing"]["tta"] = True
+    ckpt["threshold"] = 0.42
+    path = tmp_path_factory.mktemp("tta") / "tta.pt"
+    torch.save(ckpt, path)
+    return path
+
+
+def test_export_is_the_whole_prediction(tta_ckpt, tmp_path):
+    out = export.export_onnx(tta_ckpt, tmp_path / "m.onnx")
+    images, _ = synthetic(37, seed=4)
+    expected = predict_proba(images, checkpoint=tta_ckpt)  # torch, with the checkpoint's mirror averaging
+    assert not np.allclose(expected, predict_proba(images, checkpoint=tta_ckpt, tta=False), atol=1e-4)
+    for batch_size in (1, 7, 1024):  # the batch dimension is dynamic
+        assert np.abs(predict_proba(images, checkpoint=out, batch_size=batch_size) - expected).max() <= PARITY
+
+    proto = onnx.load(str(out))
+    assert [i.name for i in proto.graph.input] == ["images"] and [o.name for o in proto.graph.output] == ["p_open"]
+    assert proto.graph.input[0].type.tensor_type.elem_type == onnx.TensorProto.UINT8
+    assert proto.opset_import[0].version == export.OPSET
+    meta = export.metadata(out)
+    assert meta["checkpoint_sha256"] == export.sha256(tta_ckpt)
+    assert meta["threshold"] == 0.42 and meta["preprocessing"]["tta"] is True
+    assert meta["config"]["width"] == 4 and "metrics" in meta and meta["format"] == models.CHECKPOINT_FORMAT
+
+
+def test_export_command(tiny_ckpt, tmp_path, capsys):
+    out = tmp_path / "cli.onnx"
+    main(["export", "--checkpoint", str(tiny_ckpt), "--out", str(out)])
+    assert f"wrote {out} (ONNX opset {export.OPSET})" in capsys.readouterr().out
+    assert "threshold" not in export.metadata(out)  # only when the checkpoint has one
+    images, _ = synthetic(20, seed=6)
+    assert np.abs(predict_proba(images, checkpoint=out) - predict_proba(images, checkpoint=tiny_ckpt)).max() <= PARITY
+
+
+def test_export_refuses_a_bad_checkpoint(tiny_ckpt, tmp_path):
+    ckpt = torch.load(tiny_ckpt, weights_only=True)
+    ckpt["state_dict"]["temperature"] = torch.tensor(-1.0)
+    torch.save(ckpt, tmp_path / "neg.pt")
+    with pytest.raises(SystemExit, match=r"error: .*neg.pt: temperature -1.0 is not > 0"):
+        main(["export", "--checkpoint", str(tmp_path / "neg.pt"), "--out", str(tmp_path / "neg.onnx")])
+    assert not (tmp_path / "neg.onnx").exists()
+
+
+# ---- the shipped ONNX model --------------------------------------------------------------------------------
+
+def test_shipped_onnx_comes_from_the_shipped_checkpoint():
+    meta = export.metadata(DEFAULT_ONNX)
+    ckpt = torch.load(DEFAULT_CHECKPOINT, weights_only=True)
+    assert meta["checkpoint_sha256"] == export.sha256(DEFAULT_CHECKPOINT), \
+        "re-export: python -c 'from eye_clf.export import export_onnx; from eye_clf.predict import " \
+        "DEFAULT_CHECKPOINT as C, DEFAULT_ONNX as O; export_onnx(C, O)'"
+    assert meta["preprocessing"] == ckpt["preprocessing"] and meta.get("threshold") == ckpt.get("threshold")
+    images = np.random.default_rng(0).integers(0, 256, (64, 24, 24), dtype=np.uint8)
+    torch_p, onnx_p = (predict_proba(images, backend=b) for b in ("torch", "onnx"))
+    assert np.abs(torch_p - onnx_p).max() <= PARITY and torch_p.std() > 0.01
+
+
+def test_shipped_onnx_parity_on_real_images(real_root):
+    files = data.list_images(real_root / "EyesDataset")[::20]  # 200 of the 4000
+    torch_p, onnx_p = (predict_proba(files, backend=b) for b in ("torch", "onnx"))
+    assert np.abs(torch_p - onnx_p).max() <= PARITY
+
+
+def test_readme_onnxruntime_example_runs_without_eye_clf_or_torch(real_root, tmp_path):
+    readme = (data.REPO_ROOT / "README.md").read_text()
+    code = re.search(r"<!-- onnx-example -->\n```python\n(.*?)```", readme, re.S).group(1)
+    assert "eye_clf" not in code.replace("eye_clf.onnx", "") and len(code.strip().splitlines()) == 4
+    blocker = ("import sys\nclass Block:\n    def find_spec(self, name, *args):\n"
+               "        if name.split('.')[0] in ('torch', 'eye_clf'):\n            raise ImportError(name)\n"
+               "sys.meta_path.insert(0, Block())\n")
+    files = data.list_images(real_root / "EyesDataset")[:8]
+    for f in [DEFAULT_ONNX, *files]:  # the example's working folder: the model and some eye images
+        (tmp_path / f.name).symlink_to(f)
+    out = subprocess.run([sys.executable, "-c", blocker + code], capture_output=True, text=True, cwd=tmp_path)
+    assert out.returncode == 0, out.stderr
+    assert np.abs(np.array(eval(out.stdout)) - predict_proba(files, backend="onnx")).max() <= 1e-6
