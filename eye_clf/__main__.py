@@ -103,16 +103,16 @@ def cmd_cv(args):
 def cmd_label(args):
     from .studio import serve
     try:
-        serve(args.images, args.labels, args.checkpoint, args.review, args.port, not args.no_browser)
+        serve(args.images, args.labels, args.checkpoint, args.review, args.port, not args.no_browser,
+              model=not args.no_model)
     except OSError as err:
         sys.exit(f"error: {err}")
 
 
 def cmd_audit(args):
     from .audit import audit
-    root = data.data_dir(args.data) if args.images is None or args.labels is None else None
-    images_dir = Path(args.images) if args.images else root / "EyesDataset"
-    labels = Path(args.labels) if args.labels else root / "img_name_target.xlsx"
+    images_dir = Path(args.images) if args.images else data.data_dir(args.data) / "EyesDataset"
+    labels = data.labels_file(args.labels, args.data)
     review, names, targets, p_open = audit(images_dir, labels, args.oof, config_from(args), args.folds)
     atomic_write(args.out, lambda tmp: review.to_csv(tmp, index=False))
     if args.save_oof:
@@ -164,7 +164,10 @@ def main(argv=None):
     p = sub.add_parser("label", help="labeling studio: a local web page to label images with the keyboard")
     p.add_argument("--images", required=True, help="folder of the images to label")
     p.add_argument("--labels", required=True, help="labels .xlsx (created listing every image if missing)")
-    p.add_argument("--checkpoint", help="pre-label with this model, most uncertain images first (label mode)")
+    model = p.add_mutually_exclusive_group()
+    model.add_argument("--checkpoint", help="the model that suggests labels, most uncertain images first "
+                                            "(default: the shipped model)")
+    model.add_argument("--no-model", action="store_true", help="label without model suggestions")
     p.add_argument("--review", help="review list from `audit`: review suspicious labels instead")
     p.add_argument("--port", type=int, default=8765, help="port on 127.0.0.1 (0: a free one; default 8765)")
     p.add_argument("--no-browser", action="store_true", help="do not open the page in a browser")
@@ -173,8 +176,8 @@ def main(argv=None):
     p = sub.add_parser("audit", help="rank likely label errors (k-fold out-of-fold P(open) + cleanlab)")
     add_config_args(p)
     p.add_argument("--images", help="image folder (default: <data>/EyesDataset)")
-    p.add_argument("--labels", help="labels xlsx/csv (default: <data>/img_name_target.xlsx); rows without a "
-                                    "target are left out")
+    p.add_argument("--labels", help="labels xlsx/csv (default: the reference img_name_target.xlsx at the top "
+                                    "of the checkout); rows without a target are left out")
     p.add_argument("--data", help=f"data folder (default: ${data.DATA_ENV} or ../shared/data)")
     p.add_argument("--oof", help="CSV of out-of-fold P(open) (img_name, p_open) instead of training")
     p.add_argument("--folds", type=int, default=5)

@@ -10,27 +10,24 @@ from cleanlab.rank import get_label_quality_scores
 from . import data
 from .cv import cross_val_predict
 from .data import LabelError
-from .labels_store import read_table
 from .train import TrainConfig
 
 
 def labeled(images_dir, labels):
-    """Images, targets and names of the labeled rows of a labels file (blank and unsure rows are left out)."""
-    df = read_table(labels)
+    """Images, targets and names of the labeled rows of a labels file (blank and unsure rows are left out).
+
+    Read by ``data.read_labels`` (partial): every labeled row's image must be a file inside ``images_dir``."""
+    df = data.read_labels(labels, images_dir, partial=True)
     df = df[df["target"].notna()]
     if df["target"].nunique() < 2:
         raise LabelError(f"{labels}: the audit needs labeled images of both classes")
-    missing = [n for n in df["img_name"] if not (Path(images_dir) / n).is_file()]
-    if missing:
-        raise FileNotFoundError(f"{labels}: {len(missing)} labeled image(s) not found in {images_dir}, "
-                                f"e.g. {missing[:3]}")
     images = np.stack([data.load_image(Path(images_dir) / n) for n in df["img_name"]])
     return images, df["target"].to_numpy(int), df["img_name"].tolist()
 
 
 def read_oof(path, names):
     """Out-of-fold P(open) for ``names`` from a CSV with columns img_name, p_open."""
-    df = pd.read_csv(path, dtype={"img_name": str})
+    df = data.read_sheet(path, "out-of-fold predictions")
     if {"img_name", "p_open"} - set(df.columns):
         raise ValueError(f"{path}: needs columns img_name and p_open; found {list(df.columns)}")
     if df["img_name"].duplicated().any():
@@ -45,6 +42,12 @@ def read_oof(path, names):
     return p
 
 
+def label_quality(targets, p_open):
+    """cleanlab's self-confidence of each label: the out-of-fold probability of the given label (low: suspicious)."""
+    probs = np.column_stack([1 - np.asarray(p_open, dtype=float), p_open])
+    return get_label_quality_scores(np.asarray(targets, dtype=int), probs, method="self_confidence")
+
+
 def review_list(names, targets, p_open):
     """Likely label errors, most suspicious first.
 
@@ -55,7 +58,7 @@ def review_list(names, targets, p_open):
     targets, p_open = np.asarray(targets, dtype=int), np.asarray(p_open, dtype=float)
     probs = np.column_stack([1 - p_open, p_open])
     idx = find_label_issues(targets, probs, return_indices_ranked_by="self_confidence", n_jobs=1)
-    score = get_label_quality_scores(targets, probs, method="self_confidence")
+    score = label_quality(targets, p_open)
     return pd.DataFrame({"img_name": np.asarray(names, dtype=object)[idx], "target": targets[idx],
                          "p_open": p_open[idx], "rank": np.arange(1, len(idx) + 1), "score": score[idx]})
 

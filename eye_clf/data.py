@@ -4,7 +4,7 @@ Image reading and normalisation live in ``preprocess`` (shared with prediction) 
 """
 import hashlib
 import os
-from pathlib import Path
+from pathlib import Path, PurePosixPath, PureWindowsPath
 
 import numpy as np
 import pandas as pd
@@ -48,42 +48,98 @@ def labels_file(path=None, root=None):
     return found
 
 
-def read_labels(path, images_dir=None):
-    """Read a labels spreadsheet (xlsx or csv) with columns ``img_name`` and ``target`` (1 open, 0 closed).
+TAGS = ("dark", "blurry", "glasses", "angle", "inverted", "other")
+FLAGS = ("unsure", "reviewed") + TAGS  # 0/1 columns of a labels file still being made (the studio's)
 
-    Returns a DataFrame with ``img_name`` (str) and ``target`` (int). Raises LabelError listing every bad row:
-    missing column, empty sheet, duplicate name, target not 0/1 and, when ``images_dir`` is given, missing image.
+
+def read_sheet(path, what="labels file"):
+    """A spreadsheet as a DataFrame: ``.csv`` as UTF-8 text (a BOM is allowed), anything else as xlsx.
+
+    ``img_name`` is read as exact text: never stripped, only an empty cell is missing. A file that cannot be
+    parsed raises one LabelError naming it.
     """
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"labels file not found: {path}")
+        raise FileNotFoundError(f"{what} not found: {path}")
+    csv = path.suffix.lower() == ".csv"
+    options = dict(dtype={"img_name": str}, keep_default_na=False, na_values=[""])
     try:
-        df = pd.read_csv(path) if path.suffix.lower() == ".csv" else pd.read_excel(path)
+        return pd.read_csv(path, encoding="utf-8-sig", **options) if csv else pd.read_excel(path, **options)
+    except UnicodeDecodeError as err:
+        raise LabelError(f"{path}: not UTF-8 text (byte {err.object[err.start]:#04x} at offset {err.start}); "
+                         "save it as UTF-8 CSV") from None
     except pd.errors.EmptyDataError:
         raise LabelError(f"{path}: empty file") from None
+    except Exception as err:  # zip, XML and CSV parsers fail in many ways; all mean the same to the user
+        raise LabelError(f"{path}: not a readable {'CSV' if csv else 'xlsx'} file "
+                         f"({type(err).__name__}: {err})") from None
+
+
+def name_problem(name):
+    """Why ``name`` is not a plain relative path that stays inside the images folder, else None."""
+    if "\\" in name or "\0" in name:
+        return "contains a backslash or NUL"
+    if PurePosixPath(name).is_absolute() or PureWindowsPath(name).drive:
+        return "is an absolute path"
+    if ".." in PurePosixPath(name).parts:
+        return "contains a '..' part"
+    return None
+
+
+def read_labels(path, images_dir=None, partial=False):
+    """Read a labels spreadsheet (xlsx, or UTF-8 csv) with columns ``img_name`` and ``target`` (1 open, 0 closed).
+
+    Names are matched exactly as written (never stripped: `` a.jpg`` and ``a.jpg`` are two files) and must be
+    plain relative paths inside the images folder (no absolute path, no ``..`` part, no backslash); this is
+    checked before any file is touched. When ``images_dir`` is given, the image of every labelled row must be a
+    file inside it (a symlink that resolves outside is refused).
+
+    Returns ``img_name`` (str) and ``target`` (int). ``partial=True`` reads a file still being labelled (the
+    studio's): a target may be blank (nullable Int64), the 0/1 columns FLAGS are read (blank or missing: 0), an
+    unsure row has no target, other columns are kept and an empty table is allowed.
+    Raises LabelError listing every bad row (spreadsheet numbering: the header is row 1).
+    """
+    path = Path(path)
+    df = read_sheet(path)
     missing = {"img_name", "target"} - set(df.columns)
     if missing:
         raise LabelError(f"{path}: missing column(s) {sorted(missing)}; found {list(df.columns)}")
-    if df.empty:
+    if df.empty and not partial:
         raise LabelError(f"{path}: no rows")
+    cols = ("target",) + (FLAGS if partial else ())
+    raw = {c: df[c] if c in df.columns else pd.Series(np.nan, index=df.index) for c in cols}
+    values = {c: pd.to_numeric(raw[c], errors="coerce") for c in cols}
+    raw = {c: raw[c].tolist() for c in cols}  # Python values, for the messages
+    names, root = df["img_name"], None if images_dir is None else Path(images_dir).resolve()
+    duplicated = names.duplicated(keep=False) & names.notna()
     problems = []
-    names = df["img_name"].astype(str).str.strip()
-    targets = pd.to_numeric(df["target"], errors="coerce")
-    duplicated = names.duplicated(keep=False)
-    for i, (name, raw, t) in enumerate(zip(names, df["target"], targets)):
-        row = i + 2  # spreadsheet row: header is row 1
-        if pd.isna(df["img_name"].iloc[i]) or not name:
-            problems.append(f"row {row}: img_name is empty")
+    for i, name in enumerate(names):
+        if pd.isna(name) or not name.strip():
+            problems.append(f"row {i + 2}: img_name is empty")
             continue
-        if t not in (0, 1):
-            problems.append(f"row {row} ({name}): target {raw!r} is not 0 or 1")
+        where = f"row {i + 2} ({name})"
+        for c in cols:
+            if not (values[c].iloc[i] in (0, 1) or (partial and pd.isna(raw[c][i]))):
+                problems.append(f"{where}: {c} {raw[c][i]!r} is not 0, 1" + (" or blank" if partial else ""))
+        if partial and values["unsure"].iloc[i] == 1 and pd.notna(values["target"].iloc[i]):
+            problems.append(f"{where}: unsure is 1 but target is set")
         if duplicated.iloc[i]:
-            problems.append(f"row {row} ({name}): duplicate img_name")
-        if images_dir is not None and not (Path(images_dir) / name).is_file():
-            problems.append(f"row {row} ({name}): image file not found in {images_dir}")
+            problems.append(f"{where}: duplicate img_name")
+        if why := name_problem(name):
+            problems.append(f"{where}: img_name {why}; it must be a relative path inside the images folder")
+        elif root is not None and (not partial or pd.notna(values["target"].iloc[i])):
+            if not (root / name).resolve().is_relative_to(root):
+                problems.append(f"{where}: image resolves outside {images_dir}")
+            elif not (root / name).is_file():
+                problems.append(f"{where}: image file not found in {images_dir}")
     if problems:
         raise LabelError(f"{path}: {len(problems)} bad row(s):\n  " + "\n  ".join(problems))
-    return pd.DataFrame({"img_name": names, "target": targets.astype(int)})
+    if not partial:
+        return pd.DataFrame({"img_name": names, "target": values["target"].astype(int)})
+    out = pd.DataFrame({"img_name": names, "target": values["target"].astype("Int64")})
+    for c in FLAGS:
+        out[c] = values[c].fillna(0).astype(int)
+    return pd.concat([out, df[[c for c in df.columns if c not in out.columns]]], axis=1)
 
 
 def load_dataset(root=None, labels=None, limit=None):

@@ -1,60 +1,28 @@
-"""The studio's labels spreadsheet: a tolerant reader (blank target = not labeled yet), atomic saves after every
-change, and conflict checks so that two browser tabs never overwrite each other's labels silently.
+"""The studio's labels spreadsheet: atomic saves after every change, and conflict checks so that two browser tabs
+never overwrite each other's labels silently.
 
 Columns: ``img_name``, ``target`` (1 open, 0 closed, blank: not labeled), ``unsure`` (1: skipped as unsure, target
-blank), ``reviewed`` (1: checked in a review queue) and one 0/1 column per tag in TAGS. Other columns are kept.
+blank), ``reviewed`` (1: checked in a review queue) and one 0/1 column per tag in TAGS; other columns are kept.
+The file is read by the project's one labels reader, ``data.read_labels(path, partial=True)``. Names are written
+as text cells, exactly as the image files are named (a name starting with ``=`` is text, never a formula), so a
+save and a load give back every name byte for byte.
 """
+import glob
+import os
+import reprlib
 import threading
 from pathlib import Path
 
 import openpyxl
 import pandas as pd
+from openpyxl.cell import WriteOnlyCell
 
 from . import data
-from .data import LabelError
-from .train import atomic_write
+from .data import FLAGS, TAGS
+from .files import atomic_write
 
-TAGS = ("dark", "blurry", "glasses", "angle", "inverted", "other")
-FLAGS = ("unsure", "reviewed") + TAGS
 COLUMNS = ("img_name", "target") + FLAGS
-
-
-def read_table(path):
-    """A labels spreadsheet (xlsx or csv) where targets may be blank.
-
-    Returns a DataFrame with COLUMNS first (target: nullable Int64, flags: int 0/1; missing flag columns are
-    added as 0) and any other columns after. Raises LabelError listing every bad row.
-    """
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"labels file not found: {path}")
-    read = pd.read_csv if path.suffix.lower() == ".csv" else pd.read_excel
-    df = read(path, dtype={"img_name": str})
-    missing = {"img_name", "target"} - set(df.columns)
-    if missing:
-        raise LabelError(f"{path}: missing column(s) {sorted(missing)}; found {list(df.columns)}")
-    names = df["img_name"].str.strip()
-    empty = names.isna() | (names == "")
-    problems = [(i, f"row {i + 2}: img_name is empty") for i in empty.to_numpy().nonzero()[0]]
-    dup = names.duplicated(keep=False) & ~empty
-    problems += [(i, f"row {i + 2} ({names.iloc[i]}): duplicate img_name") for i in dup.to_numpy().nonzero()[0]]
-    out = pd.DataFrame({"img_name": names})
-    for col in ("target",) + FLAGS:  # a blank flag means 0
-        raw = df[col] if col in df.columns else pd.Series(pd.NA, index=df.index)
-        values = pd.to_numeric(raw, errors="coerce")
-        bad = raw.notna() & ~values.isin([0, 1])
-        problems += [(i, f"row {i + 2} ({names.iloc[i]}): {col} {raw.tolist()[i]!r} is not 0, 1 or blank")
-                     for i in bad.to_numpy().nonzero()[0]]
-        values = values.where(~bad)
-        out[col] = values.astype("Int64") if col == "target" else values.fillna(0).astype(int)
-    both = (out["unsure"] == 1) & out["target"].notna()
-    problems += [(i, f"row {i + 2} ({names.iloc[i]}): unsure is 1 but target is set")
-                 for i in both.to_numpy().nonzero()[0]]
-    if problems:
-        lines = [text for _, text in sorted(problems, key=lambda p: p[0])]
-        raise LabelError(f"{path}: {len(lines)} problem(s):\n  " + "\n  ".join(lines))
-    extra = [c for c in df.columns if c not in COLUMNS]
-    return pd.concat([out, df[extra]], axis=1)
+STATE_KEYS = {"target", "unsure", "reviewed", "tags"}
 
 
 def blank_table(names):
@@ -65,30 +33,56 @@ def blank_table(names):
     return df
 
 
+def text_cell(sheet, value):
+    """A string cell stored as text and quote-prefixed: neither openpyxl nor Excel reads ``=...`` as a formula."""
+    cell = WriteOnlyCell(sheet, value)
+    cell.data_type, cell.quotePrefix = "s", True
+    return cell
+
+
 def write_xlsx(df, path):
-    """Write a DataFrame to xlsx with openpyxl's streaming writer (blank cells for missing values)."""
+    """Write a DataFrame to xlsx with openpyxl's streaming writer (strings as text, blank cells for missing)."""
     book = openpyxl.Workbook(write_only=True)
     sheet = book.create_sheet("labels")
-    sheet.append([str(c) for c in df.columns])
+    sheet.append([text_cell(sheet, str(c)) for c in df.columns])
     for row in df.astype(object).itertuples(index=False):
-        sheet.append([None if pd.isna(v) else v for v in row])
+        sheet.append([text_cell(sheet, v) if isinstance(v, str) else None if pd.isna(v) else v for v in row])
     book.save(path)
 
 
+def check_writable(path):
+    """Refuse a labels file, or the folder it is saved in, that is read-only (no permission, or no write bit at
+    all: root could replace such a file, but its owner asked for it to stay as it is)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    for p in (path, path.parent) if path.exists() else (path.parent,):
+        if not os.access(p, os.W_OK) or not p.stat().st_mode & 0o222:
+            raise PermissionError(f"{p} is read-only, and the studio saves every change into {path} (by writing a "
+                                  "new file beside it): make it writable, or pass another --labels file")
+
+
+def remove_stale_temporaries(path):
+    """Delete the temporaries that an interrupted save of ``path`` left beside it (``.<name>.*.tmp``)."""
+    for tmp in path.parent.glob(f".{glob.escape(path.name)}.*.tmp"):
+        if tmp.is_file():
+            tmp.unlink()
+
+
 def normalize(state, where="state"):
-    """A row state ``{target: 0|1|None, unsure, reviewed: bool, tags: [..]}`` checked and in canonical form."""
-    if not isinstance(state, dict):
-        raise ValueError(f"{where}: expected an object, got {state!r}")
-    target, tags = state.get("target"), state.get("tags", [])
-    if target not in (None, 0, 1) or isinstance(target, bool):
-        raise ValueError(f"{where}: target {target!r} is not 0, 1 or null")
-    if not isinstance(tags, list) or not set(tags) <= set(TAGS):
-        raise ValueError(f"{where}: tags {tags!r} are not a list of {list(TAGS)}")
-    out = dict(target=target, unsure=bool(state.get("unsure", False)), reviewed=bool(state.get("reviewed", False)),
-               tags=sorted(set(tags)))
-    if out["unsure"] and target is not None:
+    """A row state ``{target: 0|1|null, unsure: bool, reviewed: bool, tags: [..]}`` with exactly these keys and
+    JSON types (``"no"`` is not a boolean, ``1.0`` not a target); tags in TAGS order, as ``states`` gives."""
+    if not isinstance(state, dict) or set(state) != STATE_KEYS:
+        raise ValueError(f"{where}: expected an object with the keys {sorted(STATE_KEYS)}, got {reprlib.repr(state)}")
+    target, tags = state["target"], state["tags"]
+    if not (target is None or type(target) is int and target in (0, 1)):
+        raise ValueError(f"{where}: target {reprlib.repr(target)} is not 0, 1 or null")
+    for key in ("unsure", "reviewed"):
+        if type(state[key]) is not bool:
+            raise ValueError(f"{where}: {key} {reprlib.repr(state[key])} is not true or false")
+    if not isinstance(tags, list) or not all(type(t) is str and t in TAGS for t in tags):
+        raise ValueError(f"{where}: tags {reprlib.repr(tags)} are not a list of {list(TAGS)}")
+    if state["unsure"] and target is not None:
         raise ValueError(f"{where}: an unsure image has no target")
-    return out
+    return dict(target=target, unsure=state["unsure"], reviewed=state["reviewed"], tags=[t for t in TAGS if t in tags])
 
 
 class LabelStore:
@@ -96,22 +90,32 @@ class LabelStore:
 
     A missing file is created listing every image of the folder; images missing from an existing file are added
     as unlabeled rows (written at the next save); rows without an image in the folder are kept but not served.
-    A save refuses to overwrite the file if another program changed it since it was read or saved here.
+    A read-only file or folder is refused at start, and temporaries of an interrupted save are removed. A save
+    refuses to overwrite the file if another program changed it since it was read or saved here.
     """
 
     def __init__(self, path, images_dir):
-        self.path = Path(path)
+        self.path, self.root = Path(path), Path(images_dir).resolve()
         if self.path.suffix.lower() != ".xlsx":
             raise ValueError(f"labels file must be an .xlsx file: {self.path}")
         self.files = {p.name: p for p in data.list_images(images_dir)}
         if not self.files:
             raise ValueError(f"no image files in {images_dir}")
+        odd = [n for n in self.files if any(ord(ch) < 32 or ord(ch) == 127 for ch in n)]
+        if odd:
+            raise ValueError(f"{images_dir}: {len(odd)} image name(s) with control characters, which an xlsx "
+                             f"cannot store exactly, e.g. {odd[:3]!r}: rename them")
+        check_writable(self.path)
+        remove_stale_temporaries(self.path)
         created = not self.path.exists()
-        if not created and len(sheets := openpyxl.load_workbook(self.path, read_only=True).sheetnames) > 1:
-            raise ValueError(f"{self.path} has {len(sheets)} sheets {sheets}; the studio rewrites the file and "
-                             "would drop all but the first: give it a file with the labels sheet only")
+        df = blank_table(self.files) if created else data.read_labels(self.path, partial=True)
+        if not created:
+            with pd.ExcelFile(self.path) as book:
+                if len(book.sheet_names) > 1:
+                    raise ValueError(f"{self.path} has {len(book.sheet_names)} sheets {book.sheet_names}; the studio "
+                                     "rewrites the file and would drop all but the first: give it a file with the "
+                                     "labels sheet only")
         self.stamp = None if created else self.file_stamp()
-        df = blank_table(self.files) if created else read_table(self.path)
         known = set(df["img_name"])
         df = pd.concat([df, blank_table([n for n in self.files if n not in known])], ignore_index=True)
         self.df = df.set_index("img_name")
@@ -119,6 +123,12 @@ class LabelStore:
         self.lock = threading.RLock()
         if created:
             self.save()
+
+    def image(self, name):
+        """The file of a listed image, or None when ``name`` is not listed or its file (e.g. a symlink changed since
+        the start) now resolves outside the folder."""
+        file = self.files.get(name) if isinstance(name, str) else None
+        return file if file is not None and file.resolve().is_relative_to(self.root) else None
 
     def state(self, name):
         return self.states([name])[name]
@@ -149,26 +159,35 @@ class LabelStore:
         """
         parsed = []
         for i, c in enumerate(changes):
-            name = c.get("name") if isinstance(c, dict) else None
-            if name not in self.files:
-                raise ValueError(f"change {i}: {name!r} is not an image of this folder")
-            parsed.append((name, normalize(c.get("before"), f"change {i} before"),
-                           normalize(c.get("after"), f"change {i} after")))
+            if not isinstance(c, dict) or set(c) != {"name", "before", "after"}:
+                raise ValueError(f"change {i}: expected an object with the keys name, before, after")
+            if self.image(c["name"]) is None:
+                raise ValueError(f"change {i}: {reprlib.repr(c['name'])} is not an image of this folder")
+            parsed.append((c["name"], normalize(c["before"], f"change {i} before"),
+                           normalize(c["after"], f"change {i} after")))
         with self.lock:
-            old = self.df.copy()
+            current = self.states({name for name, _, _ in parsed})
             applied, conflicts = [], []
             for name, before, after in parsed:
-                if self.state(name) != before:
+                if current[name] != before:
                     conflicts.append(name)
                     continue
-                self.df.loc[name, ["target", *FLAGS]] = [
-                    pd.NA if after["target"] is None else after["target"], int(after["unsure"]),
-                    int(after["reviewed"]), *(int(t in after["tags"]) for t in TAGS)]
+                current[name] = after
                 applied.append(name)
             if applied:
-                try:
-                    self.save()
-                except BaseException:
-                    self.df = old
-                    raise
+                self.write_rows({name: current[name] for name in applied})
             return applied, conflicts
+
+    def write_rows(self, states):
+        """Set the rows of ``{name: state}`` and save; on a failed save the table is left as it was."""
+        old, names = self.df.copy(), list(states)
+        self.df.loc[names, "target"] = pd.array([states[n]["target"] for n in names], dtype="Int64")
+        for flag in ("unsure", "reviewed"):
+            self.df.loc[names, flag] = [int(states[n][flag]) for n in names]
+        for tag in TAGS:
+            self.df.loc[names, tag] = [int(tag in states[n]["tags"]) for n in names]
+        try:
+            self.save()
+        except BaseException:
+            self.df = old
+            raise

@@ -2,7 +2,14 @@
 
 The page (studio.html) talks to this stdlib HTTP server, bound to 127.0.0.1: GET /api/items (the queue), POST
 /api/changes (labels, saved to the xlsx before the answer; 409 when another tab changed the image first) and
-GET /img/<name> (only the image files listed in the folder, re-encoded as PNG; the page upscales them pixelated).
+GET /img/<name> (only the image files listed in the folder whose file resolves inside it, re-encoded as PNG; the
+page upscales them pixelated).
+
+Requests must name this server in their Host header (no DNS rebinding). A POST is accepted only from the studio's
+own page: its Origin header must be the studio's origin (browsers send Origin with every POST); without Origin,
+``Sec-Fetch-Site: same-origin`` or a Referer from the studio will do, and a request with none of them is refused.
+Pages may not be framed (X-Frame-Options and CSP frame-ancestors). One POST carries at most MAX_BODY bytes and
+MAX_CHANGES changes (a grid page is 48): more is answered 413.
 """
 import io
 import json
@@ -14,33 +21,58 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from urllib.parse import unquote, urlsplit
 
+import numpy as np
 import pandas as pd
 from PIL import Image, UnidentifiedImageError
 
 from . import data
+from .data import LabelError
 from .labels_store import TAGS, LabelStore
 
 PAGE = Path(__file__).with_name("studio.html")
 IDLE_S = 30.0          # a pause longer than this counts as this long when measuring the pace
 MAX_BODY = 1 << 20
+MAX_CHANGES = 1000
+CSP = ("default-src 'self'; script-src 'self' 'unsafe-inline'; style-src 'self' 'unsafe-inline'; "
+       "frame-ancestors 'none'")
 
 
 def label_order(names, p_open=None):
-    """Queue of the one-at-a-time view: most uncertain prediction first (|p - 0.5| ascending), else by name."""
+    """Queue of the one-at-a-time view: most uncertain prediction first (|p - 0.5| ascending; an image without a
+    prediction, one the model could not read, before all), else by name."""
     if p_open is None:
         return sorted(names)
-    return sorted(names, key=lambda n: (abs(p_open[n] - 0.5), n))
+    return sorted(names, key=lambda n: (abs(p_open[n] - 0.5) if n in p_open else -1.0, n))
 
 
 def read_review(path, names):
-    """A review list written by ``python -m eye_clf audit`` (img_name, target, p_open, rank, score), by rank."""
-    df = pd.read_csv(path, dtype={"img_name": str})
+    """A review list written by ``python -m eye_clf audit`` (img_name, target, p_open, rank, score), by rank.
+
+    Raises LabelError naming the file and every bad row: an image not in ``names``, a duplicate, a target not 0/1,
+    p_open not a number in 0..1, rank not an integer, score not a number.
+    """
+    df = data.read_sheet(path, "review list")
     missing = {"img_name", "target", "p_open", "rank", "score"} - set(df.columns)
     if missing:
-        raise ValueError(f"{path}: not a review list, missing column(s) {sorted(missing)}")
-    unknown = sorted(set(df["img_name"]) - set(names))
-    if unknown:
-        raise ValueError(f"{path}: {len(unknown)} image(s) not in the image folder, e.g. {unknown[:3]}")
+        raise LabelError(f"{path}: not a review list, missing column(s) {sorted(missing)}")
+    num = {c: pd.to_numeric(df[c], errors="coerce") for c in ("target", "p_open", "rank", "score")}
+    checks = {"target": lambda v: v in (0, 1), "p_open": lambda v: 0 <= v <= 1,
+              "rank": lambda v: np.isfinite(v) and v == int(v), "score": np.isfinite}
+    need = {"target": "0 or 1", "p_open": "a number in 0..1", "rank": "an integer", "score": "a number"}
+    raw = {c: df[c].tolist() for c in num}  # Python values, for the messages
+    duplicated = df["img_name"].duplicated(keep=False)
+    problems = []
+    for i, name in enumerate(df["img_name"]):
+        where = f"row {i + 2} ({name})"
+        if pd.isna(name) or name not in names:
+            problems.append(f"{where}: image not in the image folder")
+        if duplicated.iloc[i]:
+            problems.append(f"{where}: duplicate img_name")
+        problems += [f"{where}: {c} {raw[c][i]!r} is not {need[c]}"
+                     for c, ok in checks.items() if pd.isna(num[c].iloc[i]) or not ok(num[c].iloc[i])]
+    if problems:
+        raise LabelError(f"{path}: {len(problems)} bad row(s):\n  " + "\n  ".join(problems))
+    df = df.assign(**num).astype({"target": int, "rank": int})
     return df.sort_values("rank").reset_index(drop=True)
 
 
@@ -54,10 +86,14 @@ def pace(events, idle=IDLE_S):
 
 
 class Studio:
-    """What the page shows: the store, the queue (label or review mode), predictions and the session's pace."""
+    """What the page shows: the store, the queue (label or review mode), predictions and the session's pace.
 
-    def __init__(self, store, p_open=None, review=None):
-        self.store, self.review = store, review
+    ``source`` names where the suggestions come from (the model's checkpoint file, or the review list) in the page
+    header.
+    """
+
+    def __init__(self, store, p_open=None, review=None, source=None):
+        self.store, self.review, self.source = store, review, source
         self.mode = "label" if review is None else "review"
         if review is not None:
             self.p_open = dict(zip(review["img_name"], review["p_open"]))
@@ -78,7 +114,8 @@ class Studio:
         return next((i for i, n in enumerate(self.order) if not self.done(states[n])), 0)
 
     def item(self, name, state):
-        return dict(name=name, **state, p=None if self.p_open is None else float(self.p_open[name]))
+        p = None if self.p_open is None else self.p_open.get(name)
+        return dict(name=name, **state, p=None if p is None else float(p))
 
     def items(self):
         states = self.store.states(self.order)
@@ -86,8 +123,8 @@ class Studio:
         if self.review is not None:
             for row, r in zip(rows, self.review.itertuples()):
                 row.update(given=int(r.target), rank=int(r.rank), score=float(r.score))
-        return dict(mode=self.mode, tags=list(TAGS), has_model=self.p_open is not None, items=rows,
-                    grid=self.grid, start=self.start(states), progress=self.progress(states))
+        return dict(mode=self.mode, tags=list(TAGS), has_model=self.p_open is not None, source=self.source,
+                    items=rows, grid=self.grid, start=self.start(states), progress=self.progress(states))
 
     def progress(self, states=None):
         states = list((states or self.store.states(self.order)).values())
@@ -125,6 +162,7 @@ def png(path):
 
 class Handler(BaseHTTPRequestHandler):
     server_version = "eye_clf-studio"
+    timeout = 60  # seconds: a client that stops sending in the middle of a request is dropped
 
     def log_request(self, code="-", size="-"):  # quiet on success; errors are still logged
         pass
@@ -137,54 +175,83 @@ class Handler(BaseHTTPRequestHandler):
         self.send_header("Content-Length", str(len(body)))
         self.send_header("Cache-Control", "no-store")
         self.send_header("X-Content-Type-Options", "nosniff")
+        self.send_header("X-Frame-Options", "DENY")
+        self.send_header("Content-Security-Policy", CSP)
         self.end_headers()
-        self.wfile.write(body)
+        try:
+            self.wfile.write(body)
+        except (BrokenPipeError, ConnectionResetError):  # the page moved on (an image it no longer shows)
+            pass
 
     def error(self, status, message):
         self.send(status, dict(error=message))
 
-    def local_host(self):
-        """Only answer requests addressed to this machine by name (no DNS rebinding from other sites)."""
-        host = (self.headers.get("Host") or "").rsplit(":", 1)[0]
-        return host in ("127.0.0.1", "localhost")
+    def own_host(self):
+        """The Host header when it names this server (127.0.0.1 or localhost, this port), else None."""
+        port = self.server.server_address[1]
+        names = ("127.0.0.1", "localhost")
+        hosts = {f"{name}:{port}" for name in names} | (set(names) if port == 80 else set())
+        host = self.headers.get("Host")
+        return host if host in hosts else None
+
+    def same_origin(self, host):
+        """Whether a request comes from the studio's own page (see the module docstring)."""
+        own = f"http://{host}"
+        if (origin := self.headers.get("Origin")) is not None:
+            return origin == own
+        if (site := self.headers.get("Sec-Fetch-Site")) is not None:
+            return site == "same-origin"
+        referer = self.headers.get("Referer") or ""
+        return referer == own or referer.startswith(own + "/")
 
     def do_GET(self):
         studio = self.server.studio
         path = urlsplit(self.path).path
-        if not self.local_host():
+        if self.own_host() is None:
             return self.error(HTTPStatus.BAD_REQUEST, "unexpected Host header")
         if path == "/":
             return self.send(HTTPStatus.OK, PAGE.read_bytes(), "text/html; charset=utf-8")
         if path == "/api/items":
             return self.send(HTTPStatus.OK, studio.items())
-        if path == "/api/progress":
-            return self.send(HTTPStatus.OK, studio.progress())
         if path.startswith("/img/"):
-            file = studio.store.files.get(unquote(path[len("/img/"):]))  # listed names only: no path is built
+            file = studio.store.image(unquote(path[len("/img/"):]))  # listed names only: no path is built
             if file is None:
                 return self.error(HTTPStatus.NOT_FOUND, "no such image")
             try:
-                return self.send(HTTPStatus.OK, png(file), "image/png")
-            except (UnidentifiedImageError, OSError, SyntaxError):
+                body = png(file)
+            except (UnidentifiedImageError, Image.DecompressionBombError, OSError, SyntaxError, ValueError):
                 return self.error(HTTPStatus.BAD_REQUEST, f"{file.name} is not a readable image")
+            return self.send(HTTPStatus.OK, body, "image/png")
         return self.error(HTTPStatus.NOT_FOUND, "not found")
 
     def do_POST(self):
-        if not self.local_host():
+        host = self.own_host()
+        if host is None:
             return self.error(HTTPStatus.BAD_REQUEST, "unexpected Host header")
+        if not self.same_origin(host):
+            return self.error(HTTPStatus.FORBIDDEN, "changes are accepted only from the studio's own page")
         if urlsplit(self.path).path != "/api/changes":
             return self.error(HTTPStatus.NOT_FOUND, "not found")
         if self.headers.get("Content-Type", "").split(";")[0].strip() != "application/json":
             return self.error(HTTPStatus.UNSUPPORTED_MEDIA_TYPE, "send application/json")
-        length = int(self.headers.get("Content-Length") or 0)
-        if not 0 < length <= MAX_BODY:
-            return self.error(HTTPStatus.BAD_REQUEST, f"body must be 1..{MAX_BODY} bytes")
+        length = self.headers.get("Content-Length", "")
+        if not (length.isascii() and length.isdigit()):
+            return self.error(HTTPStatus.BAD_REQUEST, f"Content-Length {length!r} is not a number of bytes")
+        if int(length) > MAX_BODY:
+            return self.error(HTTPStatus.REQUEST_ENTITY_TOO_LARGE, f"body of {length} bytes; at most {MAX_BODY}")
         try:
-            changes = json.loads(self.rfile.read(length))["changes"]
-            if not isinstance(changes, list):
-                raise ValueError("changes must be a list")
+            body = json.loads(self.rfile.read(int(length)))
+        except (ValueError, RecursionError) as err:
+            return self.error(HTTPStatus.BAD_REQUEST, f"body is not JSON of a sane depth ({type(err).__name__})")
+        changes = body.get("changes") if isinstance(body, dict) else None
+        if not isinstance(changes, list):
+            return self.error(HTTPStatus.BAD_REQUEST, 'body must be {"changes": [...]}')
+        if len(changes) > MAX_CHANGES:
+            return self.error(HTTPStatus.REQUEST_ENTITY_TOO_LARGE,
+                              f"{len(changes)} changes in one request; send at most {MAX_CHANGES} at a time")
+        try:
             status, answer = self.server.studio.change(changes)
-        except (ValueError, KeyError, TypeError) as err:
+        except ValueError as err:
             return self.error(HTTPStatus.BAD_REQUEST, f"bad change: {err}")
         except OSError as err:
             path = self.server.studio.store.path
@@ -202,26 +269,42 @@ def make_server(studio, port=0):
     return server
 
 
-def predictions(store, checkpoint):
-    """P(open) of every image of the store by the model of ``checkpoint``."""
+def predictions(store, checkpoint=None):
+    """P(open) of every readable image of the store by the model of ``checkpoint`` (None: the shipped model).
+    An image the model cannot read (corrupt, too large) gets no prediction; the page still shows it."""
     from .predict import predict_proba
-    names = sorted(store.files)
-    p = predict_proba([str(store.files[n]) for n in names], checkpoint=checkpoint)
-    return dict(zip(names, p.tolist()))
+    images, names = [], []
+    for name, file in sorted(store.files.items()):
+        try:
+            images.append(data.load_image(file))
+        except (OSError, ValueError):
+            continue
+        names.append(name)
+    if not names:
+        return {}
+    return dict(zip(names, np.atleast_1d(predict_proba(images, checkpoint=checkpoint)).tolist()))
 
 
-def serve(images, labels, checkpoint=None, review=None, port=0, open_browser=True):
-    """Run the studio until Ctrl+C."""
+def serve(images, labels, checkpoint=None, review=None, port=0, open_browser=True, model=True):
+    """Run the studio until Ctrl+C. In label mode the model of ``checkpoint`` (None: the shipped one) suggests
+    labels unless ``model`` is False; ``review`` (a list from ``audit``) opens a review queue instead."""
     store = LabelStore(labels, images)
     if store.orphans:
         print(f"note: {len(store.orphans)} row(s) of {labels} have no image in {images}; kept, not shown")
-    studio = Studio(store, predictions(store, checkpoint) if checkpoint and review is None else None,
-                    read_review(review, store.files) if review else None)
+    if review:
+        studio = Studio(store, review=read_review(review, store.files), source=Path(review).name)
+    elif model:
+        from .predict import DEFAULT_CHECKPOINT
+        checkpoint = Path(checkpoint or DEFAULT_CHECKPOINT)
+        studio = Studio(store, predictions(store, checkpoint), source=checkpoint.name)
+    else:
+        studio = Studio(store)
     server = make_server(studio, port)
     url = f"http://127.0.0.1:{server.server_address[1]}/"
     progress = studio.progress()
     print(f"{studio.mode}: {progress['done']}/{progress['total']} done; labels are saved to {store.path} after "
-          f"every key.\nOpen {url}  (Ctrl+C stops the server)", flush=True)
+          f"every key; suggestions: {studio.source or 'none (--no-model)'}.\nOpen {url}  (Ctrl+C stops the server)",
+          flush=True)
     if open_browser:
         webbrowser.open(url)
     try:

@@ -23,12 +23,12 @@ import numpy as np
 import pandas as pd
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from eye_clf import data  # noqa: E402
-from eye_clf.audit import review_list  # noqa: E402
-from eye_clf.cv import cross_val_predict  # noqa: E402
-from eye_clf.labels_store import LabelStore  # noqa: E402
-from eye_clf.train import TrainConfig, atomic_write  # noqa: E402
+from eye_clf import data
+from eye_clf.audit import label_quality, review_list
+from eye_clf.cv import cross_val_predict
+from eye_clf.files import atomic_write
+from eye_clf.labels_store import LabelStore
+from eye_clf.train import TrainConfig
 
 ROOT = Path(__file__).resolve().parent.parent
 FLIP = 0.05
@@ -51,10 +51,6 @@ def oof(images, targets, cfg, folds, seed, cache):
     return p, seconds, False
 
 
-def self_confidence(targets, p):
-    return np.where(targets == 1, p, 1 - p)
-
-
 def flipped_audit(images, targets, names, cfg, args):
     rng = np.random.default_rng(args.seed)
     flip = rng.choice(len(targets), round(FLIP * len(targets)), replace=False)
@@ -65,7 +61,7 @@ def flipped_audit(images, targets, names, cfg, args):
     found = set(review["img_name"])
     flipped = {names[i] for i in flip}
     k = len(flip)
-    top_k = {names[i] for i in np.argsort(self_confidence(noisy, p), kind="stable")[:k]}
+    top_k = {names[i] for i in np.argsort(label_quality(noisy, p), kind="stable")[:k]}
     return dict(flipped=k, listed=len(found), hits=len(found & flipped),
                 precision=len(found & flipped) / max(len(found), 1), recall=len(found & flipped) / k,
                 precision_at_k=len(top_k & flipped) / k, others=found - flipped, seconds=seconds, cached=cached)
@@ -138,7 +134,7 @@ def main():
     p, clean_s, clean_cached = oof(images, targets, cfg, args.folds, args.seed,
                                    args.work / f"oof_reference_{args.tag}.csv")
     listed = set(review_list(names, targets, p)["img_name"])
-    top = {names[i] for i in np.argsort(self_confidence(targets, p), kind="stable")[:len(disagree)]}
+    top = {names[i] for i in np.argsort(label_quality(targets, p), kind="stable")[:len(disagree)]}
     save_s = save_seconds(len(names))
     est = labeling_estimate(targets, p, timing, save_s)
     slow = labeling_estimate(targets, p, timing, save_s, slow=2.0)
@@ -150,9 +146,9 @@ def main():
         f"Command: `python scripts/audit_measure.py --epochs {args.epochs} --folds {args.folds} --seed {args.seed}` "
         f"on the {len(names)} images of ../shared/data. Each audit trains {args.folds} eyenet models (width 16, "
         f"augmentation 1.0, no label smoothing, no mirror TTA, no temperature scaling, lr 3e-3, epochs={args.epochs}, "
-        "early stopping on the fold's validation split) and scores every image with the model that did not train on it; cleanlab's "
-        "`find_label_issues` on those out-of-fold P(open) makes the review list (ranked by self-confidence, the "
-        "out-of-fold probability of the given label). "
+        "early stopping on the fold's validation split) and scores every image with the model that did not train "
+        "on it; cleanlab's `find_label_issues` on those out-of-fold P(open) makes the review list (ranked by "
+        "cleanlab's self-confidence score, the out-of-fold probability of the given label). "
         f"Training time: {f['seconds']:.0f} s + {clean_s:.0f} s wall on CPU ({args.threads} torch thread(s), "
         "2 cores shared with other jobs)"
         + (". These numbers were re-rendered from the out-of-fold probabilities that run cached in runs/audit/"

@@ -3,6 +3,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from eye_clf import data
 from eye_clf.__main__ import main
 from eye_clf.audit import labeled, read_oof, review_list
 from eye_clf.data import LabelError
@@ -50,7 +51,8 @@ def test_only_labeled_rows_are_audited(labeled_folder):
     x, y, names = labeled(images, labels)
     assert x.shape == (38, 24, 24) and len(y) == 38 and names[-1] == "037.png"
     (images / "010.png").unlink()
-    with pytest.raises(FileNotFoundError, match="010.png"):
+    (images / "038.png").unlink()  # not labeled yet: its image may be missing
+    with pytest.raises(LabelError, match=r"1 bad row.*\n  row 12 \(010.png\): image file not found"):
         labeled(images, labels)
 
 
@@ -98,3 +100,16 @@ def test_one_class_is_refused(tmp_path):
     pd.DataFrame({"img_name": ["a.png"], "target": [1]}).to_excel(tmp_path / "l.xlsx", index=False)
     with pytest.raises(LabelError, match="both classes"):
         labeled(tmp_path / "images", tmp_path / "l.xlsx")
+
+
+def test_audit_defaults_to_the_reference_labels_file(labeled_folder, tmp_path, monkeypatch):
+    images, _ = labeled_folder
+    seen = []
+
+    def fake_audit(images_dir, labels, *args):
+        seen.append(labels)
+        return pd.DataFrame(), [], [], []
+
+    monkeypatch.setattr("eye_clf.audit.audit", fake_audit)
+    main(["audit", "--images", str(images), "--out", str(tmp_path / "review.csv")])
+    assert seen == [data.labels_file()] and seen[0] == data.REPO_ROOT / "img_name_target.xlsx"

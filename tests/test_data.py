@@ -161,12 +161,12 @@ def write(df, path):
 @pytest.mark.parametrize("suffix", [".xlsx", ".csv"])
 def test_read_labels_good(tmp_path, suffix):
     (tmp_path / "a.jpg").touch()
-    (tmp_path / "b.jpg").touch()
+    (tmp_path / " b.jpg").touch()  # names are matched exactly, never stripped
     path = write(pd.DataFrame({"img_name": ["a.jpg", " b.jpg"], "target": [1, 0], "extra": [5, 6]}),
                  tmp_path / f"labels{suffix}")
     df = data.read_labels(path, images_dir=tmp_path)
     assert list(df.columns) == ["img_name", "target"]
-    assert df["img_name"].tolist() == ["a.jpg", "b.jpg"] and df["target"].tolist() == [1, 0]
+    assert df["img_name"].tolist() == ["a.jpg", " b.jpg"] and df["target"].tolist() == [1, 0]
     assert df["target"].dtype.kind == "i"
 
 

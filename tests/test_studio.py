@@ -5,14 +5,17 @@ import json
 import threading
 
 import numpy as np
+import openpyxl
 import pandas as pd
 import pytest
 from PIL import Image, ImageDraw
 
 from eye_clf import labels_store, studio
-from eye_clf.data import LabelError
-from eye_clf.labels_store import LabelStore, read_table
-from eye_clf.studio import Studio, label_order, make_server, pace, read_review
+from eye_clf.__main__ import main
+from eye_clf.data import LabelError, read_labels
+from eye_clf.labels_store import LabelStore
+from eye_clf.predict import DEFAULT_CHECKPOINT
+from eye_clf.studio import MAX_CHANGES, Studio, label_order, make_server, pace, read_review
 
 BLANK = dict(target=None, unsure=False, reviewed=False, tags=[])
 
@@ -44,6 +47,11 @@ def folder(tmp_path):
 
 def change(name, before, **after):
     return dict(name=name, before=before, after=dict(before, **after))
+
+
+def read_table(path):
+    """The studio's labels file as the one labels reader reads it (blank targets allowed)."""
+    return read_labels(path, partial=True)
 
 
 def test_new_file_lists_every_image(folder, tmp_path):
@@ -201,14 +209,31 @@ def server(folder, tmp_path):
     srv.server_close()
 
 
-def request(server, method, path, body=None, headers=None):
-    """A raw HTTP request (the path is sent exactly as given, unlike a browser)."""
+def request(server, method, path, body=None, headers=None, full=False):
+    """A raw HTTP request (the path is sent exactly as given, unlike a browser) with the Host and, for a POST, the
+    Origin a browser on the studio's page sends; ``headers`` values of None leave a header out."""
+    own = f"127.0.0.1:{server.server_address[1]}"
+    headers = {"Host": own, **({"Origin": f"http://{own}"} if method == "POST" else {}), **(headers or {})}
     conn = http.client.HTTPConnection("127.0.0.1", server.server_address[1], timeout=10)
-    conn.request(method, path, body=body, headers={"Host": "127.0.0.1", **(headers or {})})
+    conn.putrequest(method, path, skip_host=True, skip_accept_encoding=True)
+    for key, value in headers.items():
+        if value is not None:
+            conn.putheader(key, value)
+    conn.endheaders(body.encode() if isinstance(body, str) else body)
     res = conn.getresponse()
-    out = res.status, res.getheader("Content-Type"), res.read()
+    out = res.status, (res.headers if full else res.getheader("Content-Type")), res.read()
     conn.close()
     return out
+
+
+def post(server, body, headers=None):
+    """POST /api/changes; returns (status, decoded JSON answer)."""
+    if not isinstance(body, (str, bytes)):
+        body = json.dumps(body)
+    body = body.encode() if isinstance(body, str) else body
+    headers = {"Content-Type": "application/json", "Content-Length": str(len(body)), **(headers or {})}
+    status, _, out = request(server, "POST", "/api/changes", body, headers)
+    return status, json.loads(out)
 
 
 @pytest.mark.parametrize("path,status", [
@@ -232,17 +257,240 @@ def test_image_page_and_items(server):
 
 
 def test_changes_over_http(server, tmp_path):
-    def post(body, ctype="application/json"):
-        status, _, out = request(server, "POST", "/api/changes", body, {"Content-Type": ctype})
-        return status, json.loads(out)
-
-    ok = json.dumps({"changes": [change("005.png", BLANK, target=0, tags=["dark"])]})
-    assert post(ok)[0] == 200
-    status, answer = post(ok)  # the same change again: the row is no longer blank
+    ok = {"changes": [change("005.png", BLANK, target=0, tags=["dark"])]}
+    assert post(server, ok)[0] == 200
+    status, answer = post(server, ok)  # the same change again: the row is no longer blank
     assert status == 409 and answer["conflicts"][0]["target"] == 0
-    assert post(ok, "text/plain")[0] == 415
-    assert post("{not json")[0] == 400
-    assert post(json.dumps({"changes": [change("nope.png", BLANK, target=1)]}))[0] == 400
+    assert post(server, ok, {"Content-Type": "text/plain"})[0] == 415
+    assert post(server, "{not json")[0] == 400
+    assert post(server, {"changes": [change("nope.png", BLANK, target=1)]})[0] == 400
     df = read_table(tmp_path / "labels.xlsx").set_index("img_name")
     assert df.loc["005.png", "target"] == 0 and df.loc["005.png", "dark"] == 1
     assert np.isnan(df["target"].astype(float)).sum() == 6
+
+
+# ---- names, files and the labels file on disk ----------------------------------------------------------------
+
+ODD_NAMES = ['=HYPERLINK("x","click").png', "=1+1.png", " lead.png", "trail .png", "+1.png", "@x.png", "-x.png",
+             "NA.png", "é ü.png"]
+
+
+def test_names_round_trip_exactly_and_are_never_formulas(tmp_path):
+    images = tmp_path / "images"
+    images.mkdir()
+    for i, name in enumerate(ODD_NAMES + ["lead.png"]):  # "lead.png" and " lead.png" are two files
+        eye(i % 2, i).save(images / name, "PNG")
+    path = tmp_path / "labels.xlsx"
+    store = LabelStore(path, images)
+    store.apply([change(n, BLANK, target=i % 2) for i, n in enumerate(ODD_NAMES)])
+    sheet = openpyxl.load_workbook(path).active
+    cells = {c.value: c for c in sheet["A"][1:]}
+    assert set(cells) == set(ODD_NAMES) | {"lead.png"}
+    assert all(c.data_type == "s" and c.quotePrefix for c in cells.values())  # text, never a formula
+    restarted = LabelStore(path, images)  # the studio accepts its own file again
+    assert restarted.orphans == [] and restarted.state("lead.png") == BLANK
+    assert [restarted.state(n)["target"] for n in ODD_NAMES] == [i % 2 for i in range(len(ODD_NAMES))]
+
+
+def test_image_names_an_xlsx_cannot_hold_are_refused(folder, tmp_path):
+    eye(1).save(folder / "a\rb.png", "PNG")
+    with pytest.raises(ValueError, match="control characters"):
+        LabelStore(tmp_path / "labels.xlsx", folder)
+
+
+@pytest.mark.parametrize("target", ["file", "folder"])
+def test_read_only_labels_file_or_folder_is_refused(folder, tmp_path, target):
+    where = tmp_path / "out"
+    where.mkdir()
+    path = where / "labels.xlsx"
+    LabelStore(path, folder)
+    saved = path.read_bytes()
+    locked = path if target == "file" else where
+    locked.chmod(0o444 if target == "file" else 0o555)
+    try:
+        with pytest.raises(PermissionError, match=f"{locked} is read-only"):
+            LabelStore(path, folder)
+    finally:
+        locked.chmod(0o644 if target == "file" else 0o755)
+    assert path.read_bytes() == saved
+
+
+def test_stale_temporaries_of_this_file_are_removed_at_start(folder, tmp_path):
+    path = tmp_path / "labels.xlsx"
+    LabelStore(path, folder)
+    stale = [tmp_path / ".labels.xlsx.k3j2_x.tmp", tmp_path / ".labels.xlsx.9.tmp"]
+    others = [tmp_path / ".other.xlsx.k3j2_x.tmp", tmp_path / "labels.xlsx.tmp"]
+    for f in stale + others:
+        f.write_bytes(b"PK half an xlsx")
+    LabelStore(path, folder)
+    assert not any(f.exists() for f in stale) and all(f.exists() for f in others)
+
+
+def test_labels_file_with_paths_outside_the_folder_is_refused(folder, tmp_path):
+    path = tmp_path / "labels.xlsx"
+    pd.DataFrame({"img_name": ["000.png", "../secret.txt", "/etc/passwd"], "target": [1, 0, 1]}).to_excel(
+        path, index=False)
+    with pytest.raises(LabelError, match=r"row 3 \(../secret.txt\).*\n.*row 4 \(/etc/passwd\)"):
+        LabelStore(path, folder)
+
+
+@pytest.mark.parametrize("bad", [
+    dict(BLANK, unsure="no"), dict(BLANK, reviewed=1), dict(BLANK, target=1.0), dict(BLANK, target=True),
+    dict(BLANK, tags="dark"), dict(BLANK, tags=[["dark"]]), dict(BLANK, extra=1),
+    {k: v for k, v in BLANK.items() if k != "tags"},
+])
+def test_field_types_are_strict(folder, tmp_path, bad):
+    store = LabelStore(tmp_path / "labels.xlsx", folder)
+    with pytest.raises(ValueError, match="change 0 after"):
+        store.apply([dict(name="000.png", before=BLANK, after=bad)])
+    assert store.state("000.png") == BLANK
+
+
+def test_several_tags_do_not_make_a_false_conflict(folder, tmp_path):
+    store = LabelStore(tmp_path / "labels.xlsx", folder)
+    store.apply([change("000.png", BLANK, tags=["dark", "blurry"])])
+    tagged = store.state("000.png")
+    assert tagged["tags"] == ["dark", "blurry"]
+    assert store.apply([change("000.png", tagged, target=1)]) == (["000.png"], [])
+
+
+def test_a_batch_applies_in_order_and_saves_once(folder, tmp_path, monkeypatch):
+    store = LabelStore(tmp_path / "labels.xlsx", folder)
+    saves = []
+    monkeypatch.setattr(store, "save", lambda: saves.append(1))
+    states = [dict(BLANK, target=i % 2) for i in range(MAX_CHANGES)]
+    batch = [dict(name="000.png", before=a, after=b) for a, b in zip([BLANK] + states, states)]
+    batch.append(change("001.png", BLANK, unsure=True))
+    applied, conflicts = store.apply(batch)
+    assert len(applied) == MAX_CHANGES + 1 and conflicts == [] and len(saves) == 1
+    assert store.state("000.png") == states[-1] and store.state("001.png")["unsure"]
+
+
+# ---- model suggestions -----------------------------------------------------------------------------------------
+
+def test_unreadable_images_get_no_suggestion_and_come_first(folder, tmp_path, tiny_ckpt):
+    p = studio.predictions(LabelStore(tmp_path / "labels.xlsx", folder), tiny_ckpt)
+    assert "broken.jpg" not in p and len(p) == 6
+    app = Studio(LabelStore(tmp_path / "labels.xlsx", folder), p, source="tiny.pt")
+    assert app.order[0] == "broken.jpg" and app.grid[-1] == "broken.jpg"
+    items = app.items()
+    assert items["source"] == "tiny.pt" and items["has_model"] and items["items"][0]["p"] is None
+
+
+class FakeServer:
+    server_address = ("127.0.0.1", 0)
+
+    def serve_forever(self):
+        pass
+
+    def server_close(self):
+        pass
+
+
+@pytest.mark.parametrize("flags,source", [([], DEFAULT_CHECKPOINT.name), (["--no-model"], None)])
+def test_label_command_suggests_with_the_shipped_model_by_default(folder, tmp_path, monkeypatch, flags, source):
+    (folder / "broken.jpg").unlink()
+    made = []
+    monkeypatch.setattr(studio, "make_server", lambda app, port: made.append(app) or FakeServer())
+    main(["label", "--images", str(folder), "--labels", str(tmp_path / "labels.xlsx"), "--no-browser", *flags])
+    app, = made
+    assert app.source == source and (app.p_open is not None) == (source is not None)
+    if source:
+        assert sorted(app.p_open) == [f"{i:03d}.png" for i in range(6)]
+
+
+def test_checkpoint_and_no_model_exclude_each_other(folder, tmp_path):
+    with pytest.raises(SystemExit):
+        main(["label", "--images", str(folder), "--labels", str(tmp_path / "l.xlsx"), "--no-model",
+              "--checkpoint", "x.pt"])
+
+
+# ---- review lists ----------------------------------------------------------------------------------------------
+
+def test_bad_review_file_is_refused_at_start_naming_file_row_and_value(folder, tmp_path):
+    store = LabelStore(tmp_path / "labels.xlsx", folder)
+    path = tmp_path / "review.csv"
+    pd.DataFrame({"img_name": ["000.png", "001.png", "002.png", "002.png"], "target": [1, 0, 2, 1],
+                  "p_open": ["0.1", "abc", "1.5", "0.2"], "rank": [1, 2.5, 3, 4],
+                  "score": [0.1, 0.2, "x", 0.3]}).to_csv(path, index=False)
+    with pytest.raises(LabelError) as err:
+        read_review(path, store.files)
+    msg = str(err.value)
+    assert msg.startswith(str(path))
+    for part in ("row 3 (001.png): p_open 'abc' is not a number in 0..1", "row 3 (001.png): rank 2.5 is not an integer",
+                 "row 4 (002.png): target 2 is not 0 or 1", "row 4 (002.png): p_open '1.5'",
+                 "row 4 (002.png): score 'x' is not a number", "row 5 (002.png): duplicate img_name"):
+        assert part in msg
+    assert "row 2 " not in msg
+
+
+# ---- HTTP: bad requests, origins, framing ----------------------------------------------------------------------
+
+@pytest.mark.parametrize("length,status", [("abc", 400), ("-5", 400), ("", 400), ("1e3", 400),
+                                           (str(10 ** 12), 413), ("0", 400)])
+def test_bad_content_length_is_answered(server, length, status):
+    code, _, out = request(server, "POST", "/api/changes", b"{}", {"Content-Type": "application/json",
+                                                                  "Content-Length": length})
+    assert code == status and "error" in json.loads(out)
+
+
+def test_deeply_nested_json_is_answered(server):
+    status, answer = post(server, "[" * 100_000 + "]" * 100_000)
+    assert status == 400 and "JSON" in answer["error"]
+    status, answer = post(server, {"changes": {"a": 1}})
+    assert status == 400 and "changes" in answer["error"]
+
+
+def test_too_many_changes_are_refused_whole(server, tmp_path):
+    saved = (tmp_path / "labels.xlsx").read_bytes()
+    states = [dict(BLANK, target=i % 2) for i in range(MAX_CHANGES + 1)]
+    batch = [dict(name="000.png", before=a, after=b) for a, b in zip([BLANK] + states, states)]
+    status, answer = post(server, {"changes": batch})
+    assert status == 413 and f"at most {MAX_CHANGES}" in answer["error"]
+    assert (tmp_path / "labels.xlsx").read_bytes() == saved
+    status, answer = post(server, {"changes": batch[:MAX_CHANGES]})
+    assert status == 200 and answer["progress"]["labeled"] == 1
+
+
+@pytest.mark.parametrize("headers,status", [
+    ({"Origin": None}, 403),                                                  # a non-browser client says nothing
+    ({"Origin": "http://attacker.example"}, 403),
+    ({"Origin": "null"}, 403),
+    ({"Origin": "http://127.0.0.1:1"}, 403),                                  # another local server
+    ({"Origin": None, "Sec-Fetch-Site": "cross-site"}, 403),
+    ({"Origin": None, "Sec-Fetch-Site": "same-origin"}, 200),
+    ({"Origin": None, "Referer": "http://attacker.example/page"}, 403),
+    ({"Origin": None, "Referer": "OWN/"}, 200),
+    ({"Host": "localhost:PORT", "Origin": "http://localhost:PORT"}, 200),
+    ({"Host": "127.0.0.1"}, 400),                                            # not this port
+])
+def test_changes_only_from_the_studio_page(server, tmp_path, headers, status):
+    port = server.server_address[1]
+    headers = {k: v and v.replace("OWN", f"http://127.0.0.1:{port}").replace("PORT", str(port))
+               for k, v in headers.items()}
+    assert post(server, {"changes": [change("000.png", BLANK, target=1)]}, headers)[0] == status
+    target = read_table(tmp_path / "labels.xlsx").set_index("img_name").loc["000.png", "target"]
+    assert (target == 1 if status == 200 else pd.isna(target))
+
+
+@pytest.mark.parametrize("path", ["/", "/api/items", "/img/000.png", "/nope"])
+def test_pages_may_not_be_framed(server, path):
+    _, headers, _ = request(server, "GET", path, full=True)
+    assert headers["X-Frame-Options"] == "DENY"
+    assert "frame-ancestors 'none'" in headers["Content-Security-Policy"]
+
+
+def test_progress_endpoint_is_gone(server):
+    assert request(server, "GET", "/api/progress")[0] == 404
+
+
+def test_symlink_to_a_file_outside_the_folder_is_not_served(server, folder, tmp_path):
+    eye(1).save(tmp_path / "outside.png")
+    (folder / "000.png").unlink()
+    (folder / "000.png").symlink_to(tmp_path / "outside.png")  # swapped after the studio listed the folder
+    assert request(server, "GET", "/img/000.png")[0] == 404
+    (folder / "000.png").unlink()
+    (folder / "000.png").symlink_to(folder / "001.png")        # a link that stays inside is fine
+    assert request(server, "GET", "/img/000.png")[0] == 200
+    status, answer = post(server, {"changes": [change("002.png", BLANK, target=1)]})
+    assert status == 200

@@ -16,8 +16,8 @@ import pytest
 from playwright.sync_api import expect, sync_playwright
 
 from eye_clf import studio
-from eye_clf.data import load_image
-from eye_clf.labels_store import LabelStore, read_table
+from eye_clf.data import load_image, read_labels
+from eye_clf.labels_store import LabelStore
 from eye_clf.train import TrainConfig, checkpoint, fit, save_checkpoint
 from test_studio import eye
 
@@ -56,6 +56,10 @@ def dataset(tmp_path_factory):
     return root
 
 
+def read_table(path):
+    return read_labels(path, partial=True)
+
+
 @contextmanager
 def running(app):
     """Serve a Studio on a free port in a thread; yields its URL."""
@@ -72,14 +76,15 @@ def running(app):
 def url(dataset, tmp_path):
     """A studio (model-assisted) over the synthetic images with a fresh labels file at tmp_path/labels.xlsx."""
     store = LabelStore(tmp_path / "labels.xlsx", dataset / "images")
-    with running(studio.Studio(store, studio.predictions(store, dataset / "model.pt"))) as address:
+    with running(studio.Studio(store, studio.predictions(store, dataset / "model.pt"), source="model.pt")) as address:
         yield address
 
 
 def open_page(browser, url):
     page = browser.new_page(viewport={"width": 1000, "height": 820})
     page.goto(url)
-    page.wait_for_function("document.getElementById('big').complete && document.getElementById('big').naturalWidth")
+    # functions, not expression strings: the page's CSP forbids the eval Playwright uses for the latter
+    page.wait_for_function("() => (i => i.complete && i.naturalWidth)(document.getElementById('big'))")
     return page
 
 
@@ -89,6 +94,7 @@ def saved(page):
 
 def test_keyboard_labels_survive_a_reload(browser, url, tmp_path):
     page = open_page(browser, url)
+    expect(page.locator("#mode")).to_have_text("label · suggestions: model model.pt")
     big = page.locator("#big")
     assert big.evaluate("i => [i.naturalWidth, i.clientWidth, getComputedStyle(i).imageRendering]") == \
         [24, 336, "pixelated"]
@@ -111,9 +117,9 @@ def test_keyboard_labels_survive_a_reload(browser, url, tmp_path):
     assert df["target"].notna().sum() == 2
 
     page.reload()                                          # resumes at the first image not done
-    page.wait_for_function("document.getElementById('name').textContent")
+    page.wait_for_function("() => document.getElementById('name').textContent")
     fourth = page.text_content("#name")
-    assert fourth not in names and df.loc[fourth, "target"] is not None
+    assert fourth not in names and pd.isna(df.loc[fourth, "target"]) and df.loc[fourth, "unsure"] == 0
     expect(page.locator("#progress")).to_contain_text(f"3 / {N} done (1 unsure)")
     page.keyboard.press("o")
     page.keyboard.press("u")                               # undo goes back to the image and clears it
@@ -132,7 +138,8 @@ def test_grid_pages_confirm_model_labels(browser, url, tmp_path):
     expect(page.locator("#one")).to_be_hidden()
     seconds, confirmed = [], {}
     for n_page in range(2):
-        page.wait_for_function("[...document.querySelectorAll('#grid img')].every(i => i.complete && i.naturalWidth)")
+        page.wait_for_function(
+            "() => [...document.querySelectorAll('#grid img')].every(i => i.complete && i.naturalWidth)")
         shown = {c.get_attribute("data-name"): "open" in c.get_attribute("class") for c in cells.all()}
         t0 = time.perf_counter()
         page.keyboard.press("ArrowRight")                  # flip the second cell: the model was "wrong"
@@ -187,6 +194,23 @@ def test_review_queue(browser, dataset, tmp_path):
     df = read_table(labels).set_index("img_name")
     assert df.loc[["0004.png", "0003.png", "0005.png"], ["target", "reviewed"]].values.tolist() == \
         [[1, 1], [1, 1], [1, 0]]
+
+
+def test_without_a_model_the_keys_that_need_one_say_why(browser, dataset, tmp_path):
+    store = LabelStore(tmp_path / "labels.xlsx", dataset / "images")
+    with running(studio.Studio(store)) as address:
+        page = open_page(browser, address)
+        expect(page.locator("#mode")).to_have_text("label · no model: no suggestions")
+        name = page.text_content("#name")
+        page.keyboard.press("Enter")
+        expect(page.locator("#banner")).to_contain_text("there is none: the studio runs without a model")
+        expect(page.locator("#name")).to_have_text(name)
+        page.keyboard.press("m")
+        expect(page.locator("#banner")).to_contain_text("The grid pages show the model's pre-labels")
+        expect(page.locator("#gridview")).to_be_hidden()
+        page.keyboard.press("c")                          # labelling by hand still works
+        saved(page)
+    assert read_table(tmp_path / "labels.xlsx").set_index("img_name").loc[name, "target"] == 0
 
 
 def test_browser_cannot_read_files_outside_the_list(browser, url):

@@ -1,0 +1,133 @@
+"""Bad labels files: names that leave the images folder, names with spaces, unreadable spreadsheets. One reader
+(``data.read_labels``) serves training, evaluation, the audit and the studio, so each refuses them the same way."""
+import zipfile
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from eye_clf import data
+from eye_clf.__main__ import main
+from eye_clf.audit import labeled
+from eye_clf.data import LabelError, read_labels
+from eye_clf.labels_store import LabelStore
+from test_studio import eye
+
+ESCAPES = ["../../outside/x.jpg", "sub/../../x.jpg", "/etc/passwd", "/no/such/file.jpg", "..", "..\\x.jpg",
+           "C:x.jpg", "C:\\Windows\\x.jpg"]
+
+
+@pytest.fixture
+def images(tmp_path):
+    """tmp/images/a.jpg, b.jpg (real images) and tmp/outside/x.jpg, an image beside the folder."""
+    folder = tmp_path / "images"
+    folder.mkdir()
+    (tmp_path / "outside").mkdir()
+    for i, path in enumerate([folder / "a.jpg", folder / "b.jpg", tmp_path / "outside" / "x.jpg"]):
+        eye(i % 2, i).save(path, "JPEG")
+    return folder
+
+
+def labels(tmp_path, names, suffix=".xlsx", targets=None):
+    path = tmp_path / f"labels{suffix}"
+    df = pd.DataFrame({"img_name": names, "target": targets or [i % 2 for i in range(len(names))]})
+    df.to_csv(path, index=False) if suffix == ".csv" else df.to_excel(path, index=False)
+    return path
+
+
+@pytest.mark.parametrize("suffix", [".xlsx", ".csv"])
+def test_names_leaving_the_folder_are_refused_every_row_listed(tmp_path, images, suffix, monkeypatch):
+    path = labels(tmp_path, ["a.jpg", *ESCAPES, "b.jpg"], suffix)
+    touched = []
+    monkeypatch.setattr(Path, "is_file", lambda p: touched.append(p) or p.suffix != ".jpg" or "images" in str(p))
+    with pytest.raises(LabelError) as err:
+        read_labels(path, images_dir=images)
+    msg = str(err.value)
+    assert f"{len(ESCAPES)} bad row(s)" in msg and "row 2 " not in msg
+    for row, name in enumerate(ESCAPES, start=3):
+        assert f"row {row} ({name}): img_name " in msg and "must be a relative path inside" in msg
+    assert all("outside" not in str(p) and "etc" not in str(p) for p in touched)  # nothing outside was looked at
+
+
+def test_refusal_does_not_tell_whether_a_file_exists(tmp_path, images):
+    msgs = []
+    for name in ("/etc/passwd", "/no/such/file"):
+        with pytest.raises(LabelError) as err:
+            read_labels(labels(tmp_path, ["a.jpg", name]), images_dir=images)
+        msgs.append(str(err.value).replace(name, "NAME"))
+    assert msgs[0] == msgs[1]
+
+
+def test_symlink_leaving_the_folder_is_refused(tmp_path, images):
+    (images / "link.jpg").symlink_to(tmp_path / "outside" / "x.jpg")
+    (images / "inner.jpg").symlink_to(images / "a.jpg")
+    with pytest.raises(LabelError, match=r"row 3 \(link.jpg\): image resolves outside"):
+        read_labels(labels(tmp_path, ["a.jpg", "link.jpg", "inner.jpg"]), images_dir=images)
+
+
+def test_train_evaluate_audit_and_studio_refuse_escaping_rows(tmp_path, images, capsys):
+    path = labels(tmp_path, ["a.jpg", "b.jpg", "../outside/x.jpg"])
+    root = tmp_path / "data"
+    root.mkdir()
+    (root / "EyesDataset").symlink_to(images)
+    with pytest.raises(LabelError, match=r"row 4 \(../outside/x.jpg\)"):
+        data.load_dataset(root, labels=path)
+    with pytest.raises(LabelError, match=r"row 4 \(../outside/x.jpg\)"):
+        labeled(images, path)
+    with pytest.raises(SystemExit, match=r"row 4 \(../outside/x.jpg\)"):
+        main(["evaluate", "--images", str(images), "--labels", str(path)])
+    with pytest.raises(SystemExit, match=r"row 4 \(../outside/x.jpg\)"):
+        main(["audit", "--images", str(images), "--labels", str(path), "--oof", str(path)])
+    studio_file = tmp_path / "studio.xlsx"
+    path.rename(studio_file)
+    with pytest.raises(LabelError, match=r"row 4 \(../outside/x.jpg\)"):
+        LabelStore(studio_file, images)
+
+
+@pytest.mark.parametrize("suffix", [".xlsx", ".csv"])
+def test_names_are_matched_exactly_never_stripped(tmp_path, images, suffix):
+    eye(1).save(images / " a.jpg", "JPEG")
+    df = read_labels(labels(tmp_path, ["a.jpg", " a.jpg", "NA.jpg", "007"], suffix, [1, 0, 1, 0]))
+    assert df["img_name"].tolist() == ["a.jpg", " a.jpg", "NA.jpg", "007"]
+    with pytest.raises(LabelError, match=r"row 3 \(b.jpg \): image file not found"):
+        read_labels(labels(tmp_path, ["a.jpg", "b.jpg "], suffix), images_dir=images)
+    with pytest.raises(LabelError, match=r"row 3: img_name is empty"):
+        read_labels(labels(tmp_path, ["a.jpg", "   "], suffix))
+
+
+def not_a_zip(path):
+    path.write_bytes(b"img_name,target\na.jpg,1\n")
+
+
+def zip_without_workbook(path):
+    with zipfile.ZipFile(path, "w") as z:
+        z.writestr("hello.txt", "not a workbook")
+
+
+def truncated(path):
+    pd.DataFrame({"img_name": ["a.jpg"], "target": [1]}).to_excel(path, index=False)
+    path.write_bytes(path.read_bytes()[:300])
+
+
+@pytest.mark.parametrize("make", [lambda p: p.write_bytes(b""), not_a_zip, zip_without_workbook, truncated])
+def test_unreadable_xlsx_is_one_label_error_naming_the_file(tmp_path, make):
+    path = tmp_path / "labels.xlsx"
+    make(path)
+    with pytest.raises(LabelError, match=f"^{path}: not a readable xlsx file"):
+        read_labels(path)
+
+
+def test_latin1_csv_is_refused_as_not_utf8_and_a_bom_is_fine(tmp_path):
+    path = tmp_path / "labels.csv"
+    path.write_bytes("img_name,target\ncaf\xe9.jpg,1\n".encode("latin-1"))
+    with pytest.raises(LabelError, match=f"^{path}: not UTF-8 text \\(byte 0xe9 at offset 19\\)"):
+        read_labels(path)
+    path.write_bytes("img_name,target\ncaf\xe9.jpg,1\n".encode("utf-8-sig"))
+    assert read_labels(path)["img_name"].tolist() == ["caf\xe9.jpg"]
+
+
+def test_studio_names_the_unreadable_labels_file(tmp_path, images):
+    path = tmp_path / "labels.xlsx"
+    path.write_bytes(b"")
+    with pytest.raises(LabelError, match=f"^{path}: not a readable xlsx file"):
+        LabelStore(path, images)
