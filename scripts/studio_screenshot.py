@@ -1,0 +1,60 @@
+"""Screenshot of the labeling studio on the real patches, for the README: for_readme/studio.png.
+
+    python scripts/studio_screenshot.py [--data DIR] [--out for_readme/studio.png]
+
+Serves <data>/EyesDataset with the shipped model's suggestions and a new labels file in a temporary folder (no
+labels file of the project is touched), then drives Debian's Chromium with Playwright as a user would: three
+images labelled one at a time, then the grid view with one pre-label flipped, and a screenshot of it.
+"""
+import argparse
+import tempfile
+import threading
+from pathlib import Path
+
+from playwright.sync_api import expect, sync_playwright
+
+from eye_clf import data, studio
+from eye_clf.labels_store import LabelStore
+from eye_clf.predict import DEFAULT_CHECKPOINT
+
+ROOT = Path(__file__).resolve().parent.parent
+ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+        "--disable-component-update", "--no-first-run", "--disable-sync"]
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--data", help="data folder (default: $EYE_CLF_DATA or ../shared/data)")
+    parser.add_argument("--out", type=Path, default=ROOT / "for_readme" / "studio.png")
+    parser.add_argument("--chromium", default="/usr/bin/chromium")
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory() as tmp:
+        store = LabelStore(Path(tmp) / "labels.xlsx", data.data_dir(args.data) / "EyesDataset")
+        app = studio.Studio(store, studio.predictions(store), source=DEFAULT_CHECKPOINT.name)
+        server = studio.make_server(app)
+        threading.Thread(target=server.serve_forever, daemon=True).start()
+        try:
+            with sync_playwright() as p:
+                browser = p.chromium.launch(executable_path=args.chromium, args=ARGS)
+                page = browser.new_page(viewport={"width": 1100, "height": 840})
+                page.goto(f"http://127.0.0.1:{server.server_address[1]}/")
+                page.wait_for_function("() => (i => i.complete && i.naturalWidth)(document.getElementById('big'))")
+                for key in ("o", "c", "Enter"):
+                    page.keyboard.press(key)
+                expect(page.locator("#progress")).to_contain_text("3 / ")
+                page.keyboard.press("m")
+                page.keyboard.press("ArrowRight")
+                page.keyboard.press("Space")
+                expect(page.locator("#save")).to_have_text("all saved")
+                page.wait_for_function(
+                    "() => [...document.querySelectorAll('#grid img')].every(i => i.complete && i.naturalWidth)")
+                page.screenshot(path=args.out)
+                browser.close()
+        finally:
+            server.shutdown()
+            server.server_close()
+    print(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()
