@@ -1,14 +1,33 @@
-"""Command line: ``python -m eye_clf {train,predict,evaluate,cv,label,audit} --help``."""
+"""Command line: ``python -m eye_clf COMMAND --help`` (or ``eye-clf COMMAND --help``).
+
+Bad input exits with one ``error: ...`` line naming the flag or file, checked before any long work.
+"""
 import argparse
 import json
+import os
 import sys
 from dataclasses import fields
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
 from . import data, metrics
-from .train import TrainConfig, atomic_write
+from .files import atomic_write
+from .models import ARCHS, METHODS
+from .preprocess import list_images, load_image
+from .train import ConfigError, TrainConfig
+
+DESCRIPTION = ("Is the eye in a 24x24 grayscale patch open? Train a model, predict P(open), evaluate, "
+               "cross-validate, label images in a local web page, audit labels.")
+MIN_LIMIT = 20  # the smallest --limit whose stratified train/validation/test split holds both classes in each part
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse whose usage errors are one line too: "error: --flag: what is wrong (see ... --help)"."""
+
+    def error(self, message):
+        self.exit(2, f"error: {message.removeprefix('argument ')} (see {self.prog} --help)\n")
 
 
 def _optional(kind):
@@ -16,21 +35,77 @@ def _optional(kind):
 
 
 OPTIONAL = {"weights": _optional(str), "input_size": _optional(int)}
+CHOICES = {"arch": ARCHS, "method": METHODS}
 
 
 def add_config_args(p):
-    """One --flag per TrainConfig field, defaulting to the config's default."""
+    """One --flag per TrainConfig field; its help (the field's metadata), default and choices come from the
+    config, so they cannot drift. Values the config refuses are checked before any work (see main)."""
     for f in fields(TrainConfig):
-        flag = f"--{f.name.replace('_', '-')}"
+        flag, help = f"--{f.name.replace('_', '-')}", f.metadata["help"].replace("%", "%%")
+        help += " (default: %(default)s)"
         if isinstance(f.default, bool):
-            p.add_argument(flag, action=argparse.BooleanOptionalAction, default=f.default)
+            p.add_argument(flag, action=argparse.BooleanOptionalAction, default=f.default, help=help)
         else:
             p.add_argument(flag, type=OPTIONAL.get(f.name, type(f.default)), default=f.default,
-                           metavar=f.name.upper())
+                           choices=CHOICES.get(f.name), metavar=None if f.name in CHOICES else f.name.upper(),
+                           help=help)
+    p.set_defaults(config_flags=True)
 
 
 def config_from(args):
-    return TrainConfig(**{f.name: getattr(args, f.name) for f in fields(TrainConfig)})
+    """The TrainConfig of the flags; a value it refuses exits with one line naming the flag."""
+    try:
+        return TrainConfig(**{f.name: getattr(args, f.name) for f in fields(TrainConfig)})
+    except ConfigError as err:
+        sys.exit(f"error: --{err.field.replace('_', '-')}: {str(err).removeprefix(f'{err.field}: ')}")
+
+
+def int_at_least(low, high=None):
+    """argparse type: an integer in low..high (no upper bound when high is None)."""
+    def parse(text):
+        value = int(text)
+        if value < low or (high is not None and value > high):
+            raise argparse.ArgumentTypeError(f"must be {f'in {low}..{high}' if high else f'>= {low}'}, got {value}")
+        return value
+    parse.__name__ = "int"  # argparse names the type in "invalid int value"
+    return parse
+
+
+def _writable(path, text):
+    folder = next(a for a in (path, *path.parents) if a.exists())
+    if not folder.is_dir() or not os.access(folder, os.W_OK | os.X_OK):
+        raise argparse.ArgumentTypeError(f"cannot write {text}: {folder} is not a writable folder")
+
+
+def output_file(text):
+    """argparse type: a file to write (not an existing folder; its folder exists or can be created)."""
+    path = Path(text).absolute()
+    if path.is_dir():
+        raise argparse.ArgumentTypeError(f"{text} is an existing folder; give a file name")
+    _writable(path.parent, text)
+    return text
+
+
+def csv_or_stdout(text):
+    return text if text == "-" else output_file(text)
+
+
+def output_folder(text):
+    """argparse type: a folder to write into (not an existing file)."""
+    path = Path(text).absolute()
+    if path.exists() and not path.is_dir():
+        raise argparse.ArgumentTypeError(f"{text} is an existing file, not a folder")
+    _writable(path, text)
+    return text
+
+
+def check_limit(args):
+    """--limit may not exceed the number of labelled images (the lower bound is argparse's)."""
+    labels = data.labels_file(getattr(args, "labels", None), args.data)
+    n = len(data.read_labels(labels))
+    if args.limit > n:
+        sys.exit(f"error: --limit: {args.limit} is more than the {n} labelled images of {labels}")
 
 
 def cmd_train(args):
@@ -55,36 +130,108 @@ def cmd_export(args):
 
 
 def expand(paths):
+    """Image files of the arguments: files as given, folders' image files sorted by name."""
     files = []
     for p in map(Path, paths):
-        files.extend(data.list_images(p) if p.is_dir() else [p])
+        files.extend(list_images(p) if p.is_dir() else [p])
     return files
+
+
+def checkpoint_info(checkpoint):
+    """What a checkpoint records (the dict of a .pt file, the eye_clf metadata of an .onnx one; default: the
+    shipped checkpoint), loading it first so that an unusable file is refused, by name, before any other work."""
+    from . import predict
+    path = Path(checkpoint or predict.DEFAULT_CHECKPOINT)
+    if path.suffix.lower() == ".onnx":
+        from .export import metadata
+        predict.load_session(path)
+        return metadata(path)
+    from .models import load_checkpoint
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint not found: {path}")
+    return load_checkpoint(path)[1]
+
+
+def decision_threshold(info):
+    """The threshold on P(open) above which an eye is called open, and where it comes from."""
+    if info.get("threshold") is not None:
+        return float(info["threshold"]), "the checkpoint's recommended threshold"
+    return 0.5, "0.5: the checkpoint records no threshold"
+
+
+def read_images(files, skip_bad=False):
+    """The 24x24 images of ``files`` and the files read; with skip_bad an unreadable file is left out and
+    listed on stderr, else the first one raises an error naming it."""
+    images, read, skipped = [], [], []
+    for f in files:
+        try:
+            images.append(load_image(f))
+            read.append(f)
+        except (ValueError, OSError) as err:
+            if not skip_bad:
+                raise
+            skipped.append(str(err))
+    if skipped:
+        print(f"skipped {len(skipped)} unreadable file(s):\n  " + "\n  ".join(skipped), file=sys.stderr)
+    return images, read
 
 
 def cmd_predict(args):
     from .predict import predict_proba
     files = expand(args.paths)
     if not files:
-        sys.exit("no image files found in " + ", ".join(args.paths))
-    p = predict_proba([str(f) for f in files], checkpoint=args.checkpoint)
-    df = pd.DataFrame({"file": [str(f) for f in files], "p_open": p})
+        raise ValueError(f"no image files found in {', '.join(args.paths)}")
+    if args.out != "-" and Path(args.out).resolve() in {f.resolve() for f in files}:
+        raise ValueError(f"--out {args.out} is one of the input images; write the CSV elsewhere")
+    threshold, origin = decision_threshold(checkpoint_info(args.checkpoint))
+    images, files = read_images(files, args.skip_bad)
+    if not images:
+        raise ValueError(f"no readable image in {', '.join(args.paths)}")
+    p = predict_proba(np.stack(images), checkpoint=args.checkpoint)
+    df = pd.DataFrame({"file": [str(f) for f in files], "p_open": p,
+                       "decision": np.where(p >= threshold, "open", "closed")})
+    print(f"decision: open when P(open) >= {threshold:.4f} ({origin})", file=sys.stderr)
+    write = lambda out: df.to_csv(out, index=False, float_format="%.4f")  # noqa: E731
     if args.out == "-":
-        df.to_csv(sys.stdout, index=False)
+        write(sys.stdout)
     else:
-        atomic_write(args.out, lambda tmp: df.to_csv(tmp, index=False))
+        atomic_write(args.out, write)
         print(f"wrote {len(df)} predictions to {args.out}", file=sys.stderr)
+
+
+def scores_line(targets, p, threshold):
+    """EER (with its threshold), accuracy at ``threshold``, AUC and ECE; the accuracy alone for one class."""
+    acc = f"accuracy {100 * metrics.accuracy(targets, p, threshold):.2f}%"
+    if len(np.unique(targets)) < 2:
+        return f"{acc} (one class only: no EER, AUC or ECE)"
+    m = metrics.summary(targets, p)
+    return (f"EER {100 * m['eer']:.2f}% (threshold {m['eer_threshold']:.3f})  {acc}  AUC {m['auc']:.4f}  "
+            f"ECE {100 * m['ece']:.2f}%")
 
 
 def cmd_evaluate(args):
     from .predict import predict_proba
-    root = data.data_dir(args.data) if args.images is None or args.labels is None else None
-    images_dir = Path(args.images) if args.images else root / "EyesDataset"
-    labels = data.read_labels(args.labels or root / "img_name_target.xlsx", images_dir=images_dir)
-    p = predict_proba([str(images_dir / n) for n in labels["img_name"]], checkpoint=args.checkpoint)
-    m = metrics.summary(labels["target"].to_numpy(), p)
-    print(f"{len(p)} images: EER {100 * m['eer']:.2f}% (threshold {m['eer_threshold']:.3f})  accuracy "
-          f"{100 * m['accuracy']:.2f}%  accuracy at EER threshold {100 * m['accuracy_at_eer']:.2f}%  "
-          f"AUC {m['auc']:.4f}  ECE {100 * m['ece']:.2f}%")
+    images_dir = Path(args.images) if args.images else data.data_dir(args.data) / "EyesDataset"
+    if not images_dir.is_dir():
+        raise FileNotFoundError(f"--images {images_dir}: folder not found")
+    labels = data.read_labels(data.labels_file(args.labels, args.data), images_dir=images_dir)
+    info = checkpoint_info(args.checkpoint)
+    threshold, origin = decision_threshold(info)
+    images, _ = read_images([images_dir / n for n in labels["img_name"]])
+    images, targets = np.stack(images), labels["target"].to_numpy()
+    p = predict_proba(images, checkpoint=args.checkpoint)
+    print(f"{len(p)} images: {scores_line(targets, p, threshold)}\n"
+          f"accuracy at threshold {threshold:.3f} ({origin})")
+    if "training_images" not in info:
+        print("seen in training: cannot tell, the checkpoint does not list its training images; if it was "
+              "trained on some of these images, the figures above are flattering")
+        return
+    seen = np.isin([data.image_hash(im) for im in images], list(info["training_images"]))
+    print(f"the model was trained on {seen.sum()} of these {len(p)} images (same 24x24 pixels): figures on them "
+          "are flattering")
+    for name, mask in (("seen in training", seen), ("never seen", ~seen)):
+        if mask.any():
+            print(f"{name}: {mask.sum()} images: {scores_line(targets[mask], p[mask], threshold)}")
 
 
 def cmd_cv(args):
@@ -124,14 +271,17 @@ def cmd_audit(args):
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(prog="python -m eye_clf", description=__doc__)
+    parser = Parser(prog="python -m eye_clf", description=DESCRIPTION,
+                    epilog="Bad input exits with one 'error: ...' line before any long work.")
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("train", help="train on the labelled data, evaluate, write checkpoint and plots")
     add_config_args(p)
     p.add_argument("--data", help=f"data folder (default: ${data.DATA_ENV} or ../shared/data)")
-    p.add_argument("--out", default="plots_checkpoints", help="output folder (default: plots_checkpoints)")
-    p.add_argument("--limit", type=int, help="use a stratified subset of this many images (smoke runs)")
+    p.add_argument("--out", default="plots_checkpoints", type=output_folder,
+                   help="output folder (default: plots_checkpoints)")
+    p.add_argument("--limit", type=int_at_least(MIN_LIMIT),
+                   help=f"use a stratified subset of this many images, {MIN_LIMIT} or more (smoke runs)")
     p.set_defaults(run=cmd_train)
 
     p = sub.add_parser("export", help="write the ONNX graph of a checkpoint (uint8 N x 24 x 24 images -> P(open))")
@@ -139,26 +289,31 @@ def main(argv=None):
     p.add_argument("--out", default="eye_clf.onnx", help="ONNX file to write (default: eye_clf.onnx)")
     p.set_defaults(run=cmd_export)
 
-    p = sub.add_parser("predict", help="write a CSV (file, p_open) for image files and folders")
-    p.add_argument("paths", nargs="+", help="image files or folders")
-    p.add_argument("--checkpoint", help="checkpoint (default: the shipped plots_checkpoints/eye_clf.pt)")
-    p.add_argument("--out", default="-", help="CSV path (default: standard output)")
+    p = sub.add_parser("predict", help="write a CSV (file, p_open, decision) for image files and folders",
+                       description="CSV columns: file, p_open (4 decimals), decision (open when p_open >= the "
+                                   "checkpoint's recommended threshold, 0.5 when it records none; named on stderr)")
+    p.add_argument("paths", nargs="+", help="image files or folders (their image files, sorted by name)")
+    p.add_argument("--checkpoint", help="checkpoint, .pt or .onnx (default: the shipped model)")
+    p.add_argument("--out", default="-", type=csv_or_stdout, help="CSV file (default: -, standard output)")
+    p.add_argument("--skip-bad", action="store_true",
+                   help="leave out unreadable files and list them on stderr (default: the first one is an error)")
     p.set_defaults(run=cmd_predict)
 
-    p = sub.add_parser("evaluate", help="EER, accuracy and AUC of a checkpoint on a labelled folder "
-                                        "(use images it was not trained on)")
+    p = sub.add_parser("evaluate", help="EER, accuracy, AUC and ECE of a checkpoint on a labelled folder, "
+                                        "separately on the images it was trained on and the others")
     p.add_argument("--images", help="image folder (default: <data>/EyesDataset)")
-    p.add_argument("--labels", help="labels xlsx/csv (default: <data>/img_name_target.xlsx)")
+    p.add_argument("--labels", help="labels xlsx/csv (default: the top-level img_name_target.xlsx)")
     p.add_argument("--data", help=f"data folder (default: ${data.DATA_ENV} or ../shared/data)")
-    p.add_argument("--checkpoint", help="checkpoint (default: the shipped one)")
+    p.add_argument("--checkpoint", help="checkpoint, .pt or .onnx (default: the shipped model)")
     p.set_defaults(run=cmd_evaluate)
 
     p = sub.add_parser("cv", help="stratified k-fold cross-validation of a training config")
     add_config_args(p)
     p.add_argument("--data", help=f"data folder (default: ${data.DATA_ENV} or ../shared/data)")
-    p.add_argument("--folds", type=int, default=5)
-    p.add_argument("--limit", type=int, help="use a stratified subset of this many images")
-    p.add_argument("--out", help="write the per-fold results as JSON here")
+    p.add_argument("--folds", type=int_at_least(2), default=5, help="number of folds (default: %(default)s)")
+    p.add_argument("--limit", type=int_at_least(MIN_LIMIT),
+                   help=f"use a stratified subset of this many images, {MIN_LIMIT} or more")
+    p.add_argument("--out", type=output_file, help="write the per-fold results as JSON here")
     p.set_defaults(run=cmd_cv)
 
     p = sub.add_parser("label", help="labeling studio: a local web page to label images with the keyboard")
@@ -169,7 +324,8 @@ def main(argv=None):
                                             "(default: the shipped model)")
     model.add_argument("--no-model", action="store_true", help="label without model suggestions")
     p.add_argument("--review", help="review list from `audit`: review suspicious labels instead")
-    p.add_argument("--port", type=int, default=8765, help="port on 127.0.0.1 (0: a free one; default 8765)")
+    p.add_argument("--port", type=int_at_least(0, 65535), default=8765,
+                   help="port on 127.0.0.1 (0: a free one; default 8765)")
     p.add_argument("--no-browser", action="store_true", help="do not open the page in a browser")
     p.set_defaults(run=cmd_label)
 
@@ -180,15 +336,20 @@ def main(argv=None):
                                     "of the checkout); rows without a target are left out")
     p.add_argument("--data", help=f"data folder (default: ${data.DATA_ENV} or ../shared/data)")
     p.add_argument("--oof", help="CSV of out-of-fold P(open) (img_name, p_open) instead of training")
-    p.add_argument("--folds", type=int, default=5)
-    p.add_argument("--out", default="review.csv", help="review list CSV (default: review.csv)")
-    p.add_argument("--save-oof", help="also write the out-of-fold P(open) as CSV here (reuse with --oof)")
+    p.add_argument("--folds", type=int_at_least(2), default=5, help="number of folds (default: %(default)s)")
+    p.add_argument("--out", default="review.csv", type=output_file, help="review list CSV (default: review.csv)")
+    p.add_argument("--save-oof", type=output_file,
+                   help="also write the out-of-fold P(open) as CSV here (reuse with --oof)")
     p.set_defaults(run=cmd_audit)
 
     args = parser.parse_args(argv)
     try:
+        if getattr(args, "config_flags", False):
+            config_from(args)  # refuse a bad recipe flag before reading any data
+        if getattr(args, "limit", None):
+            check_limit(args)
         args.run(args)
-    except (FileNotFoundError, ValueError) as err:
+    except (ValueError, OSError) as err:  # FileNotFoundError is an OSError
         sys.exit(f"error: {err}")
 
 

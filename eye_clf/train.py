@@ -1,7 +1,7 @@
 """Training: one ``fit`` loop (AdamW, one-cycle LR, early stopping on validation loss, best-val-loss weights),
 scoring, and checkpoints that hold weights + architecture + preprocessing + metrics + config."""
 import time
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
 import numpy as np
@@ -24,29 +24,34 @@ class ConfigError(ValueError):
         self.field = field
 
 
+def option(default, help):
+    """A TrainConfig field with the help text of its command-line flag."""
+    return field(default=default, metadata={"help": help})
+
+
 @dataclass
 class TrainConfig:
     """A training recipe; the defaults are the shipped model's (see results/cv_ablations.md)."""
-    arch: str = "eyenet"
-    method: str = "finetune"
-    weights: str | None = None   # None, "imagenet" or a local state-dict path
-    width: int = 16              # eyenet width
-    dropout: float = 0.0
-    input_size: int | None = None  # resize inside the model (None: the arch's default)
-    epochs: int = 30
-    batch_size: int = 64
-    lr: float = 3e-3
-    weight_decay: float = 5e-4
-    label_smoothing: float = 0.1  # targets 0.05/0.95: the labels themselves are uncertain on hard images
-    augment: float = 1.0         # augmentation strength (0: none)
-    invert: float = 0.0          # probability of inverting colours during training
-    val_fraction: float = 0.1    # held out of the training images to pick the best epoch and the temperature
-    patience: int = 30           # early stopping: epochs without a better validation loss. One-cycle LR peaks at
-                                 # 30% and its best epochs come at the end, so the shipped recipe does not stop early
-    tta: bool = False            # average the logits of the image and its mirror at prediction time
-    calibrate: bool = True       # temperature scaling on the validation split after training
-    seed: int = 0
-    device: str = "auto"
+    arch: str = option("eyenet", "architecture")
+    method: str = option("finetune", "finetune: every layer trains; feature_extraction: frozen backbone, only the head")
+    weights: str | None = option(None, 'initial weights: none (random init), "imagenet" or a state-dict path')
+    width: int = option(16, "EyeNet width: channels of its first stage (x2, x4 in the next ones)")
+    dropout: float = option(0.0, "dropout before the final linear layer")
+    input_size: int | None = option(None, "resize inside the model to this size (none: the architecture's default)")
+    epochs: int = option(30, "training epochs")
+    batch_size: int = option(64, "training batch size")
+    lr: float = option(3e-3, "peak learning rate (AdamW, one-cycle schedule)")
+    weight_decay: float = option(5e-4, "AdamW weight decay")
+    label_smoothing: float = option(0.1, "targets s/2 and 1 - s/2: the labels themselves are uncertain on hard images")
+    augment: float = option(1.0, "augmentation strength: flips, shifts, rotations, scales, light, blur (0: none)")
+    invert: float = option(0.0, "probability of inverting colours during training")
+    val_fraction: float = option(0.1, "training images held out to pick the best epoch and the temperature")
+    patience: int = option(30, "early stopping: epochs without a better validation loss (one-cycle LR peaks at "
+                                   "30% and its best epochs come at the end: the shipped recipe does not stop early)")
+    tta: bool = option(False, "average the logits of the image and its mirror at prediction time")
+    calibrate: bool = option(True, "temperature scaling on the validation split after training")
+    seed: int = option(0, "random seed (initialisation, batches, augmentation)")
+    device: str = option("auto", "torch device: auto (CUDA when present, else CPU), cpu, cuda, cuda:1, ...")
 
     def __post_init__(self):
         from .models import ARCHS, METHODS

@@ -2,17 +2,21 @@ import json
 import re
 import runpy
 import sys
+from dataclasses import fields
 
 import numpy as np
 import pandas as pd
 import pytest
 import torch
 
-from eye_clf import metrics
+from eye_clf import cv, data, metrics
 from eye_clf.__main__ import main
+from eye_clf.models import ARCHS, METHODS
 from eye_clf.predict import predict_proba
+from eye_clf.train import TrainConfig
 
 from conftest import ATOL
+from test_metrics import brute_force_eer
 
 
 def exit_message(argv):
@@ -23,15 +27,29 @@ def exit_message(argv):
 
 
 def test_train(real_root, tmp_path, capsys):
+    out = tmp_path / "run"
     main(["train", "--data", str(real_root), "--limit", "120", "--epochs", "1", "--width", "8",
-          "--weights", "none", "--out", str(tmp_path)])
-    out = capsys.readouterr().out
-    assert re.search(r"trained eyenet/finetune \(weights: random init\) in \d+ s, 1 epochs", out)
-    assert re.search(r"test +EER [\d.]+% .*accuracy [\d.]+% +AUC [\d.]+", out)
-    ckpt = torch.load(tmp_path / "eye_clf.pt", weights_only=True)
+          "--weights", "none", "--out", str(out)])
+    printed = capsys.readouterr().out
+    assert re.search(r"trained eyenet/finetune \(weights: random init\) on \d+ images in \d+ s", printed)
+    ckpt = torch.load(out / "eye_clf.pt", weights_only=True)
     assert ckpt["config"]["width"] == 8 and ckpt["config"]["epochs"] == 1 and ckpt["config"]["weights"] is None
-    assert {p.name for p in tmp_path.iterdir()} == {"eye_clf.pt", "history.csv", "history.json",
-                                                   "train_val_loss_metrics_history.png"}
+    assert 0 < ckpt["threshold"] < 1 and len(ckpt["training_images"]) == 120  # train + validation parts
+    assert {"eye_clf.pt", "history.csv", "history.json", "train_val_loss_metrics_history.png"} <= {
+        p.name for p in out.iterdir()}
+
+
+def test_help_comes_from_the_config(capsys):
+    with pytest.raises(SystemExit):
+        main(["train", "--help"])
+    text = " ".join(capsys.readouterr().out.split())  # argparse wraps lines
+    assert "{" + ",".join(ARCHS) + "}" in text and "{" + ",".join(METHODS) + "}" in text
+    for f in fields(TrainConfig):
+        help = " ".join(f.metadata["help"].split())
+        assert f"{help} (default: {f.default})" in text, f.name
+    with pytest.raises(SystemExit):
+        main(["--help"])
+    assert "``" not in capsys.readouterr().out
 
 
 def test_predict_files_and_folders(labelled_folder, tiny_ckpt, tmp_path, capsys):
@@ -40,14 +58,34 @@ def test_predict_files_and_folders(labelled_folder, tiny_ckpt, tmp_path, capsys)
     out = tmp_path / "preds.csv"
     main(["predict", str(one), str(folder), "--checkpoint", str(tiny_ckpt), "--out", str(out)])
     df = pd.read_csv(out)
-    assert list(df.columns) == ["file", "p_open"] and len(df) == 41
+    assert list(df.columns) == ["file", "p_open", "decision"] and len(df) == 41
     assert df["file"].iloc[0] == str(one) and df["file"].iloc[1] == str(folder / "000.png")
     expected = predict_proba([str(one), folder], checkpoint=tiny_ckpt)
-    assert np.allclose(df["p_open"], expected, atol=ATOL)
-    assert "wrote 41 predictions" in capsys.readouterr().err
+    assert np.allclose(df["p_open"], expected, atol=5e-5 + ATOL)  # rounded to 4 decimals
+    assert all(re.fullmatch(r"[01]\.\d{4}", v) for v in out.read_text().splitlines()[1].split(",")[1:2])
+    assert (df["decision"] == np.where(expected >= 0.5, "open", "closed")).all()
+    err = capsys.readouterr().err
+    assert "decision: open when P(open) >= 0.5000 (0.5: the checkpoint records no threshold)" in err
+    assert "wrote 41 predictions" in err
     main(["predict", str(one), "--checkpoint", str(tiny_ckpt)])  # CSV on standard output
     lines = capsys.readouterr().out.splitlines()
-    assert lines[0] == "file,p_open" and lines[1].startswith(f"{one},") and len(lines) == 2
+    assert lines[0] == "file,p_open,decision" and lines[1].startswith(f"{one},") and len(lines) == 2
+
+
+def with_keys(ckpt, path, **keys):
+    torch.save({**torch.load(ckpt, weights_only=True), **keys}, path)
+    return path
+
+
+def test_predict_decides_at_the_checkpoint_threshold(labelled_folder, tiny_ckpt, tmp_path, capsys):
+    folder = labelled_folder[0]
+    p = predict_proba(folder, checkpoint=tiny_ckpt)
+    threshold = float(np.median(p))  # half the images on each side, unlike 0.5
+    ckpt = with_keys(tiny_ckpt, tmp_path / "t.pt", threshold=threshold)
+    main(["predict", str(folder), "--checkpoint", str(ckpt), "--out", str(tmp_path / "p.csv")])
+    df = pd.read_csv(tmp_path / "p.csv")
+    assert (df["decision"] == np.where(p >= threshold, "open", "closed")).all()
+    assert f"open when P(open) >= {threshold:.4f} (the checkpoint's recommended threshold)" in capsys.readouterr().err
 
 
 def test_evaluate(labelled_folder, tiny_ckpt, capsys):
@@ -58,17 +96,40 @@ def test_evaluate(labelled_folder, tiny_ckpt, capsys):
     assert out.startswith("40 images: ")
     assert f"EER {100 * m['eer']:.2f}%" in out and f"accuracy {100 * m['accuracy']:.2f}%" in out
     assert f"AUC {m['auc']:.4f}" in out
+    assert "seen in training: cannot tell" in out  # the tiny checkpoint does not list its training images
 
 
-def test_cv(real_root, tmp_path, capsys):
+def test_evaluate_scores_seen_and_unseen_images_apart(labelled_folder, tiny_ckpt, tmp_path, capsys):
+    folder, labels, images, targets = labelled_folder
+    seen = np.arange(40) < 25
+    ckpt = with_keys(tiny_ckpt, tmp_path / "t.pt", training_images=[data.image_hash(im) for im in images[seen]])
+    main(["evaluate", "--images", str(folder), "--labels", str(labels), "--checkpoint", str(ckpt)])
+    out = capsys.readouterr().out
+    p = predict_proba(folder, checkpoint=tiny_ckpt)
+    assert "the model was trained on 25 of these 40 images" in out
+    for name, mask in (("seen in training", seen), ("never seen", ~seen)):
+        eer = metrics.eer(targets[mask], p[mask])[0]
+        assert re.search(rf"^{name}: {mask.sum()} images: EER {100 * eer:.2f}%", out, re.M), out
+
+
+def test_cv(real_root, tmp_path, capsys, monkeypatch):
+    seen = {}
+
+    def spy(images, targets, *args, **kwargs):  # keep the out-of-fold scores the CLI pools
+        oof, per_fold = real(images, targets, *args, **kwargs)
+        seen.update(targets=targets, oof=oof)
+        return oof, per_fold
+
+    real = cv.cross_val_predict
+    monkeypatch.setattr(cv, "cross_val_predict", spy)
     out = tmp_path / "cv.json"
     main(["cv", "--data", str(real_root), "--folds", "2", "--limit", "100", "--epochs", "1", "--width", "4",
           "--out", str(out)])
     printed = capsys.readouterr().out
     assert "2-fold CV (eyenet, weights: random init): eer" in printed
     result = json.loads(out.read_text())
-    assert len(result["folds"]) == 2 and result["config"]["epochs"] == 1
-    assert 0 <= result["pooled"]["eer"] <= 1
+    assert len(result["folds"]) == 2 and result["config"]["epochs"] == 1 and len(seen["targets"]) == 100
+    assert result["pooled"]["eer"] == pytest.approx(brute_force_eer(seen["targets"], seen["oof"]), abs=1e-12)
 
 
 def test_bad_inputs_exit_with_a_clear_message(tmp_path, tiny_ckpt, labelled_folder):
@@ -83,14 +144,9 @@ def test_bad_inputs_exit_with_a_clear_message(tmp_path, tiny_ckpt, labelled_fold
     bad = tmp_path / "bad.csv"
     pd.DataFrame({"img_name": ["000.png", "zzz.png"], "target": [1, 3]}).to_csv(bad, index=False)
     msg = exit_message(["evaluate", "--images", str(folder), "--labels", str(bad), "--checkpoint", str(tiny_ckpt)])
-    assert "row 3 (zzz.png): target 3 is not 0 or 1" in msg and "image file not found" in msg
+    assert "row 3 (zzz.png): target 3 is not 0" in msg and "image file not found" in msg
     assert "dataset not found" in exit_message(["train", "--data", str(tmp_path), "--epochs", "1"])
     assert "checkpoint not found" in exit_message(["predict", str(folder), "--checkpoint", str(tmp_path / "x.pt")])
-
-
-def test_unknown_arch_is_rejected(real_root):
-    assert "unknown arch 'vgg'" in exit_message(["cv", "--data", str(real_root), "--arch", "vgg", "--limit", "40",
-                                                 "--folds", "2"])
 
 
 @pytest.mark.filterwarnings("ignore:.*found in sys.modules")  # eye_clf.__main__ is imported above too

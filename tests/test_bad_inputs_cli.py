@@ -1,0 +1,141 @@
+"""Hostile command lines: each is refused with one ``error:`` line naming the flag or file, a non-zero exit status
+and no traceback, before any data is read or any model trained."""
+import subprocess
+import sys
+
+import pandas as pd
+import pytest
+import torch
+
+from eye_clf.__main__ import main
+
+NO_DATA = ["--data", "/nonexistent/eye_clf-data"]  # reading data would fail differently: proves nothing was read
+
+
+def refused(argv, capsys):
+    """The one-line message of a refused command line (sys.exit's text or argparse's stderr)."""
+    with pytest.raises(SystemExit) as err:
+        main(argv)
+    code = err.value.code
+    assert code not in (0, None)
+    message = code if isinstance(code, str) else capsys.readouterr().err.strip()
+    assert message.startswith("error: ") and "\n" not in message, message
+    return message
+
+
+@pytest.mark.parametrize("command", ["train", "cv", "audit"])
+@pytest.mark.parametrize("flags, message", [
+    (["--epochs", "0"], "error: --epochs: must be >= 1, got 0"),
+    (["--epochs", "-1"], "error: --epochs: must be >= 1, got -1"),
+    (["--batch-size", "0"], "error: --batch-size: must be >= 1, got 0"),
+    (["--val-fraction", "0.7"], "error: --val-fraction: must be in (0, 0.5), got 0.7"),
+    (["--arch", "vgg"], "error: --arch: invalid choice: 'vgg'"),
+    (["--epochs", "many"], "error: --epochs: invalid int value: 'many'"),
+])
+def test_bad_recipe_flags_name_the_flag(command, flags, message, capsys):
+    assert refused([command, *flags, *NO_DATA], capsys).startswith(message)
+
+
+@pytest.mark.parametrize("command", ["train", "cv"])
+@pytest.mark.parametrize("limit", ["0", "5", "19", "-3"])
+def test_limit_too_small(command, limit, capsys):
+    msg = refused([command, "--limit", limit, *NO_DATA], capsys)
+    assert msg.startswith(f"error: --limit: must be >= 20, got {limit}")
+
+
+def test_limit_larger_than_the_dataset(real_root, capsys):
+    msg = refused(["train", "--data", str(real_root), "--limit", "1000000"], capsys)
+    assert msg.startswith("error: --limit: 1000000 is more than the ") and "labelled images" in msg
+
+
+def test_folds_below_two(capsys):
+    for command in ("cv", "audit"):
+        assert refused([command, "--folds", "1", *NO_DATA], capsys).startswith("error: --folds: must be >= 2, got 1")
+
+
+def test_output_onto_an_existing_folder_or_file_is_refused_first(tmp_path, labelled_folder, tiny_ckpt, capsys):
+    folder = tmp_path / "taken"
+    folder.mkdir()
+    for argv in (["predict", str(labelled_folder[0]), "--checkpoint", str(tiny_ckpt), "--out", str(folder)],
+                 ["cv", *NO_DATA, "--out", str(folder)],
+                 ["audit", *NO_DATA, "--out", str(folder)],
+                 ["audit", *NO_DATA, "--save-oof", str(folder)]):
+        flag = "--save-oof" if "--save-oof" in argv else "--out"
+        assert refused(argv, capsys).startswith(f"error: {flag}: {folder} is an existing folder"), argv
+    a_file = tmp_path / "file.txt"
+    a_file.write_text("keep")
+    assert refused(["train", *NO_DATA, "--out", str(a_file)], capsys).startswith(
+        f"error: --out: {a_file} is an existing file, not a folder")
+    assert "is not a writable folder" in refused(["cv", *NO_DATA, "--out", str(a_file / "cv.json")], capsys)
+    assert a_file.read_text() == "keep"
+
+
+def test_predict_never_overwrites_an_input(labelled_folder, tiny_ckpt, capsys):
+    folder = labelled_folder[0]
+    image = folder / "003.png"
+    before = image.read_bytes()
+    for inputs in ([str(image)], [str(folder)]):
+        msg = refused(["predict", *inputs, "--checkpoint", str(tiny_ckpt), "--out", str(image)], capsys)
+        assert msg == f"error: --out {image} is one of the input images; write the CSV elsewhere"
+    assert image.read_bytes() == before
+
+
+@pytest.mark.parametrize("port", ["99999", "65536", "-1"])
+def test_label_port_out_of_range(port, tmp_path, capsys):
+    msg = refused(["label", "--images", str(tmp_path), "--labels", str(tmp_path / "l.xlsx"), "--port", port], capsys)
+    assert msg.startswith(f"error: --port: must be in 0..65535, got {port}")
+
+
+def test_evaluate_missing_image_folder_is_one_line(tmp_path, labelled_folder, tiny_ckpt, capsys):
+    _, labels, _, _ = labelled_folder
+    msg = refused(["evaluate", "--images", str(tmp_path / "nope"), "--labels", str(labels),
+                   "--checkpoint", str(tiny_ckpt)], capsys)
+    assert msg == f"error: --images {tmp_path / 'nope'}: folder not found"
+
+
+def test_predict_empty_folder(tmp_path, tiny_ckpt, capsys):
+    (tmp_path / "empty").mkdir()
+    assert refused(["predict", str(tmp_path / "empty"), "--checkpoint", str(tiny_ckpt)],
+                   capsys) == f"error: no image files found in {tmp_path / 'empty'}"
+
+
+def bad_checkpoints(tiny_ckpt, folder):
+    """Checkpoint files that load as something else than a usable eye_clf checkpoint."""
+    good = torch.load(tiny_ckpt, weights_only=True)
+    shapes = dict(good, state_dict={k: torch.zeros(3, 3) if v.ndim == 4 else v for k, v in good["state_dict"].items()})
+    files = {"not_a_dict.pt": [1, 2, 3], "wrong_shapes.pt": shapes,
+             "no_preprocessing.pt": {k: v for k, v in good.items() if k != "preprocessing"}}
+    for name, obj in files.items():
+        torch.save(obj, folder / name)
+    (folder / "garbage.pt").write_bytes(b"\x00not a checkpoint")
+    return [folder / name for name in [*files, "garbage.pt"]]
+
+
+def test_unusable_checkpoints_are_one_error_line(tmp_path, labelled_folder, tiny_ckpt, capsys):
+    folder, labels, _, _ = labelled_folder
+    for ckpt in bad_checkpoints(tiny_ckpt, tmp_path):
+        for argv in (["predict", str(folder)], ["evaluate", "--images", str(folder), "--labels", str(labels)]):
+            msg = refused([*argv, "--checkpoint", str(ckpt)], capsys)
+            assert str(ckpt) in msg, msg
+    assert refused(["predict", str(folder), "--checkpoint", str(tmp_path / "x.pt")],
+                   capsys).startswith("error: checkpoint not found")
+
+
+def test_skip_bad_keeps_the_readable_files(tmp_path, labelled_folder, tiny_ckpt, capsys):
+    folder = labelled_folder[0]
+    (folder / "010.png").write_bytes(b"\x89PNG\r\n\x1a\n broken")
+    argv = ["predict", str(folder), "--checkpoint", str(tiny_ckpt)]
+    assert str(folder / "010.png") in refused(argv, capsys)  # without --skip-bad: the first bad file, named
+    out = tmp_path / "p.csv"
+    main([*argv, "--skip-bad", "--out", str(out)])
+    df = pd.read_csv(out)
+    assert len(df) == 39 and str(folder / "010.png") not in set(df["file"])
+    err = capsys.readouterr().err
+    assert "skipped 1 unreadable file(s)" in err and str(folder / "010.png") in err
+
+
+def test_console_exit_status_and_no_traceback():
+    """The real process (one run: starting torch is slow): exit status 1, one stderr line, no traceback."""
+    r = subprocess.run([sys.executable, "-m", "eye_clf", "train", "--epochs", "0", *NO_DATA], capture_output=True,
+                       text=True, timeout=300)
+    assert r.returncode == 1 and r.stderr == "error: --epochs: must be >= 1, got 0\n"
