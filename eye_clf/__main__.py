@@ -109,17 +109,43 @@ def check_limit(args):
 
 
 def cmd_train(args):
-    from .train import run
+    import torch
+
+    from .cv import interval
+    from .experiment import auto_threads, cv_of, train_run
     cfg = config_from(args)
-    res = run(cfg, args.data, args.out, args.limit)
-    print(f"trained {cfg.arch}/{cfg.method} (weights: {cfg.weights or 'random init'}) in {res['seconds']:.0f} s, "
-          f"{len(res['history'])} epochs; best val loss at epoch "
-          f"{min(res['history'], key=lambda r: r['val_loss'])['epoch']}")
-    for split in ("val", "test"):
-        m = res[split]
-        print(f"{split:5s} EER {100 * m['eer']:.2f}% (threshold {m['eer_threshold']:.3f})  "
-              f"accuracy {100 * m['accuracy']:.2f}%  AUC {m['auc']:.4f}  ECE {100 * m['ece']:.2f}%")
-    print(f"wrote {Path(args.out) / 'eye_clf.pt'}, history.csv/json and train_val_loss_metrics_history.png")
+    threads = args.threads or auto_threads()
+    torch.set_num_threads(threads)
+    res = train_run(cfg, args.data, args.labels, args.out, args.limit, teachers=args.teacher or ())
+    best = min(res["history"], key=lambda r: r["val_loss"])["epoch"]
+    print(f"trained {cfg.arch}/{cfg.method} (weights: {cfg.weights or 'random init'}) on {len(res['split'][0])} "
+          f"images in {res['seconds']:.0f} s (torch threads: {threads}), {len(res['history'])} epochs; best validation "
+          f"loss at epoch {best}")
+    v = res["val"]
+    print(f"validation ({len(res['split'][1])} images; they picked the epoch, temperature and threshold, so these "
+          f"are optimistic): EER {100 * v['eer']:.2f}%, accuracy {100 * v['accuracy_at_eer']:.2f}% at the "
+          f"validation EER threshold {v['eer_threshold']:.3f} (stored as the checkpoint's threshold), "
+          f"ECE {100 * v['ece']:.2f}%")
+    if res["shipped"]:
+        s = res["shipped"]
+        print(f"shipped model on the {s['images']} of these validation images it never trained on: "
+              f"EER {100 * s['eer']:.2f}%, ECE {100 * s['ece']:.2f}%")
+    found = cv_of(cfg)
+    if found:
+        name, rows = found
+        eer, acc = interval([r["eer"] for r in rows]), interval([r["accuracy_at_val_threshold"] for r in rows])
+        print(f"this recipe's 5-fold CV (results/cv/{name}/): EER {100 * eer[0]:.2f} ± {100 * eer[1]:.2f}%, "
+              f"accuracy {100 * acc[0]:.2f} ± {100 * acc[1]:.2f}% at each fold's validation threshold")
+    else:
+        print("this recipe has no 5-fold CV in results/cv/ (see scripts/cv_ablations.py): no unbiased figure")
+    print(f"wrote {res['out']}/ (eye_clf.pt, history.csv/json, curves, run.json); "
+          f"to make it the shipped model: eye-clf ship {res['out']}")
+
+
+def cmd_ship(args):
+    from .experiment import ship
+    ship(args.run)
+    print(f"shipped {args.run}/eye_clf.pt: eye_clf/shipped/eye_clf.pt (+ .onnx), curves in plots_checkpoints/")
 
 
 def cmd_export(args):
@@ -278,11 +304,20 @@ def main(argv=None):
     p = sub.add_parser("train", help="train on the labelled data, evaluate, write checkpoint and plots")
     add_config_args(p)
     p.add_argument("--data", help=f"data folder (default: ${data.DATA_ENV} or ../shared/data)")
-    p.add_argument("--out", default="plots_checkpoints", type=output_folder,
-                   help="output folder (default: plots_checkpoints)")
+    p.add_argument("--labels", help="labels xlsx/csv (default: the top-level img_name_target.xlsx)")
+    p.add_argument("--out", type=output_folder,
+                   help="run folder (default: runs/train-<date>-<time>); the shipped model is not touched")
     p.add_argument("--limit", type=int_at_least(MIN_LIMIT),
                    help=f"use a stratified subset of this many images, {MIN_LIMIT} or more (smoke runs)")
+    p.add_argument("--threads", type=int_at_least(1),
+                   help="torch CPU threads (default: the cores other processes leave idle)")
+    p.add_argument("--teacher", action="append", metavar="CHECKPOINT",
+                   help="distil from this run's model (repeatable; with --distill; same --seed and --val-fraction)")
     p.set_defaults(run=cmd_train)
+
+    p = sub.add_parser("ship", help="make a run folder's model the shipped one (checkpoint, ONNX, curves)")
+    p.add_argument("run", help="run folder written by `train`")
+    p.set_defaults(run=cmd_ship)
 
     p = sub.add_parser("export", help="write the ONNX graph of a checkpoint (uint8 N x 24 x 24 images -> P(open))")
     p.add_argument("--checkpoint", help="checkpoint (default: the shipped eye_clf/shipped/eye_clf.pt)")

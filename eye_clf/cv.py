@@ -14,7 +14,8 @@ from sklearn.model_selection import train_test_split
 
 from . import data, metrics
 from .files import provenance, write_json
-from .train import TrainConfig, checkpoint, fit, load_checkpoint, save_checkpoint, scores
+from .models import load_checkpoint, scores
+from .train import TrainConfig, checkpoint, fit, save_checkpoint
 
 
 def _fold(images, targets, rest, test, cfg, progress, teachers):

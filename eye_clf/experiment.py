@@ -22,7 +22,7 @@ from sklearn.model_selection import train_test_split
 
 from . import data, metrics
 from .files import atomic_write, provenance, save_history, write_json
-from .train import load_checkpoint, scores  # noqa: F401  (moving to models)
+from .models import load_checkpoint, scores
 from .plots import plot_history
 from .train import TrainConfig, checkpoint, fit, save_checkpoint
 

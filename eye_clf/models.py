@@ -34,7 +34,7 @@ class Classifier(nn.Module):
         self.in_scale, self.in_shift = in_scale, in_shift
         self.dropout = nn.Dropout(dropout)
         self.head = nn.Linear(n_features, 1)
-        self.register_buffer("temperature", torch.ones(()))  # set after training; see train.logits
+        self.register_buffer("temperature", torch.ones(()))  # set after training; see models.logits
         if frozen:
             self.backbone.requires_grad_(False)
 

@@ -2,18 +2,16 @@
 scoring, and checkpoints that hold weights + architecture + preprocessing + metrics + config."""
 import time
 from dataclasses import asdict, dataclass, field, fields
-from pathlib import Path
 
 import numpy as np
-import pandas as pd
 import torch
 import torch.nn.functional as F
 from scipy.optimize import minimize_scalar
 from tqdm.auto import tqdm
 
 from . import data, metrics
-from .files import atomic_write, provenance, save_history
-from .models import CHECKPOINT_FORMAT, build_model, load_checkpoint, logits, scores  # noqa: F401
+from .files import atomic_write, provenance
+from .models import CHECKPOINT_FORMAT, build_model, logits
 
 
 class ConfigError(ValueError):
@@ -50,6 +48,7 @@ class TrainConfig:
                                    "30% and its best epochs come at the end: the shipped recipe does not stop early)")
     tta: bool = option(False, "average the logits of the image and its mirror at prediction time")
     calibrate: bool = option(True, "temperature scaling on the validation split after training")
+    distill: float = option(0.0, "weight of the teachers' P(open) in the training target (needs teachers)")
     seed: int = option(0, "random seed (initialisation, batches, augmentation)")
     device: str = option("auto", "torch device: auto (CUDA when present, else CPU), cpu, cuda, cuda:1, ...")
 
@@ -64,6 +63,7 @@ class TrainConfig:
                       label_smoothing=(0 <= self.label_smoothing < 1, "in [0, 1)"),
                       augment=(self.augment >= 0, ">= 0"), invert=(0 <= self.invert <= 1, "in [0, 1]"),
                       val_fraction=(0 < self.val_fraction < 0.5, "in (0, 0.5)"),
+                      distill=(0 <= self.distill <= 1, "in [0, 1]"),
                       patience=(self.patience >= 1, ">= 1"))
         for name, (ok, rule) in checks.items():
             if not ok:
@@ -105,17 +105,30 @@ def _bce(z, y, smoothing):
     return F.binary_cross_entropy_with_logits(z, y * (1 - smoothing) + smoothing / 2)
 
 
+def teacher_proba(teachers, x):
+    """Mean calibrated P(open) of the teachers on a normalized batch, each averaged with the mirror image's: the
+    student learns the mirror averaging and needs no TTA."""
+    return torch.stack([torch.sigmoid(logits(t, x, tta=True)) for t in teachers]).mean(0).to(x.device)
+
+
 def _epoch_metrics(prefix, loss, y, p):
     return {f"{prefix}_loss": loss, f"{prefix}_accuracy": metrics.accuracy(y, p),
             f"{prefix}_eer": metrics.eer(y, p)[0]}
 
 
-def fit(images, targets, train_idx, val_idx, cfg=TrainConfig(), progress=True):
+def fit(images, targets, train_idx, val_idx, cfg=None, progress=True, teachers=()):
     """Train on ``train_idx``, select the epoch of best validation loss on ``val_idx``.
+
+    With ``teachers`` (trained models that never saw ``val_idx``) and ``cfg.distill`` = w, the target of each
+    augmented image is w * (teachers' P(open) on that same view) + (1 - w) * its smoothed label (online
+    distillation). The validation loss always uses the labels.
 
     Returns ``(model, history)``: the model holds the best-validation-loss weights; history is one dict per epoch
     (train/val loss, accuracy, EER, learning rate, seconds).
     """
+    cfg = cfg or TrainConfig()
+    if bool(teachers) != bool(cfg.distill):
+        raise ValueError("distillation needs both teachers and cfg.distill > 0")
     seed_everything(cfg.seed)
     dev = device_of(cfg.device)
     model = build_model(cfg.arch, cfg.method, cfg.weights, cfg.width, cfg.dropout, cfg.input_size).to(dev)
@@ -140,7 +153,10 @@ def fit(images, targets, train_idx, val_idx, cfg=TrainConfig(), progress=True):
             xb, yb = xb.to(dev, non_blocking=True), yb.to(dev, non_blocking=True)
             with torch.autocast(**amp):
                 z = model(xb).float()
-            loss = _bce(z, yb, cfg.label_smoothing)
+            target = yb * (1 - cfg.label_smoothing) + cfg.label_smoothing / 2
+            if teachers:
+                target = cfg.distill * teacher_proba(teachers, xb) + (1 - cfg.distill) * target
+            loss = F.binary_cross_entropy_with_logits(z, target)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
@@ -189,31 +205,3 @@ def checkpoint(model, cfg, metrics_=None, history=None):
 
 def save_checkpoint(ckpt, path):
     atomic_write(path, lambda tmp: torch.save(ckpt, tmp))
-
-
-def run(cfg=TrainConfig(), root=None, out_dir="plots_checkpoints", limit=None, progress=True):
-    """The main job: load the data, split it, train, evaluate on the held-out test split, write the checkpoint
-    (``eye_clf.pt``), the history (``history.csv``/``.json``) and the curves into ``out_dir``.
-
-    Returns a dict with the model, history, validation and test metrics, split indices and training seconds.
-    """
-    from .plots import plot_history
-
-    images, targets, names = data.load_dataset(root, limit=limit)
-    train_idx, val_idx, test_idx = data.split(targets, cfg.seed)
-    t0 = time.perf_counter()
-    model, history = fit(images, targets, train_idx, val_idx, cfg, progress)
-    seconds = time.perf_counter() - t0
-    val = metrics.summary(targets[val_idx], scores(model, images[val_idx], tta=cfg.tta))
-    test = metrics.summary(targets[test_idx], scores(model, images[test_idx], tta=cfg.tta))
-    # accuracy at the threshold chosen on validation (EER point), never tuned on test
-    test["accuracy_at_val_eer_threshold"] = metrics.accuracy(
-        targets[test_idx], scores(model, images[test_idx], tta=cfg.tta), val["eer_threshold"])
-    out = Path(out_dir)
-    save_checkpoint(checkpoint(model, cfg, dict(val=val, test=test, train_seconds=seconds), history),
-                    out / "eye_clf.pt")
-    save_history(history, out / "history")
-    plot_history(history, out / "train_val_loss_metrics_history.png",
-                 title=f"{cfg.arch} / {cfg.method} / weights: {cfg.weights or 'random init'}")
-    return dict(model=model, history=history, val=val, test=test, seconds=seconds, images=images,
-                targets=targets, names=names, split=(train_idx, val_idx, test_idx))

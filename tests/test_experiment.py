@@ -9,7 +9,7 @@ import pytest
 import torch
 from PIL import Image
 
-from eye_clf import cv, data, experiment, metrics, train
+from eye_clf import cv, data, experiment, metrics, models, train
 from eye_clf.train import ConfigError, TrainConfig
 
 from conftest import synthetic
@@ -27,7 +27,7 @@ def test_train_run_writes_a_run_folder_and_leaves_the_shipped_model_alone(real_r
     tr, va = res["split"]
     assert len(tr) == 180 and len(va) == 20 and not set(tr) & set(va)
     ckpt = torch.load(tmp_path / "eye_clf.pt", weights_only=True)
-    p_val = train.scores(res["model"], res["images"][va])
+    p_val = models.scores(res["model"], res["images"][va])
     assert ckpt["metrics"]["val"]["eer"] == pytest.approx(metrics.eer(res["targets"][va], p_val)[0])
     assert ckpt["threshold"] == res["val"]["eer_threshold"]
     assert sorted(ckpt["training_images"]) == sorted({data.image_hash(im) for im in res["images"]})
@@ -131,7 +131,7 @@ def test_distillation_trains_towards_the_teachers_on_the_same_views():
     for w in (0.0, 1.0):
         cfg = TrainConfig(**{**asdict(SMALL), "distill": w, "epochs": 4})
         student, _ = train.fit(images, flipped, tr, va, cfg, progress=False, teachers=[teacher] if w else ())
-        eers[w] = metrics.eer(targets[va], train.scores(student, images[va]))[0]
+        eers[w] = metrics.eer(targets[va], models.scores(student, images[va]))[0]
     assert eers[1.0] < 0.1 < 0.9 < eers[0.0]  # the teacher's ranking, not the contradicting labels'
     with pytest.raises(ValueError, match="needs both teachers"):
         train.fit(images, targets, tr, va, TrainConfig(distill=0.5), progress=False)

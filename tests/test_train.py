@@ -1,14 +1,11 @@
-import json
 from dataclasses import replace
 
 import numpy as np
-import pandas as pd
 import pytest
 import torch
 import torchvision
-from PIL import Image
 
-from eye_clf import data, metrics, train
+from eye_clf import data, metrics, models, train
 from eye_clf.train import TrainConfig, fit
 
 from conftest import ATOL, synthetic
@@ -23,7 +20,7 @@ def toy():
 
 
 def val_loss(model, images, targets):
-    z = train.logits(model, data.to_tensor(images))
+    z = models.logits(model, data.to_tensor(images))
     return torch.nn.functional.binary_cross_entropy_with_logits(z, torch.as_tensor(targets).float()).item()
 
 
@@ -34,7 +31,7 @@ def test_fit_learns_a_separable_task(toy):
     keys = {"epoch", "lr", "seconds"} | {f"{s}_{m}" for s in ("train", "val") for m in ("loss", "accuracy", "eer")}
     assert all(set(row) == keys for row in history)
     assert [row["epoch"] for row in history] == [1, 2, 3, 4]
-    p = train.scores(model, images[va])
+    p = models.scores(model, images[va])
     assert metrics.accuracy(targets[va], p) > 0.9 and metrics.eer(targets[va], p)[0] < 0.1
     assert history[-1]["train_loss"] < history[0]["train_loss"]
     assert history[-1]["val_accuracy"] == pytest.approx(metrics.accuracy(targets[va], p))
@@ -122,10 +119,10 @@ def test_checkpoint_round_trip(toy, tmp_path):
     assert raw["model"]["arch"] == "eyenet" and raw["preprocessing"]["mean"] == data.MEAN
     assert raw["preprocessing"]["tta"] is True and raw["metrics"] == {"val": {"eer": 0.1}}
     assert raw["best_epoch"] == min(history, key=lambda r: r["val_loss"])["epoch"]
-    loaded, ckpt = train.load_checkpoint(path)
+    loaded, ckpt = models.load_checkpoint(path)
     assert not loaded.training
     x = images[va]
-    assert np.allclose(train.scores(loaded, x, tta=True), train.scores(model, x, tta=True), atol=ATOL)
+    assert np.allclose(models.scores(loaded, x, tta=True), models.scores(model, x, tta=True), atol=ATOL)
 
 
 @pytest.mark.parametrize("arch", ["resnet18", "efficientnet_lite0"])
@@ -144,12 +141,12 @@ def test_pretrained_feature_extraction_fit_and_checkpoint(toy, tmp_path, arch):
         assert torch.equal(v, model.backbone.state_dict()[k].cpu()), k
     assert not torch.equal(fresh.head.weight, model.head.weight.cpu())
     train.save_checkpoint(train.checkpoint(model, cfg, {}, history), tmp_path / "c.pt")
-    loaded, _ = train.load_checkpoint(tmp_path / "c.pt")
+    loaded, _ = models.load_checkpoint(tmp_path / "c.pt")
     assert loaded.input_size == 32 and loaded.in_scale == model.in_scale and loaded.in_shift == model.in_shift
-    assert np.allclose(train.scores(loaded, images[:8]), train.scores(model, images[:8]), atol=ATOL)
+    assert np.allclose(models.scores(loaded, images[:8]), models.scores(model, images[:8]), atol=ATOL)
 
 
 def test_load_checkpoint_rejects_other_files(tmp_path):
     torch.save({"state_dict": {}}, tmp_path / "other.pt")
     with pytest.raises(ValueError, match="not an eye_clf checkpoint"):
-        train.load_checkpoint(tmp_path / "other.pt")
+        models.load_checkpoint(tmp_path / "other.pt")
