@@ -12,7 +12,7 @@ import json
 import os
 import shutil
 import time
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from datetime import datetime
 from pathlib import Path
 
@@ -28,6 +28,11 @@ from .train import TrainConfig, checkpoint, fit, save_checkpoint
 
 SHIPPED = Path(__file__).with_name("shipped")
 FIGURES = data.REPO_ROOT / "plots_checkpoints"
+CV_RESULTS = data.REPO_ROOT / "results" / "cv"
+# The teachers a distilling recipe learns from (cross-validated as results/cv/lite0_imagenet_e12); each is trained
+# on the student's own split (same seed and val_fraction), so none sees the student's validation part.
+TEACHERS = {"lite0_imagenet": TrainConfig(arch="efficientnet_lite0", weights="imagenet", input_size=64, epochs=12,
+                                          lr=1e-3, patience=12)}
 
 
 def auto_threads():
@@ -59,25 +64,40 @@ def compare_with_shipped(images, targets, val_idx):
     return dict(images=len(unseen), **metrics.summary(targets[unseen], scores(model, images[unseen], tta=tta)))
 
 
-def cv_of(cfg, results=data.REPO_ROOT / "results" / "cv"):
-    """The finished 5-fold CV of exactly this recipe in ``results/cv/`` as (run name, per-fold rows), or None."""
+def cv_rows(name, results=CV_RESULTS):
+    """The per-fold rows of the finished 5-fold CV ``results/cv/<name>/``, or None while a fold is missing."""
+    paths = [Path(results) / name / f"fold{k}.json" for k in range(5)]
+    return [json.loads(p.read_text()) for p in paths] if all(p.exists() for p in paths) else None
+
+
+def cv_of(cfg, results=CV_RESULTS):
+    """The finished 5-fold CV of exactly this recipe (config and teachers) as (run name, per-fold rows), or None."""
     for folder in sorted(Path(results).glob("*/")):
-        rows = [json.loads(p.read_text()) for p in sorted(folder.glob("fold*.json"))]
-        if len(rows) == 5 and all(r["key"]["config"] == asdict(cfg) for r in rows):
+        rows = cv_rows(folder.name, results)
+        if rows and all(r["key"]["config"] == asdict(cfg) for r in rows):
             return folder.name, rows
     return None
+
+
+def teacher_names(cfg):
+    return list(TEACHERS) if cfg.distill else []
 
 
 def train_run(cfg=None, root=None, labels=None, out_dir=None, limit=None, progress=True, teachers=()):
     """Train ``cfg`` (default: the shipped recipe) on the labelled data and write the run folder.
 
-    ``teachers``: checkpoint files of runs on the same split (same seed and val_fraction) to distil from.
+    ``teachers``: checkpoint files of runs on the same split (same seed and val_fraction) to distil from; a
+    distilling ``cfg`` without them first trains ``TEACHERS`` into ``<run folder>/teachers/``.
 
     Returns a dict with the model, history, validation metrics, the shipped model's metrics on the same unseen
     validation images, indices, seconds and the run folder.
     """
     cfg = cfg or TrainConfig()
     out = Path(out_dir or data.REPO_ROOT / "runs" / datetime.now().strftime("train-%Y%m%d-%H%M%S"))
+    if cfg.distill and not teachers:
+        teachers = [train_run(replace(t, seed=cfg.seed, val_fraction=cfg.val_fraction), root, labels,
+                              out / "teachers" / name, limit, progress)["out"] / "eye_clf.pt"
+                    for name, t in TEACHERS.items()]
     images, targets, names = data.load_dataset(root, labels, limit=limit)
     train_idx, val_idx = split(targets, cfg)
     t0 = time.perf_counter()
