@@ -1,24 +1,33 @@
-"""CPU speed of ``predict_proba``: the shipped model vs a plain torchvision ResNet18 (3x3 stride-1 stem).
+"""CPU speed and memory of ``predict_proba``: the shipped model on onnxruntime and on torch, and a plain
+torchvision ResNet18 (3x3 stride-1 stem) on torch for scale.
 
-    python scripts/benchmark.py [--checkpoint plots_checkpoints/eye_clf.pt] [--threads 2] [--repeats 3]
+    python scripts/benchmark.py [--threads 1] [--repeats 3]
 
 Prints, side by side: images/s on a batch of 4000 in-memory images and on a folder of 4000 JPEG files (best of
-``--repeats``), then the shipped model's cold start (fresh interpreter: import + load + first prediction) and peak
-memory (max RSS) of that process. The ResNet18's throughput does not depend on its weights, so it is random init.
+``--repeats``), then for each backend the cold start (a fresh interpreter: import eye_clf, load the model, predict
+one file) and the peak memory (max RSS) of that process. ``--threads`` sets torch's threads and, through
+$OMP_NUM_THREADS, onnxruntime's. The ResNet18's throughput does not depend on its weights, so it is random init.
 """
 import argparse
-import resource
+import os
 import subprocess
 import sys
 import time
-from pathlib import Path
 
+import numpy as np
+import onnxruntime
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from eye_clf import data, predict_proba  # noqa: E402
-from eye_clf.models import build_model  # noqa: E402
-from eye_clf.predict import DEFAULT_CHECKPOINT, load_model  # noqa: E402
+from eye_clf import data, load_model, load_session, predict_proba
+from eye_clf.models import build_model
+
+COLD = """import re, time
+t = time.perf_counter()
+import eye_clf
+eye_clf.predict_proba({image!r}, backend={backend!r})
+seconds = time.perf_counter() - t
+print(seconds, re.search(r"VmHWM:\\s+(\\d+) kB", open("/proc/self/status").read()).group(1))
+"""  # VmHWM: this process's own peak RSS (ru_maxrss would include the forking parent's)
 
 
 def best_rate(fn, n, repeats):
@@ -31,38 +40,38 @@ def best_rate(fn, n, repeats):
     return n / best
 
 
-def cold_start(checkpoint, image):
-    code = (f"import time; t = time.perf_counter(); import torch; torch.set_num_threads({torch.get_num_threads()}); "
-            f"import eye_clf; p = eye_clf.predict_proba({str(image)!r}, checkpoint={str(checkpoint)!r}); "
-            "print(time.perf_counter() - t)")
-    seconds = float(subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
-                                   cwd=data.REPO_ROOT).stdout)
-    return seconds, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024  # the only child: KiB -> MiB
+def cold_start(backend, image):
+    """Seconds to import, load and predict one file in a fresh interpreter, and that process's peak RSS (MiB)."""
+    out = subprocess.run([sys.executable, "-c", COLD.format(image=str(image), backend=backend)], check=True,
+                         capture_output=True, text=True).stdout.split()
+    return float(out[0]), float(out[1]) / 1024
 
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--checkpoint", default=str(DEFAULT_CHECKPOINT))
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--data", help="data folder (default: $EYE_CLF_DATA or ../shared/data)")
     args = ap.parse_args()
+    os.environ["OMP_NUM_THREADS"] = str(args.threads)  # onnxruntime sessions and the cold-start processes
     torch.set_num_threads(args.threads)
-    root = data.data_dir(args.data)
-    images, _, names = data.load_dataset(root)
-    folder = root / "EyesDataset"
-    shipped, tta = load_model(args.checkpoint)
+    folder = data.data_dir(args.data) / "EyesDataset"
+    files = data.list_images(folder)
+    images = np.stack([data.load_image(f) for f in files])
+    cold = [cold_start(b, files[0]) for b in ("onnx", "torch")]  # before this process grows
+    shipped, tta = load_model()
+    load_session()
     resnet = build_model("resnet18").eval()
-    print(f"torch {torch.__version__}, {args.threads} threads, device cpu, {len(images)} images; "
-          f"shipped model mirror-TTA: {tta}")
-    print(f"{'':34s}{'shipped':>12s}{'resnet18':>12s}{'ratio':>8s}")
-    for label, x in (("in-memory batch (images/s)", images), ("folder of JPEG files (images/s)", folder)):
-        rates = [best_rate(lambda m=m, t=t: predict_proba(x, model=m, tta=t), len(names), args.repeats)
-                 for m, t in ((shipped, tta), (resnet, False))]
-        print(f"{label:34s}{rates[0]:12.0f}{rates[1]:12.0f}{rates[0] / rates[1]:7.1f}x", flush=True)
-    seconds, peak_mb = cold_start(args.checkpoint, folder / names[0])
-    print(f"cold start (import + load + first prediction): {seconds:.2f} s; peak RSS of that process: "
-          f"{peak_mb:.0f} MiB")
+    runs = {"EyeNet onnxruntime": dict(backend="onnx"), "EyeNet torch": dict(model=shipped, tta=tta),
+            "ResNet18 torch": dict(model=resnet, tta=False)}
+    print(f"torch {torch.__version__}, onnxruntime {onnxruntime.__version__}, {args.threads} "
+          f"thread(s), CPU, {len(files)} images of {folder}; shipped model mirror-TTA: {tta}")
+    print(f"{'':30s}" + "".join(f"{name:>20s}" for name in runs))
+    for label, x in (("in-memory batch (images/s)", images), ("folder of JPEGs (images/s)", folder)):
+        rates = [best_rate(lambda kw=kw: predict_proba(x, **kw), len(files), args.repeats) for kw in runs.values()]
+        print(f"{label:30s}" + "".join(f"{r:20.0f}" for r in rates), flush=True)
+    print(f"{'cold start (s)':30s}" + "".join(f"{s:20.2f}" for s, _ in cold))
+    print(f"{'peak RSS, cold start (MiB)':30s}" + "".join(f"{m:20.0f}" for _, m in cold))
 
 
 if __name__ == "__main__":

@@ -8,16 +8,13 @@ passed through ``predict_proba``, which converts and resizes it as in training.
 """
 import argparse
 import io
-import sys
-from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageOps
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from eye_clf import data, metrics, predict_proba  # noqa: E402
-from eye_clf.predict import DEFAULT_CHECKPOINT  # noqa: E402
-from eye_clf.train import load_checkpoint  # noqa: E402
+from eye_clf import data, metrics, predict_proba
+from eye_clf.models import load_checkpoint
+from eye_clf.predict import DEFAULT_CHECKPOINT
 
 UP = Image.Resampling.BICUBIC
 
