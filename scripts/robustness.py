@@ -1,20 +1,24 @@
-"""EER of a checkpoint on its held-out test split under input changes that real eye crops bring.
+"""Out-of-fold EER of cross-validated recipes under input changes that real eye crops bring.
 
-    python scripts/robustness.py [--checkpoint plots_checkpoints/eye_clf.pt]
+    python scripts/robustness.py eyenet16_e30 eyenet16_e60 ...   # runs of scripts/cv_ablations.py, fold models kept
 
-Each test image (never used for training or model selection: the split is rebuilt from the checkpoint's seed) is
-turned into a PIL image, changed (upscaled, colour-tinted, JPEG-recompressed, rotated, cropped, darkened) and
-passed through ``predict_proba``, which converts and resizes it as in training.
+Every image is scored by the fold model that never saw it (``results/cv/NAME/foldK.pt``), after being turned into
+a PIL image, changed (upscaled, colour-tinted, JPEG-recompressed, rotated, cropped, darkened, inverted) and passed
+through ``predict_proba``, which converts and resizes it as in training. Writes ``results/robustness.md``.
 """
 import argparse
 import io
+import json
+from pathlib import Path
 
 import numpy as np
+import pandas as pd
 from PIL import Image, ImageOps
 
 from eye_clf import data, metrics, predict_proba
-from eye_clf.models import load_checkpoint
-from eye_clf.predict import DEFAULT_CHECKPOINT
+from eye_clf.files import atomic_write, provenance
+
+CV = Path(__file__).resolve().parent.parent / "results" / "cv"
 
 UP = Image.Resampling.BICUBIC
 
@@ -47,22 +51,44 @@ CHANGES = {
 }
 
 
+def oof_eer(name, images, targets, change):
+    """Pooled out-of-fold EER and accuracy at each fold's validation threshold of run ``name`` under ``change``."""
+    p, threshold = np.full(len(targets), np.nan), np.full(len(targets), np.nan)
+    for k in range(5):
+        fold = json.loads((CV / name / f"fold{k}.json").read_text())
+        test = fold["test_idx"]
+        changed = [change(Image.fromarray(images[i])) for i in test]
+        p[test] = predict_proba(changed, checkpoint=CV / name / f"fold{k}.pt")
+        threshold[test] = fold["val_threshold"]
+    return metrics.eer(targets, p)[0], float(np.mean((p >= threshold) == targets))
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--checkpoint", default=str(DEFAULT_CHECKPOINT))
+    ap.add_argument("runs", nargs="+", help="finished CV runs in results/cv/ (with their fold models)")
     ap.add_argument("--data", help="data folder (default: $EYE_CLF_DATA or ../shared/data)")
     args = ap.parse_args()
-    _, ckpt = load_checkpoint(args.checkpoint)
     images, targets, _ = data.load_dataset(args.data)
-    test = data.split(targets, ckpt["config"]["seed"])[2]
-    base = None
-    print(f"{len(test)} held-out test images of {args.checkpoint}")
-    print(f"{'input':40s}{'EER %':>8s}{'drop':>8s}{'acc@0.5 %':>11s}")
+    rows = []
     for name, change in CHANGES.items():
-        p = predict_proba([change(Image.fromarray(images[i])) for i in test], checkpoint=args.checkpoint)
-        e = metrics.eer(targets[test], p)[0]
-        base = e if base is None else base
-        print(f"{name:40s}{100 * e:8.2f}{100 * (e - base):+8.2f}{100 * metrics.accuracy(targets[test], p):11.2f}")
+        row = {"input": name}
+        for run in args.runs:
+            e, acc = oof_eer(run, images, targets, change)
+            row[f"{run} EER %"], row[f"{run} accuracy %"] = round(100 * e, 2), round(100 * acc, 2)
+        rows.append(row)
+        print(row, flush=True)
+    table = pd.DataFrame(rows)
+    for run in args.runs:
+        table.insert(table.columns.get_loc(f"{run} EER %") + 1, f"{run} change",
+                     (table[f"{run} EER %"] - table[f"{run} EER %"][0]).map("{:+.2f}".format))
+    prov = provenance()
+    md = ("# Robustness: out-of-fold EER under input changes\n\n"
+          f"Command: `python scripts/robustness.py {' '.join(args.runs)}` (commit {prov['git_commit']}, "
+          f"dirty: {prov['git_dirty']}). Each of the 4000 images is scored by the fold model of `results/cv/RUN/` "
+          "that never saw it; accuracy at each fold's validation threshold.\n\n"
+          + table.to_markdown(index=False) + "\n")
+    atomic_write(CV.parent / "robustness.md", lambda tmp: Path(tmp).write_text(md))
+    print(md)
 
 
 if __name__ == "__main__":

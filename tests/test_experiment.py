@@ -83,14 +83,14 @@ def test_ablation_table_shows_paired_differences(monkeypatch, tmp_path):
     ablations = load_script("cv_ablations")
     monkeypatch.setattr(ablations, "OUT", tmp_path)
     for name, eers in ((ablations.REFERENCE, [0.03, 0.02, 0.04, 0.03, 0.03]),
-                       ("eyenet16_e30", [0.04, 0.03, 0.04, 0.05, 0.04])):
+                       ("eyenet16_e60", [0.04, 0.03, 0.04, 0.05, 0.04])):
         for k, e in enumerate(eers):
             row = dict(fold=k, eer=e, eer_tta=e, accuracy=0.97, ece=0.01, best_epoch=10, seconds=5.0)
             (tmp_path / "cv" / name).mkdir(parents=True, exist_ok=True)
             (tmp_path / "cv" / name / f"fold{k}.json").write_text(json.dumps(row))
     ablations.table(None)
     md = (tmp_path / "cv_ablations.md").read_text()
-    line = next(l for l in md.splitlines() if l.startswith("| eyenet16_e30"))
+    line = next(l for l in md.splitlines() if l.startswith("| eyenet16_e60"))
     diff = np.array([0.04, 0.03, 0.04, 0.05, 0.04]) - np.array([0.03, 0.02, 0.04, 0.03, 0.03])
     m, h = cv.interval(diff)
     assert f"{100 * m:+.2f} ± {100 * h:.2f}" in line and "3.00 ± " in md
