@@ -18,9 +18,11 @@ from .models import load_checkpoint, scores
 from .train import TrainConfig, checkpoint, fit, save_checkpoint
 
 
-def _fold(images, targets, rest, test, cfg, progress, teachers):
+def _fold(images, targets, rest, test, cfg, progress, teachers, train_fraction):
     """Train on ``rest`` (minus its validation part), score the test fold; returns (row, model)."""
     train, val = train_test_split(rest, test_size=cfg.val_fraction, stratify=targets[rest], random_state=cfg.seed)
+    if train_fraction < 1:  # learning curves: a stratified part of the training images, the same validation part
+        train = train_test_split(train, train_size=train_fraction, stratify=targets[train], random_state=cfg.seed)[0]
     model, history = fit(images, targets, train, val, cfg, progress=progress, teachers=teachers)
     p, p_tta = scores(model, images[test]), scores(model, images[test], tta=True)
     val_threshold = metrics.eer(targets[val], scores(model, images[val], tta=cfg.tta))[1]
@@ -34,7 +36,8 @@ def _fold(images, targets, rest, test, cfg, progress, teachers):
     return row, model
 
 
-def cross_val_predict(images, targets, cfg=None, folds=5, seed=0, progress=True, fold_dir=None, teacher_dirs=()):
+def cross_val_predict(images, targets, cfg=None, folds=5, seed=0, progress=True, fold_dir=None, teacher_dirs=(),
+                      train_fraction=1.0):
     """Train one model per fold; each test fold is predicted by the model that never saw it.
 
     Inside each fold ``cfg.val_fraction`` of the training part (stratified) is the validation set that picks the
@@ -44,11 +47,13 @@ def cross_val_predict(images, targets, cfg=None, folds=5, seed=0, progress=True,
 
     ``teacher_dirs``: fold folders of finished CVs on the same folds; fold k's student distils from their fold-k
     models, which saw only that fold's training part (the same split, so not its validation part either).
+    ``train_fraction`` < 1 trains on that stratified part of each fold's training images (learning curves).
     """
     cfg = cfg or TrainConfig()
     oof = np.full(len(targets), np.nan)
     key = dict(config=asdict(cfg), folds=folds, seed=seed, n=len(targets), n_open=int(np.sum(targets)),
-               **({"teachers": [Path(d).name for d in teacher_dirs]} if teacher_dirs else {}))
+               **({"teachers": [Path(d).name for d in teacher_dirs]} if teacher_dirs else {}),
+               **({"train_fraction": train_fraction} if train_fraction < 1 else {}))
     rows = []
     for k, (rest, test) in enumerate(data.kfold(targets, folds, seed)):
         path = Path(fold_dir) / f"fold{k}.json" if fold_dir else None
@@ -57,7 +62,7 @@ def cross_val_predict(images, targets, cfg=None, folds=5, seed=0, progress=True,
             raise ValueError(f"{path} was made with another config or data; move it away to rerun")
         if row is None:
             teachers = [load_checkpoint(Path(d) / f"fold{k}.pt")[0] for d in teacher_dirs]
-            row, model = _fold(images, targets, rest, test, cfg, progress, teachers)
+            row, model = _fold(images, targets, rest, test, cfg, progress, teachers, train_fraction)
             row = dict(fold=k, key=key, **row, provenance=provenance())
             if path:
                 save_checkpoint(checkpoint(model, cfg), path.with_suffix(".pt"))

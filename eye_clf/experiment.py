@@ -74,7 +74,7 @@ def cv_of(cfg, results=CV_RESULTS):
     """The finished 5-fold CV of exactly this recipe (config and teachers) as (run name, per-fold rows), or None."""
     for folder in sorted(Path(results).glob("*/")):
         rows = cv_rows(folder.name, results)
-        if rows and all(r["key"]["config"] == asdict(cfg) for r in rows):
+        if rows and all(r["key"]["config"] == asdict(cfg) and "train_fraction" not in r["key"] for r in rows):
             return folder.name, rows
     return None
 

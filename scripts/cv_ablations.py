@@ -19,7 +19,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from eye_clf import data, metrics
+from eye_clf import data, experiment, metrics
 from eye_clf.cv import cross_val_predict, interval
 from eye_clf.files import atomic_write
 from eye_clf.train import TrainConfig
@@ -34,6 +34,10 @@ RUNS = {  # changes from TrainConfig's defaults (the shipped recipe)
     "eyenet24_e60": dict(width=24, epochs=60),
     "eyenet32_e60": dict(width=32, epochs=60),
     "lite0_imagenet_e12": dict(arch="efficientnet_lite0", weights="imagenet", input_size=64, epochs=12, lr=1e-3),
+    # learning curve of the 30-epoch recipe: a stratified part of each fold's training images
+    "eyenet16_e30_train25": dict(epochs=30, train_fraction=0.25),
+    "eyenet16_e30_train50": dict(epochs=30, train_fraction=0.5),
+    "eyenet16_e30_train75": dict(epochs=30, train_fraction=0.75),
     # online distillation (teachers: finished runs above, fold by fold)
     "student16_e60_lite0_soft": dict(epochs=60, distill=1.0, teachers=["lite0_imagenet_e12"]),
     "student16_e60_lite0_mix": dict(epochs=60, distill=0.5, teachers=["lite0_imagenet_e12"]),
@@ -42,7 +46,7 @@ RUNS = {  # changes from TrainConfig's defaults (the shipped recipe)
 
 def config(name):
     """The run's TrainConfig; patience = epochs: one-cycle's best epochs come last, so no early stopping."""
-    change = {k: v for k, v in RUNS[name].items() if k != "teachers"}
+    change = {k: v for k, v in RUNS[name].items() if k not in ("teachers", "train_fraction")}
     return TrainConfig(**{"patience": change.get("epochs", TrainConfig.epochs), **change})
 
 
@@ -50,7 +54,7 @@ def run(name, images, targets):
     cfg = config(name)
     teachers = [OUT / "cv" / t for t in RUNS[name].get("teachers", ())]
     oof, per_fold = cross_val_predict(images, targets, cfg, folds=5, seed=0, fold_dir=OUT / "cv" / name,
-                                      teacher_dirs=teachers)
+                                      teacher_dirs=teachers, train_fraction=RUNS[name].get("train_fraction", 1.0))
     print(f"{name}: EER {100 * per_fold['eer'].mean():.2f}% (folds {np.round(100 * per_fold['eer'], 2).tolist()})",
           flush=True)
 
@@ -98,13 +102,14 @@ def cells(f, ref):
 def table(targets):
     ref = load(REFERENCE)
     shipped = asdict(TrainConfig())
+    found = experiment.cv_of(TrainConfig(), OUT / "cv")
     rows = []
     for name in RUNS:
         r = load(name)
         if r is None:
             continue
         f = pd.DataFrame(r)
-        tag = " (shipped)" if r[0].get("key", {}).get("config") == shipped else ""
+        tag = " (shipped)" if found and name == found[0] else ""
         rows.append(dict(run=name + tag, change=json.dumps(RUNS[name]), **cells(f, None if name == REFERENCE else ref),
                          **{"best epoch (mean)": f"{f['best_epoch'].mean():.0f}",
                             "train s/fold": f"{f['seconds'].mean():.0f}"}))

@@ -85,7 +85,8 @@ def test_ablation_table_shows_paired_differences(monkeypatch, tmp_path):
     for name, eers in ((ablations.REFERENCE, [0.03, 0.02, 0.04, 0.03, 0.03]),
                        ("eyenet16_e60", [0.04, 0.03, 0.04, 0.05, 0.04])):
         for k, e in enumerate(eers):
-            row = dict(fold=k, eer=e, eer_tta=e, accuracy=0.97, ece=0.01, best_epoch=10, seconds=5.0)
+            row = dict(fold=k, eer=e, eer_tta=e, accuracy=0.97, ece=0.01, best_epoch=10, seconds=5.0,
+                       key=dict(config={}))
             (tmp_path / "cv" / name).mkdir(parents=True, exist_ok=True)
             (tmp_path / "cv" / name / f"fold{k}.json").write_text(json.dumps(row))
     ablations.table(None)
@@ -155,3 +156,20 @@ def test_cv_students_distil_from_the_teacher_of_their_own_fold(monkeypatch, tmp_
         expected = torch.load(tmp_path / "teacher" / f"fold{k}.pt", weights_only=True)["state_dict"]["head.weight"]
         assert torch.equal(w, expected)
     assert json.loads((tmp_path / "student" / "fold0.json").read_text())["key"]["teachers"] == ["teacher"]
+
+
+def test_learning_curve_folds_train_on_a_part_and_keep_the_validation_part(monkeypatch, tmp_path):
+    images, targets = synthetic(100)
+    sizes = []
+    real_fit = cv.fit
+
+    def recording_fit(images_, targets_, train_idx, val_idx, cfg, progress, teachers):
+        sizes.append((len(train_idx), len(val_idx)))
+        return real_fit(images_, targets_, train_idx, val_idx, cfg, progress, teachers)
+
+    monkeypatch.setattr(cv, "fit", recording_fit)
+    cv.cross_val_predict(images, targets, SMALL, folds=2, progress=False, fold_dir=tmp_path / "all")
+    cv.cross_val_predict(images, targets, SMALL, folds=2, progress=False, fold_dir=tmp_path / "half",
+                         train_fraction=0.5)
+    assert sizes == [(45, 5), (45, 5), (22, 5), (22, 5)]
+    assert json.loads((tmp_path / "half" / "fold0.json").read_text())["key"]["train_fraction"] == 0.5
