@@ -36,6 +36,11 @@ def _fold(images, targets, rest, test, cfg, progress, teachers, train_fraction):
     return row, model
 
 
+def same_key(key):
+    """A fold's key with its config completed by TrainConfig's current defaults (fields added since it ran)."""
+    return {**key, "config": asdict(TrainConfig.from_dict(key["config"]))}
+
+
 def cross_val_predict(images, targets, cfg=None, folds=5, seed=0, progress=True, fold_dir=None, teacher_dirs=(),
                       train_fraction=1.0):
     """Train one model per fold; each test fold is predicted by the model that never saw it.
@@ -58,7 +63,7 @@ def cross_val_predict(images, targets, cfg=None, folds=5, seed=0, progress=True,
     for k, (rest, test) in enumerate(data.kfold(targets, folds, seed)):
         path = Path(fold_dir) / f"fold{k}.json" if fold_dir else None
         row = json.loads(path.read_text()) if path and path.exists() else None
-        if row is not None and row["key"] != key:
+        if row is not None and same_key(row["key"]) != key:
             raise ValueError(f"{path} was made with another config or data; move it away to rerun")
         if row is None:
             teachers = [load_checkpoint(Path(d) / f"fold{k}.pt")[0] for d in teacher_dirs]

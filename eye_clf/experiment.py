@@ -20,7 +20,7 @@ import numpy as np
 import torch
 from sklearn.model_selection import train_test_split
 
-from . import data, metrics
+from . import cv, data, metrics
 from .files import atomic_write, provenance, save_history, write_json
 from .models import load_checkpoint, scores
 from .plots import plot_history
@@ -74,7 +74,8 @@ def cv_of(cfg, results=CV_RESULTS):
     """The finished 5-fold CV of exactly this recipe (config and teachers) as (run name, per-fold rows), or None."""
     for folder in sorted(Path(results).glob("*/")):
         rows = cv_rows(folder.name, results)
-        if rows and all(r["key"]["config"] == asdict(cfg) and "train_fraction" not in r["key"] for r in rows):
+        keys = [cv.same_key(r["key"]) for r in rows] if rows else []
+        if rows and all(k["config"] == asdict(cfg) and "train_fraction" not in k for k in keys):
             return folder.name, rows
     return None
 
