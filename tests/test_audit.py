@@ -31,7 +31,8 @@ def test_review_list_finds_flipped_labels_first():
 
 
 @pytest.fixture
-def labeled_folder(tmp_path):
+def partly_labelled_xlsx(tmp_path):
+    """40 synthetic eyes and an xlsx where one label is wrong, one row unlabelled and one skipped as unsure."""
     images = tmp_path / "images"
     images.mkdir()
     for i in range(40):
@@ -46,8 +47,8 @@ def labeled_folder(tmp_path):
     return images, tmp_path / "labels.xlsx"
 
 
-def test_only_labeled_rows_are_audited(labeled_folder):
-    images, labels = labeled_folder
+def test_only_labeled_rows_are_audited(partly_labelled_xlsx):
+    images, labels = partly_labelled_xlsx
     x, y, names = labeled(images, labels)
     assert x.shape == (38, 24, 24) and len(y) == 38 and names[-1] == "037.png"
     (images / "010.png").unlink()
@@ -68,8 +69,8 @@ def test_read_oof_checks_its_input(tmp_path):
         read_oof(path, ["a"])
 
 
-def test_audit_cli_with_given_oof_feeds_the_studio(labeled_folder, tmp_path, capsys):
-    images, labels = labeled_folder
+def test_audit_cli_with_given_oof_feeds_the_studio(partly_labelled_xlsx, tmp_path, capsys):
+    images, labels = partly_labelled_xlsx
     oof = tmp_path / "oof.csv"
     pd.DataFrame({"img_name": [f"{i:03d}.png" for i in range(38)],
                   "p_open": [0.95 if i % 2 else 0.05 for i in range(38)]}).to_csv(oof, index=False)
@@ -84,8 +85,8 @@ def test_audit_cli_with_given_oof_feeds_the_studio(labeled_folder, tmp_path, cap
     assert queue.mode == "review" and queue.order == ["003.png"] and queue.start() == 0
 
 
-def test_audit_cli_trains_folds(labeled_folder, tmp_path):
-    images, labels = labeled_folder
+def test_audit_cli_trains_folds(partly_labelled_xlsx, tmp_path):
+    images, labels = partly_labelled_xlsx
     main(["audit", "--images", str(images), "--labels", str(labels), "--folds", "2", "--epochs", "1",
           "--width", "4", "--batch-size", "8", "--out", str(tmp_path / "review.csv"),
           "--save-oof", str(tmp_path / "oof.csv")])
@@ -102,8 +103,8 @@ def test_one_class_is_refused(tmp_path):
         labeled(tmp_path / "images", tmp_path / "l.xlsx")
 
 
-def test_audit_defaults_to_the_reference_labels_file(labeled_folder, tmp_path, monkeypatch):
-    images, _ = labeled_folder
+def test_audit_defaults_to_the_reference_labels_file(partly_labelled_xlsx, tmp_path, monkeypatch):
+    images, _ = partly_labelled_xlsx
     seen = []
 
     def fake_audit(images_dir, labels, *args):
