@@ -16,8 +16,9 @@ CATEGORIES = ["dark", "blurry", "glasses", "unusual_angle", "inverted", "model_d
               "annotator_disagreement", "other"]
 OUTPUTS = {  # notebook: the files its full run writes (smoke mode must leave them alone)
     "choose_method.ipynb": ["plots_checkpoints/comparison_two_methods.png", "results/choose_method.csv"],
-    "train_model.ipynb": [f"plots_checkpoints/{f}" for f in ("eye_clf.pt", "history.csv", "history.json",
-                                                              "train_val_loss_metrics_history.png")],
+    "train_model.ipynb": ["eye_clf/shipped/eye_clf.pt", "eye_clf/shipped/eye_clf.onnx", "runs/final"]
+                         + [f"plots_checkpoints/{f}" for f in ("history.csv", "history.json",
+                                                                "train_val_loss_metrics_history.png")],
     "for_readme/data_categories.ipynb": [f"for_readme/{c}.png" for c in CATEGORIES],
 }
 
