@@ -5,6 +5,7 @@ folder (../shared/data or $EYE_CLF_DATA).
 """
 import json
 import sys
+import tempfile
 from pathlib import Path
 
 import nbformat
@@ -41,13 +42,27 @@ def kernel(tmp_path, monkeypatch):
     return "eye_clf_test"
 
 
+def smoke_folders():
+    return set(Path(tempfile.gettempdir()).glob("eye_clf_smoke_*"))
+
+
+@pytest.mark.parametrize("name", list(OUTPUTS))
+def test_committed_outputs_hold_no_machine_paths_or_widget_warnings(name):
+    nb = nbformat.read(ROOT / name, as_version=4)
+    text = json.dumps([c.get("outputs", []) for c in nb.cells if c.cell_type == "code"])
+    for bad in (str(ROOT), "/tmp/", "/root/", "IProgress not found", "TqdmWarning"):
+        assert bad not in text, f"{name}: committed outputs contain {bad!r}"
+    assert "provenance" in "".join(c.source for c in nb.cells)
+
+
 @pytest.mark.parametrize("name", list(OUTPUTS))
 def test_notebook_runs_in_smoke_mode(name, kernel):
     path = ROOT / name
     nb = nbformat.read(path, as_version=4)
-    before = snapshot(OUTPUTS[name])
+    before, temporaries = snapshot(OUTPUTS[name]), smoke_folders()
     NotebookClient(nb, timeout=1200, kernel_name=kernel,
                    resources={"metadata": {"path": str(path.parent)}}).execute()  # raises on any cell error
     assert snapshot(OUTPUTS[name]) == before, "smoke mode must not touch committed outputs"
+    assert smoke_folders() == temporaries, "smoke mode must remove its temporary folder"
     text = "\n".join(o.get("text", "") for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", []))
     assert "smoke mode: True" in text
