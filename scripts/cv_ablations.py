@@ -93,10 +93,11 @@ def cells(f, ref):
                        ("accuracy_at_val_threshold", "accuracy @val threshold %"), ("ece", "ECE %")):
         m, h = interval(f[col]) if col in f else (np.nan, np.nan)
         cell[label] = f"{100 * m:.2f} ± {100 * h:.2f}" if np.isfinite(m) else "—"
+    paired = "(reference)"
     if ref is not None:
         m, h = interval(f["eer"].to_numpy() - pd.DataFrame(ref)["eer"].to_numpy())
-        cell[f"ΔEER vs {REFERENCE} (paired)"] = f"{100 * m:+.2f} ± {100 * h:.2f}"
-    return cell
+        paired = f"{100 * m:+.2f} ± {100 * h:.2f}"
+    return {**cell, f"ΔEER vs {REFERENCE} (paired)": paired}
 
 
 def table(targets):
