@@ -15,10 +15,10 @@ import sys
 import time
 
 import numpy as np
-import onnxruntime
 import torch
 
 from eye_clf import data, load_model, load_session, predict_proba
+from eye_clf.files import provenance
 from eye_clf.models import build_model
 
 COLD = """import re, time
@@ -64,8 +64,11 @@ def main():
     resnet = build_model("resnet18").eval()
     runs = {"EyeNet onnxruntime": dict(backend="onnx"), "EyeNet torch": dict(model=shipped, tta=tta),
             "ResNet18 torch": dict(model=resnet, tta=False)}
-    print(f"torch {torch.__version__}, onnxruntime {onnxruntime.__version__}, {args.threads} "
-          f"thread(s), CPU, {len(files)} images of {folder}; shipped model mirror-TTA: {tta}")
+    prov = provenance()
+    print(f"commit {prov['git_commit']} (uncommitted changes: {prov['git_dirty']}), {prov['versions']}, "
+          f"{prov['machine']}; load average {os.getloadavg()[0]:.1f}")
+    print(f"{args.threads} thread(s), CPU, {len(files)} images of the data folder's EyesDataset; "
+          f"shipped model mirror-TTA: {tta}")
     print(f"{'':30s}" + "".join(f"{name:>20s}" for name in runs))
     for label, x in (("in-memory batch (images/s)", images), ("folder of JPEGs (images/s)", folder)):
         rates = [best_rate(lambda kw=kw: predict_proba(x, **kw), len(files), args.repeats) for kw in runs.values()]

@@ -84,7 +84,7 @@ def main():
     prov = provenance()
     md = ("# Robustness: out-of-fold EER under input changes\n\n"
           f"Command: `python scripts/robustness.py {' '.join(args.runs)}` (commit {prov['git_commit']}, "
-          f"dirty: {prov['git_dirty']}). Each of the 4000 images is scored by the fold model of `results/cv/RUN/` "
+          f"dirty: {prov['git_dirty']}; {prov['versions']}; {prov['machine']}). Each of the 4000 images is scored by the fold model of `results/cv/RUN/` "
           "that never saw it; accuracy at each fold's validation threshold.\n\n"
           + table.to_markdown(index=False) + "\n")
     atomic_write(CV.parent / "robustness.md", lambda tmp: Path(tmp).write_text(md))
