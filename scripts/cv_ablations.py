@@ -39,8 +39,7 @@ RUNS = {  # changes from TrainConfig's defaults (the shipped recipe)
     "eyenet16_e30_train50": dict(epochs=30, train_fraction=0.5),
     "eyenet16_e30_train75": dict(epochs=30, train_fraction=0.75),
     # online distillation (teachers: finished runs above, fold by fold)
-    "student16_e60_lite0_soft": dict(epochs=60, distill=1.0, teachers=["lite0_imagenet_e12"]),
-    "student16_e60_lite0_mix": dict(epochs=60, distill=0.5, teachers=["lite0_imagenet_e12"]),
+    "student16_e30_lite0_mix": dict(epochs=30, distill=0.5, teachers=["lite0_imagenet_e12"]),
 }
 
 
