@@ -24,9 +24,9 @@ from . import cv, data, metrics
 from .files import atomic_write, provenance, save_history, write_json
 from .models import load_checkpoint, scores
 from .plots import plot_history
+from .predict import SHIPPED
 from .train import TrainConfig, checkpoint, fit, save_checkpoint
 
-SHIPPED = Path(__file__).with_name("shipped")
 FIGURES = data.REPO_ROOT / "plots_checkpoints"
 CV_RESULTS = data.REPO_ROOT / "results" / "cv"
 # The teachers a distilling recipe learns from (cross-validated as results/cv/lite0_imagenet_e12); each is trained

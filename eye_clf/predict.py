@@ -5,6 +5,7 @@ import importlib.util
 import os
 import sys
 from collections import OrderedDict
+from importlib import resources
 from pathlib import Path
 
 import numpy as np
@@ -12,7 +13,7 @@ from PIL import Image
 
 from .preprocess import IMG_SIZE, list_images, load_image, to_gray24
 
-SHIPPED = Path(__file__).with_name("shipped")  # package data; plots_checkpoints/ links to these files
+SHIPPED = Path(str(resources.files("eye_clf") / "shipped"))  # package data; plots_checkpoints/ links to its files
 DEFAULT_CHECKPOINT = SHIPPED / "eye_clf.pt"
 DEFAULT_ONNX = SHIPPED / "eye_clf.onnx"
 BACKENDS = ("onnx", "torch")
