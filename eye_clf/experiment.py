@@ -57,7 +57,7 @@ def compare_with_shipped(images, targets, val_idx):
     if "training_images" not in ckpt:  # an older checkpoint cannot tell which images it has seen
         return None
     seen = set(ckpt["training_images"])
-    unseen = np.array([i for i in val_idx if data.image_hash(images[i]) not in seen])
+    unseen = np.array([i for i in val_idx if data.image_hash(images[i]) not in seen], dtype=int)
     if len(np.unique(targets[unseen])) < 2:
         return None
     tta = bool(ckpt["preprocessing"].get("tta"))

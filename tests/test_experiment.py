@@ -173,3 +173,17 @@ def test_learning_curve_folds_train_on_a_part_and_keep_the_validation_part(monke
                          train_fraction=0.5)
     assert sizes == [(45, 5), (45, 5), (22, 5), (22, 5)]
     assert json.loads((tmp_path / "half" / "fold0.json").read_text())["key"]["train_fraction"] == 0.5
+
+
+def test_shipped_model_is_compared_only_on_images_it_never_saw(monkeypatch, tmp_path):
+    images, targets = synthetic(100)
+    tr, va, _ = data.split(targets, seed=0)
+    model, history = train.fit(images, targets, tr, va, SMALL, progress=False)
+    ckpt = train.checkpoint(model, SMALL, {}, history)
+    monkeypatch.setattr(experiment, "SHIPPED", tmp_path)
+    val = np.arange(60, 100)
+    for seen, expected in ((range(0, 80), 20), (range(0, 100), None)):
+        ckpt["training_images"] = [data.image_hash(images[i]) for i in seen]
+        train.save_checkpoint(ckpt, tmp_path / "eye_clf.pt")
+        res = experiment.compare_with_shipped(images, targets, val)
+        assert (res and res["images"]) == expected
