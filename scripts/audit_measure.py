@@ -26,7 +26,7 @@ import torch
 from eye_clf import data
 from eye_clf.audit import label_quality, review_list
 from eye_clf.cv import cross_val_predict
-from eye_clf.files import atomic_write
+from eye_clf.files import atomic_write, provenance
 from eye_clf.labels_store import LabelStore
 from eye_clf.train import TrainConfig
 
@@ -140,8 +140,12 @@ def main():
     slow = labeling_estimate(targets, p, timing, save_s, slow=2.0)
 
     f = flipped
+    prov = provenance()
     lines = [
         "# Label audit and labeling studio: measured",
+        "",
+        f"Provenance: commit {prov['git_commit']} (uncommitted changes: {prov['git_dirty']}), {prov['versions']}, "
+        f"{prov['machine']}.",
         "",
         f"Command: `python scripts/audit_measure.py --epochs {args.epochs} --folds {args.folds} --seed {args.seed}` "
         f"on the {len(names)} images of ../shared/data. Each audit trains {args.folds} eyenet models (width 16, "
