@@ -27,19 +27,17 @@ from eye_clf.train import TrainConfig
 OUT = Path(__file__).resolve().parent.parent / "results"
 REFERENCE = "eyenet16_e30"  # the recipe shipped before these runs
 ENSEMBLES = [("eyenet16_e60", "lite0_imagenet_e12"), ("eyenet16_e60", "eyenet16_e100")]
-RUNS = {  # changes from TrainConfig's defaults (the shipped recipe)
+# Changes from TrainConfig's defaults (the shipped recipe). A run may also name `teachers` (finished runs here: fold k
+# of the student distils from their fold-k models) or a `train_fraction` of each fold's training images.
+RUNS = {
     "eyenet16_e30": dict(epochs=30),
     "eyenet16_e60": dict(epochs=60),
     "eyenet16_e100": dict(epochs=100),
-    "eyenet24_e60": dict(width=24, epochs=60),
-    "eyenet32_e60": dict(width=32, epochs=60),
     "lite0_imagenet_e12": dict(arch="efficientnet_lite0", weights="imagenet", input_size=64, epochs=12, lr=1e-3),
     # learning curve of the 30-epoch recipe: a stratified part of each fold's training images
     "eyenet16_e30_train25": dict(epochs=30, train_fraction=0.25),
     "eyenet16_e30_train50": dict(epochs=30, train_fraction=0.5),
     "eyenet16_e30_train75": dict(epochs=30, train_fraction=0.75),
-    # online distillation (teachers: finished runs above, fold by fold)
-    "student16_e30_lite0_mix": dict(epochs=30, distill=0.5, teachers=["lite0_imagenet_e12"]),
 }
 
 
