@@ -63,12 +63,13 @@ def review_list(names, targets, p_open):
                          "p_open": p_open[idx], "rank": np.arange(1, len(idx) + 1), "score": score[idx]})
 
 
-def audit(images_dir, labels, oof=None, cfg=TrainConfig(), folds=5, progress=True):
+def audit(images_dir, labels, oof=None, cfg=None, folds=5, progress=True):
     """Audit a labels file: returns ``(review_list, names, targets, p_open)``.
 
     ``oof``: a CSV of out-of-fold P(open) (img_name, p_open); without it ``folds`` models are trained with
-    ``cfg`` (each image is scored by the model that did not train on it).
+    ``cfg`` (default: the shipped recipe; each image is scored by the model that did not train on it).
     """
+    cfg = cfg or TrainConfig()
     images, targets, names = labeled(images_dir, labels)
     if oof is not None:
         p_open = read_oof(oof, names)
