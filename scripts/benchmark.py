@@ -73,6 +73,8 @@ def main():
     for label, x in (("in-memory batch (images/s)", images), ("folder of JPEGs (images/s)", folder)):
         rates = [best_rate(lambda kw=kw: predict_proba(x, **kw), len(files), args.repeats) for kw in runs.values()]
         print(f"{label:30s}" + "".join(f"{r:20.0f}" for r in rates), flush=True)
+    parity = np.abs(predict_proba(images, backend="onnx") - predict_proba(images, model=shipped, tta=tta)).max()
+    print(f"max |P(onnxruntime) - P(torch)| over the {len(files)} images: {parity:.1e}")
     print(f"{'cold start (s)':30s}" + "".join(f"{s:20.2f}" for s, _ in cold))
     print(f"{'peak RSS, cold start (MiB)':30s}" + "".join(f"{m:20.0f}" for _, m in cold))
 
