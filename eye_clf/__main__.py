@@ -116,6 +116,8 @@ def cmd_train(args):
     cfg = config_from(args)
     threads = args.threads or auto_threads()
     torch.set_num_threads(threads)
+    if args.teacher and not cfg.distill:
+        sys.exit("error: --teacher needs --distill > 0 (the weight of the teachers' P(open) in the target)")
     res = train_run(cfg, args.data, args.labels, args.out, args.limit, teachers=args.teacher or ())
     best = min(res["history"], key=lambda r: r["val_loss"])["epoch"]
     print(f"trained {cfg.arch}/{cfg.method} (weights: {cfg.weights or 'random init'}) on {len(res['split'][0])} "
@@ -144,8 +146,8 @@ def cmd_train(args):
 
 def cmd_ship(args):
     from .experiment import ship
-    ship(args.run)
-    print(f"shipped {args.run}/eye_clf.pt: eye_clf/shipped/eye_clf.pt (+ .onnx), curves in plots_checkpoints/")
+    ship(args.run_dir)
+    print(f"shipped {args.run_dir}/eye_clf.pt: eye_clf/shipped/eye_clf.pt (+ .onnx), curves in plots_checkpoints/")
 
 
 def cmd_export(args):
@@ -316,7 +318,7 @@ def main(argv=None):
     p.set_defaults(run=cmd_train)
 
     p = sub.add_parser("ship", help="make a run folder's model the shipped one (checkpoint, ONNX, curves)")
-    p.add_argument("run", help="run folder written by `train`")
+    p.add_argument("run_dir", metavar="RUN", help="run folder written by `train`")
     p.set_defaults(run=cmd_ship)
 
     p = sub.add_parser("export", help="write the ONNX graph of a checkpoint (uint8 N x 24 x 24 images -> P(open))")

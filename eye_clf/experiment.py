@@ -71,7 +71,7 @@ def cv_rows(name, results=CV_RESULTS):
 
 
 def cv_of(cfg, results=CV_RESULTS):
-    """The finished 5-fold CV of exactly this recipe (config and teachers) as (run name, per-fold rows), or None."""
+    """The finished 5-fold CV of exactly this config (not a learning-curve run) as (run name, per-fold rows), or None."""
     for folder in sorted(Path(results).glob("*/")):
         rows = cv_rows(folder.name, results)
         keys = [cv.same_key(r["key"]) for r in rows] if rows else []
@@ -131,9 +131,13 @@ def ship(run_dir):
     from .export import export_onnx
 
     run_dir = Path(run_dir)
-    load_checkpoint(run_dir / "eye_clf.pt")  # refuse a broken checkpoint before replacing anything
-    for src, dst in [(run_dir / "eye_clf.pt", SHIPPED / "eye_clf.pt")] + [
-            (run_dir / name, FIGURES / name) for name in ("history.csv", "history.json",
-                                                          "train_val_loss_metrics_history.png")]:
+    copies = [(run_dir / "eye_clf.pt", SHIPPED / "eye_clf.pt")] + [
+        (run_dir / name, FIGURES / name) for name in ("history.csv", "history.json",
+                                                      "train_val_loss_metrics_history.png")]
+    missing = [str(src) for src, _ in copies if not src.is_file()]
+    if missing:  # refuse an incomplete run folder or a broken checkpoint before replacing anything
+        raise FileNotFoundError(f"not a complete run folder: missing {', '.join(missing)}")
+    load_checkpoint(run_dir / "eye_clf.pt")
+    for src, dst in copies:
         atomic_write(dst, lambda tmp: shutil.copyfile(src, tmp))
     export_onnx(SHIPPED / "eye_clf.pt", SHIPPED / "eye_clf.onnx")

@@ -58,8 +58,7 @@ def run(name, images, targets):
 
 def load(name):
     """Per-fold rows of a finished run (None if some fold is missing)."""
-    paths = [OUT / "cv" / name / f"fold{k}.json" for k in range(5)]
-    return [json.loads(p.read_text()) for p in paths] if all(p.exists() for p in paths) else None
+    return experiment.cv_rows(name, OUT / "cv")
 
 
 def oof_of(rows, n, tta=False):

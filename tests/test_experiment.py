@@ -187,3 +187,27 @@ def test_shipped_model_is_compared_only_on_images_it_never_saw(monkeypatch, tmp_
         train.save_checkpoint(ckpt, tmp_path / "eye_clf.pt")
         res = experiment.compare_with_shipped(images, targets, val)
         assert (res and res["images"]) == expected
+
+
+def test_ship_command_promotes_a_complete_run_and_refuses_a_partial_one(monkeypatch, tmp_path, tiny_ckpt):
+    from eye_clf.__main__ import main
+    shipped, figures, run = tmp_path / "shipped", tmp_path / "figures", tmp_path / "run"
+    for d in (shipped, figures, run):
+        d.mkdir()
+    monkeypatch.setattr(experiment, "SHIPPED", shipped)
+    monkeypatch.setattr(experiment, "FIGURES", figures)
+    (run / "eye_clf.pt").write_bytes(tiny_ckpt.read_bytes())
+    with pytest.raises(SystemExit, match="not a complete run folder: missing .*history.csv"):
+        main(["ship", str(run)])
+    assert not any(shipped.iterdir()) and not any(figures.iterdir())  # nothing replaced
+    for name in ("history.csv", "history.json", "train_val_loss_metrics_history.png"):
+        (run / name).write_text(name)
+    main(["ship", str(run)])
+    assert (shipped / "eye_clf.pt").read_bytes() == tiny_ckpt.read_bytes() and (shipped / "eye_clf.onnx").is_file()
+    assert (figures / "history.csv").read_text() == "history.csv"
+
+
+def test_teacher_without_distill_is_refused_before_any_work(tiny_ckpt):
+    from eye_clf.__main__ import main
+    with pytest.raises(SystemExit, match="--teacher needs --distill"):
+        main(["train", "--teacher", str(tiny_ckpt), "--limit", "40", "--out", "/nonexistent/never"])
