@@ -3,6 +3,7 @@
 With ``fold_dir`` every fold writes ``fold{k}.json`` (and the fold's model as ``fold{k}.pt``) as soon as it
 finishes, and a rerun resumes: folds already on disk with the same config, data and folds are read, not retrained.
 """
+import hashlib
 import json
 from dataclasses import asdict
 from pathlib import Path
@@ -13,17 +14,38 @@ from scipy import stats
 from sklearn.model_selection import train_test_split
 
 from . import data, metrics
-from .files import provenance, write_json
+from .files import atomic_write, provenance, write_json
 from .models import load_checkpoint, scores
-from .train import TrainConfig, checkpoint, fit, save_checkpoint
+from .train import TrainConfig, augmented_views, checkpoint, fit, save_checkpoint, view_proba
+
+
+def _view_proba(teacher, views):
+    """``view_proba`` of one teacher checkpoint, kept beside it (keyed by the views' content) for the next student."""
+    tag = hashlib.sha256(views.numpy().tobytes()).hexdigest()[:16]
+    path = Path(teacher).with_name(f"{Path(teacher).stem}.views-{tag}.npy")
+    if not path.exists():
+        p = view_proba([load_checkpoint(teacher)[0]], views)
+
+        def save(tmp):
+            with open(tmp, "wb") as f:
+                np.save(f, p)
+        atomic_write(path, save)
+    return np.load(path)
 
 
 def _fold(images, targets, rest, test, cfg, progress, teachers, train_fraction):
-    """Train on ``rest`` (minus its validation part), score the test fold; returns (row, model)."""
+    """Train on ``rest`` (minus its validation part), score the test fold; returns (row, model). ``teachers``:
+    checkpoint files to distil from."""
     train, val = train_test_split(rest, test_size=cfg.val_fraction, stratify=targets[rest], random_state=cfg.seed)
     if train_fraction < 1:  # learning curves: a stratified part of the training images, the same validation part
         train = train_test_split(train, train_size=train_fraction, stratify=targets[train], random_state=cfg.seed)[0]
-    model, history = fit(images, targets, train, val, cfg, progress=progress, teachers=teachers)
+    bank = None
+    if teachers and cfg.teacher_views:
+        views = augmented_views(images[train], cfg)
+        bank = views, np.mean([_view_proba(t, views) for t in teachers], axis=0)
+        teachers = ()
+    teachers = [load_checkpoint(t)[0] for t in teachers]
+    model, history = fit(images, targets, train, val, cfg, progress=progress, teachers=teachers, bank=bank)
     p, p_tta = scores(model, images[test]), scores(model, images[test], tta=True)
     val_threshold = metrics.eer(targets[val], scores(model, images[val], tta=cfg.tta))[1]
     best = min(history, key=lambda r: r["val_loss"])
@@ -66,7 +88,7 @@ def cross_val_predict(images, targets, cfg=None, folds=5, seed=0, progress=True,
         if row is not None and same_key(row["key"]) != key:
             raise ValueError(f"{path} was made with another config or data; move it away to rerun")
         if row is None:
-            teachers = [load_checkpoint(Path(d) / f"fold{k}.pt")[0] for d in teacher_dirs]
+            teachers = [Path(d) / f"fold{k}.pt" for d in teacher_dirs]
             row, model = _fold(images, targets, rest, test, cfg, progress, teachers, train_fraction)
             row = dict(fold=k, key=key, **row, provenance=provenance())
             if path:

@@ -49,6 +49,9 @@ class TrainConfig:
     tta: bool = option(False, "average the logits of the image and its mirror at prediction time")
     calibrate: bool = option(True, "temperature scaling on the validation split after training")
     distill: float = option(0.0, "weight of the teachers' P(open) in the training target (needs teachers)")
+    teacher_views: int = option(0, "0: the teachers score every augmented batch (online); K > 0: they score K "
+                                   "augmented copies of each training image once and the student trains on "
+                                   "those (for teachers too slow to run at every step)")
     seed: int = option(0, "random seed (initialisation, batches, augmentation)")
     device: str = option("auto", "torch device: auto (CUDA when present, else CPU), cpu, cuda, cuda:1, ...")
 
@@ -64,6 +67,7 @@ class TrainConfig:
                       augment=(self.augment >= 0, ">= 0"), invert=(0 <= self.invert <= 1, "in [0, 1]"),
                       val_fraction=(0 < self.val_fraction < 0.5, "in (0, 0.5)"),
                       distill=(0 <= self.distill <= 1, "in [0, 1]"),
+                      teacher_views=(self.teacher_views >= 0, ">= 0"),
                       patience=(self.patience >= 1, ">= 1"))
         for name, (ok, rule) in checks.items():
             if not ok:
@@ -111,29 +115,74 @@ def teacher_proba(teachers, x):
     return torch.stack([torch.sigmoid(logits(t, x, tta=True)) for t in teachers]).mean(0).to(x.device)
 
 
+def augmented_views(images, cfg):
+    """``cfg.teacher_views`` copies of uint8 N x 24 x 24 images, each augmented as in training (K x N x 24 x 24
+    uint8), reproducible from ``cfg.seed``."""
+    aug = data.augmentation(cfg.augment, cfg.invert) or (lambda im: im)
+    gen_state = torch.random.get_rng_state()
+    torch.manual_seed(cfg.seed)
+    x = torch.as_tensor(np.asarray(images), dtype=torch.uint8).unsqueeze(1)
+    views = torch.stack([torch.stack([aug(im) for im in x]) for _ in range(cfg.teacher_views)]).squeeze(2)
+    torch.random.set_rng_state(gen_state)
+    return views
+
+
+def view_proba(teachers, views):
+    """The teachers' P(open) (see teacher_proba) on each of K x N augmented views: a K x N float32 array."""
+    return np.stack([teacher_proba(teachers, data.to_tensor(v.numpy())).numpy() for v in views])
+
+
+class ViewBank(torch.utils.data.Dataset):
+    """Training on precomputed views: item i is one of its K views (drawn at random), mirrored half of the time
+    (the teachers' targets are mirror-averaged, so they hold for both), with its label and the teachers' P(open)."""
+
+    def __init__(self, views, targets, soft):
+        self.views, self.soft = views.unsqueeze(2), torch.as_tensor(soft, dtype=torch.float32)
+        self.targets = torch.as_tensor(np.asarray(targets), dtype=torch.float32)
+
+    def __len__(self):
+        return len(self.targets)
+
+    def __getitem__(self, i):
+        k = int(torch.randint(len(self.views), ()))
+        x = self.views[k, i]
+        x = x.flip(-1) if torch.rand(()) < 0.5 else x
+        return (x.float() / 255 - data.MEAN) / data.STD, self.targets[i], self.soft[k, i]
+
+
 def _epoch_metrics(prefix, loss, y, p):
     return {f"{prefix}_loss": loss, f"{prefix}_accuracy": metrics.accuracy(y, p),
             f"{prefix}_eer": metrics.eer(y, p)[0]}
 
 
-def fit(images, targets, train_idx, val_idx, cfg=None, progress=True, teachers=()):
+def fit(images, targets, train_idx, val_idx, cfg=None, progress=True, teachers=(), bank=None):
     """Train on ``train_idx``, select the epoch of best validation loss on ``val_idx``.
 
     With ``teachers`` (trained models that never saw ``val_idx``) and ``cfg.distill`` = w, the target of each
-    augmented image is w * (teachers' P(open) on that same view) + (1 - w) * its smoothed label (online
-    distillation). The validation loss always uses the labels.
+    augmented image is w * (teachers' P(open) on that same view) + (1 - w) * its smoothed label (distillation).
+    The teachers score every batch (online) or, with ``cfg.teacher_views`` = K, K views of each image once;
+    ``bank`` = (views, P) made by ``augmented_views`` and ``view_proba`` skips that scoring. The validation loss
+    always uses the labels.
 
     Returns ``(model, history)``: the model holds the best-validation-loss weights; history is one dict per epoch
     (train/val loss, accuracy, EER, learning rate, seconds).
     """
     cfg = cfg or TrainConfig()
-    if bool(teachers) != bool(cfg.distill):
+    if bool(teachers or bank) != bool(cfg.distill):
         raise ValueError("distillation needs both teachers and cfg.distill > 0")
+    if bank is not None and not cfg.teacher_views:
+        raise ValueError("a bank of teacher views needs cfg.teacher_views > 0")
+    if cfg.distill and cfg.teacher_views:
+        if bank is None:
+            views = augmented_views(images[train_idx], cfg)
+            bank = views, view_proba(teachers, views)
+        train_set, teachers = ViewBank(bank[0], targets[train_idx], bank[1]), ()
+    else:
+        train_set = data.EyeDataset(images[train_idx], targets[train_idx],
+                                    data.augmentation(cfg.augment, cfg.invert))
     seed_everything(cfg.seed)
     dev = device_of(cfg.device)
     model = build_model(cfg.arch, cfg.method, cfg.weights, cfg.width, cfg.dropout, cfg.input_size).to(dev)
-    train_set = data.EyeDataset(images[train_idx], targets[train_idx],
-                                data.augmentation(cfg.augment, cfg.invert))
     loader = torch.utils.data.DataLoader(train_set, cfg.batch_size, shuffle=True,
                                          drop_last=len(train_set) > cfg.batch_size,  # keep one batch at least
                                          generator=torch.Generator().manual_seed(cfg.seed))
@@ -149,13 +198,14 @@ def fit(images, targets, train_idx, val_idx, cfg=None, progress=True, teachers=(
         t0 = time.perf_counter()
         model.train()
         total, ys, ps = 0.0, [], []
-        for xb, yb in loader:
+        for xb, yb, *soft in loader:
             xb, yb = xb.to(dev, non_blocking=True), yb.to(dev, non_blocking=True)
             with torch.autocast(**amp):
                 z = model(xb).float()
             target = yb * (1 - cfg.label_smoothing) + cfg.label_smoothing / 2
-            if teachers:
-                target = cfg.distill * teacher_proba(teachers, xb) + (1 - cfg.distill) * target
+            if cfg.distill:
+                soft = soft[0].to(dev) if soft else teacher_proba(teachers, xb)
+                target = cfg.distill * soft + (1 - cfg.distill) * target
             loss = F.binary_cross_entropy_with_logits(z, target)
             opt.zero_grad(set_to_none=True)
             loss.backward()

@@ -42,9 +42,9 @@ def test_oof_predictions_never_come_from_a_model_that_saw_the_image(monkeypatch,
     seen = []
     real_fit = cv.fit
 
-    def recording_fit(images_, targets_, train_idx, val_idx, cfg, progress, teachers):
+    def recording_fit(images_, targets_, train_idx, val_idx, cfg, progress, teachers, **kw):
         seen.append(set(train_idx) | set(val_idx))
-        return real_fit(images_, targets_, train_idx, val_idx, cfg, progress, teachers)
+        return real_fit(images_, targets_, train_idx, val_idx, cfg, progress, teachers, **kw)
 
     monkeypatch.setattr(cv, "fit", recording_fit)
     oof, per_fold = cv.cross_val_predict(images, targets, SMALL, folds=3, progress=False, fold_dir=tmp_path)
@@ -144,9 +144,9 @@ def test_cv_students_distil_from_the_teacher_of_their_own_fold(monkeypatch, tmp_
     used = []
     real_fit = cv.fit
 
-    def recording_fit(images_, targets_, train_idx, val_idx, cfg, progress, teachers):
+    def recording_fit(images_, targets_, train_idx, val_idx, cfg, progress, teachers, **kw):
         used.append(teachers[0].state_dict()["head.weight"].clone())
-        return real_fit(images_, targets_, train_idx, val_idx, cfg, progress, teachers)
+        return real_fit(images_, targets_, train_idx, val_idx, cfg, progress, teachers, **kw)
 
     monkeypatch.setattr(cv, "fit", recording_fit)
     student = TrainConfig(**{**asdict(SMALL), "distill": 0.5})
@@ -163,9 +163,9 @@ def test_learning_curve_folds_train_on_a_part_and_keep_the_validation_part(monke
     sizes = []
     real_fit = cv.fit
 
-    def recording_fit(images_, targets_, train_idx, val_idx, cfg, progress, teachers):
+    def recording_fit(images_, targets_, train_idx, val_idx, cfg, progress, teachers, **kw):
         sizes.append((len(train_idx), len(val_idx)))
-        return real_fit(images_, targets_, train_idx, val_idx, cfg, progress, teachers)
+        return real_fit(images_, targets_, train_idx, val_idx, cfg, progress, teachers, **kw)
 
     monkeypatch.setattr(cv, "fit", recording_fit)
     cv.cross_val_predict(images, targets, SMALL, folds=2, progress=False, fold_dir=tmp_path / "all")
@@ -211,3 +211,42 @@ def test_teacher_without_distill_is_refused_before_any_work(tiny_ckpt):
     from eye_clf.__main__ import main
     with pytest.raises(SystemExit, match="--teacher needs --distill"):
         main(["train", "--teacher", str(tiny_ckpt), "--limit", "40", "--out", "/nonexistent/never"])
+
+
+def test_view_bank_distillation_trains_towards_the_teachers():
+    images, targets = synthetic(200)
+    tr, va, _ = data.split(targets, seed=0)
+    teacher, _ = train.fit(images, targets, tr, va, SMALL, progress=False)
+    flipped = targets.copy()
+    flipped[tr] = 1 - targets[tr]
+    cfg = TrainConfig(**{**asdict(SMALL), "distill": 1.0, "epochs": 4, "teacher_views": 2})
+    student, _ = train.fit(images, flipped, tr, va, cfg, progress=False, teachers=[teacher])
+    assert metrics.eer(targets[va], models.scores(student, images[va]))[0] < 0.1
+    with pytest.raises(ValueError, match="needs cfg.teacher_views"):
+        train.fit(images, targets, tr, va, TrainConfig(distill=0.5), progress=False, bank=(None, None))
+
+
+def test_augmented_views_are_reproducible_augmented_and_leave_the_global_rng_alone():
+    images, _ = synthetic(20)
+    cfg = TrainConfig(teacher_views=3, seed=5)
+    torch.manual_seed(0)
+    views = train.augmented_views(images, cfg)
+    after = torch.rand(())
+    torch.manual_seed(0)
+    assert torch.equal(views, train.augmented_views(images, cfg)) and torch.rand(()) == after
+    assert views.shape == (3, 20, 24, 24) and views.dtype == torch.uint8
+    assert not torch.equal(views[0], views[1]) and not torch.equal(views[0], torch.as_tensor(images))
+
+
+def test_cv_scores_each_teacher_fold_on_the_views_once(monkeypatch, tmp_path):
+    images, targets = synthetic(60)
+    cv.cross_val_predict(images, targets, SMALL, folds=3, progress=False, fold_dir=tmp_path / "teacher")
+    calls = []
+    real = cv.view_proba
+    monkeypatch.setattr(cv, "view_proba", lambda t, v: calls.append(len(v)) or real(t, v))
+    for name, w in (("mixed", 0.5), ("soft", 1.0)):  # two students on the same views: one scoring
+        cfg = TrainConfig(**{**asdict(SMALL), "distill": w, "teacher_views": 2})
+        cv.cross_val_predict(images, targets, cfg, folds=3, progress=False, fold_dir=tmp_path / name,
+                             teacher_dirs=[tmp_path / "teacher"])
+    assert calls == [2, 2, 2]
+    assert len(list((tmp_path / "teacher").glob("fold*.views-*.npy"))) == 3
