@@ -46,6 +46,7 @@ RUNS = {
     "student16_lite0_soft": dict(distill=1.0, teacher_views=10, teachers=["lite0_imagenet_e12"]),
     "student16_lite0+e100_mix": dict(distill=0.5, teacher_views=10, teachers=["lite0_imagenet_e12", "eyenet16_e100"]),
     "student24_lite0_mix": dict(width=24, distill=0.5, teacher_views=10, teachers=["lite0_imagenet_e12"]),
+    "student16_e32_mix": dict(distill=0.5, teacher_views=10, teachers=["eyenet32_e30"]),
 }
 
 
