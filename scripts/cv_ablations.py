@@ -41,12 +41,11 @@ RUNS = {
     "eyenet16_e30_train25": dict(epochs=30, train_fraction=0.25),
     "eyenet16_e30_train50": dict(epochs=30, train_fraction=0.5),
     "eyenet16_e30_train75": dict(epochs=30, train_fraction=0.75),
-    # students of the shipped recipe: the teachers score 10 augmented views of each training image once
+    # students of the shipped recipe: the teachers score 10 augmented views of each training image once; "mix"
+    # targets are half the teachers' P(open), half the smoothed label; "soft" targets are the teachers' alone
     "student16_lite0_mix": dict(distill=0.5, teacher_views=10, teachers=["lite0_imagenet_e12"]),
-    "student16_lite0_soft": dict(distill=1.0, teacher_views=10, teachers=["lite0_imagenet_e12"]),
-    "student16_lite0+e100_mix": dict(distill=0.5, teacher_views=10, teachers=["lite0_imagenet_e12", "eyenet16_e100"]),
-    "student24_lite0_mix": dict(width=24, distill=0.5, teacher_views=10, teachers=["lite0_imagenet_e12"]),
     "student16_e32_mix": dict(distill=0.5, teacher_views=10, teachers=["eyenet32_e30"]),
+    "student16_e32_soft": dict(distill=1.0, teacher_views=10, teachers=["eyenet32_e30"]),
 }
 
 
