@@ -1,0 +1,39 @@
+"""How much of the CV error can label noise explain? Out-of-fold P(open) of a finished CV run against the two extra
+human labelings in other_annotations.csv.
+
+    python scripts/label_noise.py [RUN]     # default: the shipped recipe's CV (results/cv/eyenet16_e100)
+
+Prints, for the images where both extra annotators agree with each other but not with the reference, how many the
+CV models get wrong, and the pooled out-of-fold EER with and without those images.
+"""
+import argparse
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from eye_clf import data, experiment, metrics
+
+RESULTS = Path(__file__).resolve().parent.parent / "results"
+
+ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+ap.add_argument("run", nargs="?", default="eyenet16_e100")
+args = ap.parse_args()
+rows = experiment.cv_rows(args.run, RESULTS / "cv")
+if rows is None:
+    raise SystemExit(f"error: results/cv/{args.run} has no complete CV")
+_, targets, names = data.load_dataset()
+p, threshold = np.full(len(targets), np.nan), np.full(len(targets), np.nan)
+for r in rows:
+    p[r["test_idx"]], threshold[r["test_idx"]] = r["p"], r["val_threshold"]
+other = pd.read_csv(data.data_dir() / "other_annotations.csv", dtype={"img_name": str}).set_index("img_name")
+other = other.reindex([Path(n).name for n in names])
+a, b = other["annotator_a"].to_numpy(), other["annotator_b"].to_numpy()
+both = ~np.isnan(a) & ~np.isnan(b)
+against = both & (a == b) & (a != targets)
+wrong = (p >= threshold) != targets
+print(f"run {args.run}: {wrong.sum()} of {len(targets)} images wrong out of fold (each fold's validation threshold)")
+print(f"both extra annotators label {both.sum()} images; they agree with each other against the reference on "
+      f"{against.sum()}; the CV models are wrong on {wrong[against].sum()} of those")
+print(f"pooled out-of-fold EER: {100 * metrics.eer(targets, p)[0]:.2f}% on all images, "
+      f"{100 * metrics.eer(targets[~against], p[~against])[0]:.2f}% without those {against.sum()}")
