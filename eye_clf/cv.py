@@ -89,8 +89,9 @@ def cross_val_predict(images, targets, cfg=None, folds=5, seed=0, progress=True,
             raise ValueError(f"{path} was made with another config or data; move it away to rerun")
         if row is None:
             teachers = [Path(d) / f"fold{k}.pt" for d in teacher_dirs]
+            prov = provenance()  # the code this fold starts with, whatever is committed while it trains
             row, model = _fold(images, targets, rest, test, cfg, progress, teachers, train_fraction)
-            row = dict(fold=k, key=key, **row, provenance=provenance())
+            row = dict(fold=k, key=key, **row, provenance=prov)
             if path:
                 save_checkpoint(checkpoint(model, cfg), path.with_suffix(".pt"))
                 write_json(path, row)
