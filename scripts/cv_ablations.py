@@ -64,9 +64,12 @@ def run(name, images, targets):
           flush=True)
 
 
-def load(name):
-    """Per-fold rows of a finished run (None if some fold is missing)."""
-    return experiment.cv_rows(name, OUT / "cv")
+def load(name, partial=False):
+    """Per-fold rows of a finished run (None if some fold is missing); ``partial``: the folds there are, if any."""
+    rows = experiment.cv_rows(name, OUT / "cv")
+    if rows is None and partial:
+        rows = [json.loads(p.read_text()) for p in sorted((OUT / "cv" / name).glob("fold*.json"))] or None
+    return rows
 
 
 def oof_of(rows, n, tta=False):
@@ -98,8 +101,8 @@ def cells(f, ref):
         m, h = interval(f[col]) if col in f else (np.nan, np.nan)
         cell[label] = f"{100 * m:.2f} ± {100 * h:.2f}" if np.isfinite(m) else "—"
     paired = "(reference)"
-    if ref is not None:
-        m, h = interval(f["eer"].to_numpy() - pd.DataFrame(ref)["eer"].to_numpy())
+    if ref is not None:  # on the folds the run has
+        m, h = interval(f["eer"].to_numpy() - pd.DataFrame(ref).set_index("fold").loc[f["fold"], "eer"].to_numpy())
         paired = f"{100 * m:+.2f} ± {100 * h:.2f}"
     return {**cell, f"ΔEER vs {REFERENCE} (paired)": paired}
 
@@ -110,11 +113,12 @@ def table(targets):
     found = experiment.cv_of(TrainConfig(), OUT / "cv")
     rows = []
     for name in RUNS:
-        r = load(name)
+        r = load(name, partial=True)
         if r is None:
             continue
         f = pd.DataFrame(r)
         tag = " (shipped)" if found and name == found[0] else ""
+        tag += f" (unfinished: folds {f['fold'].tolist()} only)" if len(r) < 5 else ""
         rows.append(dict(run=name + tag, change=json.dumps(RUNS[name]), **cells(f, None if name == REFERENCE else ref),
                          **{"best epoch (mean)": f"{f['best_epoch'].mean():.0f}",
                             "train s/fold": f"{f['seconds'].mean():.0f}"}))
