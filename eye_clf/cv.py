@@ -30,7 +30,14 @@ def _view_proba(teacher, views):
             with open(tmp, "wb") as f:
                 np.save(f, p)
         atomic_write(path, save)
-    return np.load(path)
+    try:
+        p = np.load(path)
+    except (ValueError, OSError, EOFError) as err:
+        raise ValueError(f"{path}: unreadable teacher scores ({err}); delete the file to recompute them") from None
+    if p.shape != tuple(views.shape[:2]):
+        raise ValueError(f"{path}: teacher scores of shape {p.shape}, expected {tuple(views.shape[:2])}; delete the "
+                         "file to recompute them")
+    return p
 
 
 def _fold(images, targets, rest, test, cfg, progress, teachers, train_fraction):

@@ -249,4 +249,10 @@ def test_cv_scores_each_teacher_fold_on_the_views_once(monkeypatch, tmp_path):
         cv.cross_val_predict(images, targets, cfg, folds=3, progress=False, fold_dir=tmp_path / name,
                              teacher_dirs=[tmp_path / "teacher"])
     assert calls == [2, 2, 2]
-    assert len(list((tmp_path / "teacher").glob("fold*.views-*.npy"))) == 3
+    cached = sorted((tmp_path / "teacher").glob("fold*.views-*.npy"))
+    assert len(cached) == 3
+    cached[0].write_bytes(b"not an array")
+    cfg = TrainConfig(**{**asdict(SMALL), "distill": 0.5, "teacher_views": 2})
+    with pytest.raises(ValueError, match=f"{cached[0].name}: unreadable teacher scores"):
+        cv.cross_val_predict(images, targets, cfg, folds=3, progress=False, fold_dir=tmp_path / "third",
+                             teacher_dirs=[tmp_path / "teacher"])
