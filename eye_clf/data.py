@@ -196,6 +196,23 @@ def augmentation(strength=1.0, invert=0.0):
     ])
 
 
+def batch_augmentation(strength=1.0, invert=0.0):
+    """The same augmentation for whole batches (float N x 1 x H x W, values in [0, 1]) on their own device, each
+    image with its own random parameters (kornia; shifts, rotations and scales resample bilinearly), so training
+    never augments image by image; None when both are 0."""
+    import kornia.augmentation as K  # training only: prediction does not need it
+    s = strength
+    if not (s or invert):
+        return None
+    return torch.nn.Sequential(
+        *([K.RandomHorizontalFlip(),
+           K.RandomAffine(degrees=10 * s, translate=(0.1 * s, 0.1 * s), scale=(1 - 0.1 * s, 1 + 0.1 * s)),
+           K.ColorJitter(brightness=0.4 * s, contrast=0.4 * s),
+           K.RandomGaussianBlur((3, 3), sigma=(0.1, 1.0), p=0.2 * s)] if s else []),
+        *([K.RandomInvert(p=invert)] if invert else []),
+    )
+
+
 class EyeDataset(torch.utils.data.Dataset):
     """uint8 images + 0/1 targets; yields (normalized 1x24x24 float tensor, float target)."""
 

@@ -43,6 +43,8 @@ class TrainConfig:
     label_smoothing: float = option(0.1, "targets s/2 and 1 - s/2: the labels themselves are uncertain on hard images")
     augment: float = option(1.0, "augmentation strength: flips, shifts, rotations, scales, light, blur (0: none)")
     invert: float = option(0.0, "probability of inverting colours during training")
+    batch_augment: bool = option(False, "augment whole batches on the training device (kornia), not image by "
+                                        "image in the data loader (torchvision)")
     val_fraction: float = option(0.1, "training images held out to pick the best epoch and the temperature")
     patience: int = option(100, "early stopping: epochs without a better validation loss (one-cycle LR peaks at "
                                    "30% and its best epochs come at the end: the shipped recipe does not stop early)")
@@ -118,11 +120,16 @@ def teacher_proba(teachers, x):
 def augmented_views(images, cfg):
     """``cfg.teacher_views`` copies of uint8 N x 24 x 24 images, each augmented as in training (K x N x 24 x 24
     uint8), reproducible from ``cfg.seed``."""
-    aug = data.augmentation(cfg.augment, cfg.invert) or (lambda im: im)
     gen_state = torch.random.get_rng_state()
     torch.manual_seed(cfg.seed)
     x = torch.as_tensor(np.asarray(images), dtype=torch.uint8).unsqueeze(1)
-    views = torch.stack([torch.stack([aug(im) for im in x]) for _ in range(cfg.teacher_views)]).squeeze(2)
+    if cfg.batch_augment:
+        aug = data.batch_augmentation(cfg.augment, cfg.invert) or (lambda b: b)
+        views = torch.stack([(aug(x / 255) * 255).round().to(torch.uint8) for _ in range(cfg.teacher_views)])
+    else:
+        aug = data.augmentation(cfg.augment, cfg.invert) or (lambda im: im)
+        views = torch.stack([torch.stack([aug(im) for im in x]) for _ in range(cfg.teacher_views)])
+    views = views.squeeze(2)
     torch.random.set_rng_state(gen_state)
     return views
 
@@ -158,6 +165,9 @@ def _epoch_metrics(prefix, loss, y, p):
 def fit(images, targets, train_idx, val_idx, cfg=None, progress=True, teachers=(), bank=None):
     """Train on ``train_idx``, select the epoch of best validation loss on ``val_idx``.
 
+    Training images are augmented image by image in the data loader or, with ``cfg.batch_augment``, a whole batch
+    at a time on the training device (several times faster on CPU).
+
     With ``teachers`` (trained models that never saw ``val_idx``) and ``cfg.distill`` = w, the target of each
     augmented image is w * (teachers' P(open) on that same view) + (1 - w) * its smoothed label (distillation).
     The teachers score every batch (online) or, with ``cfg.teacher_views`` = K, K views of each image once;
@@ -172,17 +182,22 @@ def fit(images, targets, train_idx, val_idx, cfg=None, progress=True, teachers=(
         raise ValueError("distillation needs both teachers and cfg.distill > 0")
     if bank is not None and not cfg.teacher_views:
         raise ValueError("a bank of teacher views needs cfg.teacher_views > 0")
+    batch_aug = None
     if cfg.distill and cfg.teacher_views:
         if bank is None:
             views = augmented_views(images[train_idx], cfg)
             bank = views, view_proba(teachers, views)
         train_set, teachers = ViewBank(bank[0], targets[train_idx], bank[1]), ()
+    elif cfg.batch_augment:
+        train_set = data.EyeDataset(images[train_idx], targets[train_idx])
+        batch_aug = data.batch_augmentation(cfg.augment, cfg.invert)
     else:
         train_set = data.EyeDataset(images[train_idx], targets[train_idx],
                                     data.augmentation(cfg.augment, cfg.invert))
     seed_everything(cfg.seed)
     dev = device_of(cfg.device)
-    model = build_model(cfg.arch, cfg.method, cfg.weights, cfg.width, cfg.dropout, cfg.input_size).to(dev)
+    model = build_model(cfg.arch, cfg.method, cfg.weights, cfg.width, cfg.dropout, cfg.input_size)
+    model.to(dev, memory_format=torch.channels_last)  # 1.5x faster convolutions on CPU; returned as usual
     loader = torch.utils.data.DataLoader(train_set, cfg.batch_size, shuffle=True,
                                          drop_last=len(train_set) > cfg.batch_size,  # keep one batch at least
                                          generator=torch.Generator().manual_seed(cfg.seed))
@@ -200,6 +215,8 @@ def fit(images, targets, train_idx, val_idx, cfg=None, progress=True, teachers=(
         total, ys, ps = 0.0, [], []
         for xb, yb, *soft in loader:
             xb, yb = xb.to(dev, non_blocking=True), yb.to(dev, non_blocking=True)
+            if batch_aug is not None:
+                xb = (batch_aug(xb * data.STD + data.MEAN) - data.MEAN) / data.STD
             with torch.autocast(**amp):
                 z = model(xb).float()
             target = yb * (1 - cfg.label_smoothing) + cfg.label_smoothing / 2
@@ -230,7 +247,7 @@ def fit(images, targets, train_idx, val_idx, cfg=None, progress=True, teachers=(
             stale += 1
             if stale >= cfg.patience:
                 break
-    model.load_state_dict(best_state)
+    model.to(memory_format=torch.contiguous_format).load_state_dict(best_state)
     if cfg.calibrate:
         model.temperature.fill_(fit_temperature(logits(model, x_val, tta=cfg.tta), y_val))
     return model, history

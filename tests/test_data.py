@@ -315,6 +315,15 @@ def test_augmentation_invert_and_no_strength():
         assert torch.equal(out, 255 - x) or torch.equal(out, (255 - x).flip(-1))
 
 
+def test_batch_augmentation_gives_each_image_its_own_parameters():
+    x = torch.from_numpy(smooth_image()).float().div(255).expand(16, 1, 24, 24)
+    out = data.batch_augmentation()(x)
+    assert out.shape == x.shape and out.dtype == torch.float32 and 0 <= out.min() and out.max() <= 1
+    assert len({o.numpy().tobytes() for o in out}) == 16  # one input, sixteen different augmentations
+    assert data.batch_augmentation(0, 0) is None
+    assert torch.allclose(data.batch_augmentation(strength=0, invert=1.0)(x), 1 - x)
+
+
 def test_dataset_applies_transform():
     images = np.stack([smooth_image(seed=i) for i in range(4)])
     plain = data.EyeDataset(images, np.ones(4))

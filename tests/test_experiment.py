@@ -226,9 +226,10 @@ def test_view_bank_distillation_trains_towards_the_teachers():
         train.fit(images, targets, tr, va, TrainConfig(distill=0.5), progress=False, bank=(None, None))
 
 
-def test_augmented_views_are_reproducible_augmented_and_leave_the_global_rng_alone():
+@pytest.mark.parametrize("batch_augment", [False, True])
+def test_augmented_views_are_reproducible_augmented_and_leave_the_global_rng_alone(batch_augment):
     images, _ = synthetic(20)
-    cfg = TrainConfig(teacher_views=3, seed=5)
+    cfg = TrainConfig(teacher_views=3, seed=5, batch_augment=batch_augment)
     torch.manual_seed(0)
     views = train.augmented_views(images, cfg)
     after = torch.rand(())

@@ -37,14 +37,23 @@ def test_fit_learns_a_separable_task(toy):
     assert history[-1]["val_accuracy"] == pytest.approx(metrics.accuracy(targets[va], p))
 
 
-def test_fit_is_seeded(toy):
+@pytest.mark.parametrize("batch_augment", [False, True])
+def test_fit_is_seeded_with_either_augmentation(toy, batch_augment):
     images, targets, tr, va = toy
-    cfg = replace(CFG, epochs=2, augment=1.0, device="cpu")  # CUDA kernels need not be bit-reproducible
+    cfg = replace(CFG, epochs=2, augment=1.0, batch_augment=batch_augment, device="cpu")  # CUDA: not bit-exact
     a = fit(images, targets, tr, va, cfg, progress=False)[1]
     b = fit(images, targets, tr, va, cfg, progress=False)[1]
     c = fit(images, targets, tr, va, replace(cfg, seed=1), progress=False)[1]
     assert [r["val_loss"] for r in a] == [r["val_loss"] for r in b]
     assert [r["val_loss"] for r in a] != [r["val_loss"] for r in c]
+
+
+def test_fit_with_batch_augmentation_learns_and_returns_a_plain_layout_model(toy):
+    images, targets, tr, va = toy
+    model, _ = fit(images, targets, tr, va, replace(CFG, augment=0.5, batch_augment=True, epochs=6),
+                   progress=False)
+    assert metrics.eer(targets[va], models.scores(model, images[va]))[0] < 0.1
+    assert all(p.is_contiguous() for p in model.parameters())  # trained channels-last, returned as usual
 
 
 def misleading(toy):
