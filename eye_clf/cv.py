@@ -65,9 +65,13 @@ def _fold(images, targets, rest, test, cfg, progress, teachers, train_fraction):
     return row, model
 
 
+# TrainConfig fields added after some folds ran, with the behaviour those folds had (for later fields the default).
+BEFORE = dict(batch_augment=False)
+
+
 def same_key(key):
-    """A fold's key with its config completed by TrainConfig's current defaults (fields added since it ran)."""
-    return {**key, "config": asdict(TrainConfig.from_dict(key["config"]))}
+    """A fold's key with its config completed for fields added since it ran (BEFORE, else TrainConfig's defaults)."""
+    return {**key, "config": asdict(TrainConfig.from_dict({**BEFORE, **key["config"]}))}
 
 
 def cross_val_predict(images, targets, cfg=None, folds=5, seed=0, progress=True, fold_dir=None, teacher_dirs=(),

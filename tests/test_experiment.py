@@ -65,6 +65,12 @@ def test_cv_resumes_from_fold_files_and_refuses_another_config(monkeypatch, tmp_
         cv.cross_val_predict(images, targets, TrainConfig(width=5, epochs=2), folds=3, fold_dir=tmp_path)
 
 
+def test_a_fold_from_before_a_config_field_existed_keeps_its_behaviour():
+    key = dict(config={k: v for k, v in asdict(TrainConfig()).items() if k != "batch_augment"}, folds=5)
+    assert cv.same_key(key)["config"]["batch_augment"] is False  # such folds augmented image by image
+    assert cv.same_key(key)["config"]["teacher_views"] == TrainConfig().teacher_views
+
+
 def test_interval_is_the_t_interval():
     mean, half = cv.interval([1, 2, 3, 4, 5])
     # t(0.975, 4) = 2.7764, sample std = 1.5811, n = 5
