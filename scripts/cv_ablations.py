@@ -48,6 +48,7 @@ RUNS = {
     "student16_lite0_mix": dict(distill=0.5, teacher_views=10, teachers=["lite0_imagenet_e12"]),
     "student16_e32_mix": dict(distill=0.5, teacher_views=10, teachers=["eyenet32_e30"]),
     "student16_e32_soft": dict(distill=1.0, teacher_views=10, teachers=["eyenet32_e30"]),
+    "student24_e32_mix": dict(width=24, batch_augment=True, distill=0.5, teacher_views=10, teachers=["eyenet32_e30"]),
 }
 
 
