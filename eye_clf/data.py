@@ -181,32 +181,38 @@ def to_tensor(images):
     return torch.from_numpy(normalize(images))
 
 
-def augmentation(strength=1.0, invert=0.0):
-    """Training augmentation on uint8 1x24x24 tensors: flips, shifts, small rotations/scales, light and blur
-    (``strength`` 0: none of these), then colour inversion with probability ``invert``; None when both are 0."""
+RESAMPLE = ("nearest", "bilinear")
+
+
+def augmentation(strength=1.0, invert=0.0, resample="nearest"):
+    """Training augmentation on uint8 1x24x24 tensors: flips, shifts, small rotations/scales (``resample``: how
+    they interpolate), light and blur (``strength`` 0: none of these), then colour inversion with probability
+    ``invert``; None when both are 0."""
     s = strength
     if not (s or invert):
         return None
     return v2.Compose([
         *([v2.RandomHorizontalFlip(),
-           v2.RandomAffine(degrees=10 * s, translate=(0.1 * s, 0.1 * s), scale=(1 - 0.1 * s, 1 + 0.1 * s)),
+           v2.RandomAffine(degrees=10 * s, translate=(0.1 * s, 0.1 * s), scale=(1 - 0.1 * s, 1 + 0.1 * s),
+                           interpolation=v2.InterpolationMode[resample.upper()]),
            v2.ColorJitter(brightness=0.4 * s, contrast=0.4 * s),
            v2.RandomApply([v2.GaussianBlur(3, sigma=(0.1, 1.0))], p=0.2 * s)] if s else []),
         v2.RandomInvert(p=invert),
     ])
 
 
-def batch_augmentation(strength=1.0, invert=0.0):
+def batch_augmentation(strength=1.0, invert=0.0, resample="nearest"):
     """The same augmentation for whole batches (float N x 1 x H x W, values in [0, 1]) on their own device, each
-    image with its own random parameters (kornia; shifts, rotations and scales resample bilinearly), so training
-    never augments image by image; None when both are 0."""
+    image with its own random parameters (kornia), so training never augments image by image; None when both
+    are 0."""
     import kornia.augmentation as K  # training only: prediction does not need it
     s = strength
     if not (s or invert):
         return None
     return torch.nn.Sequential(
         *([K.RandomHorizontalFlip(),
-           K.RandomAffine(degrees=10 * s, translate=(0.1 * s, 0.1 * s), scale=(1 - 0.1 * s, 1 + 0.1 * s)),
+           K.RandomAffine(degrees=10 * s, translate=(0.1 * s, 0.1 * s), scale=(1 - 0.1 * s, 1 + 0.1 * s),
+                          resample=resample),
            K.ColorJitter(brightness=0.4 * s, contrast=0.4 * s),
            K.RandomGaussianBlur((3, 3), sigma=(0.1, 1.0), p=0.2 * s)] if s else []),
         *([K.RandomInvert(p=invert)] if invert else []),

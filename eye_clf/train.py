@@ -45,6 +45,8 @@ class TrainConfig:
     invert: float = option(0.0, "probability of inverting colours during training")
     batch_augment: bool = option(False, "augment whole batches on the training device (kornia), not image by "
                                         "image in the data loader (torchvision)")
+    resample: str = option("nearest", "interpolation of the shifted, rotated and scaled training images: nearest "
+                                      "(torchvision's default) or bilinear")
     val_fraction: float = option(0.1, "training images held out to pick the best epoch and the temperature")
     patience: int = option(100, "early stopping: epochs without a better validation loss (one-cycle LR peaks at "
                                    "30% and its best epochs come at the end: the shipped recipe does not stop early)")
@@ -67,6 +69,7 @@ class TrainConfig:
                       lr=(self.lr > 0, "> 0"), weight_decay=(self.weight_decay >= 0, ">= 0"),
                       label_smoothing=(0 <= self.label_smoothing < 1, "in [0, 1)"),
                       augment=(self.augment >= 0, ">= 0"), invert=(0 <= self.invert <= 1, "in [0, 1]"),
+                      resample=(self.resample in data.RESAMPLE, f"one of {data.RESAMPLE}"),
                       val_fraction=(0 < self.val_fraction < 0.5, "in (0, 0.5)"),
                       distill=(0 <= self.distill <= 1, "in [0, 1]"),
                       teacher_views=(self.teacher_views >= 0, ">= 0"),
@@ -124,10 +127,10 @@ def augmented_views(images, cfg):
     torch.manual_seed(cfg.seed)
     x = torch.as_tensor(np.asarray(images), dtype=torch.uint8).unsqueeze(1)
     if cfg.batch_augment:
-        aug = data.batch_augmentation(cfg.augment, cfg.invert) or (lambda b: b)
+        aug = data.batch_augmentation(cfg.augment, cfg.invert, cfg.resample) or (lambda b: b)
         views = torch.stack([(aug(x / 255) * 255).round().to(torch.uint8) for _ in range(cfg.teacher_views)])
     else:
-        aug = data.augmentation(cfg.augment, cfg.invert) or (lambda im: im)
+        aug = data.augmentation(cfg.augment, cfg.invert, cfg.resample) or (lambda im: im)
         views = torch.stack([torch.stack([aug(im) for im in x]) for _ in range(cfg.teacher_views)])
     views = views.squeeze(2)
     torch.random.set_rng_state(gen_state)
@@ -190,10 +193,10 @@ def fit(images, targets, train_idx, val_idx, cfg=None, progress=True, teachers=(
         train_set, teachers = ViewBank(bank[0], targets[train_idx], bank[1]), ()
     elif cfg.batch_augment:
         train_set = data.EyeDataset(images[train_idx], targets[train_idx])
-        batch_aug = data.batch_augmentation(cfg.augment, cfg.invert)
+        batch_aug = data.batch_augmentation(cfg.augment, cfg.invert, cfg.resample)
     else:
         train_set = data.EyeDataset(images[train_idx], targets[train_idx],
-                                    data.augmentation(cfg.augment, cfg.invert))
+                                    data.augmentation(cfg.augment, cfg.invert, cfg.resample))
     seed_everything(cfg.seed)
     dev = device_of(cfg.device)
     model = build_model(cfg.arch, cfg.method, cfg.weights, cfg.width, cfg.dropout, cfg.input_size)

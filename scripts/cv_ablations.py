@@ -36,8 +36,10 @@ RUNS = {
     "eyenet16_e60": dict(epochs=60),
     "eyenet16_e100": dict(epochs=100),
     "eyenet32_e30": dict(width=32, epochs=30),
-    # the shipped recipe with its augmentation applied to whole batches (kornia) instead of image by image
-    "eyenet16_e100_batchaug": dict(epochs=100, batch_augment=True),
+    # the shipped recipe with its augmentation applied to whole batches (kornia) instead of image by image, its
+    # shifts/rotations/scales resampled as torchvision does (nearest) or bilinearly
+    "eyenet16_e100_batchaug_nearest": dict(epochs=100, batch_augment=True),
+    "eyenet16_e100_batchaug": dict(epochs=100, batch_augment=True, resample="bilinear"),
     "lite0_imagenet_e12": dict(arch="efficientnet_lite0", weights="imagenet", input_size=64, epochs=12, lr=1e-3),
     # learning curve of the 30-epoch recipe: a stratified part of each fold's training images
     "eyenet16_e30_train25": dict(epochs=30, train_fraction=0.25),

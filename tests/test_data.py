@@ -324,6 +324,12 @@ def test_batch_augmentation_gives_each_image_its_own_parameters():
     assert torch.allclose(data.batch_augmentation(strength=0, invert=1.0)(x), 1 - x)
 
 
+@pytest.mark.parametrize("resample", ["nearest", "bilinear"])
+def test_both_augmentations_resample_as_asked(resample):
+    assert data.augmentation(resample=resample).transforms[1].interpolation.value == resample
+    assert data.batch_augmentation(resample=resample)[1].flags["resample"].name == resample.upper()
+
+
 def test_dataset_applies_transform():
     images = np.stack([smooth_image(seed=i) for i in range(4)])
     plain = data.EyeDataset(images, np.ones(4))

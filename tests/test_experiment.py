@@ -106,7 +106,8 @@ def test_ablation_table_shows_paired_differences(monkeypatch, tmp_path):
 @pytest.mark.parametrize("change, field", [(dict(epochs=0), "epochs"), (dict(epochs=-1), "epochs"),
                                            (dict(batch_size=0), "batch_size"), (dict(arch="vgg"), "arch"),
                                            (dict(invert=1.5), "invert"), (dict(val_fraction=0), "val_fraction"),
-                                           (dict(label_smoothing=1), "label_smoothing")])
+                                           (dict(label_smoothing=1), "label_smoothing"),
+                                           (dict(resample="cubic"), "resample")])
 def test_config_refuses_bad_values_naming_the_field(change, field):
     with pytest.raises(ConfigError, match=f"^{field}: must be") as err:
         TrainConfig(**change)
