@@ -36,6 +36,7 @@ RUNS = {
     "eyenet16_e60": dict(epochs=60),
     "eyenet16_e100": dict(epochs=100),
     "eyenet32_e30": dict(width=32, epochs=30),
+    "eyenet48_e30": dict(width=48, epochs=30, batch_augment=True),
     # the shipped recipe with its augmentation applied to whole batches (kornia) instead of image by image, its
     # shifts/rotations/scales resampled as torchvision does (nearest) or bilinearly
     "eyenet16_e100_batchaug_nearest": dict(epochs=100, batch_augment=True),
