@@ -92,7 +92,7 @@ def cross_val_predict(images, targets, cfg=None, folds=5, seed=0, progress=True,
     key = dict(config=asdict(cfg), folds=folds, seed=seed, n=len(targets), n_open=int(np.sum(targets)),
                **({"teachers": [Path(d).name for d in teacher_dirs]} if teacher_dirs else {}),
                **({"train_fraction": train_fraction} if train_fraction < 1 else {}))
-    rows = []
+    rows, prov = [], provenance()  # the code this run loaded: later commits do not change a running process
     for k, (rest, test) in enumerate(data.kfold(targets, folds, seed)):
         path = Path(fold_dir) / f"fold{k}.json" if fold_dir else None
         row = json.loads(path.read_text()) if path and path.exists() else None
@@ -100,7 +100,6 @@ def cross_val_predict(images, targets, cfg=None, folds=5, seed=0, progress=True,
             raise ValueError(f"{path} was made with another config or data; move it away to rerun")
         if row is None:
             teachers = [Path(d) / f"fold{k}.pt" for d in teacher_dirs]
-            prov = provenance()  # the code this fold starts with, whatever is committed while it trains
             row, model = _fold(images, targets, rest, test, cfg, progress, teachers, train_fraction)
             row = dict(fold=k, key=key, **row, provenance=prov)
             if path:
