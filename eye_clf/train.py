@@ -43,8 +43,8 @@ class TrainConfig:
     label_smoothing: float = option(0.1, "targets s/2 and 1 - s/2: the labels themselves are uncertain on hard images")
     augment: float = option(1.0, "augmentation strength: flips, shifts, rotations, scales, light, blur (0: none)")
     invert: float = option(0.0, "probability of inverting colours during training")
-    batch_augment: bool = option(False, "augment whole batches on the training device (kornia), not image by "
-                                        "image in the data loader (torchvision)")
+    batch_augment: bool = option(True, "augment whole batches on the training device (kornia: twice as fast on "
+                                       "CPU), not image by image in the data loader (torchvision)")
     resample: str = option("nearest", "interpolation of the shifted, rotated and scaled training images: nearest "
                                       "(torchvision's default) or bilinear")
     val_fraction: float = option(0.1, "training images held out to pick the best epoch and the temperature")

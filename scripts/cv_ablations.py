@@ -25,33 +25,36 @@ from eye_clf.files import atomic_write
 from eye_clf.train import TrainConfig
 
 OUT = Path(__file__).resolve().parent.parent / "results"
-REFERENCE = "eyenet16_e100"  # the shipped recipe
+REFERENCE = "eyenet16_e100_batchaug_nearest"  # the shipped recipe
 # averages of finished runs' out-of-fold P(open)
 ENSEMBLES = [("eyenet16_e30", "eyenet16_e60", "eyenet16_e100"), ("eyenet16_e100", "lite0_imagenet_e12"),
              ("eyenet16_e100", "eyenet32_e30", "lite0_imagenet_e12")]
+# Runs made before batch augmentation existed augmented image by image in the data loader (torchvision).
+PER_IMAGE = dict(batch_augment=False)
 # Changes from TrainConfig's defaults (the shipped recipe). A run may also name `teachers` (finished runs here: fold k
 # of the student distils from their fold-k models) or a `train_fraction` of each fold's training images.
 RUNS = {
-    "eyenet16_e30": dict(epochs=30),
-    "eyenet16_e60": dict(epochs=60),
-    "eyenet16_e100": dict(epochs=100),
-    "eyenet32_e30": dict(width=32, epochs=30),
-    "eyenet48_e30": dict(width=48, epochs=30, batch_augment=True),
-    # the shipped recipe with its augmentation applied to whole batches (kornia) instead of image by image, its
-    # shifts/rotations/scales resampled as torchvision does (nearest) or bilinearly
-    "eyenet16_e100_batchaug_nearest": dict(epochs=100, batch_augment=True),
-    "eyenet16_e100_batchaug": dict(epochs=100, batch_augment=True, resample="bilinear"),
-    "lite0_imagenet_e12": dict(arch="efficientnet_lite0", weights="imagenet", input_size=64, epochs=12, lr=1e-3),
+    "eyenet16_e30": dict(PER_IMAGE, epochs=30),
+    "eyenet16_e60": dict(PER_IMAGE, epochs=60),
+    "eyenet16_e100": dict(PER_IMAGE, epochs=100),
+    # the 100-epoch recipe with its augmentation applied to whole batches (kornia) instead of image by image, its
+    # shifts/rotations/scales resampled as torchvision does (nearest: the shipped recipe) or bilinearly
+    "eyenet16_e100_batchaug_nearest": dict(epochs=100),
+    "eyenet16_e100_batchaug": dict(epochs=100, resample="bilinear"),
+    "eyenet32_e30": dict(PER_IMAGE, width=32, epochs=30),
+    "eyenet48_e30": dict(width=48, epochs=30),
+    "lite0_imagenet_e12": dict(PER_IMAGE, arch="efficientnet_lite0", weights="imagenet", input_size=64, epochs=12,
+                               lr=1e-3),
     # learning curve of the 30-epoch recipe: a stratified part of each fold's training images
-    "eyenet16_e30_train25": dict(epochs=30, train_fraction=0.25),
-    "eyenet16_e30_train50": dict(epochs=30, train_fraction=0.5),
-    "eyenet16_e30_train75": dict(epochs=30, train_fraction=0.75),
-    # students of the shipped recipe: the teachers score 10 augmented views of each training image once; "mix"
+    "eyenet16_e30_train25": dict(PER_IMAGE, epochs=30, train_fraction=0.25),
+    "eyenet16_e30_train50": dict(PER_IMAGE, epochs=30, train_fraction=0.5),
+    "eyenet16_e30_train75": dict(PER_IMAGE, epochs=30, train_fraction=0.75),
+    # students of the 100-epoch recipe: the teachers score 10 augmented views of each training image once; "mix"
     # targets are half the teachers' P(open), half the smoothed label; "soft" targets are the teachers' alone
-    "student16_lite0_mix": dict(distill=0.5, teacher_views=10, teachers=["lite0_imagenet_e12"]),
-    "student16_e32_mix": dict(distill=0.5, teacher_views=10, teachers=["eyenet32_e30"]),
-    "student16_e32_soft": dict(distill=1.0, teacher_views=10, teachers=["eyenet32_e30"]),
-    "student24_e32_mix": dict(width=24, batch_augment=True, distill=0.5, teacher_views=10, teachers=["eyenet32_e30"]),
+    "student16_lite0_mix": dict(PER_IMAGE, distill=0.5, teacher_views=10, teachers=["lite0_imagenet_e12"]),
+    "student16_e32_mix": dict(PER_IMAGE, distill=0.5, teacher_views=10, teachers=["eyenet32_e30"]),
+    "student16_e32_soft": dict(PER_IMAGE, distill=1.0, teacher_views=10, teachers=["eyenet32_e30"]),
+    "student24_e32_mix": dict(width=24, distill=0.5, teacher_views=10, teachers=["eyenet32_e30"]),
 }
 
 
