@@ -26,9 +26,12 @@ from eye_clf.train import TrainConfig
 
 OUT = Path(__file__).resolve().parent.parent / "results"
 REFERENCE = "eyenet16_e100_batchaug_nearest"  # the shipped recipe
-# averages of finished runs' out-of-fold P(open)
+# averages of finished runs' out-of-fold P(open); the three 100-epoch EyeNet-16 runs differ only in how their
+# augmentation is drawn, so their average is that of three seeds
 ENSEMBLES = [("eyenet16_e30", "eyenet16_e60", "eyenet16_e100"), ("eyenet16_e100", "lite0_imagenet_e12"),
-             ("eyenet16_e100", "eyenet32_e30", "lite0_imagenet_e12")]
+             ("eyenet16_e100", "eyenet32_e30", "lite0_imagenet_e12"),
+             ("eyenet16_e100", "eyenet16_e100_batchaug_nearest", "eyenet16_e100_batchaug"),
+             ("eyenet16_e100", "eyenet16_e100_batchaug_nearest", "eyenet16_e100_batchaug", "lite0_imagenet_e12")]
 # Runs made before batch augmentation existed augmented image by image in the data loader (torchvision).
 PER_IMAGE = dict(batch_augment=False)
 # Changes from TrainConfig's defaults (the shipped recipe). A run may also name `teachers` (finished runs here: fold k
@@ -55,6 +58,11 @@ RUNS = {
     "student16_e32_mix": dict(PER_IMAGE, distill=0.5, teacher_views=10, teachers=["eyenet32_e30"]),
     "student16_e32_soft": dict(PER_IMAGE, distill=1.0, teacher_views=10, teachers=["eyenet32_e30"]),
     "student24_e32_mix": dict(width=24, distill=0.5, teacher_views=10, teachers=["eyenet32_e30"]),
+    # the average of three 100-epoch EyeNet-16 runs and Lite0 as the teacher (views as the Lite0 student's, whose
+    # Lite0 scores are cached)
+    "student16_ens4_mix": dict(PER_IMAGE, distill=0.5, teacher_views=10,
+                               teachers=["eyenet16_e100", "eyenet16_e100_batchaug_nearest", "eyenet16_e100_batchaug",
+                                         "lite0_imagenet_e12"]),
 }
 
 
