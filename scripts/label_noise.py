@@ -1,7 +1,7 @@
 """How much of the CV error can label noise explain? Out-of-fold P(open) of a finished CV run against the two extra
 human labelings in other_annotations.csv.
 
-    python scripts/label_noise.py [RUN]     # default: the shipped recipe's CV (results/cv/eyenet16_e100)
+    python scripts/label_noise.py [RUN]     # default: the shipped recipe's CV (TrainConfig's defaults)
 
 Prints, for the images where both extra annotators agree with each other but not with the reference, how many the
 CV models get wrong, and the pooled out-of-fold EER with and without those images.
@@ -13,12 +13,14 @@ import numpy as np
 import pandas as pd
 
 from eye_clf import data, experiment, metrics
+from eye_clf.train import TrainConfig
 
 RESULTS = Path(__file__).resolve().parent.parent / "results"
 
 ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-ap.add_argument("run", nargs="?", default="eyenet16_e100")
+ap.add_argument("run", nargs="?", help="a run in results/cv/ (default: the shipped recipe's)")
 args = ap.parse_args()
+args.run = args.run or experiment.cv_of(TrainConfig(), RESULTS / "cv")[0]
 rows = experiment.cv_rows(args.run, RESULTS / "cv")
 if rows is None:
     raise SystemExit(f"error: results/cv/{args.run} has no complete CV")
