@@ -74,7 +74,8 @@ def test_shipped_onnx_comes_from_the_shipped_checkpoint():
     assert meta["preprocessing"] == ckpt["preprocessing"] and meta.get("threshold") == ckpt.get("threshold")
     images = np.random.default_rng(0).integers(0, 256, (64, 24, 24), dtype=np.uint8)
     torch_p, onnx_p = (predict_proba(images, backend=b) for b in ("torch", "onnx"))
-    assert np.abs(torch_p - onnx_p).max() <= PARITY and torch_p.std() > 0.01
+    logit = np.log(torch_p) - np.log1p(-torch_p)  # noise looks closed: P(open) is small, its logit still varies
+    assert np.abs(torch_p - onnx_p).max() <= PARITY and logit.std() > 0.1
 
 
 def test_shipped_onnx_parity_on_real_images(real_root):
