@@ -169,7 +169,7 @@ def fit(images, targets, train_idx, val_idx, cfg=None, progress=True, teachers=(
     """Train on ``train_idx``, select the epoch of best validation loss on ``val_idx``.
 
     Training images are augmented image by image in the data loader or, with ``cfg.batch_augment``, a whole batch
-    at a time on the training device (several times faster on CPU).
+    at a time on the training device (about twice as fast on CPU).
 
     With ``teachers`` (trained models that never saw ``val_idx``) and ``cfg.distill`` = w, the target of each
     augmented image is w * (teachers' P(open) on that same view) + (1 - w) * its smoothed label (distillation).

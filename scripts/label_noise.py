@@ -20,7 +20,12 @@ RESULTS = Path(__file__).resolve().parent.parent / "results"
 ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
 ap.add_argument("run", nargs="?", help="a run in results/cv/ (default: the shipped recipe's)")
 args = ap.parse_args()
-args.run = args.run or experiment.cv_of(TrainConfig(), RESULTS / "cv")[0]
+if args.run is None:
+    found = experiment.cv_of(TrainConfig(), RESULTS / "cv")
+    if found is None:
+        raise SystemExit("error: results/cv/ has no complete CV of the shipped recipe; run scripts/cv_ablations.py "
+                         "or name a run")
+    args.run = found[0]
 rows = experiment.cv_rows(args.run, RESULTS / "cv")
 if rows is None:
     raise SystemExit(f"error: results/cv/{args.run} has no complete CV")
