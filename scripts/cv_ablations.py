@@ -47,6 +47,10 @@ RUNS = {
     "eyenet16_e100_batchaug": dict(epochs=100, resample="bilinear"),
     "eyenet32_e30": dict(PER_IMAGE, width=32, epochs=30),
     "eyenet48_e30": dict(width=48, epochs=30),
+    # the wider EyeNets on the 100-epoch schedule that helped width 16, and ResNet18 with its 3x3 stride-1 stem
+    # (random init; about 2 minutes an epoch on one CPU thread, so 10 epochs)
+    "eyenet32_e100": dict(width=32, epochs=100),
+    "resnet18_e10": dict(arch="resnet18", epochs=10),
     "lite0_imagenet_e12": dict(PER_IMAGE, arch="efficientnet_lite0", weights="imagenet", input_size=64, epochs=12,
                                lr=1e-3),
     # learning curve of the 30-epoch recipe: a stratified part of each fold's training images
