@@ -265,8 +265,9 @@ def cmd_evaluate(args):
 def cmd_cv(args):
     from .cv import cross_val_predict, report
     cfg = config_from(args)
-    images, targets, _ = data.load_dataset(args.data, limit=args.limit)
-    oof, per_fold = cross_val_predict(images, targets, cfg, args.folds, args.seed)
+    images, targets, names = data.load_dataset(args.data, limit=args.limit)
+    soft = data.soft_targets(targets, names, args.data) if cfg.soft_labels else None
+    oof, per_fold = cross_val_predict(images, targets, cfg, args.folds, args.seed, soft=soft)
     print(per_fold.round(4).to_string(index=False))
     print(f"{args.folds}-fold CV ({cfg.arch}, weights: {cfg.weights or 'random init'}): {report(per_fold)}")
     if args.out:

@@ -40,7 +40,7 @@ def _view_proba(teacher, views):
     return p
 
 
-def _fold(images, targets, rest, test, cfg, progress, teachers, train_fraction):
+def _fold(images, targets, rest, test, cfg, progress, teachers, train_fraction, soft):
     """Train on ``rest`` (minus its validation part), score the test fold; returns (row, model). ``teachers``:
     checkpoint files to distil from."""
     train, val = train_test_split(rest, test_size=cfg.val_fraction, stratify=targets[rest], random_state=cfg.seed)
@@ -52,7 +52,8 @@ def _fold(images, targets, rest, test, cfg, progress, teachers, train_fraction):
         bank = views, np.mean([_view_proba(t, views) for t in teachers], axis=0)
         teachers = ()
     teachers = [load_checkpoint(t)[0] for t in teachers]
-    model, history = fit(images, targets, train, val, cfg, progress=progress, teachers=teachers, bank=bank)
+    model, history = fit(images, targets, train, val, cfg, progress=progress, teachers=teachers, bank=bank,
+                         soft=soft)
     p, p_tta = scores(model, images[test]), scores(model, images[test], tta=True)
     val_threshold = metrics.eer(targets[val], scores(model, images[val], tta=cfg.tta))[1]
     best = min(history, key=lambda r: r["val_loss"])
@@ -75,7 +76,7 @@ def same_key(key):
 
 
 def cross_val_predict(images, targets, cfg=None, folds=5, seed=0, progress=True, fold_dir=None, teacher_dirs=(),
-                      train_fraction=1.0):
+                      train_fraction=1.0, soft=None):
     """Train one model per fold; each test fold is predicted by the model that never saw it.
 
     Inside each fold ``cfg.val_fraction`` of the training part (stratified) is the validation set that picks the
@@ -86,6 +87,7 @@ def cross_val_predict(images, targets, cfg=None, folds=5, seed=0, progress=True,
     ``teacher_dirs``: fold folders of finished CVs on the same folds; fold k's student distils from their fold-k
     models, which saw only that fold's training part (the same split, so not its validation part either).
     ``train_fraction`` < 1 trains on that stratified part of each fold's training images (learning curves).
+    ``soft``: the training targets of ``cfg.soft_labels`` (see data.soft_targets); folds and scores use ``targets``.
     """
     cfg = cfg or TrainConfig()
     oof = np.full(len(targets), np.nan)
@@ -100,7 +102,7 @@ def cross_val_predict(images, targets, cfg=None, folds=5, seed=0, progress=True,
             raise ValueError(f"{path} was made with another config or data; move it away to rerun")
         if row is None:
             teachers = [Path(d) / f"fold{k}.pt" for d in teacher_dirs]
-            row, model = _fold(images, targets, rest, test, cfg, progress, teachers, train_fraction)
+            row, model = _fold(images, targets, rest, test, cfg, progress, teachers, train_fraction, soft)
             row = dict(fold=k, key=key, **row, provenance=prov)
             if path:
                 save_checkpoint(checkpoint(model, cfg), path.with_suffix(".pt"))

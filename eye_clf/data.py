@@ -157,6 +157,33 @@ def load_dataset(root=None, labels=None, limit=None):
     return images, df["target"].to_numpy(), df["img_name"].tolist()
 
 
+ANNOTATIONS_NAME = "other_annotations.csv"
+
+
+def read_annotations(names, root=None):
+    """Extra human labels of the images ``names`` from ``other_annotations.csv`` in the data folder (``img_name``
+    and one 0/1 column per annotator, blank where that person skipped the image): an N x A float array, NaN where
+    an image has no label from that annotator. Raises LabelError listing every bad row."""
+    path = data_dir(root) / ANNOTATIONS_NAME
+    df = read_sheet(path, "annotations file")
+    cols = [c for c in df.columns if c != "img_name"]
+    if "img_name" not in df.columns or not cols:
+        raise LabelError(f"{path}: needs an img_name column and one column per annotator; found {list(df.columns)}")
+    values = df[cols].apply(pd.to_numeric, errors="coerce")
+    problems = [f"row {i + 2} ({df['img_name'].iloc[i]}): {c} {df[c].iloc[i]!r} is not 0, 1 or blank"
+                for c in cols for i in np.flatnonzero(~(values[c].isin([0, 1]) | df[c].isna()))]
+    problems += [f"row {i + 2} ({df['img_name'].iloc[i]}): duplicate img_name"
+                 for i in np.flatnonzero(df["img_name"].duplicated(keep=False) & df["img_name"].notna())]
+    if problems:
+        raise LabelError(f"{path}: {len(problems)} bad row(s):\n  " + "\n  ".join(problems))
+    return values.set_index(df["img_name"]).reindex(list(names)).to_numpy(float)
+
+
+def soft_targets(targets, names, root=None):
+    """Each image's share of "open" among all its labels: its target and the extra annotators' (read_annotations)."""
+    return np.nanmean(np.column_stack([np.asarray(targets, float), read_annotations(names, root)]), axis=1)
+
+
 def split(targets, seed=0, val=0.15, test=0.15):
     """Deterministic stratified train/val/test index arrays."""
     idx = np.arange(len(targets))
@@ -220,7 +247,7 @@ def batch_augmentation(strength=1.0, invert=0.0, resample="nearest"):
 
 
 class EyeDataset(torch.utils.data.Dataset):
-    """uint8 images + 0/1 targets; yields (normalized 1x24x24 float tensor, float target)."""
+    """uint8 images + targets in [0, 1]; yields (normalized 1x24x24 float tensor, float target)."""
 
     def __init__(self, images, targets, transform=None):
         self.images = torch.as_tensor(np.asarray(images), dtype=torch.uint8).unsqueeze(1)

@@ -103,7 +103,8 @@ def train_run(cfg=None, root=None, labels=None, out_dir=None, limit=None, progre
     train_idx, val_idx = split(targets, cfg)
     t0 = time.perf_counter()
     teacher_models = [load_checkpoint(t)[0] for t in teachers]
-    model, history = fit(images, targets, train_idx, val_idx, cfg, progress, teacher_models)
+    soft = data.soft_targets(targets, names, root) if cfg.soft_labels else None
+    model, history = fit(images, targets, train_idx, val_idx, cfg, progress, teacher_models, soft=soft)
     seconds = time.perf_counter() - t0
     p_val = scores(model, images[val_idx], tta=cfg.tta)
     val = metrics.summary(targets[val_idx], p_val)

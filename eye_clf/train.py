@@ -47,6 +47,9 @@ class TrainConfig:
                                        "CPU), not image by image in the data loader (torchvision)")
     resample: str = option("nearest", "interpolation of the shifted, rotated and scaled training images: nearest "
                                       "(torchvision's default) or bilinear")
+    soft_labels: bool = option(False, "train on each image's share of open votes among all its labels (the "
+                                      "reference and the extra annotators' in other_annotations.csv), not on the "
+                                      "reference alone; the epoch choice, temperature and metrics use the reference")
     val_fraction: float = option(0.1, "training images held out to pick the best epoch and the temperature")
     patience: int = option(100, "early stopping: epochs without a better validation loss (one-cycle LR peaks at "
                                    "30% and its best epochs come at the end: the shipped recipe does not stop early)")
@@ -165,7 +168,7 @@ def _epoch_metrics(prefix, loss, y, p):
             f"{prefix}_eer": metrics.eer(y, p)[0]}
 
 
-def fit(images, targets, train_idx, val_idx, cfg=None, progress=True, teachers=(), bank=None):
+def fit(images, targets, train_idx, val_idx, cfg=None, progress=True, teachers=(), bank=None, soft=None):
     """Train on ``train_idx``, select the epoch of best validation loss on ``val_idx``.
 
     Training images are augmented image by image in the data loader or, with ``cfg.batch_augment``, a whole batch
@@ -177,6 +180,9 @@ def fit(images, targets, train_idx, val_idx, cfg=None, progress=True, teachers=(
     ``bank`` = (views, P) made by ``augmented_views`` and ``view_proba`` skips that scoring. The validation loss
     always uses the labels.
 
+    ``soft`` (with ``cfg.soft_labels``): per-image training targets in [0, 1] in place of ``targets`` (see
+    data.soft_targets); the training metrics then count the rounded targets, everything else uses ``targets``.
+
     Returns ``(model, history)``: the model holds the best-validation-loss weights; history is one dict per epoch
     (train/val loss, accuracy, EER, learning rate, seconds).
     """
@@ -185,17 +191,20 @@ def fit(images, targets, train_idx, val_idx, cfg=None, progress=True, teachers=(
         raise ValueError("distillation needs both teachers and cfg.distill > 0")
     if bank is not None and not cfg.teacher_views:
         raise ValueError("a bank of teacher views needs cfg.teacher_views > 0")
+    if cfg.soft_labels != (soft is not None):
+        raise ValueError("cfg.soft_labels and soft targets go together (see data.soft_targets)")
+    y_train = np.asarray(targets if soft is None else soft)[train_idx]
     batch_aug = None
     if cfg.distill and cfg.teacher_views:
         if bank is None:
             views = augmented_views(images[train_idx], cfg)
             bank = views, view_proba(teachers, views)
-        train_set, teachers = ViewBank(bank[0], targets[train_idx], bank[1]), ()
+        train_set, teachers = ViewBank(bank[0], y_train, bank[1]), ()
     elif cfg.batch_augment:
-        train_set = data.EyeDataset(images[train_idx], targets[train_idx])
+        train_set = data.EyeDataset(images[train_idx], y_train)
         batch_aug = data.batch_augmentation(cfg.augment, cfg.invert, cfg.resample)
     else:
-        train_set = data.EyeDataset(images[train_idx], targets[train_idx],
+        train_set = data.EyeDataset(images[train_idx], y_train,
                                     data.augmentation(cfg.augment, cfg.invert, cfg.resample))
     seed_everything(cfg.seed)
     dev = device_of(cfg.device)
@@ -234,7 +243,7 @@ def fit(images, targets, train_idx, val_idx, cfg=None, progress=True, teachers=(
             total += loss.item() * len(yb)
             ys.append(yb.cpu().numpy())
             ps.append(torch.sigmoid(z.detach()).cpu().numpy())
-        y_tr, p_tr = np.concatenate(ys), np.concatenate(ps)
+        y_tr, p_tr = np.concatenate(ys).round(), np.concatenate(ps)
         z_val = logits(model, x_val, tta=cfg.tta)
         val_loss = _bce(z_val, torch.as_tensor(y_val, dtype=torch.float32), cfg.label_smoothing).item()
         row = dict(epoch=epoch + 1, lr=sched.get_last_lr()[0],

@@ -51,6 +51,8 @@ RUNS = {
     # (random init; about 2 minutes an epoch on one CPU thread, so 10 epochs)
     "eyenet32_e100": dict(width=32, epochs=100),
     "resnet18_e10": dict(arch="resnet18", epochs=10),
+    # trained on every label: each image's share of open votes among the reference and the two extra annotators
+    "eyenet16_e100_soft_labels": dict(epochs=100, soft_labels=True),
     "lite0_imagenet_e12": dict(PER_IMAGE, arch="efficientnet_lite0", weights="imagenet", input_size=64, epochs=12,
                                lr=1e-3),
     # learning curve of the 30-epoch recipe: a stratified part of each fold's training images
@@ -77,11 +79,12 @@ def config(name):
     return TrainConfig(**{"patience": change.get("epochs", TrainConfig.epochs), **change})
 
 
-def run(name, images, targets):
+def run(name, images, targets, names):
     cfg = config(name)
+    soft = data.soft_targets(targets, names) if cfg.soft_labels else None
     teachers = [OUT / "cv" / t for t in RUNS[name].get("teachers", ())]
     oof, per_fold = cross_val_predict(images, targets, cfg, folds=5, seed=0, fold_dir=OUT / "cv" / name,
-                                      teacher_dirs=teachers, train_fraction=RUNS[name].get("train_fraction", 1.0))
+                                      teacher_dirs=teachers, train_fraction=RUNS[name].get("train_fraction", 1.0), soft=soft)
     print(f"{name}: EER {100 * per_fold['eer'].mean():.2f}% (folds {np.round(100 * per_fold['eer'], 2).tolist()})",
           flush=True)
 
@@ -177,9 +180,9 @@ if __name__ == "__main__":
         ap.error(f"unknown run(s) {sorted(unknown)}; choose among {list(RUNS)}")
     targets = None
     if args.names:
-        images, targets, _ = data.load_dataset()
+        images, targets, names = data.load_dataset()
         for name in args.names:
-            run(name, images, targets)
+            run(name, images, targets, names)
     if args.ensemble or args.table:
         targets = data.load_dataset()[1] if targets is None else targets
     if args.ensemble:

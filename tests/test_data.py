@@ -265,6 +265,44 @@ def test_load_dataset_real_limit(real_root):
     assert abs(y.mean() - full.mean()) < 0.02  # stratified
 
 
+# ---- extra annotations -------------------------------------------------------------------------------------
+
+def annotations_root(tmp_path, text):
+    (tmp_path / "EyesDataset").mkdir()
+    (tmp_path / "other_annotations.csv").write_text(text)
+    return tmp_path
+
+
+def test_soft_targets_are_each_images_share_of_open_votes(tmp_path):
+    root = annotations_root(tmp_path, "img_name,annotator_a,annotator_b\na.jpg,1,\nb.jpg,0,0\nc.jpg,,\n")
+    extra = data.read_annotations(["b.jpg", "a.jpg", "c.jpg", "d.jpg"], root)  # d.jpg: not in the file
+    assert np.array_equal(extra, [[0, 0], [1, np.nan], [np.nan, np.nan], [np.nan, np.nan]], equal_nan=True)
+    soft = data.soft_targets([1, 0, 1, 0], ["b.jpg", "a.jpg", "c.jpg", "d.jpg"], root)
+    assert np.allclose(soft, [1 / 3, 0.5, 1, 0])
+
+
+def test_bad_annotations_name_every_row(tmp_path):
+    root = annotations_root(tmp_path, "img_name,annotator_a\na.jpg,2\nb.jpg,yes\nc.jpg,1\nc.jpg,0\n")
+    with pytest.raises(LabelError) as err:
+        data.read_annotations(["a.jpg"], root)
+    for row in ("row 2 (a.jpg): annotator_a '2' is not 0, 1 or blank", "row 3 (b.jpg): annotator_a 'yes'", "row 4 (c.jpg): duplicate",
+                "row 5 (c.jpg): duplicate"):
+        assert row in str(err.value)
+    (root / "other_annotations.csv").write_text("img_name\na.jpg\n")
+    with pytest.raises(LabelError, match="one column per annotator"):
+        data.read_annotations(["a.jpg"], root)
+    (root / "other_annotations.csv").unlink()
+    with pytest.raises(FileNotFoundError, match="annotations file not found.*other_annotations.csv"):
+        data.read_annotations(["a.jpg"], root)
+
+
+def test_real_annotations_cover_the_dataset(real_root):
+    _, targets, names = data.load_dataset(real_root, limit=200)
+    soft = data.soft_targets(targets, names, real_root)
+    assert soft.shape == (200,) and ((soft >= 0) & (soft <= 1)).all()
+    assert 0 < np.mean(soft != targets) < 0.2  # the annotators disagree with the reference on a few images
+
+
 # ---- splits ------------------------------------------------------------------------------------------------
 
 def test_split_is_deterministic_stratified_and_disjoint():

@@ -64,6 +64,22 @@ def misleading(toy):
     return images, targets, tr, va
 
 
+def test_soft_labels_train_on_the_soft_targets_and_validate_on_the_labels(toy):
+    images, targets, tr, va = toy
+    cfg = replace(CFG, soft_labels=True)
+    with pytest.raises(ValueError, match="soft_labels and soft targets"):
+        fit(images, targets, tr, va, cfg, progress=False)
+    with pytest.raises(ValueError, match="soft_labels and soft targets"):
+        fit(images, targets, tr, va, CFG, progress=False, soft=targets.astype(float))
+    hard, h_hard = fit(images, targets, tr, va, CFG, progress=False)
+    same, h_same = fit(images, targets, tr, va, cfg, progress=False, soft=targets.astype(float))
+    assert [r["val_loss"] for r in h_same] == [r["val_loss"] for r in h_hard]  # 0/1 soft targets: the same run
+    flipped = np.where(np.isin(np.arange(len(targets)), va), targets, 1 - targets).astype(float)
+    model, history = fit(images, targets, tr, va, cfg, progress=False, soft=flipped)
+    assert history[-1]["train_accuracy"] > 0.9  # it learns the training targets it is given...
+    assert history[-1]["val_accuracy"] < 0.1  # ...and is validated against the labels
+
+
 def test_returned_model_holds_the_best_validation_loss_epoch(toy):
     images, targets, tr, va = misleading(toy)
     model, history = fit(images, targets, tr, va, replace(CFG, calibrate=False), progress=False)
