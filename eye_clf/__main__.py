@@ -287,9 +287,12 @@ def cmd_label(args):
 
 def cmd_audit(args):
     from .audit import audit
+    cfg = config_from(args)
+    if cfg.soft_labels:
+        sys.exit("error: --soft-labels: the audit judges the labels file alone, not the extra annotators' labels")
     images_dir = Path(args.images) if args.images else data.data_dir(args.data) / "EyesDataset"
     labels = data.labels_file(args.labels, args.data)
-    review, names, targets, p_open = audit(images_dir, labels, args.oof, config_from(args), args.folds)
+    review, names, targets, p_open = audit(images_dir, labels, args.oof, cfg, args.folds)
     atomic_write(args.out, lambda tmp: review.to_csv(tmp, index=False))
     if args.save_oof:
         oof = pd.DataFrame({"img_name": names, "target": targets, "p_open": p_open})

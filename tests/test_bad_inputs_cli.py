@@ -36,6 +36,17 @@ def test_bad_recipe_flags_name_the_flag(command, flags, message, capsys):
     assert refused([command, *flags, *NO_DATA], capsys).startswith(message)
 
 
+def test_audit_refuses_soft_labels(capsys):
+    assert refused(["audit", "--soft-labels", *NO_DATA], capsys).startswith("error: --soft-labels: the audit judges")
+
+
+@pytest.mark.parametrize("command", ["train", "cv"])
+def test_soft_labels_without_the_annotations_file_name_it(command, real_root, tmp_path, capsys):
+    (tmp_path / "EyesDataset").symlink_to(real_root / "EyesDataset")
+    message = refused([command, "--soft-labels", "--data", str(tmp_path), "--limit", "20", "--epochs", "1"], capsys)
+    assert message == f"error: annotations file not found: {tmp_path / 'other_annotations.csv'}"
+
+
 @pytest.mark.parametrize("command", ["train", "cv"])
 @pytest.mark.parametrize("limit", ["0", "5", "19", "-3"])
 def test_limit_too_small(command, limit, capsys):
