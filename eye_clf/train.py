@@ -50,6 +50,8 @@ class TrainConfig:
     soft_labels: bool = option(False, "train on each image's share of open votes among all its labels (the "
                                       "reference and the extra annotators' in other_annotations.csv), not on the "
                                       "reference alone; the epoch choice, temperature and metrics use the reference")
+    ema: float = option(0.0, "decay per step of an exponential moving average of the weights (and batch-norm "
+                               "statistics) that is validated and kept in place of the raw weights (0: none)")
     val_fraction: float = option(0.1, "training images held out to pick the best epoch and the temperature")
     patience: int = option(100, "early stopping: epochs without a better validation loss (one-cycle LR peaks at "
                                    "30% and its best epochs come at the end: the shipped recipe does not stop early)")
@@ -74,7 +76,7 @@ class TrainConfig:
                       augment=(self.augment >= 0, ">= 0"), invert=(0 <= self.invert <= 1, "in [0, 1]"),
                       resample=(self.resample in data.RESAMPLE, f"one of {data.RESAMPLE}"),
                       val_fraction=(0 < self.val_fraction < 0.5, "in (0, 0.5)"),
-                      distill=(0 <= self.distill <= 1, "in [0, 1]"),
+                      distill=(0 <= self.distill <= 1, "in [0, 1]"), ema=(0 <= self.ema < 1, "in [0, 1)"),
                       teacher_views=(self.teacher_views >= 0, ">= 0"),
                       patience=(self.patience >= 1, ">= 1"))
         for name, (ok, rule) in checks.items():
@@ -180,6 +182,8 @@ def fit(images, targets, train_idx, val_idx, cfg=None, progress=True, teachers=(
     ``bank`` = (views, P) made by ``augmented_views`` and ``view_proba`` skips that scoring. The validation loss
     always uses the labels.
 
+    With ``cfg.ema`` the moving average of the weights is what is validated, selected and returned.
+
     ``soft`` (with ``cfg.soft_labels``): per-image training targets in [0, 1] in place of ``targets`` (see
     data.soft_targets); the training metrics then count the rounded targets, everything else uses ``targets``.
 
@@ -216,6 +220,9 @@ def fit(images, targets, train_idx, val_idx, cfg=None, progress=True, teachers=(
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, cfg.lr, total_steps=cfg.epochs * len(loader))
+    ema = torch.optim.swa_utils.AveragedModel(
+        model, multi_avg_fn=torch.optim.swa_utils.get_ema_multi_avg_fn(cfg.ema), use_buffers=True) if cfg.ema else None
+    kept = ema.module if ema else model  # the weights that are validated and returned
     x_val = data.to_tensor(images[val_idx])
     y_val = targets[val_idx]
     amp = dict(device_type=dev.type, dtype=torch.bfloat16, enabled=dev.type == "cuda")
@@ -240,11 +247,13 @@ def fit(images, targets, train_idx, val_idx, cfg=None, progress=True, teachers=(
             loss.backward()
             opt.step()
             sched.step()
+            if ema:
+                ema.update_parameters(model)
             total += loss.item() * len(yb)
             ys.append(yb.cpu().numpy())
             ps.append(torch.sigmoid(z.detach()).cpu().numpy())
         y_tr, p_tr = np.concatenate(ys).round(), np.concatenate(ps)
-        z_val = logits(model, x_val, tta=cfg.tta)
+        z_val = logits(kept, x_val, tta=cfg.tta)
         val_loss = _bce(z_val, torch.as_tensor(y_val, dtype=torch.float32), cfg.label_smoothing).item()
         row = dict(epoch=epoch + 1, lr=sched.get_last_lr()[0],
                    **_epoch_metrics("train", total / len(y_tr), y_tr, p_tr),
@@ -254,7 +263,7 @@ def fit(images, targets, train_idx, val_idx, cfg=None, progress=True, teachers=(
         bar.set_postfix(val_loss=f"{val_loss:.4f}", val_eer=f"{row['val_eer']:.4f}")
         if val_loss < best_loss:
             best_loss, stale = val_loss, 0
-            best_state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
+            best_state = {k: v.detach().cpu().clone() for k, v in kept.state_dict().items()}
         else:
             stale += 1
             if stale >= cfg.patience:

@@ -57,6 +57,11 @@ RUNS = {
     "resnet18_e10": dict(arch="resnet18", epochs=10),
     # trained on every label: each image's share of open votes among the reference and the two extra annotators
     "eyenet16_e100_soft_labels": dict(epochs=100, soft_labels=True),
+    # an exponential moving average of the weights (decay 0.999 a step: about 20 epochs) validated and kept
+    "eyenet16_e100_ema": dict(epochs=100, ema=0.999),
+    # the shipped recipe with other seeds (initialisation, batches, augmentation and each fold's validation part)
+    "eyenet16_e100_seed1": dict(epochs=100, seed=1),
+    "eyenet16_e100_seed2": dict(epochs=100, seed=2),
     "lite0_imagenet_e12": dict(PER_IMAGE, arch="efficientnet_lite0", weights="imagenet", input_size=64, epochs=12,
                                lr=1e-3),
     # learning curve of the 30-epoch recipe: a stratified part of each fold's training images

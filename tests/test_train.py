@@ -80,6 +80,17 @@ def test_soft_labels_train_on_the_soft_targets_and_validate_on_the_labels(toy):
     assert history[-1]["val_accuracy"] < 0.1  # ...and is validated against the labels
 
 
+def test_ema_weights_are_the_ones_validated_and_returned(toy):
+    images, targets, tr, va = toy
+    raw, h_raw = fit(images, targets, tr, va, CFG, progress=False)
+    slow, h_slow = fit(images, targets, tr, va, replace(CFG, ema=0.9999), progress=False)
+    # a decay this close to 1 keeps the average near the weights after the first step: it learns almost nothing
+    assert h_raw[-1]["val_accuracy"] > 0.9 > h_slow[-1]["val_accuracy"]
+    assert h_slow[-1]["train_accuracy"] > 0.9  # while the raw weights it averages did learn
+    model, _ = fit(images, targets, tr, va, replace(CFG, ema=0.9), progress=False)
+    assert val_loss(model, images[va], targets[va]) < 0.3
+
+
 def test_returned_model_holds_the_best_validation_loss_epoch(toy):
     images, targets, tr, va = misleading(toy)
     model, history = fit(images, targets, tr, va, replace(CFG, calibrate=False), progress=False)
