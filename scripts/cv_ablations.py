@@ -3,6 +3,7 @@
     python scripts/cv_ablations.py eyenet16_e60 ...     # run these; each fold lands in results/cv/NAME/foldK.json
                                                         # as it finishes, and a rerun resumes
     python scripts/cv_ablations.py --ensemble a b ...   # score the average of finished runs' out-of-fold P(open)
+    python scripts/cv_ablations.py --average-curve a b  # EER of the averages of every 1, 2, ... of finished runs
     python scripts/cv_ablations.py --table              # rebuild results/cv_ablations.md from the finished runs
 
 Every run: the same 5 stratified folds (seed 0) of the 4000 labelled images; inside each fold 10% of the
@@ -11,6 +12,7 @@ reference run is the shipped recipe (TrainConfig's defaults). Reported: mean ± 
 for each run the paired difference in EER against the reference on the same folds.
 """
 import argparse
+import itertools
 import json
 from dataclasses import asdict
 from pathlib import Path
@@ -127,6 +129,16 @@ def ensemble(names, targets, tta=False):
     return p, f
 
 
+def average_curve(names, targets):
+    """Mean (min, max) EER of the averages of every k of the finished runs ``names``, k = 1..len(names): how the
+    EER falls with the number of models averaged."""
+    for k in range(1, len(names) + 1):
+        eers = [fold_metrics(targets, np.mean([oof_of(load(n), len(targets)) for n in combo], axis=0),
+                             load(combo[0]))["eer"].mean() for combo in itertools.combinations(names, k)]
+        print(f"{k} model(s), {len(eers)} combination(s): EER {100 * np.mean(eers):.2f}% "
+              f"(from {100 * min(eers):.2f} to {100 * max(eers):.2f})")
+
+
 def cells(f, ref):
     """Mean ± 95% interval cells of one run's per-fold metrics, and its paired EER difference to ``ref``."""
     cell = {}
@@ -180,6 +192,8 @@ if __name__ == "__main__":
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("names", nargs="*", help=f"runs among: {', '.join(RUNS)}")
     ap.add_argument("--ensemble", nargs="+", metavar="RUN", help="finished runs to average")
+    ap.add_argument("--average-curve", nargs="+", metavar="RUN", help="EER of the averages of every k of these "
+                    "finished runs, k = 1, 2, ...")
     ap.add_argument("--table", action="store_true", help="rebuild results/cv_ablations.md")
     ap.add_argument("--threads", type=int, default=1, help="torch threads (default 1: one job per core)")
     args = ap.parse_args()
@@ -192,10 +206,12 @@ if __name__ == "__main__":
         images, targets, names = data.load_dataset()
         for name in args.names:
             run(name, images, targets, names)
-    if args.ensemble or args.table:
+    if args.ensemble or args.average_curve or args.table:
         targets = data.load_dataset()[1] if targets is None else targets
     if args.ensemble:
         ensemble(args.ensemble, targets)
         ensemble(args.ensemble, targets, tta=True)
+    if args.average_curve:
+        average_curve(args.average_curve, targets)
     if args.table:
         table(targets)
