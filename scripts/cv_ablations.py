@@ -56,7 +56,8 @@ RUNS = {
     "eyenet32_e30": dict(PER_IMAGE, width=32, epochs=30),
     "eyenet48_e30": dict(width=48, epochs=30),
     # the wider EyeNets on the 100-epoch schedule that helped width 16, and ResNet18 with its 3x3 stride-1 stem
-    # (random init; about 2 minutes an epoch on one CPU thread, so 10 epochs)
+    # (random init; about 2 minutes an epoch on one CPU thread, so 10 epochs; fold 1's seconds include about 29
+    # minutes during which the job was stopped with SIGSTOP to free the core: its other folds took 1166-1227 s)
     "eyenet32_e100": dict(width=32, epochs=100),
     "resnet18_e10": dict(arch="resnet18", epochs=10),
     # trained on every label: each image's share of open votes among the reference and the two extra annotators
