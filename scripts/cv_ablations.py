@@ -64,9 +64,6 @@ RUNS = {
     "eyenet16_e100_soft_labels": dict(epochs=100, soft_labels=True),
     # an exponential moving average of the weights (decay 0.999 a step: about 20 epochs) validated and kept
     "eyenet16_e100_ema": dict(epochs=100, ema=0.999),
-    # the shipped recipe with other seeds (initialisation, batches, augmentation and each fold's validation part)
-    "eyenet16_e100_seed1": dict(epochs=100, seed=1),
-    "eyenet16_e100_seed2": dict(epochs=100, seed=2),
     "lite0_imagenet_e12": dict(PER_IMAGE, arch="efficientnet_lite0", weights="imagenet", input_size=64, epochs=12,
                                lr=1e-3),
     # learning curve of the 30-epoch recipe: a stratified part of each fold's training images
@@ -98,7 +95,8 @@ def run(name, images, targets, names):
     soft = data.soft_targets(targets, names) if cfg.soft_labels else None
     teachers = [OUT / "cv" / t for t in RUNS[name].get("teachers", ())]
     oof, per_fold = cross_val_predict(images, targets, cfg, folds=5, seed=0, fold_dir=OUT / "cv" / name,
-                                      teacher_dirs=teachers, train_fraction=RUNS[name].get("train_fraction", 1.0), soft=soft)
+                                      teacher_dirs=teachers, train_fraction=RUNS[name].get("train_fraction", 1.0),
+                                      soft=soft)
     print(f"{name}: EER {100 * per_fold['eer'].mean():.2f}% (folds {np.round(100 * per_fold['eer'], 2).tolist()})",
           flush=True)
 
@@ -135,9 +133,10 @@ def ensemble(names, targets, tta=False):
 def average_curve(names, targets):
     """Mean (min, max) EER of the averages of every k of the finished runs ``names``, k = 1..len(names): how the
     EER falls with the number of models averaged."""
+    oof, folds = {n: oof_of(load(n), len(targets)) for n in names}, load(names[0])
     for k in range(1, len(names) + 1):
-        eers = [fold_metrics(targets, np.mean([oof_of(load(n), len(targets)) for n in combo], axis=0),
-                             load(combo[0]))["eer"].mean() for combo in itertools.combinations(names, k)]
+        eers = [fold_metrics(targets, np.mean([oof[n] for n in combo], axis=0), folds)["eer"].mean()
+                for combo in itertools.combinations(names, k)]
         print(f"{k} model(s), {len(eers)} combination(s): EER {100 * np.mean(eers):.2f}% "
               f"(from {100 * min(eers):.2f} to {100 * max(eers):.2f})")
 
@@ -209,6 +208,9 @@ if __name__ == "__main__":
         images, targets, names = data.load_dataset()
         for name in args.names:
             run(name, images, targets, names)
+    unfinished = [n for n in (args.ensemble or []) + (args.average_curve or []) if load(n) is None]
+    if unfinished:
+        ap.error(f"no complete 5-fold CV in {OUT / 'cv'} for {sorted(set(unfinished))}")
     if args.ensemble or args.average_curve or args.table:
         targets = data.load_dataset()[1] if targets is None else targets
     if args.ensemble:

@@ -285,8 +285,8 @@ def test_bad_annotations_name_every_row(tmp_path):
     root = annotations_root(tmp_path, "img_name,annotator_a\na.jpg,2\nb.jpg,yes\nc.jpg,1\nc.jpg,0\n")
     with pytest.raises(LabelError) as err:
         data.read_annotations(["a.jpg"], root)
-    for row in ("row 2 (a.jpg): annotator_a '2' is not 0, 1 or blank", "row 3 (b.jpg): annotator_a 'yes'", "row 4 (c.jpg): duplicate",
-                "row 5 (c.jpg): duplicate"):
+    for row in ("row 2 (a.jpg): annotator_a '2' is not 0, 1 or blank", "row 3 (b.jpg): annotator_a 'yes'",
+                "row 4 (c.jpg): duplicate", "row 5 (c.jpg): duplicate"):
         assert row in str(err.value)
     (root / "other_annotations.csv").write_text("img_name\na.jpg\n")
     with pytest.raises(LabelError, match="one column per annotator"):

@@ -71,19 +71,19 @@ def test_soft_labels_train_on_the_soft_targets_and_validate_on_the_labels(toy):
         fit(images, targets, tr, va, cfg, progress=False)
     with pytest.raises(ValueError, match="soft_labels and soft targets"):
         fit(images, targets, tr, va, CFG, progress=False, soft=targets.astype(float))
-    hard, h_hard = fit(images, targets, tr, va, CFG, progress=False)
-    same, h_same = fit(images, targets, tr, va, cfg, progress=False, soft=targets.astype(float))
+    _, h_hard = fit(images, targets, tr, va, CFG, progress=False)
+    _, h_same = fit(images, targets, tr, va, cfg, progress=False, soft=targets.astype(float))
     assert [r["val_loss"] for r in h_same] == [r["val_loss"] for r in h_hard]  # 0/1 soft targets: the same run
     flipped = np.where(np.isin(np.arange(len(targets)), va), targets, 1 - targets).astype(float)
-    model, history = fit(images, targets, tr, va, cfg, progress=False, soft=flipped)
+    _, history = fit(images, targets, tr, va, cfg, progress=False, soft=flipped)
     assert history[-1]["train_accuracy"] > 0.9  # it learns the training targets it is given...
     assert history[-1]["val_accuracy"] < 0.1  # ...and is validated against the labels
 
 
 def test_ema_weights_are_the_ones_validated_and_returned(toy):
     images, targets, tr, va = toy
-    raw, h_raw = fit(images, targets, tr, va, CFG, progress=False)
-    slow, h_slow = fit(images, targets, tr, va, replace(CFG, ema=0.9999), progress=False)
+    _, h_raw = fit(images, targets, tr, va, CFG, progress=False)
+    _, h_slow = fit(images, targets, tr, va, replace(CFG, ema=0.9999), progress=False)
     # a decay this close to 1 keeps the average near the weights after the first step: it learns almost nothing
     assert h_raw[-1]["val_accuracy"] > 0.9 > h_slow[-1]["val_accuracy"]
     assert h_slow[-1]["train_accuracy"] > 0.9  # while the raw weights it averages did learn
