@@ -1,4 +1,4 @@
-"""Models: a small EyeNet, torchvision ResNets and the ImageNet EfficientNet-Lite0 for 1x24x24 input; loading
+"""Models: a small EyeNet (plain or residual), torchvision ResNets and the ImageNet EfficientNet-Lite0 for 1x24x24 input; loading
 checkpoints and scoring images with them.
 
 Every model is a ``Classifier``: a backbone that maps the normalized 1x24x24 input to a feature vector and a
@@ -17,7 +17,7 @@ from torch import nn
 
 from .preprocess import IMG_SIZE, MEAN, MODE, STD, normalize
 
-ARCHS = ("eyenet", "resnet18", "resnet34", "resnet50", "efficientnet_lite0")
+ARCHS = ("eyenet", "res_eyenet", "resnet18", "resnet34", "resnet50", "efficientnet_lite0")
 METHODS = ("finetune", "feature_extraction")
 CHECKPOINT_FORMAT = "eye_clf/1"
 # Pretrained backbones expect their own input scaling; ours is (p - MEAN) / STD with p in 0..1.
@@ -59,6 +59,21 @@ def eyenet(width=16):
     return nn.Sequential(conv(1, w), conv(w, w), nn.MaxPool2d(2),
                          conv(w, 2 * w), conv(2 * w, 2 * w), nn.MaxPool2d(2),
                          conv(2 * w, 4 * w), conv(4 * w, 4 * w),
+                         nn.AdaptiveAvgPool2d(1), nn.Flatten()), 4 * w
+
+
+def res_eyenet(width=16, blocks=2):
+    """EyeNet's three stages (24, 12, 6 px; widths w, 2w, 4w) built from ``blocks`` torchvision ResNet basic
+    blocks each (two 3x3 convs around an identity or 1x1 shortcut; stride-2 convs in place of max pooling)."""
+    from torchvision.models.resnet import BasicBlock
+
+    def stage(i, o, stride):
+        down = None if stride == 1 and i == o else nn.Sequential(nn.Conv2d(i, o, 1, stride, bias=False),
+                                                                  nn.BatchNorm2d(o))
+        return [BasicBlock(i, o, stride, down)] + [BasicBlock(o, o) for _ in range(blocks - 1)]
+    w = width
+    return nn.Sequential(nn.Conv2d(1, w, 3, padding=1, bias=False), nn.BatchNorm2d(w), nn.ReLU(inplace=True),
+                         *stage(w, w, 1), *stage(w, 2 * w, 2), *stage(2 * w, 4 * w, 2),
                          nn.AdaptiveAvgPool2d(1), nn.Flatten()), 4 * w
 
 
@@ -120,10 +135,10 @@ def build_model(arch="eyenet", method="finetune", weights=None, width=16, dropou
         raise ValueError(f"unknown arch {arch!r}; choose one of {ARCHS}")
     if method not in METHODS:
         raise ValueError(f"unknown method {method!r}; choose one of {METHODS}")
-    if arch == "eyenet":
+    if arch in ("eyenet", "res_eyenet"):
         if weights is not None:
-            raise ValueError("eyenet has no pretrained weights; use weights=None")
-        backbone, n, kw = *eyenet(width), dict(input_size=24)
+            raise ValueError(f"{arch} has no pretrained weights; use weights=None")
+        backbone, n, kw = *(eyenet if arch == "eyenet" else res_eyenet)(width), dict(input_size=24)
     elif arch == "efficientnet_lite0":
         backbone, n, kw = efficientnet_lite0(weights, **({"input_size": input_size} if input_size else {}))
     else:

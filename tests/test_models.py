@@ -16,7 +16,7 @@ def trainable(model):
     return {n for n, p in model.named_parameters() if p.requires_grad}
 
 
-@pytest.mark.parametrize("arch", ["eyenet", "resnet18", "resnet34", "resnet50"])
+@pytest.mark.parametrize("arch", ["eyenet", "res_eyenet", "resnet18", "resnet34", "resnet50"])
 def test_random_init_gives_one_logit_per_image(arch):
     model = build_model(arch).eval()
     with torch.no_grad():
@@ -41,13 +41,28 @@ def test_eyenet_width_and_other_input_sizes_are_resized_to_24_inside():
         assert model(x).shape == (2,)
 
 
+def test_res_eyenet_keeps_eyenet_stages_with_residual_blocks():
+    model = build_model("res_eyenet", width=4).eval()
+    assert model.head.in_features == 16
+    blocks = [m for m in model.backbone if isinstance(m, torchvision.models.resnet.BasicBlock)]
+    assert [b.conv1.stride[0] for b in blocks] == [1, 1, 2, 1, 2, 1]
+    assert [b.conv2.out_channels for b in blocks] == [4, 4, 8, 8, 16, 16]
+    sizes = []
+    for b in blocks:
+        b.register_forward_hook(lambda m, i, o: sizes.append(o.shape[-1]))
+    with torch.no_grad():
+        model(X)
+    assert sizes == [24, 24, 12, 12, 6, 6]
+
+
 def test_bad_arguments_raise():
     with pytest.raises(ValueError, match="unknown arch 'vgg'"):
         build_model("vgg")
     with pytest.raises(ValueError, match="unknown method 'linear_probe'"):
         build_model("eyenet", "linear_probe")
-    with pytest.raises(ValueError, match="eyenet has no pretrained weights"):
-        build_model("eyenet", weights="imagenet")
+    for arch in ["eyenet", "res_eyenet"]:
+        with pytest.raises(ValueError, match=f"{arch} has no pretrained weights"):
+            build_model(arch, weights="imagenet")
     for arch in ["resnet18", "efficientnet_lite0"]:
         with pytest.raises(ValueError, match="feature_extraction needs pretrained weights"):
             build_model(arch, "feature_extraction", weights=None)

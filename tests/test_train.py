@@ -143,16 +143,17 @@ def test_config_from_dict():
 
 # ---- checkpoints and files ---------------------------------------------------------------------------------
 
-def test_checkpoint_round_trip(toy, tmp_path):
+@pytest.mark.parametrize("arch", ["eyenet", "res_eyenet"])
+def test_checkpoint_round_trip(toy, tmp_path, arch):
     images, targets, tr, va = toy
-    cfg = replace(CFG, epochs=2, tta=True)
+    cfg = replace(CFG, arch=arch, epochs=2, tta=True)
     model, history = fit(images, targets, tr, va, cfg, progress=False)
     path = tmp_path / "sub" / "ckpt.pt"
     train.save_checkpoint(train.checkpoint(model, cfg, {"val": {"eer": 0.1}}, history), path)
     assert [p.name for p in path.parent.iterdir()] == ["ckpt.pt"]  # no temporary file left behind
     raw = torch.load(path, weights_only=True)
     assert raw["format"] == train.CHECKPOINT_FORMAT and raw["config"] == cfg.__dict__
-    assert raw["model"]["arch"] == "eyenet" and raw["preprocessing"]["mean"] == data.MEAN
+    assert raw["model"]["arch"] == arch and raw["preprocessing"]["mean"] == data.MEAN
     assert raw["preprocessing"]["tta"] is True and raw["metrics"] == {"val": {"eer": 0.1}}
     assert raw["best_epoch"] == min(history, key=lambda r: r["val_loss"])["epoch"]
     loaded, ckpt = models.load_checkpoint(path)
