@@ -50,6 +50,8 @@ class TrainConfig:
     soft_labels: bool = option(False, "train on each image's share of open votes among all its labels (the "
                                       "reference and the extra annotators' in other_annotations.csv), not on the "
                                       "reference alone; the epoch choice, temperature and metrics use the reference")
+    mixup: float = option(0.0, "mixup: each training batch is blended with a shuffled copy of itself, images and "
+                                "targets alike, with a weight drawn from Beta(a, a) per batch (0: none)")
     ema: float = option(0.0, "decay per step of an exponential moving average of the weights (and batch-norm "
                                "statistics) that is validated and kept in place of the raw weights (0: none)")
     val_fraction: float = option(0.1, "training images held out to pick the best epoch and the temperature")
@@ -76,7 +78,8 @@ class TrainConfig:
                       augment=(self.augment >= 0, ">= 0"), invert=(0 <= self.invert <= 1, "in [0, 1]"),
                       resample=(self.resample in data.RESAMPLE, f"one of {data.RESAMPLE}"),
                       val_fraction=(0 < self.val_fraction < 0.5, "in (0, 0.5)"),
-                      distill=(0 <= self.distill <= 1, "in [0, 1]"), ema=(0 <= self.ema < 1, "in [0, 1)"),
+                      distill=(0 <= self.distill <= 1, "in [0, 1]"), mixup=(self.mixup >= 0, ">= 0"),
+                      ema=(0 <= self.ema < 1, "in [0, 1)"),
                       teacher_views=(self.teacher_views >= 0, ">= 0"),
                       patience=(self.patience >= 1, ">= 1"))
         for name, (ok, rule) in checks.items():
@@ -182,6 +185,9 @@ def fit(images, targets, train_idx, val_idx, cfg=None, progress=True, teachers=(
     ``bank`` = (views, P) made by ``augmented_views`` and ``view_proba`` skips that scoring. The validation loss
     always uses the labels.
 
+    With ``cfg.mixup`` the training metrics compare the blended images' predictions with their rounded blended
+    labels.
+
     With ``cfg.ema`` the moving average of the weights is what is validated, selected and returned.
 
     ``soft`` (with ``cfg.soft_labels``): per-image training targets in [0, 1] in place of ``targets`` (see
@@ -236,12 +242,15 @@ def fit(images, targets, train_idx, val_idx, cfg=None, progress=True, teachers=(
             xb, yb = xb.to(dev, non_blocking=True), yb.to(dev, non_blocking=True)
             if batch_aug is not None:
                 xb = (batch_aug(xb * data.STD + data.MEAN) - data.MEAN) / data.STD
-            with torch.autocast(**amp):
-                z = model(xb).float()
             target = yb * (1 - cfg.label_smoothing) + cfg.label_smoothing / 2
             if cfg.distill:
                 soft = soft[0].to(dev) if soft else teacher_proba(teachers, xb)
                 target = cfg.distill * soft + (1 - cfg.distill) * target
+            if cfg.mixup:
+                lam, perm = float(np.random.beta(cfg.mixup, cfg.mixup)), torch.randperm(len(yb), device=dev)
+                xb, yb, target = (lam * v + (1 - lam) * v[perm] for v in (xb, yb, target))
+            with torch.autocast(**amp):
+                z = model(xb).float()
             loss = F.binary_cross_entropy_with_logits(z, target)
             opt.zero_grad(set_to_none=True)
             loss.backward()

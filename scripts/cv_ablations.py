@@ -66,6 +66,8 @@ RUNS = {
     "eyenet16_e100_ema": dict(epochs=100, ema=0.999),
     # stronger augmentation (x1.5: rotations to 15 degrees, shifts and scales to 15%, light to 60%, blur p 0.3)
     "eyenet16_e100_aug15": dict(epochs=100, augment=1.5),
+    # mixup (Beta(0.4, 0.4) blend weights): a regulariser that is also reported to resist label noise
+    "eyenet16_e100_mixup": dict(epochs=100, mixup=0.4),
     # a residual EyeNet: the same three stages, two ResNet basic blocks each (13 convs, 2.4x the weights)
     "res_eyenet16_e100": dict(arch="res_eyenet", epochs=100),
     "lite0_imagenet_e12": dict(PER_IMAGE, arch="efficientnet_lite0", weights="imagenet", input_size=64, epochs=12,

@@ -91,6 +91,19 @@ def test_ema_weights_are_the_ones_validated_and_returned(toy):
     assert val_loss(model, images[va], targets[va]) < 0.3
 
 
+def test_mixup_blends_images_and_targets_and_still_learns(toy, monkeypatch):
+    images, targets, tr, va = toy
+    model, history = fit(images, targets, tr, va, replace(CFG, mixup=0.4), progress=False)
+    assert metrics.eer(targets[va], models.scores(model, images[va]))[0] < 0.1
+    # blend weight 0: every image and target is its shuffled partner's, so the targets must move with the images
+    # (shuffled images under unshuffled targets are random labels: nothing to learn)
+    monkeypatch.setattr(np.random, "beta", lambda a, b: 0.0)
+    _, h_zero = fit(images, targets, tr, va, replace(CFG, mixup=1.0), progress=False)
+    assert h_zero[-1]["val_accuracy"] > 0.9
+    with pytest.raises(train.ConfigError, match="mixup: must be >= 0"):
+        TrainConfig(mixup=-0.1)
+
+
 def test_returned_model_holds_the_best_validation_loss_epoch(toy):
     images, targets, tr, va = misleading(toy)
     model, history = fit(images, targets, tr, va, replace(CFG, calibrate=False), progress=False)
