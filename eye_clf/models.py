@@ -1,4 +1,4 @@
-"""Models: a small EyeNet (plain or residual), torchvision ResNets and the ImageNet EfficientNet-Lite0 for 1x24x24 input; loading
+"""Models: a small EyeNet (plain, residual or depthwise-separable), torchvision ResNets and the ImageNet EfficientNet-Lite0 for 1x24x24 input; loading
 checkpoints and scoring images with them.
 
 Every model is a ``Classifier``: a backbone that maps the normalized 1x24x24 input to a feature vector and a
@@ -17,7 +17,7 @@ from torch import nn
 
 from .preprocess import IMG_SIZE, MEAN, MODE, STD, normalize
 
-ARCHS = ("eyenet", "res_eyenet", "resnet18", "resnet34", "resnet50", "efficientnet_lite0")
+ARCHS = ("eyenet", "res_eyenet", "dw_eyenet", "resnet18", "resnet34", "resnet50", "efficientnet_lite0")
 METHODS = ("finetune", "feature_extraction")
 CHECKPOINT_FORMAT = "eye_clf/1"
 # Pretrained backbones expect their own input scaling; ours is (p - MEAN) / STD with p in 0..1.
@@ -51,9 +51,14 @@ class Classifier(nn.Module):
         return self.head(self.dropout(self.backbone(x))).squeeze(1)
 
 
-def eyenet(width=16):
-    """A small VGG-style CNN for 24x24 eyes: three stages of two 3x3 convs (24, 12, 6 px), global pooling."""
+def eyenet(width=16, separable=False):
+    """A small VGG-style CNN for 24x24 eyes: three stages of two 3x3 convs (24, 12, 6 px), global pooling.
+    ``separable``: every conv after the first is depthwise-separable (a 3x3 per channel, then a 1x1 across)."""
     def conv(i, o):
+        if separable and i > 1:
+            return nn.Sequential(nn.Conv2d(i, i, 3, padding=1, groups=i, bias=False), nn.BatchNorm2d(i),
+                                 nn.ReLU(inplace=True), nn.Conv2d(i, o, 1, bias=False), nn.BatchNorm2d(o),
+                                 nn.ReLU(inplace=True))
         return nn.Sequential(nn.Conv2d(i, o, 3, padding=1, bias=False), nn.BatchNorm2d(o), nn.ReLU(inplace=True))
     w = width
     return nn.Sequential(conv(1, w), conv(w, w), nn.MaxPool2d(2),
@@ -135,10 +140,11 @@ def build_model(arch="eyenet", method="finetune", weights=None, width=16, dropou
         raise ValueError(f"unknown arch {arch!r}; choose one of {ARCHS}")
     if method not in METHODS:
         raise ValueError(f"unknown method {method!r}; choose one of {METHODS}")
-    if arch in ("eyenet", "res_eyenet"):
+    if arch in ("eyenet", "res_eyenet", "dw_eyenet"):
         if weights is not None:
             raise ValueError(f"{arch} has no pretrained weights; use weights=None")
-        backbone, n, kw = *(eyenet if arch == "eyenet" else res_eyenet)(width), dict(input_size=24)
+        trunk = res_eyenet(width) if arch == "res_eyenet" else eyenet(width, separable=arch == "dw_eyenet")
+        backbone, n, kw = *trunk, dict(input_size=24)
     elif arch == "efficientnet_lite0":
         backbone, n, kw = efficientnet_lite0(weights, **({"input_size": input_size} if input_size else {}))
     else:

@@ -33,7 +33,7 @@ class TrainConfig:
     arch: str = option("eyenet", "architecture")
     method: str = option("finetune", "finetune: every layer trains; feature_extraction: frozen backbone, only the head")
     weights: str | None = option(None, 'initial weights: none (random init), "imagenet" or a state-dict path')
-    width: int = option(16, "EyeNet (plain or residual) width: channels of its first stage (x2, x4 in the next ones)")
+    width: int = option(16, "EyeNet width (all three kinds): channels of its first stage (x2, x4 in the next ones)")
     dropout: float = option(0.0, "dropout before the final linear layer")
     input_size: int | None = option(None, "resize inside the model to this size (none: the architecture's default)")
     epochs: int = option(100, "training epochs (the best of 30/60/100 in 5-fold CV; one-cycle LR spans them all)")

@@ -64,12 +64,15 @@ RUNS = {
     "eyenet16_e100_soft_labels": dict(epochs=100, soft_labels=True),
     # an exponential moving average of the weights (decay 0.999 a step: about 20 epochs) validated and kept
     "eyenet16_e100_ema": dict(epochs=100, ema=0.999),
+    # (the folds of the next two runs record commit 6f13084 with uncommitted changes: the code of commit 189edaa)
     # stronger augmentation (x1.5: rotations to 15 degrees, shifts and scales to 15%, light to 60%, blur p 0.3)
     "eyenet16_e100_aug15": dict(epochs=100, augment=1.5),
     # mixup (Beta(0.4, 0.4) blend weights): a regulariser that is also reported to resist label noise
     "eyenet16_e100_mixup": dict(epochs=100, mixup=0.4),
     # a residual EyeNet: the same three stages, two ResNet basic blocks each (13 convs, 2.4x the weights)
     "res_eyenet16_e100": dict(arch="res_eyenet", epochs=100),
+    # depthwise-separable EyeNet at twice the width: half of EyeNet-16's multiply-adds, half its weights
+    "dw_eyenet32_e100": dict(arch="dw_eyenet", width=32, epochs=100),
     "lite0_imagenet_e12": dict(PER_IMAGE, arch="efficientnet_lite0", weights="imagenet", input_size=64, epochs=12,
                                lr=1e-3),
     # learning curve of the 30-epoch recipe: a stratified part of each fold's training images

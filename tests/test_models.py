@@ -16,7 +16,7 @@ def trainable(model):
     return {n for n, p in model.named_parameters() if p.requires_grad}
 
 
-@pytest.mark.parametrize("arch", ["eyenet", "res_eyenet", "resnet18", "resnet34", "resnet50"])
+@pytest.mark.parametrize("arch", ["eyenet", "res_eyenet", "dw_eyenet", "resnet18", "resnet34", "resnet50"])
 def test_random_init_gives_one_logit_per_image(arch):
     model = build_model(arch).eval()
     with torch.no_grad():
@@ -55,12 +55,22 @@ def test_res_eyenet_keeps_eyenet_stages_with_residual_blocks():
     assert sizes == [24, 24, 12, 12, 6, 6]
 
 
+def test_dw_eyenet_is_eyenet_with_depthwise_separable_convs_after_the_first():
+    plain, dw = (build_model(arch, width=4).backbone for arch in ("eyenet", "dw_eyenet"))
+    convs = [[(c.in_channels, c.out_channels, c.kernel_size[0], c.groups) for c in net.modules()
+              if isinstance(c, torch.nn.Conv2d)] for net in (plain, dw)]
+    assert convs[0] == [(1, 4, 3, 1), (4, 4, 3, 1), (4, 8, 3, 1), (8, 8, 3, 1), (8, 16, 3, 1), (16, 16, 3, 1)]
+    depthwise = [(i, i, 3, i) for i, _, _, _ in convs[0][1:]]
+    pointwise = [(i, o, 1, 1) for i, o, _, _ in convs[0][1:]]
+    assert convs[1] == [convs[0][0]] + [c for pair in zip(depthwise, pointwise) for c in pair]
+
+
 def test_bad_arguments_raise():
     with pytest.raises(ValueError, match="unknown arch 'vgg'"):
         build_model("vgg")
     with pytest.raises(ValueError, match="unknown method 'linear_probe'"):
         build_model("eyenet", "linear_probe")
-    for arch in ["eyenet", "res_eyenet"]:
+    for arch in ["eyenet", "res_eyenet", "dw_eyenet"]:
         with pytest.raises(ValueError, match=f"{arch} has no pretrained weights"):
             build_model(arch, weights="imagenet")
     for arch in ["resnet18", "efficientnet_lite0"]:
