@@ -3,7 +3,8 @@ human labelings in other_annotations.csv.
 
     python scripts/label_noise.py [RUN]     # default: the shipped recipe's CV (TrainConfig's defaults)
 
-Prints, for the images where both extra annotators agree with each other but not with the reference, how many the
+Prints how often each extra annotator agrees with the reference, against the CV models (each fold's validation
+threshold) on the same images; then, for the images where both extra annotators agree with each other but not with the reference, how many the
 CV models get wrong, and the pooled out-of-fold EER with and without those images; then the EER on the images that
 no extra annotator disputes (per fold: mean ± 95% interval).
 """
@@ -39,6 +40,13 @@ both = ~np.isnan(a) & ~np.isnan(b)
 against = both & (a == b) & (a != targets)
 wrong = (p >= threshold) != targets
 print(f"run {args.run}: {wrong.sum()} of {len(targets)} images wrong out of fold (each fold's validation threshold)")
+for name, votes in (("annotator_a", a), ("annotator_b", b)):
+    seen = ~np.isnan(votes)
+    print(f"{name} labels {seen.sum()} images and agrees with the reference on "
+          f"{100 * (votes[seen] == targets[seen]).mean():.2f}% of them; the CV models on "
+          f"{100 * (wrong[seen] == 0).mean():.2f}%")
+print(f"the two annotators agree with each other on {100 * (a[both] == b[both]).mean():.2f}% of the {both.sum()} "
+      "images both label")
 print(f"both extra annotators label {both.sum()} images; they agree with each other against the reference on "
       f"{against.sum()}; the CV models are wrong on {wrong[against].sum()} of those")
 print(f"pooled out-of-fold EER: {100 * metrics.eer(targets, p)[0]:.2f}% on all images, "
