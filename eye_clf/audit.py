@@ -10,7 +10,7 @@ from cleanlab.rank import get_label_quality_scores
 from . import data
 from .cv import cross_val_predict
 from .data import LabelError
-from .train import TrainConfig
+from .train import ConfigError, TrainConfig
 
 
 def labeled(images_dir, labels):
@@ -67,9 +67,12 @@ def audit(images_dir, labels, oof=None, cfg=None, folds=5, progress=True):
     """Audit a labels file: returns ``(review_list, names, targets, p_open)``.
 
     ``oof``: a CSV of out-of-fold P(open) (img_name, p_open); without it ``folds`` models are trained with
-    ``cfg`` (default: the shipped recipe; each image is scored by the model that did not train on it).
+    ``cfg`` (default: the shipped recipe; each image is scored by the model that did not train on it; soft labels
+    are refused).
     """
     cfg = cfg or TrainConfig()
+    if cfg.soft_labels:
+        raise ConfigError("soft_labels", "the audit judges the labels file alone, not the extra annotators' labels")
     images, targets, names = labeled(images_dir, labels)
     if oof is not None:
         p_open = read_oof(oof, names)

@@ -5,8 +5,9 @@ import pytest
 
 from eye_clf import data
 from eye_clf.__main__ import main
-from eye_clf.audit import labeled, read_oof, review_list
+from eye_clf.audit import audit, labeled, read_oof, review_list
 from eye_clf.data import LabelError
+from eye_clf.train import ConfigError, TrainConfig
 from eye_clf.labels_store import LabelStore
 from eye_clf.studio import Studio, read_review
 from test_studio import eye
@@ -55,6 +56,11 @@ def test_only_labeled_rows_are_audited(partly_labelled_xlsx):
     (images / "038.png").unlink()  # not labeled yet: its image may be missing
     with pytest.raises(LabelError, match=r"1 bad row.*\n  row 12 \(010.png\): image file not found"):
         labeled(images, labels)
+
+
+def test_audit_refuses_soft_labels_before_any_work(tmp_path):
+    with pytest.raises(ConfigError, match="soft_labels: the audit judges the labels file alone"):
+        audit(tmp_path / "no_images", tmp_path / "no_labels.xlsx", cfg=TrainConfig(soft_labels=True))
 
 
 def test_read_oof_checks_its_input(tmp_path):
