@@ -69,6 +69,11 @@ RUNS = {
     "eyenet16_e100_aug15": dict(epochs=100, augment=1.5),
     # mixup (Beta(0.4, 0.4) blend weights): a regulariser that is also reported to resist label noise
     "eyenet16_e100_mixup": dict(epochs=100, mixup=0.4),
+    # label smoothing 0.2 (targets 0.1 / 0.9) instead of 0.1; ten times the weight decay
+    "eyenet16_e100_ls02": dict(epochs=100, label_smoothing=0.2),
+    "eyenet16_e100_wd5e-3": dict(epochs=100, weight_decay=5e-3),
+    # the shipped recipe with another seed (initialisation, batches, augmentation): how far one draw moves the CV
+    "eyenet16_e100_seed1": dict(epochs=100, seed=1),
     # a residual EyeNet: the same three stages, two ResNet basic blocks each (13 convs, 2.4x the weights)
     "res_eyenet16_e100": dict(arch="res_eyenet", epochs=100),
     # depthwise-separable EyeNet at twice the width: half of EyeNet-16's multiply-adds, half its weights
