@@ -1,5 +1,5 @@
-"""Models: a small EyeNet (plain, residual or depthwise-separable), torchvision ResNets and the ImageNet EfficientNet-Lite0 for 1x24x24 input; loading
-checkpoints and scoring images with them.
+"""Models: a small EyeNet (plain, residual or depthwise-separable), torchvision ResNets and the ImageNet
+EfficientNet-Lite0 for 1x24x24 input; loading checkpoints and scoring images with them.
 
 Every model is a ``Classifier``: a backbone that maps the normalized 1x24x24 input to a feature vector and a
 linear head that gives one logit (P(open) = sigmoid(logit)). Two training methods:

@@ -64,7 +64,8 @@ RUNS = {
     "eyenet16_e100_soft_labels": dict(epochs=100, soft_labels=True),
     # an exponential moving average of the weights (decay 0.999 a step: about 20 epochs) validated and kept
     "eyenet16_e100_ema": dict(epochs=100, ema=0.999),
-    # (the folds of the next two runs record commit 6f13084 with uncommitted changes: the code of commit 189edaa)
+    # (the folds of eyenet16_e100_aug15 and res_eyenet16_e100 record commit 6f13084 with uncommitted changes: the code
+    # of commit 189edaa; those of student16_self_online record 62c1351 with only results/cv_ablations.md changed)
     # stronger augmentation (x1.5: rotations to 15 degrees, shifts and scales to 15%, light to 60%, blur p 0.3)
     "eyenet16_e100_aug15": dict(epochs=100, augment=1.5),
     # mixup (Beta(0.4, 0.4) blend weights): a regulariser that is also reported to resist label noise
@@ -74,9 +75,9 @@ RUNS = {
     "eyenet16_e100_wd5e-3": dict(epochs=100, weight_decay=5e-3),
     # the shipped recipe with another seed (initialisation, batches, augmentation): how far one draw moves the CV
     "eyenet16_e100_seed1": dict(epochs=100, seed=1),
-    # a residual EyeNet: the same three stages, two ResNet basic blocks each (13 convs, 2.4x the weights)
+    # a residual EyeNet: the same three stages, two ResNet basic blocks each (13 convs)
     "res_eyenet16_e100": dict(arch="res_eyenet", epochs=100),
-    # depthwise-separable EyeNet at twice the width: half of EyeNet-16's multiply-adds, half its weights
+    # depthwise-separable EyeNet at twice the width: still fewer weights and multiply-adds than EyeNet-16
     "dw_eyenet32_e100": dict(arch="dw_eyenet", width=32, epochs=100),
     "lite0_imagenet_e12": dict(PER_IMAGE, arch="efficientnet_lite0", weights="imagenet", input_size=64, epochs=12,
                                lr=1e-3),

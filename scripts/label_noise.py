@@ -4,9 +4,9 @@ human labelings in other_annotations.csv.
     python scripts/label_noise.py [RUN]     # default: the shipped recipe's CV (TrainConfig's defaults)
 
 Prints how often each extra annotator agrees with the reference, against the CV models (each fold's validation
-threshold) on the same images; then, for the images where both extra annotators agree with each other but not with the reference, how many the
-CV models get wrong, and the pooled out-of-fold EER with and without those images; then the EER on the images that
-no extra annotator disputes (per fold: mean ± 95% interval).
+threshold) on the same images; then, for the images where both extra annotators agree with each other but not with
+the reference, how many the CV models get wrong, and the pooled out-of-fold EER with and without those images; then
+the EER on the images that no extra annotator disputes (per fold: mean ± 95% interval).
 """
 import argparse
 from pathlib import Path

@@ -7,9 +7,9 @@ from eye_clf import data
 from eye_clf.__main__ import main
 from eye_clf.audit import audit, labeled, read_oof, review_list
 from eye_clf.data import LabelError
-from eye_clf.train import ConfigError, TrainConfig
 from eye_clf.labels_store import LabelStore
 from eye_clf.studio import Studio, read_review
+from eye_clf.train import ConfigError, TrainConfig
 from test_studio import eye
 
 
