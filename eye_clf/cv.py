@@ -40,12 +40,14 @@ def _view_proba(teacher, views):
     return p
 
 
-def _fold(images, targets, rest, test, cfg, progress, teachers, train_fraction, soft):
+def _fold(images, targets, rest, test, cfg, progress, teachers, train_fraction, soft, trainable):
     """Train on ``rest`` (minus its validation part), score the test fold; returns (row, model). ``teachers``:
     checkpoint files to distil from."""
     train, val = train_test_split(rest, test_size=cfg.val_fraction, stratify=targets[rest], random_state=cfg.seed)
     if train_fraction < 1:  # learning curves: a stratified part of the training images, the same validation part
         train = train_test_split(train, train_size=train_fraction, stratify=targets[train], random_state=cfg.seed)[0]
+    if trainable is not None:
+        train = train[trainable[train]]
     bank = None
     if teachers and cfg.teacher_views:
         views = augmented_views(images[train], cfg)
@@ -76,7 +78,7 @@ def same_key(key):
 
 
 def cross_val_predict(images, targets, cfg=None, folds=5, seed=0, progress=True, fold_dir=None, teacher_dirs=(),
-                      train_fraction=1.0, soft=None):
+                      train_fraction=1.0, soft=None, trainable=None):
     """Train one model per fold; each test fold is predicted by the model that never saw it.
 
     Inside each fold ``cfg.val_fraction`` of the training part (stratified) is the validation set that picks the
@@ -88,12 +90,16 @@ def cross_val_predict(images, targets, cfg=None, folds=5, seed=0, progress=True,
     models, which saw only that fold's training part (the same split, so not its validation part either).
     ``train_fraction`` < 1 trains on that stratified part of each fold's training images (learning curves).
     ``soft``: the training targets of ``cfg.soft_labels`` (see data.soft_targets); folds and scores use ``targets``.
+    ``trainable``: a boolean mask; images outside it are left out of the training parts (the folds, validation
+    parts and test folds stay as they are).
     """
     cfg = cfg or TrainConfig()
+    trainable = None if trainable is None else np.asarray(trainable, bool)
     oof = np.full(len(targets), np.nan)
     key = dict(config=asdict(cfg), folds=folds, seed=seed, n=len(targets), n_open=int(np.sum(targets)),
                **({"teachers": [Path(d).name for d in teacher_dirs]} if teacher_dirs else {}),
-               **({"train_fraction": train_fraction} if train_fraction < 1 else {}))
+               **({"train_fraction": train_fraction} if train_fraction < 1 else {}),
+               **({"untrainable": int(np.sum(~trainable))} if trainable is not None else {}))
     rows, prov = [], provenance()  # the code this run loaded: later commits do not change a running process
     for k, (rest, test) in enumerate(data.kfold(targets, folds, seed)):
         path = Path(fold_dir) / f"fold{k}.json" if fold_dir else None
@@ -102,7 +108,7 @@ def cross_val_predict(images, targets, cfg=None, folds=5, seed=0, progress=True,
             raise ValueError(f"{path} was made with another config or data; move it away to rerun")
         if row is None:
             teachers = [Path(d) / f"fold{k}.pt" for d in teacher_dirs]
-            row, model = _fold(images, targets, rest, test, cfg, progress, teachers, train_fraction, soft)
+            row, model = _fold(images, targets, rest, test, cfg, progress, teachers, train_fraction, soft, trainable)
             row = dict(fold=k, key=key, **row, provenance=prov)
             if path:
                 save_checkpoint(checkpoint(model, cfg), path.with_suffix(".pt"))

@@ -182,6 +182,27 @@ def test_learning_curve_folds_train_on_a_part_and_keep_the_validation_part(monke
     assert json.loads((tmp_path / "half" / "fold0.json").read_text())["key"]["train_fraction"] == 0.5
 
 
+def test_untrainable_images_leave_only_the_training_parts(monkeypatch, tmp_path):
+    images, targets = synthetic(100)
+    trainable = np.arange(100) % 4 != 0
+    splits = []
+    real_fit = cv.fit
+
+    def recording_fit(images_, targets_, train_idx, val_idx, cfg, progress, teachers, **kw):
+        splits.append((set(train_idx), set(val_idx)))
+        return real_fit(images_, targets_, train_idx, val_idx, cfg, progress, teachers, **kw)
+
+    monkeypatch.setattr(cv, "fit", recording_fit)
+    cv.cross_val_predict(images, targets, SMALL, folds=2, progress=False, fold_dir=tmp_path / "all")
+    cv.cross_val_predict(images, targets, SMALL, folds=2, progress=False, fold_dir=tmp_path / "some",
+                         trainable=trainable)
+    for (train_all, val_all), (train_some, val_some) in zip(splits[:2], splits[2:]):
+        assert train_some == {i for i in train_all if trainable[i]} and val_some == val_all
+    assert json.loads((tmp_path / "some" / "fold0.json").read_text())["key"]["untrainable"] == 25
+    tests = [json.loads((tmp_path / d / "fold1.json").read_text())["test_idx"] for d in ("all", "some")]
+    assert tests[0] == tests[1]
+
+
 def test_shipped_model_is_compared_only_on_images_it_never_saw(monkeypatch, tmp_path):
     images, targets = synthetic(100)
     tr, va, _ = data.split(targets, seed=0)
