@@ -1,4 +1,5 @@
-"""Metrics for P(open) scores against 0/1 targets: EER (with its threshold), accuracy, ROC AUC, ECE."""
+"""Metrics for P(open) scores against 0/1 targets: EER (with its threshold), accuracy, ROC AUC, ECE; and the
+error rates of three labellings of the same images."""
 import numpy as np
 from sklearn.metrics import roc_auc_score, roc_curve
 
@@ -55,3 +56,15 @@ def summary(targets, scores):
     return dict(eer=rate, eer_threshold=thr, accuracy=accuracy(targets, scores),
                 accuracy_at_eer=accuracy(targets, scores, thr), auc=auc(targets, scores),
                 ece=ece(targets, scores))
+
+
+def labeller_errors(x, y, z):
+    """Error rates of three 0/1 labellings of the same images, if each flips the truth independently of the others.
+
+    Two labellings with error rates e, f disagree with probability d = e + f - 2ef, i.e. 1 - 2d = (1 - 2e)(1 - 2f);
+    the three pairwise disagreements then give each rate. Errors all three share (hard images) stay invisible.
+    """
+    c = {k: 1 - 2 * np.mean(np.asarray(u) != np.asarray(v)) for k, (u, v) in
+         dict(xy=(x, y), xz=(x, z), yz=(y, z)).items()}
+    return tuple(float((1 - np.sqrt(c[a] * c[b] / c[o])) / 2) for a, b, o in
+                 (("xy", "xz", "yz"), ("xy", "yz", "xz"), ("xz", "yz", "xy")))

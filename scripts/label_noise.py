@@ -6,7 +6,9 @@ human labelings in other_annotations.csv.
 Prints how often each extra annotator agrees with the reference, against the CV models (each fold's validation
 threshold) on the same images; then, for the images where both extra annotators agree with each other but not with
 the reference, how many the CV models get wrong, and the pooled out-of-fold EER with and without those images; then
-the EER on the images that no extra annotator disputes (per fold: mean ± 95% interval).
+the EER on the images that no extra annotator disputes (per fold: mean ± 95% interval); last, each labeller's own
+error rate (metrics.labeller_errors: independent errors assumed) on the images both extra annotators label, from
+the trio (reference, A, B) and from (CV models, A, B).
 """
 import argparse
 from pathlib import Path
@@ -57,3 +59,7 @@ m, h = interval(per_fold)
 print(f"on the {(~disputed).sum()} images no extra annotator disputes (out of {len(targets)}): pooled out-of-fold EER "
       f"{100 * metrics.eer(targets[~disputed], p[~disputed])[0]:.2f}%, per fold {100 * m:.2f} ± {100 * h:.2f}%; "
       f"{wrong[disputed].sum()} of the {wrong.sum()} errors are on the {disputed.sum()} disputed images")
+for first, labels in (("reference", targets), ("CV models", (p >= threshold).astype(float))):
+    e = metrics.labeller_errors(labels[both], a[both], b[both])
+    print(f"independent-error estimate on the {both.sum()} images both extra annotators label: {first} "
+          f"{100 * e[0]:.2f}%, annotator_a {100 * e[1]:.2f}%, annotator_b {100 * e[2]:.2f}% wrong")

@@ -162,3 +162,12 @@ def test_history_plot_labels_rates_in_percent():
     assert {"2%", "5%", "10%", "20%"} <= set(eer_labels) and all(s.endswith("%") for s in eer_labels)
     assert all(t.get_text().endswith("%") for t in acc.get_yticklabels() if t.get_text())
     assert not [t for t in eer.get_yticklabels(minor=True) if t.get_text()]  # no "4x10^-1" minor labels
+
+
+def test_labeller_errors_recovers_independent_flip_rates():
+    rng = np.random.default_rng(0)
+    truth = rng.integers(0, 2, 200_000)
+    flips = (0.02, 0.05, 0.15)
+    labels = [np.where(rng.random(truth.size) < e, 1 - truth, truth) for e in flips]
+    assert metrics.labeller_errors(*labels) == pytest.approx(flips, abs=0.003)
+    assert metrics.labeller_errors(truth, truth, labels[2]) == pytest.approx((0, 0, np.mean(labels[2] != truth)))
