@@ -5,6 +5,7 @@
     python scripts/cv_ablations.py --ensemble a b ...   # score the average of finished runs' out-of-fold P(open)
     python scripts/cv_ablations.py --average-curve a b  # EER of the averages of every 1, 2, ... of finished runs
     python scripts/cv_ablations.py --table              # rebuild results/cv_ablations.md from the finished runs
+    python scripts/cv_ablations.py --ece-floor a b      # each fold's ECE against that of a calibrated model
 
 Every run: the same 5 stratified folds (seed 0) of the 4000 labelled images; inside each fold 10% of the
 training part picks the best-validation-loss epoch and the temperature, the test fold only scores. The
@@ -168,6 +169,16 @@ def average_curve(names, targets):
               f"(from {100 * min(eers):.2f} to {100 * max(eers):.2f})")
 
 
+def ece_floors(names):
+    """Per fold: the run's ECE on its test fold, and the ECE a perfectly calibrated model with the same scores would
+    show on that many images (metrics.ece_floor): the part of the ECE that is sampling, not miscalibration."""
+    for name in names:
+        rows = load(name)
+        ece, floor = (np.array([r["ece"] for r in rows]), np.array([metrics.ece_floor(r["p"]) for r in rows]))
+        print(f"{name}: ECE per fold {np.round(100 * ece, 2).tolist()}, of a calibrated model with the same scores "
+              f"{np.round(100 * floor, 2).tolist()}; mean {100 * ece.mean():.2f}% against {100 * floor.mean():.2f}%")
+
+
 def cells(f, ref):
     """Mean ± 95% interval cells of one run's per-fold metrics, and its paired EER difference to ``ref``."""
     cell = {}
@@ -224,6 +235,8 @@ if __name__ == "__main__":
     ap.add_argument("--average-curve", nargs="+", metavar="RUN", help="EER of the averages of every k of these "
                     "finished runs, k = 1, 2, ...")
     ap.add_argument("--table", action="store_true", help="rebuild results/cv_ablations.md")
+    ap.add_argument("--ece-floor", nargs="+", metavar="RUN", help="each fold's ECE against the ECE a perfectly "
+                    "calibrated model with the same scores would show on as many images")
     ap.add_argument("--threads", type=int, default=1, help="torch threads (default 1: one job per core)")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
@@ -235,7 +248,8 @@ if __name__ == "__main__":
         images, targets, names = data.load_dataset()
         for name in args.names:
             run(name, images, targets, names)
-    unfinished = [n for n in (args.ensemble or []) + (args.average_curve or []) if load(n) is None]
+    unfinished = [n for n in (args.ensemble or []) + (args.average_curve or []) + (args.ece_floor or [])
+                  if load(n) is None]
     if unfinished:
         ap.error(f"no complete 5-fold CV in {OUT / 'cv'} for {sorted(set(unfinished))}")
     if args.ensemble or args.average_curve or args.table:
@@ -245,5 +259,7 @@ if __name__ == "__main__":
         ensemble(args.ensemble, targets, tta=True)
     if args.average_curve:
         average_curve(args.average_curve, targets)
+    if args.ece_floor:
+        ece_floors(args.ece_floor)
     if args.table:
         table(targets)
