@@ -87,6 +87,10 @@ RUNS = {
     "eyenet16_e30_train25": dict(PER_IMAGE, epochs=30, train_fraction=0.25),
     "eyenet16_e30_train50": dict(PER_IMAGE, epochs=30, train_fraction=0.5),
     "eyenet16_e30_train75": dict(PER_IMAGE, epochs=30, train_fraction=0.75),
+    # ... and of the shipped recipe
+    "eyenet16_e100_train25": dict(epochs=100, train_fraction=0.25),
+    "eyenet16_e100_train50": dict(epochs=100, train_fraction=0.5),
+    "eyenet16_e100_train75": dict(epochs=100, train_fraction=0.75),
     # students of the 100-epoch recipe: the teachers score 10 augmented views of each training image once; "mix"
     # targets are half the teachers' P(open), half the smoothed label; "soft" targets are the teachers' alone
     "student16_lite0_mix": dict(PER_IMAGE, distill=0.5, teacher_views=10, teachers=["lite0_imagenet_e12"]),
