@@ -17,6 +17,18 @@ from conftest import synthetic
 SMALL = TrainConfig(width=4, epochs=2, batch_size=32, augment=0)
 
 
+def record_fits(monkeypatch, what):
+    """Patch cv.fit to record ``what(train_idx, val_idx, teachers)`` of every call; returns the list of records."""
+    records, real_fit = [], cv.fit
+
+    def recording_fit(images_, targets_, train_idx, val_idx, cfg, progress, teachers, **kw):
+        records.append(what(train_idx, val_idx, teachers))
+        return real_fit(images_, targets_, train_idx, val_idx, cfg, progress, teachers, **kw)
+
+    monkeypatch.setattr(cv, "fit", recording_fit)
+    return records
+
+
 def test_train_run_writes_a_run_folder_and_leaves_the_shipped_model_alone(real_root, tmp_path):
     shipped = (experiment.SHIPPED / "eye_clf.pt").read_bytes()
     res = experiment.train_run(TrainConfig(width=8, epochs=1), real_root, out_dir=tmp_path, limit=200,
@@ -39,14 +51,7 @@ def test_train_run_writes_a_run_folder_and_leaves_the_shipped_model_alone(real_r
 
 def test_oof_predictions_never_come_from_a_model_that_saw_the_image(monkeypatch, tmp_path):
     images, targets = synthetic(60)
-    seen = []
-    real_fit = cv.fit
-
-    def recording_fit(images_, targets_, train_idx, val_idx, cfg, progress, teachers, **kw):
-        seen.append(set(train_idx) | set(val_idx))
-        return real_fit(images_, targets_, train_idx, val_idx, cfg, progress, teachers, **kw)
-
-    monkeypatch.setattr(cv, "fit", recording_fit)
+    seen = record_fits(monkeypatch, lambda tr, va, _: set(tr) | set(va))
     oof, per_fold = cv.cross_val_predict(images, targets, SMALL, folds=3, progress=False, fold_dir=tmp_path)
     rows = [json.loads((tmp_path / f"fold{k}.json").read_text()) for k in range(3)]
     tests = [set(r["test_idx"]) for r in rows]
@@ -148,14 +153,7 @@ def test_distillation_trains_towards_the_teachers_on_the_same_views():
 def test_cv_students_distil_from_the_teacher_of_their_own_fold(monkeypatch, tmp_path):
     images, targets = synthetic(60)
     cv.cross_val_predict(images, targets, SMALL, folds=3, progress=False, fold_dir=tmp_path / "teacher")
-    used = []
-    real_fit = cv.fit
-
-    def recording_fit(images_, targets_, train_idx, val_idx, cfg, progress, teachers, **kw):
-        used.append(teachers[0].state_dict()["head.weight"].clone())
-        return real_fit(images_, targets_, train_idx, val_idx, cfg, progress, teachers, **kw)
-
-    monkeypatch.setattr(cv, "fit", recording_fit)
+    used = record_fits(monkeypatch, lambda tr, va, t: t[0].state_dict()["head.weight"].clone())
     student = TrainConfig(**{**asdict(SMALL), "distill": 0.5})
     cv.cross_val_predict(images, targets, student, folds=3, progress=False, fold_dir=tmp_path / "student",
                          teacher_dirs=[tmp_path / "teacher"])
@@ -167,14 +165,7 @@ def test_cv_students_distil_from_the_teacher_of_their_own_fold(monkeypatch, tmp_
 
 def test_learning_curve_folds_train_on_a_part_and_keep_the_validation_part(monkeypatch, tmp_path):
     images, targets = synthetic(100)
-    sizes = []
-    real_fit = cv.fit
-
-    def recording_fit(images_, targets_, train_idx, val_idx, cfg, progress, teachers, **kw):
-        sizes.append((len(train_idx), len(val_idx)))
-        return real_fit(images_, targets_, train_idx, val_idx, cfg, progress, teachers, **kw)
-
-    monkeypatch.setattr(cv, "fit", recording_fit)
+    sizes = record_fits(monkeypatch, lambda tr, va, _: (len(tr), len(va)))
     cv.cross_val_predict(images, targets, SMALL, folds=2, progress=False, fold_dir=tmp_path / "all")
     cv.cross_val_predict(images, targets, SMALL, folds=2, progress=False, fold_dir=tmp_path / "half",
                          train_fraction=0.5)
@@ -185,17 +176,11 @@ def test_learning_curve_folds_train_on_a_part_and_keep_the_validation_part(monke
 def test_untrainable_images_leave_only_the_training_parts(monkeypatch, tmp_path):
     images, targets = synthetic(100)
     trainable = np.arange(100) % 4 != 0
-    splits = []
-    real_fit = cv.fit
-
-    def recording_fit(images_, targets_, train_idx, val_idx, cfg, progress, teachers, **kw):
-        splits.append((set(train_idx), set(val_idx)))
-        return real_fit(images_, targets_, train_idx, val_idx, cfg, progress, teachers, **kw)
-
-    monkeypatch.setattr(cv, "fit", recording_fit)
+    splits = record_fits(monkeypatch, lambda tr, va, _: (set(tr), set(va)))
     cv.cross_val_predict(images, targets, SMALL, folds=2, progress=False, fold_dir=tmp_path / "all")
     cv.cross_val_predict(images, targets, SMALL, folds=2, progress=False, fold_dir=tmp_path / "some",
                          trainable=trainable)
+    assert len(splits) == 4
     for (train_all, val_all), (train_some, val_some) in zip(splits[:2], splits[2:]):
         assert train_some == {i for i in train_all if trainable[i]} and val_some == val_all
     assert json.loads((tmp_path / "some" / "fold0.json").read_text())["key"]["untrainable"] == 25
