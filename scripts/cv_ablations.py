@@ -113,6 +113,7 @@ RUNS = {
     "eyenet16_e100_undisputed": dict(epochs=100, undisputed_only=True),
     # the schedule beyond 100 epochs (30 -> 100 helped); twice the shipped model's training time
     "eyenet16_e200": dict(epochs=200),
+    "eyenet16_e200_seed1": dict(epochs=200, seed=1),  # is the 200-epoch gain more than one draw's spread?
 }
 EXTRA = ("teachers", "train_fraction", "undisputed_only")  # RUNS keys that are not TrainConfig fields
 
