@@ -95,6 +95,8 @@ def cross_val_predict(images, targets, cfg=None, folds=5, seed=0, progress=True,
     """
     cfg = cfg or TrainConfig()
     trainable = None if trainable is None else np.asarray(trainable, bool)
+    if trainable is not None and trainable.shape != (len(targets),):
+        raise ValueError(f"trainable: a mask of {len(targets)} images expected, got shape {trainable.shape}")
     oof = np.full(len(targets), np.nan)
     key = dict(config=asdict(cfg), folds=folds, seed=seed, n=len(targets), n_open=int(np.sum(targets)),
                **({"teachers": [Path(d).name for d in teacher_dirs]} if teacher_dirs else {}),

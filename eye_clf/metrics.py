@@ -71,7 +71,11 @@ def labeller_errors(x, y, z):
     Two labellings with error rates e, f disagree with probability d = e + f - 2ef, i.e. 1 - 2d = (1 - 2e)(1 - 2f);
     the three pairwise disagreements then give each rate. Errors all three share (hard images) stay invisible.
     """
-    c = {k: 1 - 2 * np.mean(np.asarray(u) != np.asarray(v)) for k, (u, v) in
-         dict(xy=(x, y), xz=(x, z), yz=(y, z)).items()}
+    x, y, z = (np.asarray(v) for v in (x, y, z))
+    if not x.shape == y.shape == z.shape:
+        raise ValueError(f"labellings of different shapes: {x.shape}, {y.shape}, {z.shape}")
+    c = {k: 1 - 2 * np.mean(u != v) for k, (u, v) in dict(xy=(x, y), xz=(x, z), yz=(y, z)).items()}
+    if min(c.values()) <= 0:
+        raise ValueError("two labellings disagree on half the images or more: no independent-error estimate")
     return tuple(float((1 - np.sqrt(c[a] * c[b] / c[o])) / 2) for a, b, o in
                  (("xy", "xz", "yz"), ("xy", "yz", "xz"), ("xz", "yz", "xy")))

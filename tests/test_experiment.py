@@ -186,6 +186,8 @@ def test_untrainable_images_leave_only_the_training_parts(monkeypatch, tmp_path)
     assert json.loads((tmp_path / "some" / "fold0.json").read_text())["key"]["untrainable"] == 25
     tests = [json.loads((tmp_path / d / "fold1.json").read_text())["test_idx"] for d in ("all", "some")]
     assert tests[0] == tests[1]
+    with pytest.raises(ValueError, match="trainable: a mask of 100 images"):
+        cv.cross_val_predict(images, targets, SMALL, folds=2, progress=False, trainable=trainable[:-1])
 
 
 def test_shipped_model_is_compared_only_on_images_it_never_saw(monkeypatch, tmp_path):
