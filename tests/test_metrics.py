@@ -171,6 +171,10 @@ def test_labeller_errors_recovers_independent_flip_rates():
     labels = [np.where(rng.random(truth.size) < e, 1 - truth, truth) for e in flips]
     assert metrics.labeller_errors(*labels) == pytest.approx(flips, abs=0.003)
     assert metrics.labeller_errors(truth, truth, labels[2]) == pytest.approx((0, 0, np.mean(labels[2] != truth)))
+    with pytest.raises(ValueError, match="different shapes"):
+        metrics.labeller_errors(truth, truth, truth[:-1])
+    with pytest.raises(ValueError, match="half the images"):
+        metrics.labeller_errors(truth, 1 - truth, truth)
 
 
 def test_ece_floor_is_the_sampling_bias_of_a_calibrated_model():
@@ -178,7 +182,3 @@ def test_ece_floor_is_the_sampling_bias_of_a_calibrated_model():
     expected = 0.5 / np.sqrt(800) * np.sqrt(2 / np.pi)
     assert metrics.ece_floor(np.full(800, 0.5), bins=1, draws=4000) == pytest.approx(expected, rel=0.05)
     assert metrics.ece_floor(np.r_[np.zeros(400), np.ones(400)]) == 0  # certain and right: nothing to miss
-    with pytest.raises(ValueError, match="different shapes"):
-        metrics.labeller_errors(truth, truth, truth[:-1])
-    with pytest.raises(ValueError, match="half the images"):
-        metrics.labeller_errors(truth, 1 - truth, truth)
