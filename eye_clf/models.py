@@ -1,5 +1,5 @@
-"""Models: a small EyeNet (plain, residual or depthwise-separable), torchvision ResNets and the ImageNet
-EfficientNet-Lite0 for 1x24x24 input; loading checkpoints and scoring images with them.
+"""Models: a small EyeNet (plain, residual, depthwise-separable or contrast-normalized), torchvision ResNets and
+the ImageNet EfficientNet-Lite0 for 1x24x24 input; loading checkpoints and scoring images with them.
 
 Every model is a ``Classifier``: a backbone that maps the normalized 1x24x24 input to a feature vector and a
 linear head that gives one logit (P(open) = sigmoid(logit)). Two training methods:
@@ -17,7 +17,7 @@ from torch import nn
 
 from .preprocess import IMG_SIZE, MEAN, MODE, STD, normalize
 
-ARCHS = ("eyenet", "res_eyenet", "dw_eyenet", "resnet18", "resnet34", "resnet50", "efficientnet_lite0")
+ARCHS = ("eyenet", "res_eyenet", "dw_eyenet", "cn_eyenet", "resnet18", "resnet34", "resnet50", "efficientnet_lite0")
 METHODS = ("finetune", "feature_extraction")
 CHECKPOINT_FORMAT = "eye_clf/1"
 # Pretrained backbones expect their own input scaling; ours is (p - MEAN) / STD with p in 0..1.
@@ -65,6 +65,12 @@ def eyenet(width=16, separable=False):
                          conv(w, 2 * w), conv(2 * w, 2 * w), nn.MaxPool2d(2),
                          conv(2 * w, 4 * w), conv(4 * w, 4 * w),
                          nn.AdaptiveAvgPool2d(1), nn.Flatten()), 4 * w
+
+
+def contrast_normalized(trunk, n_features, eps=0.01):
+    """``trunk`` behind a per-image standardization (zero mean, unit variance over each image's pixels; ``eps``
+    keeps flat images flat): the convs see the eye's shape, not its brightness or contrast."""
+    return nn.Sequential(nn.InstanceNorm2d(1, eps=eps), trunk), n_features
 
 
 def res_eyenet(width=16, blocks=2):
@@ -140,10 +146,12 @@ def build_model(arch="eyenet", method="finetune", weights=None, width=16, dropou
         raise ValueError(f"unknown arch {arch!r}; choose one of {ARCHS}")
     if method not in METHODS:
         raise ValueError(f"unknown method {method!r}; choose one of {METHODS}")
-    if arch in ("eyenet", "res_eyenet", "dw_eyenet"):
+    if arch in ("eyenet", "res_eyenet", "dw_eyenet", "cn_eyenet"):
         if weights is not None:
             raise ValueError(f"{arch} has no pretrained weights; use weights=None")
         trunk = res_eyenet(width) if arch == "res_eyenet" else eyenet(width, separable=arch == "dw_eyenet")
+        if arch == "cn_eyenet":
+            trunk = contrast_normalized(*trunk)
         backbone, n, kw = *trunk, dict(input_size=24)
     elif arch == "efficientnet_lite0":
         backbone, n, kw = efficientnet_lite0(weights, **({"input_size": input_size} if input_size else {}))

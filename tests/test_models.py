@@ -16,7 +16,8 @@ def trainable(model):
     return {n for n, p in model.named_parameters() if p.requires_grad}
 
 
-@pytest.mark.parametrize("arch", ["eyenet", "res_eyenet", "dw_eyenet", "resnet18", "resnet34", "resnet50"])
+@pytest.mark.parametrize("arch", ["eyenet", "res_eyenet", "dw_eyenet", "cn_eyenet", "resnet18", "resnet34",
+                                  "resnet50"])
 def test_random_init_gives_one_logit_per_image(arch):
     model = build_model(arch).eval()
     with torch.no_grad():
@@ -65,12 +66,24 @@ def test_dw_eyenet_is_eyenet_with_depthwise_separable_convs_after_the_first():
     assert convs[1] == [convs[0][0]] + [c for pair in zip(depthwise, pointwise) for c in pair]
 
 
+def test_cn_eyenet_ignores_brightness_and_contrast_where_eyenet_does_not():
+    torch.manual_seed(0)
+    x = torch.randn(3, 1, 24, 24)
+    for arch, same in (("cn_eyenet", True), ("eyenet", False)):
+        model = build_model(arch, width=4).eval()
+        with torch.no_grad():
+            z, z_changed = model(x), model(3 * x - 1)
+        assert torch.allclose(z, z_changed, atol=1e-3) == same, arch
+    flat = build_model("cn_eyenet", width=4).eval().backbone[0](torch.full((1, 1, 24, 24), 0.7))
+    assert flat.abs().max() < 1e-5  # a flat image stays flat (no 0 / 0)
+
+
 def test_bad_arguments_raise():
     with pytest.raises(ValueError, match="unknown arch 'vgg'"):
         build_model("vgg")
     with pytest.raises(ValueError, match="unknown method 'linear_probe'"):
         build_model("eyenet", "linear_probe")
-    for arch in ["eyenet", "res_eyenet", "dw_eyenet"]:
+    for arch in ["eyenet", "res_eyenet", "dw_eyenet", "cn_eyenet"]:
         with pytest.raises(ValueError, match=f"{arch} has no pretrained weights"):
             build_model(arch, weights="imagenet")
     for arch in ["resnet18", "efficientnet_lite0"]:

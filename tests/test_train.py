@@ -156,7 +156,7 @@ def test_config_from_dict():
 
 # ---- checkpoints and files ---------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("arch", ["eyenet", "res_eyenet", "dw_eyenet"])
+@pytest.mark.parametrize("arch", ["eyenet", "res_eyenet", "dw_eyenet", "cn_eyenet"])
 def test_checkpoint_round_trip(toy, tmp_path, arch):
     images, targets, tr, va = toy
     cfg = replace(CFG, arch=arch, epochs=2, tta=True)
