@@ -78,7 +78,7 @@ def same_key(key):
 
 
 def cross_val_predict(images, targets, cfg=None, folds=5, seed=0, progress=True, fold_dir=None, teacher_dirs=(),
-                      train_fraction=1.0, soft=None, trainable=None):
+                      train_fraction=1.0, soft=None, trainable=None, only=None):
     """Train one model per fold; each test fold is predicted by the model that never saw it.
 
     Inside each fold ``cfg.val_fraction`` of the training part (stratified) is the validation set that picks the
@@ -92,6 +92,8 @@ def cross_val_predict(images, targets, cfg=None, folds=5, seed=0, progress=True,
     ``soft``: the training targets of ``cfg.soft_labels`` (see data.soft_targets); folds and scores use ``targets``.
     ``trainable``: a boolean mask; images outside it are left out of the training parts (the folds, validation
     parts and test folds stay as they are).
+    ``only``: train just these fold indices (folds of others are read from ``fold_dir`` if there, else left out of
+    the result, their out-of-fold P(open) NaN), so that several processes can share one CV, each on its own folds.
     """
     cfg = cfg or TrainConfig()
     trainable = None if trainable is None else np.asarray(trainable, bool)
@@ -103,11 +105,15 @@ def cross_val_predict(images, targets, cfg=None, folds=5, seed=0, progress=True,
                **({"train_fraction": train_fraction} if train_fraction < 1 else {}),
                **({"untrainable": int(np.sum(~trainable))} if trainable is not None else {}))
     rows, prov = [], provenance()  # the code this run loaded: later commits do not change a running process
+    if only is not None and not set(only) <= set(range(folds)):
+        raise ValueError(f"only: fold indices in 0..{folds - 1} expected, got {sorted(only)}")
     for k, (rest, test) in enumerate(data.kfold(targets, folds, seed)):
         path = Path(fold_dir) / f"fold{k}.json" if fold_dir else None
         row = json.loads(path.read_text()) if path and path.exists() else None
         if row is not None and same_key(row["key"]) != key:
             raise ValueError(f"{path} was made with another config or data; move it away to rerun")
+        if row is None and only is not None and k not in only:
+            continue
         if row is None:
             teachers = [Path(d) / f"fold{k}.pt" for d in teacher_dirs]
             row, model = _fold(images, targets, rest, test, cfg, progress, teachers, train_fraction, soft, trainable)

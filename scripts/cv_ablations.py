@@ -2,6 +2,7 @@
 
     python scripts/cv_ablations.py eyenet16_e60 ...     # run these; each fold lands in results/cv/NAME/foldK.json
                                                         # as it finishes, and a rerun resumes
+    python scripts/cv_ablations.py NAME --only 3 4      # just these folds: a second process on the other core
     python scripts/cv_ablations.py --ensemble a b ...   # score the average of finished runs' out-of-fold P(open)
     python scripts/cv_ablations.py --average-curve a b  # EER of the averages of every 1, 2, ... of finished runs
     python scripts/cv_ablations.py --table              # rebuild results/cv_ablations.md from the finished runs
@@ -130,16 +131,16 @@ def config(name):
     return TrainConfig(**{"patience": change.get("epochs", TrainConfig.epochs), **change})
 
 
-def run(name, images, targets, names):
+def run(name, images, targets, names, only=None):
     cfg = config(name)
     soft = data.soft_targets(targets, names) if cfg.soft_labels else None
     teachers = [OUT / "cv" / t for t in RUNS[name].get("teachers", ())]
     trainable = data.soft_targets(targets, names) == targets if RUNS[name].get("undisputed_only") else None
     oof, per_fold = cross_val_predict(images, targets, cfg, folds=5, seed=0, fold_dir=OUT / "cv" / name,
                                       teacher_dirs=teachers, train_fraction=RUNS[name].get("train_fraction", 1.0),
-                                      soft=soft, trainable=trainable)
-    print(f"{name}: EER {100 * per_fold['eer'].mean():.2f}% (folds {np.round(100 * per_fold['eer'], 2).tolist()})",
-          flush=True)
+                                      soft=soft, trainable=trainable, only=only)
+    print(f"{name}: EER {100 * per_fold['eer'].mean():.2f}% (folds {per_fold['fold'].tolist()}: "
+          f"{np.round(100 * per_fold['eer'], 2).tolist()})", flush=True)
 
 
 def load(name, partial=False):
@@ -251,6 +252,8 @@ if __name__ == "__main__":
     ap.add_argument("--ece-floor", nargs="+", metavar="RUN", help="each fold's ECE against the ECE a perfectly "
                     "calibrated model with the same scores would show on as many images")
     ap.add_argument("--threads", type=int, default=1, help="torch threads (default 1: one job per core)")
+    ap.add_argument("--only", type=int, nargs="+", metavar="K", help="train just these folds (a second process "
+                    "can then run the others of the same run on another core)")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     unknown = set(args.names) - set(RUNS)
@@ -260,7 +263,7 @@ if __name__ == "__main__":
     if args.names:
         images, targets, names = data.load_dataset()
         for name in args.names:
-            run(name, images, targets, names)
+            run(name, images, targets, names, args.only)
     unfinished = [n for n in (args.ensemble or []) + (args.average_curve or []) + (args.ece_floor or [])
                   if load(n) is None]
     if unfinished:

@@ -70,6 +70,19 @@ def test_cv_resumes_from_fold_files_and_refuses_another_config(monkeypatch, tmp_
         cv.cross_val_predict(images, targets, TrainConfig(width=5, epochs=2), folds=3, fold_dir=tmp_path)
 
 
+def test_cv_only_trains_the_named_folds_and_reads_the_others(monkeypatch, tmp_path):
+    images, targets = synthetic(60)
+    fits = record_fits(monkeypatch, lambda tr, va, _: None)
+    oof, per_fold = cv.cross_val_predict(images, targets, SMALL, folds=3, progress=False, fold_dir=tmp_path, only=[2])
+    assert len(fits) == 1 and sorted(p.name for p in tmp_path.glob("*.json")) == ["fold2.json"]
+    test = json.loads((tmp_path / "fold2.json").read_text())["test_idx"]
+    assert per_fold["fold"].tolist() == [2] and np.isfinite(oof[test]).all() and np.isnan(oof).sum() == 60 - len(test)
+    full, _ = cv.cross_val_predict(images, targets, SMALL, folds=3, progress=False, fold_dir=tmp_path, only=[0, 1])
+    assert len(fits) == 3 and np.isfinite(full).all()  # folds 0 and 1 trained, fold 2 read from its file
+    with pytest.raises(ValueError, match="fold indices in 0..2"):
+        cv.cross_val_predict(images, targets, SMALL, folds=3, progress=False, only=[3])
+
+
 def test_a_fold_from_before_a_config_field_existed_keeps_its_behaviour():
     key = dict(config={k: v for k, v in asdict(TrainConfig()).items() if k != "batch_augment"}, folds=5)
     assert cv.same_key(key)["config"]["batch_augment"] is False  # such folds augmented image by image
