@@ -104,6 +104,8 @@ RUNS = {
     "student16_e32_mix": dict(PER_IMAGE, distill=0.5, teacher_views=10, teachers=["eyenet32_e30"]),
     "student16_e32_soft": dict(PER_IMAGE, distill=1.0, teacher_views=10, teachers=["eyenet32_e30"]),
     "student24_e32_mix": dict(width=24, distill=0.5, teacher_views=10, teachers=["eyenet32_e30"]),
+    # the shipped recipe as the student of the 96-px Lite0 (its views scored once, as for the 64-px Lite0's student)
+    "student16_lite0_96_mix": dict(distill=0.5, teacher_views=10, teachers=["lite0_imagenet_96px_e20"]),
     # the average of three 100-epoch EyeNet-16 runs and Lite0 as the teacher (views as the Lite0 student's, whose
     # Lite0 scores are cached)
     "student16_ens4_mix": dict(PER_IMAGE, distill=0.5, teacher_views=10,
