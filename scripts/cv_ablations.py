@@ -93,7 +93,7 @@ RUNS = {
     "lite0_imagenet_e12": dict(PER_IMAGE, arch="efficientnet_lite0", weights="imagenet", input_size=64, epochs=12,
                                lr=1e-3),
     # the ImageNet teacher at a larger input size and a longer schedule (its best epochs at 12 were the last ones),
-    # with the shipped recipe's batch augmentation: about an hour a fold on one CPU thread, so it spans sessions
+    # with the shipped recipe's batch augmentation: about half an hour a fold on one CPU thread
     "lite0_imagenet_96px_e20": dict(arch="efficientnet_lite0", weights="imagenet", input_size=96, epochs=20, lr=1e-3),
     # learning curve of the 30-epoch recipe: a stratified part of each fold's training images
     "eyenet16_e30_train25": dict(PER_IMAGE, epochs=30, train_fraction=0.25),
@@ -266,6 +266,9 @@ if __name__ == "__main__":
     unknown = set(args.names) - set(RUNS)
     if unknown:
         ap.error(f"unknown run(s) {sorted(unknown)}; choose among {list(RUNS)}")
+    if args.only is not None and (not args.names or not set(args.only) <= set(range(5))):
+        ap.error(f"--only takes fold numbers 0..4 of the runs named, got {args.only}"
+                 + ("" if args.names else " and no run"))
     targets = None
     if args.names:
         images, targets, names = data.load_dataset()
