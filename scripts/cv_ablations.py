@@ -246,8 +246,9 @@ def table(targets):
           "library versions and machine are in `results/cv/NAME/foldK.json`. Mean ± 95% t-interval over the 5 "
           "folds (the same folds for every run, so differences are paired); EER per fold on its held-out test fold; "
           f"accuracy at the threshold each fold's validation part chose. `{REFERENCE}` is the shipped recipe. Seconds "
-          "are training wall-clock (for students: with the teachers' scoring of the views) on one thread of a "
-          "2-core CPU machine shared with other jobs: compare them loosely.\n\n"
+          "are training wall-clock (online students: with the teachers' scoring of every batch; students of scored "
+          "views: without the one-off, cached scoring of the views) on one thread of a 2-core CPU machine shared "
+          "with other jobs: compare them loosely.\n\n"
           + pd.DataFrame(rows).to_markdown(index=False) + "\n")
     atomic_write(OUT / "cv_ablations.md", lambda tmp: Path(tmp).write_text(md))
     print(md)
