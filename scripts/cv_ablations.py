@@ -83,6 +83,9 @@ RUNS = {
     "eyenet16_e100_wd5e-3": dict(epochs=100, weight_decay=5e-3),
     # the shipped recipe with another seed (initialisation, batches, augmentation): how far one draw moves the CV
     "eyenet16_e100_seed1": dict(epochs=100, seed=1),
+    # the one-cycle peak learning rate (3e-3 in the shipped recipe) a third and three times
+    "eyenet16_e100_lr1e-3": dict(epochs=100, lr=1e-3),
+    "eyenet16_e100_lr1e-2": dict(epochs=100, lr=1e-2),
     # a residual EyeNet: the same three stages, two ResNet basic blocks each (13 convs)
     "res_eyenet16_e100": dict(arch="res_eyenet", epochs=100),
     # depthwise-separable EyeNet at twice the width: still fewer weights and multiply-adds than EyeNet-16
