@@ -155,6 +155,11 @@ def run(name, images, targets, names, only=None):
                                       soft=soft, trainable=trainable, only=only)
     print(f"{name}: EER {100 * per_fold['eer'].mean():.2f}% (folds {per_fold['fold'].tolist()}: "
           f"{np.round(100 * per_fold['eer'], 2).tolist()})", flush=True)
+    ref = load(REFERENCE)
+    if ref and name != REFERENCE:
+        ref_eer = {r["fold"]: r["eer"] for r in ref}
+        diff = [100 * (e - ref_eer[k]) for k, e in zip(per_fold["fold"], per_fold["eer"])]
+        print(f"  paired ΔEER vs {REFERENCE} per fold: {np.round(diff, 2).tolist()}", flush=True)
 
 
 def load(name, partial=False):

@@ -5,6 +5,7 @@ from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 from PIL import Image
@@ -119,6 +120,18 @@ def test_ablation_table_shows_paired_differences(monkeypatch, tmp_path):
     diff = np.array([0.04, 0.03, 0.04, 0.05, 0.04]) - np.array([0.03, 0.02, 0.04, 0.03, 0.03])
     m, h = cv.interval(diff)
     assert f"{100 * m:+.2f} ± {100 * h:.2f}" in line and "3.00 ± " in md
+
+
+def test_ablation_run_prints_each_folds_paired_difference(monkeypatch, tmp_path, capsys):
+    ablations = load_script("cv_ablations")
+    monkeypatch.setattr(ablations, "OUT", tmp_path)
+    for k, e in enumerate([0.03, 0.02, 0.04, 0.03, 0.03]):
+        (tmp_path / "cv" / ablations.REFERENCE).mkdir(parents=True, exist_ok=True)
+        (tmp_path / "cv" / ablations.REFERENCE / f"fold{k}.json").write_text(json.dumps(dict(fold=k, eer=e)))
+    per_fold = pd.DataFrame(dict(fold=[0, 1, 2, 3, 4], eer=[0.04, 0.02, 0.035, 0.03, 0.03]))
+    monkeypatch.setattr(ablations, "cross_val_predict", lambda *a, **kw: (None, per_fold))
+    ablations.run("eyenet16_e60", None, None, None)
+    assert "per fold: [1.0, 0.0, -0.5, 0.0, 0.0]" in capsys.readouterr().out
 
 
 @pytest.mark.parametrize("change, field", [(dict(epochs=0), "epochs"), (dict(epochs=-1), "epochs"),
