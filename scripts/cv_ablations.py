@@ -47,7 +47,9 @@ ENSEMBLES = [("eyenet16_e30", "eyenet16_e60", "eyenet16_e100"), ("eyenet16_e100"
              ("eyenet16_e100", "eyenet16_e100_batchaug_nearest", "eyenet16_e100_batchaug", "eyenet16_e100_soft_labels",
               "lite0_imagenet_96px_e20"),
              ("eyenet16_e100", "eyenet16_e100_batchaug_nearest", "eyenet16_e100_batchaug", "eyenet16_e100_soft_labels",
-              "lite0_imagenet_e12", "lite0_imagenet_96px_e20")]
+              "lite0_imagenet_e12", "lite0_imagenet_96px_e20"),
+             ("eyenet16_e100", "eyenet16_e100_batchaug_nearest", "eyenet16_e100_batchaug", "eyenet16_e100_soft_labels",
+              "lite0_imagenet_e12", "resnet18_e20")]
 # Runs made before batch augmentation existed augmented image by image in the data loader (torchvision).
 PER_IMAGE = dict(batch_augment=False)
 # Changes from TrainConfig's defaults (the shipped recipe). A run may also name `teachers` (finished runs here: fold k
@@ -68,7 +70,7 @@ RUNS = {
     # minutes during which the job was stopped with SIGSTOP to free the core: its other folds took 1166-1227 s)
     "eyenet32_e100": dict(width=32, epochs=100),
     "resnet18_e10": dict(arch="resnet18", epochs=10),
-    # ... and trained twice as long (its best epochs at 10 were 7-10): the lever the README named as untried
+    # ... and trained twice as long (its best epochs at 10 were 7-10; fold 4 ran alone on two threads)
     "resnet18_e20": dict(arch="resnet18", epochs=20),
     # trained on every label: each image's share of open votes among the reference and the two extra annotators
     "eyenet16_e100_soft_labels": dict(epochs=100, soft_labels=True),
