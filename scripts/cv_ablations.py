@@ -85,6 +85,7 @@ RUNS = {
     # label smoothing 0.2 (targets 0.1 / 0.9) instead of 0.1; ten times the weight decay
     "eyenet16_e100_ls02": dict(epochs=100, label_smoothing=0.2),
     "eyenet16_e100_wd5e-3": dict(epochs=100, weight_decay=5e-3),
+    "eyenet16_e100_dropout02": dict(epochs=100, dropout=0.2),  # dropout 0.2 before the final linear layer
     # the shipped recipe with another seed (initialisation, batches, augmentation): how far one draw moves the CV
     "eyenet16_e100_seed1": dict(epochs=100, seed=1),
     # the one-cycle peak learning rate (3e-3 in the shipped recipe) a third and three times
