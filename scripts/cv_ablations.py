@@ -162,9 +162,8 @@ def run(name, images, targets, names, only=None):
           f"{np.round(100 * per_fold['eer'], 2).tolist()})", flush=True)
     ref = load(REFERENCE)
     if ref and name != REFERENCE:
-        ref_eer = {r["fold"]: r["eer"] for r in ref}
-        diff = [100 * (e - ref_eer[k]) for k, e in zip(per_fold["fold"], per_fold["eer"])]
-        print(f"  paired ΔEER vs {REFERENCE} per fold: {np.round(diff, 2).tolist()}", flush=True)
+        print(f"  paired ΔEER vs {REFERENCE} per fold: {np.round(100 * paired_diff(per_fold, ref), 2).tolist()}",
+              flush=True)
 
 
 def load(name, partial=False):
@@ -217,6 +216,11 @@ def ece_floors(names):
               f"{np.round(100 * floor, 2).tolist()}; mean {100 * ece.mean():.2f}% against {100 * floor.mean():.2f}%")
 
 
+def paired_diff(f, ref):
+    """Per-fold EER of a run (per-fold rows ``f``) minus the reference's (its fold rows ``ref``) on the same folds."""
+    return f["eer"].to_numpy() - pd.DataFrame(ref).set_index("fold").loc[f["fold"], "eer"].to_numpy()
+
+
 def cells(f, ref):
     """Mean ± 95% interval cells of one run's per-fold metrics, and its paired EER difference to ``ref``."""
     cell = {}
@@ -226,7 +230,7 @@ def cells(f, ref):
         cell[label] = f"{100 * m:.2f} ± {100 * h:.2f}" if np.isfinite(m) else "—"
     paired = "(reference)"
     if ref is not None:  # on the folds the run has
-        m, h = interval(f["eer"].to_numpy() - pd.DataFrame(ref).set_index("fold").loc[f["fold"], "eer"].to_numpy())
+        m, h = interval(paired_diff(f, ref))
         paired = f"{100 * m:+.2f} ± {100 * h:.2f}"
     return {**cell, f"ΔEER vs {REFERENCE} (paired)": paired}
 
