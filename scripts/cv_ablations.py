@@ -140,6 +140,8 @@ RUNS = {
     # the schedule beyond 100 epochs (30 -> 100 helped); twice the shipped model's training time
     "eyenet16_e200": dict(epochs=200),
     "eyenet16_e200_seed1": dict(epochs=200, seed=1),  # is the 200-epoch gain more than one draw's spread?
+    # half the batch (32): twice the optimizer steps over the same 100 epochs, noisier gradients
+    "eyenet16_e100_bs32": dict(epochs=100, batch_size=32),
 }
 EXTRA = ("teachers", "train_fraction", "undisputed_only")  # RUNS keys that are not TrainConfig fields
 
