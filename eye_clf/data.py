@@ -211,12 +211,16 @@ def to_tensor(images):
 RESAMPLE = ("nearest", "bilinear")
 
 
-def augmentation(strength=1.0, invert=0.0, resample="nearest"):
+ERASE_SCALE = (0.02, 0.2)  # random erasing: the rectangle's share of the image
+
+
+def augmentation(strength=1.0, invert=0.0, resample="nearest", erase=0.0):
     """Training augmentation on uint8 1x24x24 tensors: flips, shifts, small rotations/scales (``resample``: how
     they interpolate), light and blur (``strength`` 0: none of these), then colour inversion with probability
-    ``invert``; None when both are 0."""
+    ``invert``, then with probability ``erase`` a random rectangle (2-20% of the image) set to the dataset's mean
+    grey; None when all three are 0."""
     s = strength
-    if not (s or invert):
+    if not (s or invert or erase):
         return None
     return v2.Compose([
         *([v2.RandomHorizontalFlip(),
@@ -225,16 +229,17 @@ def augmentation(strength=1.0, invert=0.0, resample="nearest"):
            v2.ColorJitter(brightness=0.4 * s, contrast=0.4 * s),
            v2.RandomApply([v2.GaussianBlur(3, sigma=(0.1, 1.0))], p=0.2 * s)] if s else []),
         v2.RandomInvert(p=invert),
+        *([v2.RandomErasing(p=erase, scale=ERASE_SCALE, value=round(255 * MEAN))] if erase else []),
     ])
 
 
-def batch_augmentation(strength=1.0, invert=0.0, resample="nearest"):
+def batch_augmentation(strength=1.0, invert=0.0, resample="nearest", erase=0.0):
     """The same augmentation for whole batches (float N x 1 x H x W, values in [0, 1]) on their own device, each
-    image with its own random parameters (kornia), so training never augments image by image; None when both
-    are 0."""
+    image with its own random parameters (kornia), so training never augments image by image; None when all
+    three are 0."""
     import kornia.augmentation as K  # training only: prediction does not need it
     s = strength
-    if not (s or invert):
+    if not (s or invert or erase):
         return None
     return torch.nn.Sequential(
         *([K.RandomHorizontalFlip(),
@@ -243,6 +248,7 @@ def batch_augmentation(strength=1.0, invert=0.0, resample="nearest"):
            K.ColorJitter(brightness=0.4 * s, contrast=0.4 * s),
            K.RandomGaussianBlur((3, 3), sigma=(0.1, 1.0), p=0.2 * s)] if s else []),
         *([K.RandomInvert(p=invert)] if invert else []),
+        *([K.RandomErasing(scale=ERASE_SCALE, value=MEAN, p=erase)] if erase else []),
     )
 
 

@@ -43,6 +43,8 @@ class TrainConfig:
     label_smoothing: float = option(0.1, "targets s/2 and 1 - s/2: the labels themselves are uncertain on hard images")
     augment: float = option(1.0, "augmentation strength: flips, shifts, rotations, scales, light, blur (0: none)")
     invert: float = option(0.0, "probability of inverting colours during training")
+    erase: float = option(0.0, "probability of random erasing during training: a rectangle of 2-20% of the image "
+                               "set to the mean grey")
     batch_augment: bool = option(True, "augment whole batches on the training device (kornia: twice as fast on "
                                        "CPU), not image by image in the data loader (torchvision)")
     resample: str = option("nearest", "interpolation of the shifted, rotated and scaled training images: nearest "
@@ -76,6 +78,7 @@ class TrainConfig:
                       lr=(self.lr > 0, "> 0"), weight_decay=(self.weight_decay >= 0, ">= 0"),
                       label_smoothing=(0 <= self.label_smoothing < 1, "in [0, 1)"),
                       augment=(self.augment >= 0, ">= 0"), invert=(0 <= self.invert <= 1, "in [0, 1]"),
+                      erase=(0 <= self.erase <= 1, "in [0, 1]"),
                       resample=(self.resample in data.RESAMPLE, f"one of {data.RESAMPLE}"),
                       val_fraction=(0 < self.val_fraction < 0.5, "in (0, 0.5)"),
                       distill=(0 <= self.distill <= 1, "in [0, 1]"), mixup=(self.mixup >= 0, ">= 0"),
@@ -135,10 +138,10 @@ def augmented_views(images, cfg):
     torch.manual_seed(cfg.seed)
     x = torch.as_tensor(np.asarray(images), dtype=torch.uint8).unsqueeze(1)
     if cfg.batch_augment:
-        aug = data.batch_augmentation(cfg.augment, cfg.invert, cfg.resample) or (lambda b: b)
+        aug = data.batch_augmentation(cfg.augment, cfg.invert, cfg.resample, cfg.erase) or (lambda b: b)
         views = torch.stack([(aug(x / 255) * 255).round().to(torch.uint8) for _ in range(cfg.teacher_views)])
     else:
-        aug = data.augmentation(cfg.augment, cfg.invert, cfg.resample) or (lambda im: im)
+        aug = data.augmentation(cfg.augment, cfg.invert, cfg.resample, cfg.erase) or (lambda im: im)
         views = torch.stack([torch.stack([aug(im) for im in x]) for _ in range(cfg.teacher_views)])
     views = views.squeeze(2)
     torch.random.set_rng_state(gen_state)
@@ -212,10 +215,10 @@ def fit(images, targets, train_idx, val_idx, cfg=None, progress=True, teachers=(
         train_set, teachers = ViewBank(bank[0], y_train, bank[1]), ()
     elif cfg.batch_augment:
         train_set = data.EyeDataset(images[train_idx], y_train)
-        batch_aug = data.batch_augmentation(cfg.augment, cfg.invert, cfg.resample)
+        batch_aug = data.batch_augmentation(cfg.augment, cfg.invert, cfg.resample, cfg.erase)
     else:
         train_set = data.EyeDataset(images[train_idx], y_train,
-                                    data.augmentation(cfg.augment, cfg.invert, cfg.resample))
+                                    data.augmentation(cfg.augment, cfg.invert, cfg.resample, cfg.erase))
     seed_everything(cfg.seed)
     dev = device_of(cfg.device)
     model = build_model(cfg.arch, cfg.method, cfg.weights, cfg.width, cfg.dropout, cfg.input_size)

@@ -142,6 +142,9 @@ RUNS = {
     "eyenet16_e200_seed1": dict(epochs=200, seed=1),  # is the 200-epoch gain more than one draw's spread?
     # half the batch (32): twice the optimizer steps over the same 100 epochs, noisier gradients
     "eyenet16_e100_bs32": dict(epochs=100, batch_size=32),
+    # random erasing (half the images: a rectangle of 2-20% of the image set to mean grey): a regulariser that
+    # makes the model use more of the eye than one cue
+    "eyenet16_e100_erase05": dict(epochs=100, erase=0.5),
 }
 EXTRA = ("teachers", "train_fraction", "undisputed_only")  # RUNS keys that are not TrainConfig fields
 

@@ -362,6 +362,20 @@ def test_batch_augmentation_gives_each_image_its_own_parameters():
     assert torch.allclose(data.batch_augmentation(strength=0, invert=1.0)(x), 1 - x)
 
 
+def test_both_augmentations_erase_one_grey_rectangle_when_asked():
+    x = torch.from_numpy(smooth_image())[None]
+    per_image = [data.augmentation(strength=0, erase=1.0)(x) for _ in range(20)]
+    batch = data.batch_augmentation(strength=0, erase=1.0)(x.float().div(255).expand(20, 1, 24, 24))
+    for out, grey in [(o, 128) for o in per_image] + [((b * 255).round().to(torch.uint8), 128) for b in batch]:
+        changed = out != x
+        rows, cols = changed[0].any(1).nonzero(), changed[0].any(0).nonzero()
+        assert changed.any() and (out[changed] == grey).all()
+        # one rectangle, at most 20% of the image: its bounding box is all grey (pixels already grey stay so)
+        box = out[0, rows.min():rows.max() + 1, cols.min():cols.max() + 1]
+        assert (box == grey).all() and box.numel() <= 0.2 * 24 * 24 + 24
+    assert data.augmentation(strength=0, erase=0) is None and data.batch_augmentation(0, 0, erase=0) is None
+
+
 @pytest.mark.parametrize("resample", ["nearest", "bilinear"])
 def test_both_augmentations_resample_as_asked(resample):
     assert data.augmentation(resample=resample).transforms[1].interpolation.value == resample
