@@ -69,6 +69,7 @@ RUNS = {
     # (random init; about 2 minutes an epoch on one CPU thread, so 10 epochs; fold 1's seconds include about 29
     # minutes during which the job was stopped with SIGSTOP to free the core: its other folds took 1166-1227 s)
     "eyenet32_e100": dict(width=32, epochs=100),
+    "eyenet48_e100": dict(width=48, epochs=100),
     "resnet18_e10": dict(arch="resnet18", epochs=10),
     # ... and trained twice as long (its best epochs at 10 were 7-10; fold 4 ran alone on two threads)
     "resnet18_e20": dict(arch="resnet18", epochs=20),
