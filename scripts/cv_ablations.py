@@ -49,7 +49,12 @@ ENSEMBLES = [("eyenet16_e30", "eyenet16_e60", "eyenet16_e100"), ("eyenet16_e100"
              ("eyenet16_e100", "eyenet16_e100_batchaug_nearest", "eyenet16_e100_batchaug", "eyenet16_e100_soft_labels",
               "lite0_imagenet_e12", "lite0_imagenet_96px_e20"),
              ("eyenet16_e100", "eyenet16_e100_batchaug_nearest", "eyenet16_e100_batchaug", "eyenet16_e100_soft_labels",
-              "lite0_imagenet_e12", "resnet18_e20")]
+              "lite0_imagenet_e12", "resnet18_e20"),
+             ("eyenet16_e100_batchaug_nearest", "lite2_imagenet_96px_e20"),
+             ("eyenet16_e100", "eyenet16_e100_batchaug_nearest", "eyenet16_e100_batchaug", "eyenet16_e100_soft_labels",
+              "lite2_imagenet_96px_e20"),
+             ("eyenet16_e100", "eyenet16_e100_batchaug_nearest", "eyenet16_e100_batchaug", "eyenet16_e100_soft_labels",
+              "lite0_imagenet_e12", "lite2_imagenet_96px_e20")]
 # Runs made before batch augmentation existed augmented image by image in the data loader (torchvision).
 PER_IMAGE = dict(batch_augment=False)
 # Changes from TrainConfig's defaults (the shipped recipe). A run may also name `teachers` (finished runs here: fold k
@@ -128,6 +133,8 @@ RUNS = {
     "student24_e32_mix": dict(width=24, distill=0.5, teacher_views=10, teachers=["eyenet32_e30"]),
     # the shipped recipe as the student of the 96-px Lite0 (its views scored once, as for the 64-px Lite0's student)
     "student16_lite0_96_mix": dict(distill=0.5, teacher_views=10, teachers=["lite0_imagenet_96px_e20"]),
+    # ... and of the 96-px Lite2, the strongest single teacher (2.18 % with mirror TTA, which its targets fold in)
+    "student16_lite2_96_mix": dict(distill=0.5, teacher_views=10, teachers=["lite2_imagenet_96px_e20"]),
     # the average of three 100-epoch EyeNet-16 runs and Lite0 as the teacher (views as the Lite0 student's, whose
     # Lite0 scores are cached)
     "student16_ens4_mix": dict(PER_IMAGE, distill=0.5, teacher_views=10,
