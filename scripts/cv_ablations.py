@@ -4,6 +4,8 @@
                                                         # as it finishes, and a rerun resumes
     python scripts/cv_ablations.py NAME --only 3 4      # just these folds: a second process on the other core
     python scripts/cv_ablations.py --ensemble a b ...   # score the average of finished runs' out-of-fold P(open)
+                                                        # and its paired EER difference to the reference (one
+                                                        # run: that run, with and without mirror TTA)
     python scripts/cv_ablations.py --average-curve a b  # EER of the averages of every 1, 2, ... of finished runs
     python scripts/cv_ablations.py --table              # rebuild results/cv_ablations.md from the finished runs
     python scripts/cv_ablations.py --ece-floor a b      # each fold's ECE against that of a calibrated model
@@ -204,11 +206,18 @@ def fold_metrics(targets, p, rows):
 
 
 def ensemble(names, targets, tta=False):
-    """The runs share the folds, so averaging their out-of-fold P(open) is a CV of the averaged ensemble."""
+    """The runs share the folds, so averaging their out-of-fold P(open) is a CV of the averaged ensemble; printed
+    with its paired EER difference to the reference (one run: that run, with or without mirror TTA)."""
     runs = [load(n) for n in names]
     p = np.mean([oof_of(r, len(targets), tta) for r in runs], axis=0)
     f = fold_metrics(targets, p, runs[0])
-    print(f"average of {names}{' with mirror TTA' if tta else ''}: EER {100 * f['eer'].mean():.2f}%")
+    ref, paired = load(REFERENCE), ""
+    if ref:
+        d = paired_diff(f, ref)
+        m, h = interval(d)
+        paired = (f", paired ΔEER vs {REFERENCE} {100 * m:+.2f} ± {100 * h:.2f} "
+                  f"(per fold {np.round(100 * d, 2).tolist()})")
+    print(f"average of {names}{' with mirror TTA' if tta else ''}: EER {100 * f['eer'].mean():.2f}%{paired}")
     return p, f
 
 

@@ -122,6 +122,23 @@ def test_ablation_table_shows_paired_differences(monkeypatch, tmp_path):
     assert f"{100 * m:+.2f} ± {100 * h:.2f}" in line and "3.00 ± " in md
 
 
+def test_ablation_average_prints_its_paired_difference(monkeypatch, tmp_path, capsys):
+    """A run's out-of-fold P(open) that separates every test fold (EER 0) is 3, 2, 4, 3, 3 points below those
+    reference folds."""
+    ablations = load_script("cv_ablations")
+    monkeypatch.setattr(ablations, "OUT", tmp_path)
+    targets = np.tile([0.0, 1.0], 50)
+    for name in (ablations.REFERENCE, "eyenet16_e60"):
+        (tmp_path / "cv" / name).mkdir(parents=True)
+        for k, e in enumerate([0.03, 0.02, 0.04, 0.03, 0.03]):
+            idx = list(range(20 * k, 20 * k + 20))
+            row = dict(fold=k, eer=e, test_idx=idx, p=(0.1 + 0.8 * targets[idx]).tolist(), key=dict(config={}))
+            (tmp_path / "cv" / name / f"fold{k}.json").write_text(json.dumps(row))
+    ablations.ensemble(["eyenet16_e60"], targets)
+    out = capsys.readouterr().out
+    assert "EER 0.00%, paired ΔEER vs" in out and "(per fold [-3.0, -2.0, -4.0, -3.0, -3.0])" in out
+
+
 def test_ablation_run_prints_each_folds_paired_difference(monkeypatch, tmp_path, capsys):
     ablations = load_script("cv_ablations")
     monkeypatch.setattr(ablations, "OUT", tmp_path)
