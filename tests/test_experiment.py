@@ -153,7 +153,8 @@ def test_ablation_run_prints_each_folds_paired_difference(monkeypatch, tmp_path,
 
 @pytest.mark.parametrize("change, field", [(dict(epochs=0), "epochs"), (dict(epochs=-1), "epochs"),
                                            (dict(batch_size=0), "batch_size"), (dict(arch="vgg"), "arch"),
-                                           (dict(invert=1.5), "invert"), (dict(erase=-0.1), "erase"), (dict(val_fraction=0), "val_fraction"),
+                                           (dict(invert=1.5), "invert"), (dict(erase=-0.1), "erase"),
+                                           (dict(val_fraction=0), "val_fraction"),
                                            (dict(label_smoothing=1), "label_smoothing"),
                                            (dict(resample="cubic"), "resample")])
 def test_config_refuses_bad_values_naming_the_field(change, field):
