@@ -292,9 +292,9 @@ def table(targets):
           f"accuracy at the threshold each fold's validation part chose. `{REFERENCE}` is the shipped recipe. Seconds "
           "are training wall-clock (online students: with the teachers' scoring of every batch; students of scored "
           "views: without the one-off, cached scoring of the views) on one thread of a 2-core CPU machine shared "
-          "with other jobs: compare them loosely (eyenet16_e100_bs32, eyenet16_e100_erase05 and "
-          "lite2_imagenet_96px_e20 ran on a 2-core machine about three times as fast as the earlier runs': the "
-          "platform in each fold's provenance).\n\n"
+          "with other jobs: compare them loosely (eyenet16_e100_bs32, eyenet16_e100_erase05, eyenet48_e100, "
+          "lite2_imagenet_96px_e20 and student16_lite2_96_mix ran on a 2-core machine about three times as fast as "
+          "the earlier runs': the platform is in each fold's provenance).\n\n"
           + pd.DataFrame(rows).to_markdown(index=False) + "\n")
     atomic_write(OUT / "cv_ablations.md", lambda tmp: Path(tmp).write_text(md))
     print(md)

@@ -366,7 +366,8 @@ def test_both_augmentations_erase_one_grey_rectangle_when_asked():
     x = torch.from_numpy(smooth_image())[None]
     per_image = [data.augmentation(strength=0, erase=1.0)(x) for _ in range(20)]
     batch = data.batch_augmentation(strength=0, erase=1.0)(x.float().div(255).expand(20, 1, 24, 24))
-    for out, grey in [(o, 128) for o in per_image] + [((b * 255).round().to(torch.uint8), 128) for b in batch]:
+    grey = round(255 * data.MEAN)
+    for out in per_image + [(b * 255).round().to(torch.uint8) for b in batch]:
         changed = out != x
         rows, cols = changed[0].any(1).nonzero(), changed[0].any(0).nonzero()
         assert changed.any() and (out[changed] == grey).all()
