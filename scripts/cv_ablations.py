@@ -116,9 +116,9 @@ RUNS = {
     # the ImageNet teacher at a larger input size and a longer schedule (its best epochs at 12 were the last ones),
     # with the shipped recipe's batch augmentation: about half an hour a fold on one CPU thread
     "lite0_imagenet_96px_e20": dict(arch="efficientnet_lite0", weights="imagenet", input_size=96, epochs=20, lr=1e-3),
-    # a bigger ImageNet teacher: EfficientNet-Lite2 (6.1 M weights, twice Lite0's multiply-adds at its native size;
-    # its offline weights file classifies matplotlib's Grace Hopper photo as "military uniform", as Lite0's does)
-    # in the 96-px Lite0's recipe
+    # a bigger ImageNet teacher: EfficientNet-Lite2 (4.8 M weights here against Lite0's 3.4 M; its offline weights
+    # classify matplotlib's Grace Hopper photo as "military uniform", as Lite0's do: tests/test_models.py) in the
+    # 96-px Lite0's recipe
     "lite2_imagenet_96px_e20": dict(arch="efficientnet_lite2", weights="imagenet", input_size=96, epochs=20, lr=1e-3),
     # learning curve of the 30-epoch recipe: a stratified part of each fold's training images
     "eyenet16_e30_train25": dict(PER_IMAGE, epochs=30, train_fraction=0.25),

