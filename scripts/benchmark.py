@@ -1,12 +1,13 @@
 """CPU speed and memory of ``predict_proba``: the shipped model on onnxruntime and on torch, and a plain
 torchvision ResNet18 (3x3 stride-1 stem) on torch for scale.
 
-    python scripts/benchmark.py [--threads 1] [--repeats 3]
+    python scripts/benchmark.py [--threads 1] [--repeats 3] [--batch-size N]
 
 Prints, side by side: images/s on a batch of 4000 in-memory images and on a folder of 4000 JPEG files (best of
 ``--repeats``), then for each backend the cold start (a fresh interpreter: import eye_clf, load the model, predict
 one file) and the peak memory (max RSS) of that process. ``--threads`` sets torch's threads and, through
-$OMP_NUM_THREADS, onnxruntime's. The ResNet18's throughput does not depend on its weights, so it is random init.
+$OMP_NUM_THREADS, onnxruntime's; ``--batch-size`` is predict_proba's (default: its own). The ResNet18's
+throughput does not depend on its weights, so it is random init.
 """
 import argparse
 import os
@@ -51,6 +52,7 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--batch-size", type=int, help="predict_proba's batch_size (default: predict_proba's default)")
     ap.add_argument("--data", help="data folder (default: $EYE_CLF_DATA or ../shared/data)")
     args = ap.parse_args()
     os.environ["OMP_NUM_THREADS"] = str(args.threads)  # onnxruntime sessions and the cold-start processes
@@ -62,13 +64,15 @@ def main():
     shipped, tta = load_model()
     load_session()
     resnet = build_model("resnet18").eval()
-    runs = {"EyeNet onnxruntime": dict(backend="onnx"), "EyeNet torch": dict(model=shipped, tta=tta),
-            "ResNet18 torch": dict(model=resnet, tta=False)}
+    batch = {"batch_size": args.batch_size} if args.batch_size else {}
+    runs = {"EyeNet onnxruntime": dict(backend="onnx", **batch),
+            "EyeNet torch": dict(model=shipped, tta=tta, **batch),
+            "ResNet18 torch": dict(model=resnet, tta=False, **batch)}
     prov = provenance()
     print(f"commit {prov['git_commit']} (uncommitted changes: {prov['git_dirty']}), {prov['versions']}, "
           f"{prov['machine']}; load average {os.getloadavg()[0]:.1f}")
     print(f"{args.threads} thread(s), CPU, {len(files)} images of the data folder's EyesDataset; "
-          f"shipped model mirror-TTA: {tta}")
+          f"shipped model mirror-TTA: {tta}; predict_proba batch_size {args.batch_size or 'default'}")
     print(f"{'':30s}" + "".join(f"{name:>20s}" for name in runs))
     for label, x in (("in-memory batch (images/s)", images), ("folder of JPEGs (images/s)", folder)):
         rates = [best_rate(lambda kw=kw: predict_proba(x, **kw), len(files), args.repeats) for kw in runs.values()]
