@@ -57,7 +57,11 @@ ENSEMBLES = [("eyenet16_e30", "eyenet16_e60", "eyenet16_e100"), ("eyenet16_e100"
               "lite2_imagenet_96px_e20"),
              ("eyenet16_e100", "eyenet16_e100_batchaug_nearest", "eyenet16_e100_batchaug", "eyenet16_e100_soft_labels",
               "lite0_imagenet_e12", "lite2_imagenet_96px_e20"),
-             ("eyenet16_e100_batchaug_nearest", "eyenet48_e100", "lite2_imagenet_96px_e20")]
+             ("eyenet16_e100_batchaug_nearest", "eyenet48_e100", "lite2_imagenet_96px_e20"),
+             # declared before the 128-px Lite2's folds came in
+             ("eyenet16_e100_batchaug_nearest", "lite2_imagenet_128px_e20"),
+             ("eyenet16_e100_batchaug_nearest", "eyenet48_e100", "lite2_imagenet_128px_e20"),
+             ("lite2_imagenet_96px_e20", "lite2_imagenet_128px_e20")]
 # Runs made before batch augmentation existed augmented image by image in the data loader (torchvision).
 PER_IMAGE = dict(batch_augment=False)
 # Changes from TrainConfig's defaults (the shipped recipe). A run may also name `teachers` (finished runs here: fold k
