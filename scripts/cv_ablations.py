@@ -82,6 +82,7 @@ RUNS = {
     # minutes during which the job was stopped with SIGSTOP to free the core: its other folds took 1166-1227 s)
     "eyenet32_e100": dict(width=32, epochs=100),
     "eyenet48_e100": dict(width=48, epochs=100),
+    "eyenet48_e100_seed1": dict(width=48, epochs=100, seed=1),  # is width 48's gain more than one draw's spread?
     "resnet18_e10": dict(arch="resnet18", epochs=10),
     # ... and trained twice as long (its best epochs at 10 were 7-10; fold 4 ran alone on two threads)
     "resnet18_e20": dict(arch="resnet18", epochs=20),
