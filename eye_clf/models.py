@@ -212,7 +212,7 @@ def load_checkpoint(path):
 
 
 @torch.inference_mode()
-def logits(model, x, batch_size=1024, tta=False):
+def logits(model, x, batch_size=64, tta=False):
     """Calibrated logits (divided by the model's temperature) of a normalized N x 1 x 24 x 24 tensor, batched,
     on the model's device; tta averages them with the mirror image's."""
     model.eval()
@@ -227,6 +227,6 @@ def logits(model, x, batch_size=1024, tta=False):
     return torch.cat(out) if out else torch.empty(0)
 
 
-def scores(model, images, batch_size=1024, tta=False):
+def scores(model, images, batch_size=64, tta=False):
     """P(open) for uint8 N x 24 x 24 images."""
     return torch.sigmoid(logits(model, torch.from_numpy(normalize(np.asarray(images))), batch_size, tta)).numpy()

@@ -194,7 +194,7 @@ def _onnx_scores(session, images, batch_size):
                            for i in range(0, len(images), batch_size)])
 
 
-def predict_proba(x, model=None, checkpoint=None, batch_size=1024, tta=None, backend=None):
+def predict_proba(x, model=None, checkpoint=None, batch_size=64, tta=None, backend=None):
     """P(open) of eye image(s): a float for one image, else a numpy array (float32) of one value per image.
 
     ``x``: an image path; a folder (its image files sorted by name; hidden files are skipped); a PIL image; a
@@ -210,7 +210,9 @@ def predict_proba(x, model=None, checkpoint=None, batch_size=1024, tta=None, bac
     is installed and no torch-only argument is given (``model``, ``tta`` or a ``.pt`` checkpoint), else torch:
     both give the same P(open) to 1e-4, onnxruntime starts faster and needs far less memory.
     ``checkpoint``: a ``.pt`` (torch) or ``.onnx`` file replacing the shipped model; ``model``: a torch model
-    (e.g. ``load_model(path)[0]``); ``tta``: override the checkpoint's mirror averaging (torch only).
+    (e.g. ``load_model(path)[0]``); ``tta``: override the checkpoint's mirror averaging (torch only);
+    ``batch_size``: images per forward pass (on CPU, 64 runs torch about 1.6x faster than 1024, whose activations
+    overflow the cache; onnxruntime is level: ``scripts/benchmark.py --batch-size``).
     """
     backend = _choose_backend(backend, model, checkpoint, tta)
     if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
