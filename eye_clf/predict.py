@@ -211,7 +211,7 @@ def predict_proba(x, model=None, checkpoint=None, batch_size=64, tta=None, backe
     both give the same P(open) to 1e-4, onnxruntime starts faster and needs far less memory.
     ``checkpoint``: a ``.pt`` (torch) or ``.onnx`` file replacing the shipped model; ``model``: a torch model
     (e.g. ``load_model(path)[0]``); ``tta``: override the checkpoint's mirror averaging (torch only);
-    ``batch_size``: images per forward pass (on CPU, 64 runs torch about 1.6x faster than 1024, whose activations
+    ``batch_size``: images per forward pass (on CPU, 64 runs torch about 1.5x faster than 1024, whose activations
     overflow the cache; onnxruntime is level: ``scripts/benchmark.py --batch-size``).
     """
     backend = _choose_backend(backend, model, checkpoint, tta)
