@@ -61,7 +61,8 @@ ENSEMBLES = [("eyenet16_e30", "eyenet16_e60", "eyenet16_e100"), ("eyenet16_e100"
              # declared before the 128-px Lite2's folds came in
              ("eyenet16_e100_batchaug_nearest", "lite2_imagenet_128px_e20"),
              ("eyenet16_e100_batchaug_nearest", "eyenet48_e100", "lite2_imagenet_128px_e20"),
-             ("lite2_imagenet_96px_e20", "lite2_imagenet_128px_e20")]
+             ("lite2_imagenet_96px_e20", "lite2_imagenet_128px_e20"),
+             ("eyenet48_e100", "eyenet48_e100_seed1")]  # two seeds of width 48
 # Runs made before batch augmentation existed augmented image by image in the data loader (torchvision).
 PER_IMAGE = dict(batch_augment=False)
 # Changes from TrainConfig's defaults (the shipped recipe). A run may also name `teachers` (finished runs here: fold k
@@ -301,8 +302,9 @@ def table(targets):
           "are training wall-clock (online students: with the teachers' scoring of every batch; students of scored "
           "views: without the one-off, cached scoring of the views) on one thread of a 2-core CPU machine shared "
           "with other jobs: compare them loosely (eyenet16_e100_bs32, eyenet16_e100_erase05, eyenet48_e100, "
-          "lite2_imagenet_96px_e20 and student16_lite2_96_mix ran on a 2-core machine about three times as fast as "
-          "the earlier runs': the platform is in each fold's provenance).\n\n"
+          "eyenet48_e100_seed1, lite2_imagenet_96px_e20, lite2_imagenet_128px_e20 and student16_lite2_96_mix ran on "
+          "a 2-core machine about three times as fast as the earlier runs': the platform is in each fold's "
+          "provenance).\n\n"
           + pd.DataFrame(rows).to_markdown(index=False) + "\n")
     atomic_write(OUT / "cv_ablations.md", lambda tmp: Path(tmp).write_text(md))
     print(md)
