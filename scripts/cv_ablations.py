@@ -215,18 +215,21 @@ def fold_metrics(targets, p, rows):
                          for r in rows])
 
 
-def ensemble(names, targets, tta=False):
+def ensemble(names, targets, tta=False, against=REFERENCE):
     """The runs share the folds, so averaging their out-of-fold P(open) is a CV of the averaged ensemble; printed
-    with its paired EER difference to the reference (one run: that run, with or without mirror TTA)."""
+    with its paired EER difference to the run ``against`` (one run: that run, with or without mirror TTA; the
+    difference is then to ``against`` with or without TTA too)."""
     runs = [load(n) for n in names]
     p = np.mean([oof_of(r, len(targets), tta) for r in runs], axis=0)
     f = fold_metrics(targets, p, runs[0])
-    ref, paired = load(REFERENCE), ""
+    ref, paired = load(against), ""
     if ref:
+        if tta and against != REFERENCE:  # the reference is compared as shipped, without TTA
+            ref = [dict(r, eer=r["eer_tta"]) for r in ref]
         d = paired_diff(f, ref)
         m, h = interval(d)
-        paired = (f", paired ΔEER vs {REFERENCE} {100 * m:+.2f} ± {100 * h:.2f} "
-                  f"(per fold {np.round(100 * d, 2).tolist()})")
+        paired = (f", paired ΔEER vs {against}{' with mirror TTA' if tta and against != REFERENCE else ''} "
+                  f"{100 * m:+.2f} ± {100 * h:.2f} (per fold {np.round(100 * d, 2).tolist()})")
     print(f"average of {names}{' with mirror TTA' if tta else ''}: EER {100 * f['eer'].mean():.2f}%{paired}")
     return p, f
 
@@ -314,6 +317,8 @@ if __name__ == "__main__":
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("names", nargs="*", help=f"runs among: {', '.join(RUNS)}")
     ap.add_argument("--ensemble", nargs="+", metavar="RUN", help="finished runs to average")
+    ap.add_argument("--against", default=REFERENCE, metavar="RUN", help="the finished run --ensemble is paired "
+                    "with (default: the shipped recipe; another run is compared with TTA when the average is)")
     ap.add_argument("--average-curve", nargs="+", metavar="RUN", help="EER of the averages of every k of these "
                     "finished runs, k = 1, 2, ...")
     ap.add_argument("--table", action="store_true", help="rebuild results/cv_ablations.md")
@@ -336,14 +341,14 @@ if __name__ == "__main__":
         for name in args.names:
             run(name, images, targets, names, args.only)
     unfinished = [n for n in (args.ensemble or []) + (args.average_curve or []) + (args.ece_floor or [])
-                  if load(n) is None]
+                  + ([args.against] if args.ensemble else []) if load(n) is None]
     if unfinished:
         ap.error(f"no complete 5-fold CV in {OUT / 'cv'} for {sorted(set(unfinished))}")
     if args.ensemble or args.average_curve or args.table:
         targets = data.load_dataset()[1] if targets is None else targets
     if args.ensemble:
-        ensemble(args.ensemble, targets)
-        ensemble(args.ensemble, targets, tta=True)
+        ensemble(args.ensemble, targets, against=args.against)
+        ensemble(args.ensemble, targets, tta=True, against=args.against)
     if args.average_curve:
         average_curve(args.average_curve, targets)
     if args.ece_floor:

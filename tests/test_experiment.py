@@ -139,6 +139,25 @@ def test_ablation_average_prints_its_paired_difference(monkeypatch, tmp_path, ca
     assert "EER 0.00%, paired ΔEER vs" in out and "(per fold [-3.0, -2.0, -4.0, -3.0, -3.0])" in out
 
 
+def test_ablation_average_pairs_with_another_run_with_tta_as_asked(monkeypatch, tmp_path, capsys):
+    """--against RUN: the average (EER 0 on every fold) against that run's folds, its TTA EERs when TTA is on."""
+    ablations = load_script("cv_ablations")
+    monkeypatch.setattr(ablations, "OUT", tmp_path)
+    targets = np.tile([0.0, 1.0], 50)
+    for name, eer, eer_tta in (("eyenet16_e60", 0.05, 0.05), ("eyenet16_e30", 0.03, 0.01)):
+        (tmp_path / "cv" / name).mkdir(parents=True)
+        for k in range(5):
+            idx = list(range(20 * k, 20 * k + 20))
+            p = (0.1 + 0.8 * targets[idx]).tolist()
+            row = dict(fold=k, eer=eer, eer_tta=eer_tta, test_idx=idx, p=p, p_tta=p, key=dict(config={}))
+            (tmp_path / "cv" / name / f"fold{k}.json").write_text(json.dumps(row))
+    ablations.ensemble(["eyenet16_e60"], targets, against="eyenet16_e30")
+    ablations.ensemble(["eyenet16_e60"], targets, tta=True, against="eyenet16_e30")
+    plain, tta = capsys.readouterr().out.splitlines()
+    assert "paired ΔEER vs eyenet16_e30 -3.00 ± 0.00" in plain
+    assert "paired ΔEER vs eyenet16_e30 with mirror TTA -1.00 ± 0.00" in tta
+
+
 def test_ablation_run_prints_each_folds_paired_difference(monkeypatch, tmp_path, capsys):
     ablations = load_script("cv_ablations")
     monkeypatch.setattr(ablations, "OUT", tmp_path)
