@@ -149,8 +149,9 @@ def efficientnet_lite(k=0, weights=None, input_size=96):
 
 def build_model(arch="eyenet", method="finetune", weights=None, width=16, dropout=0.0, input_size=None,
                 pretrained_layout=None):
-    """A Classifier for 1x24x24 input, in channels-last memory format (its convolutions run 1.4-1.6x faster on
-    CPU). See the module docstring for methods and ``resnet`` for weights."""
+    """A Classifier for 1x24x24 input, in channels-last memory format: faster convolutions on CPU (the shipped
+    EyeNet predicts 2.2x faster, results/benchmark.txt). See the module docstring for methods and ``resnet`` for
+    weights."""
     if arch not in ARCHS:
         raise ValueError(f"unknown arch {arch!r}; choose one of {ARCHS}")
     if method not in METHODS:
