@@ -62,7 +62,11 @@ ENSEMBLES = [("eyenet16_e30", "eyenet16_e60", "eyenet16_e100"), ("eyenet16_e100"
              ("eyenet16_e100_batchaug_nearest", "lite2_imagenet_128px_e20"),
              ("eyenet16_e100_batchaug_nearest", "eyenet48_e100", "lite2_imagenet_128px_e20"),
              ("lite2_imagenet_96px_e20", "lite2_imagenet_128px_e20"),
-             ("eyenet48_e100", "eyenet48_e100_seed1")]  # two seeds of width 48
+             ("eyenet48_e100", "eyenet48_e100_seed1"),  # two seeds of width 48
+             # declared before the second Lite2 seed's folds came in
+             ("eyenet16_e100_batchaug_nearest", "lite2_imagenet_96px_e20_seed1"),
+             ("lite2_imagenet_96px_e20", "lite2_imagenet_96px_e20_seed1"),
+             ("eyenet16_e100_batchaug_nearest", "lite2_imagenet_96px_e20", "lite2_imagenet_96px_e20_seed1")]
 # Runs made before batch augmentation existed augmented image by image in the data loader (torchvision).
 PER_IMAGE = dict(batch_augment=False)
 # Changes from TrainConfig's defaults (the shipped recipe). A run may also name `teachers` (finished runs here: fold k
@@ -126,6 +130,9 @@ RUNS = {
     # classify matplotlib's Grace Hopper photo as "military uniform", as Lite0's do: tests/test_models.py) in the
     # 96-px Lite0's recipe
     "lite2_imagenet_96px_e20": dict(arch="efficientnet_lite2", weights="imagenet", input_size=96, epochs=20, lr=1e-3),
+    # ... with another seed (head initialisation, batches, augmentation): is the best single model's lead one draw?
+    "lite2_imagenet_96px_e20_seed1": dict(arch="efficientnet_lite2", weights="imagenet", input_size=96, epochs=20,
+                                          lr=1e-3, seed=1),
     # ... for 30 epochs (three of its five best epochs at 20 were the 19th or 20th)
     "lite2_imagenet_96px_e30": dict(arch="efficientnet_lite2", weights="imagenet", input_size=96, epochs=30, lr=1e-3),
     # ... at a larger input (128 px: closer to the scale of ImageNet's objects, as 96 px beat 64 px for Lite0)
