@@ -327,8 +327,8 @@ if __name__ == "__main__":
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("names", nargs="*", help=f"runs among: {', '.join(RUNS)}")
     ap.add_argument("--ensemble", nargs="+", metavar="RUN", help="finished runs to average")
-    ap.add_argument("--against", default=REFERENCE, metavar="RUN", help="the finished run --ensemble is paired "
-                    "with (default: the shipped recipe; another run is compared with TTA when the average is)")
+    ap.add_argument("--against", metavar="RUN", help="the finished run --ensemble is paired with (default: the "
+                    "shipped recipe; another run is compared with TTA when the average is)")
     ap.add_argument("--average-curve", nargs="+", metavar="RUN", help="EER of the averages of every k of these "
                     "finished runs, k = 1, 2, ...")
     ap.add_argument("--table", action="store_true", help="rebuild results/cv_ablations.md")
@@ -345,6 +345,9 @@ if __name__ == "__main__":
     if args.only is not None and (not args.names or not set(args.only) <= set(range(5))):
         ap.error(f"--only takes fold numbers 0..4 of the runs named, got {args.only}"
                  + ("" if args.names else " and no run"))
+    if args.against and not args.ensemble:
+        ap.error("--against pairs an --ensemble with a run: name the --ensemble runs too")
+    args.against = args.against or REFERENCE
     targets = None
     if args.names:
         images, targets, names = data.load_dataset()

@@ -1,6 +1,8 @@
 """The main job (train_run, ship), cross-validation bookkeeping and the recipe's validation."""
 import importlib.util
 import json
+import subprocess
+import sys
 from dataclasses import asdict
 from pathlib import Path
 
@@ -156,6 +158,13 @@ def test_ablation_average_pairs_with_another_run_with_tta_as_asked(monkeypatch, 
     plain, tta = capsys.readouterr().out.splitlines()
     assert "paired ΔEER vs eyenet16_e30 -3.00 ± 0.00" in plain
     assert "paired ΔEER vs eyenet16_e30 with mirror TTA -1.00 ± 0.00" in tta
+
+
+def test_ablation_against_without_ensemble_is_an_error():
+    """--against only qualifies --ensemble: alone it would be silently ignored."""
+    script = Path(__file__).parent.parent / "scripts" / "cv_ablations.py"
+    r = subprocess.run([sys.executable, str(script), "--against", "eyenet16_e30"], capture_output=True, text=True)
+    assert r.returncode == 2 and "--against pairs an --ensemble with a run" in r.stderr
 
 
 def test_ablation_run_prints_each_folds_paired_difference(monkeypatch, tmp_path, capsys):
