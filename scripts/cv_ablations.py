@@ -67,6 +67,8 @@ ENSEMBLES = [("eyenet16_e30", "eyenet16_e60", "eyenet16_e100"), ("eyenet16_e100"
              ("eyenet16_e100_batchaug_nearest", "lite2_imagenet_96px_e20_seed1"),
              ("lite2_imagenet_96px_e20", "lite2_imagenet_96px_e20_seed1"),
              ("eyenet16_e100_batchaug_nearest", "lite2_imagenet_96px_e20", "lite2_imagenet_96px_e20_seed1")]
+# The best single model: ImageNet EfficientNet-Lite2 fine-tuned at 96 px for 20 epochs
+LITE2_96 = dict(arch="efficientnet_lite2", weights="imagenet", input_size=96, epochs=20, lr=1e-3)
 # Runs made before batch augmentation existed augmented image by image in the data loader (torchvision).
 PER_IMAGE = dict(batch_augment=False)
 # Changes from TrainConfig's defaults (the shipped recipe). A run may also name `teachers` (finished runs here: fold k
@@ -129,10 +131,9 @@ RUNS = {
     # a bigger ImageNet teacher: EfficientNet-Lite2 (4.8 M weights here against Lite0's 3.4 M; its offline weights
     # classify matplotlib's Grace Hopper photo as "military uniform", as Lite0's do: tests/test_models.py) in the
     # 96-px Lite0's recipe
-    "lite2_imagenet_96px_e20": dict(arch="efficientnet_lite2", weights="imagenet", input_size=96, epochs=20, lr=1e-3),
+    "lite2_imagenet_96px_e20": LITE2_96,
     # ... with another seed (head initialisation, batches, augmentation): is the best single model's lead one draw?
-    "lite2_imagenet_96px_e20_seed1": dict(arch="efficientnet_lite2", weights="imagenet", input_size=96, epochs=20,
-                                          lr=1e-3, seed=1),
+    "lite2_imagenet_96px_e20_seed1": dict(LITE2_96, seed=1),
     # ... for 30 epochs (three of its five best epochs at 20 were the 19th or 20th)
     "lite2_imagenet_96px_e30": dict(arch="efficientnet_lite2", weights="imagenet", input_size=96, epochs=30, lr=1e-3),
     # ... at a larger input (128 px: closer to the scale of ImageNet's objects, as 96 px beat 64 px for Lite0)
@@ -146,6 +147,10 @@ RUNS = {
     "eyenet16_e100_train25": dict(epochs=100, train_fraction=0.25),
     "eyenet16_e100_train50": dict(epochs=100, train_fraction=0.5),
     "eyenet16_e100_train75": dict(epochs=100, train_fraction=0.75),
+    # ... and of the best single model, Lite2 at 96 px (is its slope steeper than EyeNet-16's?)
+    "lite2_imagenet_96px_e20_train25": dict(LITE2_96, train_fraction=0.25),
+    "lite2_imagenet_96px_e20_train50": dict(LITE2_96, train_fraction=0.5),
+    "lite2_imagenet_96px_e20_train75": dict(LITE2_96, train_fraction=0.75),
     # students of the 100-epoch recipe: the teachers score 10 augmented views of each training image once; "mix"
     # targets are half the teachers' P(open), half the smoothed label; "soft" targets are the teachers' alone
     "student16_lite0_mix": dict(PER_IMAGE, distill=0.5, teacher_views=10, teachers=["lite0_imagenet_e12"]),
