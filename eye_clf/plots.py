@@ -114,3 +114,27 @@ def plot_reliability(targets, scores, path=None, bins=15, title="reliability dia
     if path:
         save(fig, path)
     return fig
+
+
+def plot_learning_curve(curves, path=None, goal=None, title="learning curve (5-fold CV)"):
+    """EER against the number of training images (log axis: doublings are even steps): ``{label: rows}``, each
+    row (images, mean EER, half-width of its interval) drawn as a point with an error bar, the curves nudged
+    sideways so that the bars stay apart; ``goal``: a target EER as a dashed line."""
+    fig, ax = plt.subplots(figsize=(6.5, 4.2), layout="constrained")
+    ticks = set()
+    for i, (label, rows) in enumerate(curves.items()):
+        n, mean, half = np.asarray(rows, dtype=float).T
+        ticks |= set(n.astype(int).tolist())
+        ax.errorbar(n * 1.02 ** (i - (len(curves) - 1) / 2), mean, yerr=half, marker="o", capsize=3, label=label)
+    if goal is not None:
+        ax.axhline(goal, color="grey", ls="--", label=f"goal ({percent(goal)})")
+    ax.set(xscale="log", xlabel="training images per fold", ylabel="EER on the test fold", title=title)
+    ax.set_xticks(sorted(ticks), [f"{t:,}" for t in sorted(ticks)])
+    ax.xaxis.set_minor_formatter(NullFormatter())
+    ax.yaxis.set_major_formatter(FuncFormatter(percent))
+    ax.set_ylim(bottom=0)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    if path:
+        save(fig, path)
+    return fig

@@ -9,6 +9,7 @@
     python scripts/cv_ablations.py --average-curve a b  # EER of the averages of every 1, 2, ... of finished runs
     python scripts/cv_ablations.py --table              # rebuild results/cv_ablations.md from the finished runs
     python scripts/cv_ablations.py --ece-floor a b      # each fold's ECE against that of a calibrated model
+    python scripts/cv_ablations.py --learning-curve     # EER against training images: results/learning_curve.png
 
 Every run: the same 5 stratified folds (seed 0) of the 4000 labelled images; inside each fold 10% of the
 training part picks the best-validation-loss epoch and the temperature, the test fold only scores. The
@@ -25,7 +26,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from eye_clf import data, experiment, metrics
+from eye_clf import data, experiment, metrics, plots
 from eye_clf.cv import cross_val_predict, interval
 from eye_clf.files import atomic_write
 from eye_clf.train import TrainConfig
@@ -69,6 +70,16 @@ ENSEMBLES = [("eyenet16_e30", "eyenet16_e60", "eyenet16_e100"), ("eyenet16_e100"
              ("eyenet16_e100_batchaug_nearest", "lite2_imagenet_96px_e20", "lite2_imagenet_96px_e20_seed1")]
 # The best single model: ImageNet EfficientNet-Lite2 fine-tuned at 96 px for 20 epochs
 LITE2_96 = dict(arch="efficientnet_lite2", weights="imagenet", input_size=96, epochs=20, lr=1e-3)
+# learning curves: runs that differ only in the share of each fold's training part they train on
+LEARNING_CURVES = {
+    "EyeNet-16, 30 epochs (image by image)": ("eyenet16_e30_train25", "eyenet16_e30_train50", "eyenet16_e30_train75",
+                                              "eyenet16_e30"),
+    "EyeNet-16, the shipped recipe": ("eyenet16_e100_train25", "eyenet16_e100_train50", "eyenet16_e100_train75",
+                                      REFERENCE),
+    "Lite2 (ImageNet) at 96 px, 20 epochs": ("lite2_imagenet_96px_e20_train25", "lite2_imagenet_96px_e20_train50",
+                                             "lite2_imagenet_96px_e20_train75", "lite2_imagenet_96px_e20"),
+}
+GOAL = 0.015  # issue 7's CV EER
 # Runs made before batch augmentation existed augmented image by image in the data loader (torchvision).
 PER_IMAGE = dict(batch_augment=False)
 # Changes from TrainConfig's defaults (the shipped recipe). A run may also name `teachers` (finished runs here: fold k
@@ -259,6 +270,26 @@ def average_curve(names, targets):
               f"(from {100 * min(eers):.2f} to {100 * max(eers):.2f})")
 
 
+def learning_curves(path=OUT / "learning_curve.png"):
+    """EER (mean ± 95% interval over the folds) against the training images per fold for each of LEARNING_CURVES,
+    from their finished runs (unfinished ones are left out); printed and drawn to ``path``."""
+    curves = {}
+    for label, names in LEARNING_CURVES.items():
+        points = []
+        for name in names:
+            rows = load(name)
+            if rows is None:
+                continue
+            key = rows[0]["key"]
+            n_train = key["n"] * (1 - 1 / key["folds"]) * (1 - config(name).val_fraction)
+            points.append((round(n_train * key.get("train_fraction", 1.0)), *interval([r["eer"] for r in rows])))
+            print(f"{label}: {points[-1][0]} images ({name}): EER {100 * points[-1][1]:.2f} ± "
+                  f"{100 * points[-1][2]:.2f}%")
+        if points:
+            curves[label] = points
+    plots.plot_learning_curve(curves, path, goal=GOAL)
+
+
 def ece_floors(names):
     """Per fold: the run's ECE on its test fold, and the ECE a perfectly calibrated model with the same scores would
     show on that many images (metrics.ece_floor): the part of the ECE that is sampling, not miscalibration."""
@@ -337,6 +368,8 @@ if __name__ == "__main__":
     ap.add_argument("--average-curve", nargs="+", metavar="RUN", help="EER of the averages of every k of these "
                     "finished runs, k = 1, 2, ...")
     ap.add_argument("--table", action="store_true", help="rebuild results/cv_ablations.md")
+    ap.add_argument("--learning-curve", action="store_true", help="print the learning curves of the finished runs "
+                    "and draw them to results/learning_curve.png")
     ap.add_argument("--ece-floor", nargs="+", metavar="RUN", help="each fold's ECE against the ECE a perfectly "
                     "calibrated model with the same scores would show on as many images")
     ap.add_argument("--threads", type=int, default=1, help="torch threads (default 1: one job per core)")
@@ -373,3 +406,5 @@ if __name__ == "__main__":
         ece_floors(args.ece_floor)
     if args.table:
         table(targets)
+    if args.learning_curve:
+        learning_curves()

@@ -124,6 +124,31 @@ def test_ablation_table_shows_paired_differences(monkeypatch, tmp_path):
     assert f"{100 * m:+.2f} ± {100 * h:.2f}" in line and "3.00 ± " in md
 
 
+def test_learning_curves_place_finished_runs_by_their_training_images(monkeypatch, tmp_path):
+    """Each finished run of a curve is a point at its share of the training part (4000 images, 5 folds, 10 %
+    validation: 2,880 at 100 %); unfinished runs and curves without a finished run are left out."""
+    ablations = load_script("cv_ablations")
+    monkeypatch.setattr(ablations, "OUT", tmp_path)
+    drawn = {}
+    monkeypatch.setattr(ablations.plots, "plot_learning_curve", lambda curves, path, goal: drawn.update(curves))
+    runs = {"eyenet16_e100_train25": (0.25, 0.04), "eyenet16_e100_train50": (0.5, 0.03), ablations.REFERENCE: (1, 0.02)}
+    for name, (fraction, eer) in runs.items():
+        key = dict(config={}, folds=5, seed=0, n=4000, n_open=2038, **({"train_fraction": fraction} if fraction < 1
+                                                                          else {}))
+        (tmp_path / "cv" / name).mkdir(parents=True)
+        for k in range(5):
+            row = dict(fold=k, eer=eer + 0.001 * (k - 2), key=key)
+            (tmp_path / "cv" / name / f"fold{k}.json").write_text(json.dumps(row))
+    (tmp_path / "cv" / "eyenet16_e100_train75").mkdir()
+    (tmp_path / "cv" / "eyenet16_e100_train75" / "fold0.json").write_text(json.dumps(dict(fold=0, eer=0.0)))
+    ablations.learning_curves(tmp_path / "lc.png")
+    half = cv.interval(0.001 * np.arange(-2, 3))[1]
+    assert list(drawn) == ["EyeNet-16, the shipped recipe"]
+    assert drawn["EyeNet-16, the shipped recipe"] == [pytest.approx((720, 0.04, half)),
+                                                      pytest.approx((1440, 0.03, half)),
+                                                      pytest.approx((2880, 0.02, half))]
+
+
 def test_ablation_average_prints_its_paired_difference(monkeypatch, tmp_path, capsys):
     """A run's out-of-fold P(open) that separates every test fold (EER 0) is 3, 2, 4, 3, 3 points below those
     reference folds."""

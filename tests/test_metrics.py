@@ -182,3 +182,17 @@ def test_ece_floor_is_the_sampling_bias_of_a_calibrated_model():
     expected = 0.5 / np.sqrt(800) * np.sqrt(2 / np.pi)
     assert metrics.ece_floor(np.full(800, 0.5), bins=1, draws=4000) == pytest.approx(expected, rel=0.05)
     assert metrics.ece_floor(np.r_[np.zeros(400), np.ones(400)]) == 0  # certain and right: nothing to miss
+
+
+def test_learning_curve_plots_each_point_with_its_interval_and_the_goal():
+    from eye_clf import plots
+    curves = {"a": [(720, 0.04, 0.005), (2880, 0.02, 0.004)], "b": [(2880, 0.025, 0.01)]}
+    fig = plots.plot_learning_curve(curves, goal=0.015)
+    ax = fig.axes[0]
+    a, b = (c.lines[0] for c in ax.containers)
+    assert np.allclose(a.get_ydata(), [0.04, 0.02]) and np.allclose(b.get_ydata(), [0.025])
+    assert np.allclose(a.get_xdata(), np.array([720, 2880]) / 1.02 ** 0.5)  # nudged apart, the same ratio each
+    low, high = ax.containers[0].lines[1][:2]
+    assert np.allclose(low.get_ydata(), [0.035, 0.016]) and np.allclose(high.get_ydata(), [0.045, 0.024])
+    assert any(np.allclose(line.get_ydata(), 0.015) for line in ax.lines if line not in (a, b))
+    assert [t.get_text() for t in ax.get_xticklabels()] == ["720", "2,880"]
