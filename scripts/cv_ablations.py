@@ -67,7 +67,11 @@ ENSEMBLES = [("eyenet16_e30", "eyenet16_e60", "eyenet16_e100"), ("eyenet16_e100"
              # declared before the second Lite2 seed's folds came in
              ("eyenet16_e100_batchaug_nearest", "lite2_imagenet_96px_e20_seed1"),
              ("lite2_imagenet_96px_e20", "lite2_imagenet_96px_e20_seed1"),
-             ("eyenet16_e100_batchaug_nearest", "lite2_imagenet_96px_e20", "lite2_imagenet_96px_e20_seed1")]
+             ("eyenet16_e100_batchaug_nearest", "lite2_imagenet_96px_e20", "lite2_imagenet_96px_e20_seed1"),
+             # the best average's three models (shipped recipe, EyeNet-48, Lite2) with both seeds of each, not the
+             # seeds that did best (added after the second seeds came in, to undo that pick)
+             ("eyenet16_e100_batchaug_nearest", "eyenet16_e100_seed1", "eyenet48_e100", "eyenet48_e100_seed1",
+              "lite2_imagenet_96px_e20", "lite2_imagenet_96px_e20_seed1")]
 # The best single model: ImageNet EfficientNet-Lite2 fine-tuned at 96 px for 20 epochs
 LITE2_96 = dict(arch="efficientnet_lite2", weights="imagenet", input_size=96, epochs=20, lr=1e-3)
 # learning curves: runs that differ only in the share of each fold's training part they train on
