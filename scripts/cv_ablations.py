@@ -292,6 +292,11 @@ def learning_curves(path=OUT / "learning_curve.png"):
             points.append((round(n_train * key.get("train_fraction", 1.0)), *interval([r["eer"] for r in rows])))
             print(f"{label}: {points[-1][0]} images ({name}): EER {100 * points[-1][1]:.2f} ± "
                   f"{100 * points[-1][2]:.2f}%")
+        if len(points) > 1:  # least squares of EER on log2(images): the change per doubling, and where it meets GOAL
+            n, eer = np.log2([q[0] for q in points]), np.array([q[1] for q in points])
+            slope, at = np.polyfit(n, eer, 1)
+            print(f"{label}: {100 * slope:+.2f} points per doubling of the images"
+                  + (f"; at that rate {GOAL:.1%} at about {2 ** ((GOAL - at) / slope):,.0f} images" if slope < 0 else ""))
         if points:
             curves[label] = points
     plots.plot_learning_curve(curves, path, goal=GOAL)

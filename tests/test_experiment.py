@@ -124,9 +124,10 @@ def test_ablation_table_shows_paired_differences(monkeypatch, tmp_path):
     assert f"{100 * m:+.2f} ± {100 * h:.2f}" in line and "3.00 ± " in md
 
 
-def test_learning_curves_place_finished_runs_by_their_training_images(monkeypatch, tmp_path):
+def test_learning_curves_place_finished_runs_by_their_training_images(monkeypatch, tmp_path, capsys):
     """Each finished run of a curve is a point at its share of the training part (4000 images, 5 folds, 10 %
-    validation: 2,880 at 100 %); unfinished runs and curves without a finished run are left out."""
+    validation: 2,880 at 100 %); unfinished runs and curves without a finished run are left out. 4, 3, 2 % at 720,
+    1,440, 2,880 images: one point per doubling, so 1.5 % at 2,880 * 2 ** 0.5 images."""
     ablations = load_script("cv_ablations")
     monkeypatch.setattr(ablations, "OUT", tmp_path)
     drawn = {}
@@ -147,6 +148,7 @@ def test_learning_curves_place_finished_runs_by_their_training_images(monkeypatc
     assert drawn["EyeNet-16, the shipped recipe"] == [pytest.approx((720, 0.04, half)),
                                                       pytest.approx((1440, 0.03, half)),
                                                       pytest.approx((2880, 0.02, half))]
+    assert "-1.00 points per doubling of the images; at that rate 1.5% at about 4,073 images" in capsys.readouterr().out
 
 
 def test_ablation_average_prints_its_paired_difference(monkeypatch, tmp_path, capsys):
