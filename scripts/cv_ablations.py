@@ -362,7 +362,7 @@ def table(targets):
           "are training wall-clock (online students: with the teachers' scoring of every batch; students of scored "
           "views: without the one-off, cached scoring of the views) on one thread of a 2-core CPU machine shared "
           "with other jobs: compare them loosely (eyenet16_e100_bs32, eyenet16_e100_erase05, eyenet48_e100, "
-          "eyenet48_e100_seed1, student16_lite2_96_mix and every lite2_ run ran on "
+          "eyenet48_e100_seed1, every lite2_ run and their students ran on "
           "a 2-core machine about three times as fast as the earlier runs': the platform is in each fold's "
           "provenance).\n\n"
           + pd.DataFrame(rows).to_markdown(index=False) + "\n")
