@@ -72,7 +72,8 @@ ENSEMBLES = [("eyenet16_e30", "eyenet16_e60", "eyenet16_e100"), ("eyenet16_e100"
              # seeds that did best (added after the second seeds came in, to undo that pick)
              ("eyenet16_e100_batchaug_nearest", "eyenet16_e100_seed1", "eyenet48_e100", "eyenet48_e100_seed1",
               "lite2_imagenet_96px_e20", "lite2_imagenet_96px_e20_seed1")]
-# The best single model: ImageNet EfficientNet-Lite2 fine-tuned at 96 px for 20 epochs
+# ImageNet EfficientNet-Lite2 fine-tuned at 96 px for 20 epochs: the best single run (with mirror TTA), not repeated
+# by its second seed
 LITE2_96 = dict(arch="efficientnet_lite2", weights="imagenet", input_size=96, epochs=20, lr=1e-3)
 # learning curves: runs that differ only in the share of each fold's training part they train on
 LEARNING_CURVES = {
@@ -150,7 +151,7 @@ RUNS = {
     # ... with another seed (head initialisation, batches, augmentation): is the best single model's lead one draw?
     "lite2_imagenet_96px_e20_seed1": dict(LITE2_96, seed=1),
     # ... for 30 epochs (three of its five best epochs at 20 were the 19th or 20th)
-    "lite2_imagenet_96px_e30": dict(arch="efficientnet_lite2", weights="imagenet", input_size=96, epochs=30, lr=1e-3),
+    "lite2_imagenet_96px_e30": dict(LITE2_96, epochs=30),
     # ... at a larger input (128 px: closer to the scale of ImageNet's objects, as 96 px beat 64 px for Lite0)
     "lite2_imagenet_128px_e20": dict(arch="efficientnet_lite2", weights="imagenet", input_size=128, epochs=20,
                                      lr=1e-3),
@@ -162,7 +163,7 @@ RUNS = {
     "eyenet16_e100_train25": dict(epochs=100, train_fraction=0.25),
     "eyenet16_e100_train50": dict(epochs=100, train_fraction=0.5),
     "eyenet16_e100_train75": dict(epochs=100, train_fraction=0.75),
-    # ... and of the best single model, Lite2 at 96 px (is its slope steeper than EyeNet-16's?)
+    # ... and of Lite2 at 96 px (is its slope steeper than EyeNet-16's?)
     "lite2_imagenet_96px_e20_train25": dict(LITE2_96, train_fraction=0.25),
     "lite2_imagenet_96px_e20_train50": dict(LITE2_96, train_fraction=0.5),
     "lite2_imagenet_96px_e20_train75": dict(LITE2_96, train_fraction=0.75),
