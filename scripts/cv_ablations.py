@@ -153,8 +153,7 @@ RUNS = {
     # ... for 30 epochs (three of its five best epochs at 20 were the 19th or 20th)
     "lite2_imagenet_96px_e30": dict(LITE2_96, epochs=30),
     # ... at a larger input (128 px: closer to the scale of ImageNet's objects, as 96 px beat 64 px for Lite0)
-    "lite2_imagenet_128px_e20": dict(arch="efficientnet_lite2", weights="imagenet", input_size=128, epochs=20,
-                                     lr=1e-3),
+    "lite2_imagenet_128px_e20": dict(LITE2_96, input_size=128),
     # learning curve of the 30-epoch recipe: a stratified part of each fold's training images
     "eyenet16_e30_train25": dict(PER_IMAGE, epochs=30, train_fraction=0.25),
     "eyenet16_e30_train50": dict(PER_IMAGE, epochs=30, train_fraction=0.5),
@@ -300,6 +299,9 @@ def learning_curves(path=OUT / "learning_curve.png"):
                   + (f"; at that rate {GOAL:.1%} at about {2 ** ((GOAL - at) / slope):,.0f} images" if slope < 0 else ""))
         if points:
             curves[label] = points
+    if not curves:
+        raise SystemExit(f"no finished run of any learning curve in {OUT / 'cv'} (runs: "
+                         f"{sorted(n for names in LEARNING_CURVES.values() for n in names)}); {path} left as it was")
     plots.plot_learning_curve(curves, path, goal=GOAL)
 
 

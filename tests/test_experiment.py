@@ -151,6 +151,15 @@ def test_learning_curves_place_finished_runs_by_their_training_images(monkeypatc
     assert "-1.00 points per doubling of the images; at that rate 1.5% at about 4,073 images" in capsys.readouterr().out
 
 
+def test_learning_curves_without_finished_runs_say_so_and_draw_nothing(monkeypatch, tmp_path):
+    ablations = load_script("cv_ablations")
+    monkeypatch.setattr(ablations, "OUT", tmp_path)
+    (tmp_path / "lc.png").write_bytes(b"earlier figure")
+    with pytest.raises(SystemExit, match="no finished run of any learning curve in .*eyenet16_e100_train25"):
+        ablations.learning_curves(tmp_path / "lc.png")
+    assert (tmp_path / "lc.png").read_bytes() == b"earlier figure"
+
+
 def test_ablation_average_prints_its_paired_difference(monkeypatch, tmp_path, capsys):
     """A run's out-of-fold P(open) that separates every test fold (EER 0) is 3, 2, 4, 3, 3 points below those
     reference folds."""
