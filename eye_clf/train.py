@@ -56,6 +56,8 @@ class TrainConfig:
                                 "targets alike, with a weight drawn from Beta(a, a) per batch (0: none)")
     ema: float = option(0.0, "decay per step of an exponential moving average of the weights (and batch-norm "
                                "statistics) that is validated and kept in place of the raw weights (0: none)")
+    sam: float = option(0.0, "sharpness-aware minimization: each step takes the gradient at the weights moved this "
+                             "far (L2) up the batch's gradient, which favours flat minima (0: plain steps)")
     val_fraction: float = option(0.1, "training images held out to pick the best epoch and the temperature")
     patience: int = option(100, "early stopping: epochs without a better validation loss (one-cycle LR peaks at "
                                    "30% and its best epochs come at the end: the shipped recipe does not stop early)")
@@ -82,7 +84,7 @@ class TrainConfig:
                       resample=(self.resample in data.RESAMPLE, f"one of {data.RESAMPLE}"),
                       val_fraction=(0 < self.val_fraction < 0.5, "in (0, 0.5)"),
                       distill=(0 <= self.distill <= 1, "in [0, 1]"), mixup=(self.mixup >= 0, ">= 0"),
-                      ema=(0 <= self.ema < 1, "in [0, 1)"),
+                      ema=(0 <= self.ema < 1, "in [0, 1)"), sam=(self.sam >= 0, ">= 0"),
                       teacher_views=(self.teacher_views >= 0, ">= 0"),
                       patience=(self.patience >= 1, ">= 1"))
         for name, (ok, rule) in checks.items():
@@ -171,6 +173,29 @@ class ViewBank(torch.utils.data.Dataset):
         return (x.float() / 255 - data.MEAN) / data.STD, self.targets[i], self.soft[k, i]
 
 
+def sam_gradient(model, loss_fn, rho):
+    """Replace the gradients in ``model`` (those of ``loss_fn()`` at w) with those of ``loss_fn()`` at
+    w + rho * g / ||g|| (SAM's ascent step), then put w back. Batch-norm running means and variances are left as the
+    first pass made them."""
+    params = [p for p in model.parameters() if p.grad is not None]
+    norm = torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(p.grad) for p in params]))
+    weights = [p.detach().clone() for p in params]
+    norms = [m for m in model.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
+    momenta = [m.momentum for m in norms]
+    with torch.no_grad():
+        for p in params:
+            p.add_(p.grad, alpha=rho / (norm.item() + 1e-12))
+    for m in norms:
+        m.momentum = 0.0  # running = (1 - 0) * running: the second pass does not move them
+    model.zero_grad(set_to_none=True)
+    loss_fn().backward()
+    for m, momentum in zip(norms, momenta):
+        m.momentum = momentum
+    with torch.no_grad():
+        for p, w in zip(params, weights):
+            p.copy_(w)
+
+
 def _epoch_metrics(prefix, loss, y, p):
     return {f"{prefix}_loss": loss, f"{prefix}_accuracy": metrics.accuracy(y, p),
             f"{prefix}_eer": metrics.eer(y, p)[0]}
@@ -190,6 +215,8 @@ def fit(images, targets, train_idx, val_idx, cfg=None, progress=True, teachers=(
 
     With ``cfg.mixup`` the training metrics compare the blended images' predictions with their rounded blended
     labels.
+
+    With ``cfg.sam`` every step is sharpness-aware (see sam_gradient): two forward-backward passes a batch.
 
     With ``cfg.ema`` the moving average of the weights is what is validated, selected and returned.
 
@@ -236,6 +263,12 @@ def fit(images, targets, train_idx, val_idx, cfg=None, progress=True, teachers=(
     y_val = targets[val_idx]
     amp = dict(device_type=dev.type, dtype=torch.bfloat16, enabled=dev.type == "cuda")
     history, best_loss, best_state, stale = [], float("inf"), None, 0
+
+    def loss_of(x, target):
+        with torch.autocast(**amp):
+            z = model(x).float()
+        return F.binary_cross_entropy_with_logits(z, target), z
+
     bar = tqdm(range(cfg.epochs), desc=f"{cfg.arch}/{cfg.method}", disable=not progress, leave=False)
     for epoch in bar:
         t0 = time.perf_counter()
@@ -252,11 +285,11 @@ def fit(images, targets, train_idx, val_idx, cfg=None, progress=True, teachers=(
             if cfg.mixup:
                 lam, perm = float(np.random.beta(cfg.mixup, cfg.mixup)), torch.randperm(len(yb), device=dev)
                 xb, yb, target = (lam * v + (1 - lam) * v[perm] for v in (xb, yb, target))
-            with torch.autocast(**amp):
-                z = model(xb).float()
-            loss = F.binary_cross_entropy_with_logits(z, target)
+            loss, z = loss_of(xb, target)
             opt.zero_grad(set_to_none=True)
             loss.backward()
+            if cfg.sam:
+                sam_gradient(model, lambda: loss_of(xb, target)[0], cfg.sam)
             opt.step()
             sched.step()
             if ema:

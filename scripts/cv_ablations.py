@@ -201,6 +201,9 @@ RUNS = {
     # random erasing (half the images: a rectangle of 2-20% of the image set to mean grey): a regulariser that
     # makes the model use more of the eye than one cue
     "eyenet16_e100_erase05": dict(epochs=100, erase=0.5),
+    # sharpness-aware minimization (rho 0.05, SAM's usual radius): flat minima, reported to resist label noise; two
+    # forward-backward passes a step
+    "eyenet16_e100_sam005": dict(epochs=100, sam=0.05),
 }
 EXTRA = ("teachers", "train_fraction", "undisputed_only")  # RUNS keys that are not TrainConfig fields
 

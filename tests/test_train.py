@@ -104,6 +104,46 @@ def test_mixup_blends_images_and_targets_and_still_learns(toy, monkeypatch):
         TrainConfig(mixup=-0.1)
 
 
+def test_sam_gradient_is_the_gradient_at_the_ascended_weights_and_restores_them():
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.BatchNorm1d(4), torch.nn.Linear(4, 1))
+    x, y = torch.randn(8, 3), torch.rand(8, 1)
+
+    def loss_fn():
+        return torch.nn.functional.binary_cross_entropy_with_logits(model(x), y)
+    loss_fn().backward()
+    g = [p.grad.clone() for p in model.parameters()]
+    w = [p.detach().clone() for p in model.parameters()]
+    stats = [b.clone() for b in model[1].buffers()]
+    rho = 0.3
+    train.sam_gradient(model, loss_fn, rho)
+    assert all(torch.equal(p, q) for p, q in zip(model.parameters(), w))  # the weights are put back
+    assert all(torch.equal(a, b) for a, b in zip(list(model[1].buffers())[:2], stats[:2]))  # running mean, var
+    assert model[1].momentum == 0.1
+    # the reference: the same loss at w + rho * g / ||g||, on a copy
+    norm = torch.sqrt(sum((a ** 2).sum() for a in g))
+    ascended = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.BatchNorm1d(4), torch.nn.Linear(4, 1))
+    ascended.load_state_dict(model.state_dict())
+    with torch.no_grad():
+        for p, a in zip(ascended.parameters(), g):
+            p.add_(rho * a / norm)
+    torch.nn.functional.binary_cross_entropy_with_logits(ascended(x), y).backward()
+    for p, q in zip(model.parameters(), ascended.parameters()):
+        torch.testing.assert_close(p.grad, q.grad)
+    assert not torch.allclose(torch.cat([p.grad.ravel() for p in model.parameters()]),
+                              torch.cat([a.ravel() for a in g]))  # not the plain gradient
+
+
+def test_fit_with_sam_learns_and_differs_from_plain_steps(toy):
+    images, targets, tr, va = toy
+    model, h_sam = fit(images, targets, tr, va, replace(CFG, sam=0.05), progress=False)
+    assert metrics.eer(targets[va], models.scores(model, images[va]))[0] < 0.1
+    _, h_plain = fit(images, targets, tr, va, CFG, progress=False)
+    assert [r["val_loss"] for r in h_sam] != [r["val_loss"] for r in h_plain]
+    with pytest.raises(train.ConfigError, match="sam: must be >= 0"):
+        TrainConfig(sam=-0.1)
+
+
 def test_returned_model_holds_the_best_validation_loss_epoch(toy):
     images, targets, tr, va = misleading(toy)
     model, history = fit(images, targets, tr, va, replace(CFG, calibrate=False), progress=False)
