@@ -10,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+from cleanlab.filter import find_label_issues
 from scipy import stats
 from sklearn.model_selection import train_test_split
 
@@ -40,7 +41,7 @@ def _view_proba(teacher, views):
     return p
 
 
-def _fold(images, targets, rest, test, cfg, progress, teachers, train_fraction, soft, trainable):
+def _fold(images, targets, rest, test, cfg, progress, teachers, train_fraction, soft, trainable, prune_folds):
     """Train on ``rest`` (minus its validation part), score the test fold; returns (row, model). ``teachers``:
     checkpoint files to distil from."""
     train, val = train_test_split(rest, test_size=cfg.val_fraction, stratify=targets[rest], random_state=cfg.seed)
@@ -48,6 +49,11 @@ def _fold(images, targets, rest, test, cfg, progress, teachers, train_fraction, 
         train = train_test_split(train, train_size=train_fraction, stratify=targets[train], random_state=cfg.seed)[0]
     if trainable is not None:
         train = train[trainable[train]]
+    pruned, prune_seconds = train[:0], 0.0
+    if prune_folds:  # confident learning on out-of-fold P(open) of the training part alone
+        inner, inner_folds = cross_val_predict(images[train], targets[train], cfg, prune_folds, cfg.seed, False)
+        issues = find_label_issues(targets[train], np.column_stack([1 - inner, inner]), n_jobs=1)
+        pruned, train, prune_seconds = train[issues], train[~issues], float(inner_folds["seconds"].sum())
     bank = None
     if teachers and cfg.teacher_views:
         views = augmented_views(images[train], cfg)
@@ -64,7 +70,8 @@ def _fold(images, targets, rest, test, cfg, progress, teachers, train_fraction, 
                val_threshold=val_threshold,
                accuracy_at_val_threshold=metrics.accuracy(targets[test], p_tta if cfg.tta else p, val_threshold),
                eer_tta=metrics.eer(targets[test], p_tta)[0], test_idx=test.tolist(), p=p.tolist(),
-               p_tta=p_tta.tolist())
+               p_tta=p_tta.tolist(), **({"pruned": pruned.tolist(), "prune_seconds": prune_seconds}
+                                        if prune_folds else {}))
     return row, model
 
 
@@ -78,7 +85,7 @@ def same_key(key):
 
 
 def cross_val_predict(images, targets, cfg=None, folds=5, seed=0, progress=True, fold_dir=None, teacher_dirs=(),
-                      train_fraction=1.0, soft=None, trainable=None, only=None):
+                      train_fraction=1.0, soft=None, trainable=None, only=None, prune_folds=0):
     """Train one model per fold; each test fold is predicted by the model that never saw it.
 
     Inside each fold ``cfg.val_fraction`` of the training part (stratified) is the validation set that picks the
@@ -92,6 +99,9 @@ def cross_val_predict(images, targets, cfg=None, folds=5, seed=0, progress=True,
     ``soft``: the training targets of ``cfg.soft_labels`` (see data.soft_targets); folds and scores use ``targets``.
     ``trainable``: a boolean mask; images outside it are left out of the training parts (the folds, validation
     parts and test folds stay as they are).
+    ``prune_folds`` = k > 0: before each fold trains, a k-fold CV of ``cfg`` on that fold's training part (and
+    nothing else) gives out-of-fold P(open), cleanlab's ``find_label_issues`` flags the likely label errors, and the
+    fold trains without them (its row lists them as ``pruned``, with the inner CV's ``prune_seconds``).
     ``only``: train just these fold indices (folds of others are read from ``fold_dir`` if there, else left out of
     the result, their out-of-fold P(open) NaN), so that several processes can share one CV, each on its own folds.
     """
@@ -99,11 +109,14 @@ def cross_val_predict(images, targets, cfg=None, folds=5, seed=0, progress=True,
     trainable = None if trainable is None else np.asarray(trainable, bool)
     if trainable is not None and trainable.shape != (len(targets),):
         raise ValueError(f"trainable: a mask of {len(targets)} images expected, got shape {trainable.shape}")
+    if prune_folds and (cfg.soft_labels or cfg.distill):
+        raise ValueError("prune_folds: the pruning CV trains on the labels alone; not with soft labels or teachers")
     oof = np.full(len(targets), np.nan)
     key = dict(config=asdict(cfg), folds=folds, seed=seed, n=len(targets), n_open=int(np.sum(targets)),
                **({"teachers": [Path(d).name for d in teacher_dirs]} if teacher_dirs else {}),
                **({"train_fraction": train_fraction} if train_fraction < 1 else {}),
-               **({"untrainable": int(np.sum(~trainable))} if trainable is not None else {}))
+               **({"untrainable": int(np.sum(~trainable))} if trainable is not None else {}),
+               **({"prune_folds": prune_folds} if prune_folds else {}))
     rows, prov = [], provenance()  # the code this run loaded: later commits do not change a running process
     if only is not None and not set(only) <= set(range(folds)):
         raise ValueError(f"only: fold indices in 0..{folds - 1} expected, got {sorted(only)}")
@@ -116,13 +129,15 @@ def cross_val_predict(images, targets, cfg=None, folds=5, seed=0, progress=True,
             continue
         if row is None:
             teachers = [Path(d) / f"fold{k}.pt" for d in teacher_dirs]
-            row, model = _fold(images, targets, rest, test, cfg, progress, teachers, train_fraction, soft, trainable)
+            row, model = _fold(images, targets, rest, test, cfg, progress, teachers, train_fraction, soft, trainable,
+                               prune_folds)
             row = dict(fold=k, key=key, **row, provenance=prov)
             if path:
                 save_checkpoint(checkpoint(model, cfg), path.with_suffix(".pt"))
                 write_json(path, row)
         oof[test] = row["p_tta"] if cfg.tta else row["p"]
-        rows.append({c: v for c, v in row.items() if c not in ("key", "test_idx", "p", "p_tta", "provenance")})
+        rows.append({c: v for c, v in row.items() if c not in ("key", "test_idx", "p", "p_tta", "provenance",
+                                                               "pruned")})
     return oof, pd.DataFrame(rows)
 
 

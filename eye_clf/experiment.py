@@ -71,11 +71,13 @@ def cv_rows(name, results=CV_RESULTS):
 
 
 def cv_of(cfg, results=CV_RESULTS):
-    """The finished 5-fold CV of exactly this config (not a learning-curve run) as (run name, per-fold rows), or None."""
+    """The finished 5-fold CV of exactly this config on all its training images (not a learning-curve, pruned or
+    undisputed-only run) as (run name, per-fold rows), or None."""
     for folder in sorted(Path(results).glob("*/")):
         rows = cv_rows(folder.name, results)
         keys = [cv.same_key(r["key"]) for r in rows] if rows else []
-        if rows and all(k["config"] == asdict(cfg) and "train_fraction" not in k for k in keys):
+        if rows and all(k["config"] == asdict(cfg) and not {"train_fraction", "untrainable", "prune_folds"} & set(k)
+                        for k in keys):
             return folder.name, rows
     return None
 

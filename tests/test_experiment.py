@@ -298,6 +298,30 @@ def test_untrainable_images_leave_only_the_training_parts(monkeypatch, tmp_path)
         cv.cross_val_predict(images, targets, SMALL, folds=2, progress=False, trainable=trainable[:-1])
 
 
+def test_pruned_folds_drop_the_label_errors_an_inner_cv_of_the_training_part_finds(monkeypatch, tmp_path):
+    images, targets = synthetic(160)
+    flipped = np.arange(0, 160, 10)  # a tenth of the labels wrong
+    noisy = targets.copy()
+    noisy[flipped] = 1 - noisy[flipped]
+    cfg = TrainConfig(width=8, epochs=4, batch_size=16, augment=0, label_smoothing=0)
+    fits = record_fits(monkeypatch, lambda tr, va, _: (set(tr), set(va)))
+    cv.cross_val_predict(images, noisy, cfg, folds=2, progress=False, fold_dir=tmp_path / "all")
+    cv.cross_val_predict(images, noisy, cfg, folds=2, progress=False, fold_dir=tmp_path / "pruned", prune_folds=2)
+    # per outer fold: its own fit, then 2 inner fits (indices into its training part) and the pruned fit
+    (train_all, val_all), (train_pruned, val_pruned) = fits[0], fits[4]
+    assert len(fits) == 2 + 2 * 3
+    row = json.loads((tmp_path / "pruned" / "fold0.json").read_text())
+    pruned = set(row["pruned"])
+    assert row["key"]["prune_folds"] == 2 and row["prune_seconds"] > 0
+    assert pruned and pruned <= train_all and train_pruned == train_all - pruned and val_pruned == val_all
+    caught = pruned & set(flipped.tolist())
+    # most wrong labels found, and most of what is dropped is wrong (a tenth would be, dropped at random)
+    assert len(caught) >= 0.8 * len(set(flipped.tolist()) & train_all) and len(caught) > 0.5 * len(pruned)
+    assert experiment.cv_of(cfg, tmp_path) is None  # a pruned run is not the plain recipe's CV
+    with pytest.raises(ValueError, match="prune_folds: the pruning CV trains on the labels alone"):
+        cv.cross_val_predict(images, noisy, TrainConfig(soft_labels=True), folds=2, prune_folds=2, soft=noisy)
+
+
 def test_shipped_model_is_compared_only_on_images_it_never_saw(monkeypatch, tmp_path):
     images, targets = synthetic(100)
     tr, va, _ = data.split(targets, seed=0)
