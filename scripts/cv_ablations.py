@@ -205,6 +205,7 @@ RUNS = {
     # sharpness-aware minimization (rho 0.05, SAM's usual radius): flat minima, reported to resist label noise; two
     # forward-backward passes a step
     "eyenet16_e100_sam005": dict(epochs=100, sam=0.05),
+    "eyenet16_e100_sam02": dict(epochs=100, sam=0.2),  # ... and a radius four times as large
     # the shipped recipe trained without the labels cleanlab flags in its fold's training part (out-of-fold P(open)
     # of a 3-fold CV of the same recipe on that part alone: nothing from the validation or test images)
     "eyenet16_e100_pruned": dict(epochs=100, prune_folds=3),
