@@ -206,6 +206,7 @@ RUNS = {
     # forward-backward passes a step
     "eyenet16_e100_sam005": dict(epochs=100, sam=0.05),
     "eyenet16_e100_sam02": dict(epochs=100, sam=0.2),  # ... and a radius four times as large
+    "eyenet16_e100_sam005_seed1": dict(epochs=100, sam=0.05, seed=1),  # is radius 0.05's -0.10 more than one draw?
     # the shipped recipe trained without the labels cleanlab flags in its fold's training part (out-of-fold P(open)
     # of a 3-fold CV of the same recipe on that part alone: nothing from the validation or test images)
     "eyenet16_e100_pruned": dict(epochs=100, prune_folds=3),
