@@ -317,9 +317,18 @@ def test_pruned_folds_drop_the_label_errors_an_inner_cv_of_the_training_part_fin
     caught = pruned & set(flipped.tolist())
     # most wrong labels found, and most of what is dropped is wrong (a tenth would be, dropped at random)
     assert len(caught) >= 0.8 * len(set(flipped.tolist()) & train_all) and len(caught) > 0.5 * len(pruned)
-    assert experiment.cv_of(cfg, tmp_path) is None  # a pruned run is not the plain recipe's CV
     with pytest.raises(ValueError, match="prune_folds: the pruning CV trains on the labels alone"):
         cv.cross_val_predict(images, noisy, TrainConfig(soft_labels=True), folds=2, prune_folds=2, soft=noisy)
+
+
+def test_the_recipes_cv_is_never_a_pruned_or_undisputed_only_run(tmp_path):
+    images, targets = synthetic(60)
+    cv.cross_val_predict(images, targets, SMALL, progress=False, fold_dir=tmp_path / "a_pruned", prune_folds=2)
+    cv.cross_val_predict(images, targets, SMALL, progress=False, fold_dir=tmp_path / "b_undisputed",
+                         trainable=np.arange(60) % 6 != 0)
+    assert experiment.cv_of(SMALL, tmp_path) is None  # same config, but not trained on every training image
+    cv.cross_val_predict(images, targets, SMALL, progress=False, fold_dir=tmp_path / "c_plain")
+    assert experiment.cv_of(SMALL, tmp_path)[0] == "c_plain"
 
 
 def test_shipped_model_is_compared_only_on_images_it_never_saw(monkeypatch, tmp_path):
