@@ -109,6 +109,8 @@ def cross_val_predict(images, targets, cfg=None, folds=5, seed=0, progress=True,
     trainable = None if trainable is None else np.asarray(trainable, bool)
     if trainable is not None and trainable.shape != (len(targets),):
         raise ValueError(f"trainable: a mask of {len(targets)} images expected, got shape {trainable.shape}")
+    if prune_folds < 0 or prune_folds == 1:
+        raise ValueError(f"prune_folds: 0 (no pruning) or an inner fold count of 2 or more, got {prune_folds}")
     if prune_folds and (cfg.soft_labels or cfg.distill):
         raise ValueError("prune_folds: the pruning CV trains on the labels alone; not with soft labels or teachers")
     oof = np.full(len(targets), np.nan)

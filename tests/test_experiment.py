@@ -319,6 +319,10 @@ def test_pruned_folds_drop_the_label_errors_an_inner_cv_of_the_training_part_fin
     assert len(caught) >= 0.8 * len(set(flipped.tolist()) & train_all) and len(caught) > 0.5 * len(pruned)
     with pytest.raises(ValueError, match="prune_folds: the pruning CV trains on the labels alone"):
         cv.cross_val_predict(images, noisy, TrainConfig(soft_labels=True), folds=2, prune_folds=2, soft=noisy)
+    for bad in (1, -2):  # refused before any training, naming the argument
+        with pytest.raises(ValueError, match=f"prune_folds: 0 .* or an inner fold count of 2 or more, got {bad}"):
+            cv.cross_val_predict(images, noisy, cfg, folds=2, fold_dir=tmp_path / "bad", prune_folds=bad)
+    assert not (tmp_path / "bad").exists()
 
 
 def test_the_recipes_cv_is_never_a_pruned_or_undisputed_only_run(tmp_path):
