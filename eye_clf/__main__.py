@@ -122,7 +122,8 @@ def cmd_train(args):
     best = min(res["history"], key=lambda r: r["val_loss"])["epoch"]
     print(f"trained {cfg.arch}/{cfg.method} (weights: {cfg.weights or 'random init'}) on {len(res['split'][0])} "
           f"images in {res['seconds']:.0f} s (torch threads: {threads}), {len(res['history'])} epochs; best validation "
-          f"loss at epoch {best}")
+          f"loss at epoch {best}" + (f"; then refit on all {sum(map(len, res['split']))} images for {cfg.epochs} "
+                                     "epochs (the last one kept)" if cfg.refit else ""))
     v = res["val"]
     print(f"validation ({len(res['split'][1])} images; they picked the epoch, temperature and threshold, so these "
           f"are optimistic): EER {100 * v['eer']:.2f}%, accuracy {100 * v['accuracy_at_eer']:.2f}% at the "

@@ -17,7 +17,7 @@ from sklearn.model_selection import train_test_split
 from . import data, metrics
 from .files import atomic_write, provenance, write_json
 from .models import load_checkpoint, scores
-from .train import TrainConfig, augmented_views, checkpoint, fit, save_checkpoint, view_proba
+from .train import TrainConfig, augmented_views, checkpoint, fit, refit, save_checkpoint, view_proba
 
 
 def _view_proba(teacher, views):
@@ -62,10 +62,13 @@ def _fold(images, targets, rest, test, cfg, progress, teachers, train_fraction, 
     teachers = [load_checkpoint(t)[0] for t in teachers]
     model, history = fit(images, targets, train, val, cfg, progress=progress, teachers=teachers, bank=bank,
                          soft=soft)
-    p, p_tta = scores(model, images[test]), scores(model, images[test], tta=True)
     val_threshold = metrics.eer(targets[val], scores(model, images[val], tta=cfg.tta))[1]
-    best = min(history, key=lambda r: r["val_loss"])
-    row = dict(epochs=len(history), best_epoch=best["epoch"], seconds=sum(r["seconds"] for r in history),
+    best, seconds = min(history, key=lambda r: r["val_loss"]), sum(r["seconds"] for r in history)
+    if cfg.refit:
+        model, again = refit(images, targets, train, val, cfg, model, progress, soft)
+        seconds += sum(r["seconds"] for r in again)
+    p, p_tta = scores(model, images[test]), scores(model, images[test], tta=True)
+    row = dict(epochs=len(history), best_epoch=best["epoch"], seconds=seconds,
                temperature=float(model.temperature), **metrics.summary(targets[test], p),
                val_threshold=val_threshold,
                accuracy_at_val_threshold=metrics.accuracy(targets[test], p_tta if cfg.tta else p, val_threshold),
@@ -89,7 +92,8 @@ def cross_val_predict(images, targets, cfg=None, folds=5, seed=0, progress=True,
     """Train one model per fold; each test fold is predicted by the model that never saw it.
 
     Inside each fold ``cfg.val_fraction`` of the training part (stratified) is the validation set that picks the
-    best-validation-loss epoch and the temperature; the test fold is used only for scoring. Returns
+    best-validation-loss epoch, the temperature and the threshold (with ``cfg.refit`` the refit on the whole training
+    part is scored; ``best_epoch`` stays the validated fit's); the test fold is used only for scoring. Returns
     ``(oof, per_fold)``: out-of-fold P(open) (with the checkpoint's own TTA setting) and a DataFrame of fold
     metrics (see metrics.summary), epochs, seconds, ``eer_tta`` (EER with mirror averaging).
 

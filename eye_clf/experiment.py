@@ -1,7 +1,8 @@
 """The main job: train the shipped recipe on every label, write a run folder; ``ship`` promotes a run.
 
 A run trains on all labelled images except a stratified ``cfg.val_fraction`` validation part, which only picks the
-best-validation-loss epoch, the temperature and the decision threshold. It writes into its own folder
+best-validation-loss epoch, the temperature and the decision threshold (with ``cfg.refit`` a second fit on all of
+them follows, see train.refit). It writes into its own folder
 (``runs/<name>/``): the checkpoint, the history, the curves and ``run.json``. The shipped model
 (``eye_clf/shipped/``, linked from ``plots_checkpoints/``) changes only through ``ship``. Quality figures of a recipe
 come from cross-validating it (``scripts/cv_ablations.py``): the validation part picked the epoch, so its numbers
@@ -25,7 +26,7 @@ from .files import atomic_write, provenance, save_history, write_json
 from .models import load_checkpoint, scores
 from .plots import plot_history
 from .predict import SHIPPED
-from .train import TrainConfig, checkpoint, fit, save_checkpoint
+from .train import TrainConfig, checkpoint, fit, refit, save_checkpoint
 
 FIGURES = data.REPO_ROOT / "plots_checkpoints"
 CV_RESULTS = data.REPO_ROOT / "results" / "cv"
@@ -107,9 +108,11 @@ def train_run(cfg=None, root=None, labels=None, out_dir=None, limit=None, progre
     teacher_models = [load_checkpoint(t)[0] for t in teachers]
     soft = data.soft_targets(targets, names, root) if cfg.soft_labels else None
     model, history = fit(images, targets, train_idx, val_idx, cfg, progress, teacher_models, soft=soft)
-    seconds = time.perf_counter() - t0
     p_val = scores(model, images[val_idx], tta=cfg.tta)
     val = metrics.summary(targets[val_idx], p_val)
+    if cfg.refit:  # the validation figures, temperature and threshold stay those of the validated fit
+        model = refit(images, targets, train_idx, val_idx, cfg, model, progress, soft)[0]
+    seconds = time.perf_counter() - t0
     shipped = compare_with_shipped(images, targets, val_idx)
     ckpt = checkpoint(model, cfg, dict(val=val, train_seconds=seconds, torch_threads=torch.get_num_threads()),
                       history)
@@ -122,7 +125,8 @@ def train_run(cfg=None, root=None, labels=None, out_dir=None, limit=None, progre
                  title=f"{cfg.arch} / {cfg.method} / weights: {cfg.weights or 'random init'}")
     write_json(out / "run.json", dict(config=ckpt["config"], val=val, shipped_on_same_val=shipped,
                                       best_epoch=ckpt["best_epoch"], train_seconds=seconds,
-                                      n_train=len(train_idx), n_val=len(val_idx), provenance=provenance()),
+                                      n_train=len(train_idx) + cfg.refit * len(val_idx), n_val=len(val_idx),
+                                      provenance=provenance()),
                indent=1)
     return dict(model=model, history=history, val=val, shipped=shipped, seconds=seconds, images=images,
                 targets=targets, names=names, split=(train_idx, val_idx), out=out)

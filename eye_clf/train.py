@@ -59,6 +59,9 @@ class TrainConfig:
     sam: float = option(0.0, "sharpness-aware minimization: each step takes the gradient at the weights moved this "
                              "far (L2) up the batch's gradient, which favours flat minima (0: plain steps)")
     val_fraction: float = option(0.1, "training images held out to pick the best epoch and the temperature")
+    refit: bool = option(False, "after the validated fit, train again from scratch on the training and validation "
+                                "images together for all the epochs and keep the last one, with the first fit's "
+                                "temperature and decision threshold (every label trains the model; twice the time)")
     patience: int = option(100, "early stopping: epochs without a better validation loss (one-cycle LR peaks at "
                                    "30% and its best epochs come at the end: the shipped recipe does not stop early)")
     tta: bool = option(False, "average the logits of the image and its mirror at prediction time")
@@ -85,6 +88,8 @@ class TrainConfig:
                       val_fraction=(0 < self.val_fraction < 0.5, "in (0, 0.5)"),
                       distill=(0 <= self.distill <= 1, "in [0, 1]"), mixup=(self.mixup >= 0, ">= 0"),
                       ema=(0 <= self.ema < 1, "in [0, 1)"), sam=(self.sam >= 0, ">= 0"),
+                      refit=(not (self.refit and self.distill), "False with distill (teachers see the training "
+                                                                 "part only)"),
                       teacher_views=(self.teacher_views >= 0, ">= 0"),
                       patience=(self.patience >= 1, ">= 1"))
         for name, (ok, rule) in checks.items():
@@ -202,7 +207,8 @@ def _epoch_metrics(prefix, loss, y, p):
 
 
 def fit(images, targets, train_idx, val_idx, cfg=None, progress=True, teachers=(), bank=None, soft=None):
-    """Train on ``train_idx``, select the epoch of best validation loss on ``val_idx``.
+    """Train on ``train_idx``, select the epoch of best validation loss on ``val_idx`` (none: keep the last epoch,
+    uncalibrated).
 
     Training images are augmented image by image in the data loader or, with ``cfg.batch_augment``, a whole batch
     at a time on the training device (about twice as fast on CPU).
@@ -298,14 +304,14 @@ def fit(images, targets, train_idx, val_idx, cfg=None, progress=True, teachers=(
             ys.append(yb.cpu().numpy())
             ps.append(torch.sigmoid(z.detach()).cpu().numpy())
         y_tr, p_tr = np.concatenate(ys).round(), np.concatenate(ps)
-        z_val = logits(kept, x_val, tta=cfg.tta)
-        val_loss = _bce(z_val, torch.as_tensor(y_val, dtype=torch.float32), cfg.label_smoothing).item()
-        row = dict(epoch=epoch + 1, lr=sched.get_last_lr()[0],
-                   **_epoch_metrics("train", total / len(y_tr), y_tr, p_tr),
-                   **_epoch_metrics("val", val_loss, y_val, torch.sigmoid(z_val).numpy()),
-                   seconds=time.perf_counter() - t0)
-        history.append(row)
-        bar.set_postfix(val_loss=f"{val_loss:.4f}", val_eer=f"{row['val_eer']:.4f}")
+        row = dict(epoch=epoch + 1, lr=sched.get_last_lr()[0], **_epoch_metrics("train", total / len(y_tr), y_tr, p_tr))
+        val_loss = -float(epoch)  # without a validation part the last epoch is the one kept
+        if len(val_idx):
+            z_val = logits(kept, x_val, tta=cfg.tta)
+            val_loss = _bce(z_val, torch.as_tensor(y_val, dtype=torch.float32), cfg.label_smoothing).item()
+            row.update(_epoch_metrics("val", val_loss, y_val, torch.sigmoid(z_val).numpy()))
+            bar.set_postfix(val_loss=f"{val_loss:.4f}", val_eer=f"{row['val_eer']:.4f}")
+        history.append(dict(row, seconds=time.perf_counter() - t0))
         if val_loss < best_loss:
             best_loss, stale = val_loss, 0
             best_state = {k: v.detach().cpu().clone() for k, v in kept.state_dict().items()}
@@ -314,13 +320,22 @@ def fit(images, targets, train_idx, val_idx, cfg=None, progress=True, teachers=(
             if stale >= cfg.patience:
                 break
     model.load_state_dict(best_state)
-    if cfg.calibrate:
+    if cfg.calibrate and len(val_idx):
         model.temperature.fill_(fit_temperature(logits(model, x_val, tta=cfg.tta), y_val))
     return model, history
 
 
+def refit(images, targets, train_idx, val_idx, cfg, first, progress=True, soft=None):
+    """``cfg.refit``: ``cfg`` trained again from scratch on the training and validation images together, its last
+    epoch kept, with the temperature of ``first`` (the validated fit). Returns ``(model, history)``."""
+    model, history = fit(images, targets, np.r_[train_idx, val_idx], val_idx[:0], cfg, progress, soft=soft)
+    model.temperature.fill_(float(first.temperature))
+    return model, history
+
+
 def checkpoint(model, cfg, metrics_=None, history=None):
-    """A plain-types dict (loadable with ``torch.load(weights_only=True)``) describing a trained model."""
+    """A plain-types dict (loadable with ``torch.load(weights_only=True)``) describing a trained model; ``history``:
+    that of the validated fit (with ``cfg.refit`` the kept weights are those of the refit's last epoch)."""
     best = min(history, key=lambda r: r["val_loss"]) if history else None
     return {
         "format": CHECKPOINT_FORMAT,
@@ -330,7 +345,7 @@ def checkpoint(model, cfg, metrics_=None, history=None):
                               mean=data.MEAN, std=data.STD, tta=cfg.tta),
         "weights": cfg.weights or "random init",
         "metrics": metrics_ or {},
-        "best_epoch": best["epoch"] if best else None,
+        "best_epoch": cfg.epochs if cfg.refit else best["epoch"] if best else None,  # the kept weights' epoch
         "config": asdict(cfg),
         "provenance": provenance(),
     }

@@ -52,6 +52,18 @@ def test_train_run_writes_a_run_folder_and_leaves_the_shipped_model_alone(real_r
         assert im.format == "PNG" and im.width > 300
 
 
+def test_a_refit_run_trains_its_model_on_every_image_and_reports_the_validated_fit(real_root, tmp_path):
+    cfg = TrainConfig(width=8, epochs=2, refit=True)
+    res = experiment.train_run(cfg, real_root, out_dir=tmp_path, limit=200, progress=False)
+    run, ckpt = json.loads((tmp_path / "run.json").read_text()), torch.load(tmp_path / "eye_clf.pt", weights_only=True)
+    assert run["n_train"] == 200 and run["n_val"] == 20 and ckpt["best_epoch"] == 2
+    assert ckpt["threshold"] == res["val"]["eer_threshold"]
+    assert len(res["history"]) == 2 and "val_loss" in res["history"][0]  # the validated fit's curves
+    va = res["split"][1]  # the validation figures are the validated fit's, not those of the refit that saw va
+    refit_eer = metrics.eer(res["targets"][va], models.scores(res["model"], res["images"][va]))
+    assert (refit_eer[0], refit_eer[1]) != (res["val"]["eer"], res["val"]["eer_threshold"])
+
+
 def test_oof_predictions_never_come_from_a_model_that_saw_the_image(monkeypatch, tmp_path):
     images, targets = synthetic(60)
     seen = record_fits(monkeypatch, lambda tr, va, _: set(tr) | set(va))
@@ -61,6 +73,30 @@ def test_oof_predictions_never_come_from_a_model_that_saw_the_image(monkeypatch,
     assert all(not (t & s) for t, s in zip(tests, seen))           # a fold's model never saw its test images
     assert sorted(i for t in tests for i in t) == list(range(60))   # and every image is predicted exactly once
     assert np.isfinite(oof).all() and len(per_fold) == 3
+
+
+def test_refit_folds_score_a_model_of_the_whole_training_part_with_the_first_fits_threshold(monkeypatch, tmp_path):
+    images, targets = synthetic(60)
+    fits, real_fit = [], train.fit
+
+    def recording_fit(images_, targets_, train_idx, val_idx, *args, **kw):
+        model, history = real_fit(images_, targets_, train_idx, val_idx, *args, **kw)
+        fits.append((set(train_idx), set(val_idx), model))
+        return model, history
+
+    monkeypatch.setattr(cv, "fit", recording_fit)
+    monkeypatch.setattr(train, "fit", recording_fit)  # the refit's
+    cfg = TrainConfig(width=4, epochs=2, batch_size=32, augment=0, refit=True)
+    cv.cross_val_predict(images, targets, cfg, folds=3, progress=False, fold_dir=tmp_path)
+    rows = [json.loads((tmp_path / f"fold{k}.json").read_text()) for k in range(3)]
+    assert len(fits) == 6  # per fold the validated fit, then the refit on its training and validation parts
+    for k, row in enumerate(rows):
+        (train_, val, first), (whole, none, last) = fits[2 * k], fits[2 * k + 1]
+        assert whole == train_ | val and not none and not whole & set(row["test_idx"])
+        val = sorted(val)
+        assert row["val_threshold"] == metrics.eer(targets[val], models.scores(first, images[val]))[1]
+        np.testing.assert_allclose(row["p"], models.scores(last, images[row["test_idx"]]), atol=1e-6)
+        assert last.temperature.item() == first.temperature.item()
 
 
 def test_cv_resumes_from_fold_files_and_refuses_another_config(monkeypatch, tmp_path):

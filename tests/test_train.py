@@ -152,6 +152,33 @@ def test_returned_model_holds_the_best_validation_loss_epoch(toy):
     assert val_loss(model, images[va], targets[va]) == pytest.approx(min(losses), rel=1e-5)
 
 
+def test_fit_without_a_validation_part_keeps_the_last_epoch_uncalibrated(toy):
+    images, targets, tr, va = toy
+    model, history = fit(images, targets, tr, va[:0], CFG, progress=False)
+    assert len(history) == CFG.epochs and all(set(r) == {"epoch", "lr", "seconds", "train_loss", "train_accuracy",
+                                                         "train_eer"} for r in history)
+    assert model.temperature.item() == 1
+    assert metrics.eer(targets[va], models.scores(model, images[va]))[0] < 0.1
+
+
+def test_refit_trains_on_training_and_validation_images_to_the_last_epoch(toy, monkeypatch):
+    images, targets, tr, va = misleading(toy)
+    first, history = fit(images, targets, tr, va, CFG, progress=False)
+    assert np.argmin([r["val_loss"] for r in history]) < CFG.epochs - 1  # validation keeps an early epoch
+    calls, real_fit = [], train.fit
+    monkeypatch.setattr(train, "fit",
+                        lambda im, y, t, v, *a, **k: calls.append((t, v)) or real_fit(im, y, t, v, *a, **k))
+    model, again = train.refit(images, targets, tr, va, CFG, first, progress=False)
+    (t, v), = calls
+    assert sorted(t) == sorted(np.r_[tr, va]) and len(v) == 0 and len(again) == CFG.epochs
+    assert model.temperature.item() == first.temperature.item() != 1
+    last, _ = real_fit(images, targets, np.r_[tr, va], va[:0], CFG, progress=False)  # the refit's last epoch
+    x = data.to_tensor(images)
+    torch.testing.assert_close(models.logits(model, x) * model.temperature, models.logits(last, x))
+    with pytest.raises(train.ConfigError, match="refit: must be False with distill"):
+        TrainConfig(refit=True, distill=0.5)
+
+
 def test_temperature_scaling_fits_held_out_logits(toy):
     rng = np.random.default_rng(0)
     calibrated = rng.normal(0, 2, 2000)
