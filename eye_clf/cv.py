@@ -58,14 +58,13 @@ def _fold(images, targets, rest, test, cfg, progress, teachers, train_fraction, 
     if teachers and cfg.teacher_views:
         views = augmented_views(images[train], cfg)
         bank = views, np.mean([_view_proba(t, views) for t in teachers], axis=0)
-        teachers = ()
     teachers = [load_checkpoint(t)[0] for t in teachers]
-    model, history = fit(images, targets, train, val, cfg, progress=progress, teachers=teachers, bank=bank,
-                         soft=soft)
+    model, history = fit(images, targets, train, val, cfg, progress=progress, teachers=() if bank else teachers,
+                         bank=bank, soft=soft)
     val_threshold = metrics.eer(targets[val], scores(model, images[val], tta=cfg.tta))[1]
     best, seconds = min(history, key=lambda r: r["val_loss"]), sum(r["seconds"] for r in history)
     if cfg.refit:
-        model, again = refit(images, targets, train, val, cfg, model, progress, soft)
+        model, again = refit(images, targets, train, val, cfg, model, progress, soft, teachers)
         seconds += sum(r["seconds"] for r in again)
     p, p_tta = scores(model, images[test]), scores(model, images[test], tta=True)
     row = dict(epochs=len(history), best_epoch=best["epoch"], seconds=seconds,
@@ -79,7 +78,7 @@ def _fold(images, targets, rest, test, cfg, progress, teachers, train_fraction, 
 
 
 # TrainConfig fields added after some folds ran, with the behaviour those folds had (for later fields the default).
-BEFORE = dict(batch_augment=False)
+BEFORE = dict(batch_augment=False, refit=False)
 
 
 def same_key(key):

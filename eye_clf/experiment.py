@@ -111,7 +111,7 @@ def train_run(cfg=None, root=None, labels=None, out_dir=None, limit=None, progre
     p_val = scores(model, images[val_idx], tta=cfg.tta)
     val = metrics.summary(targets[val_idx], p_val)
     if cfg.refit:  # the validation figures, temperature and threshold stay those of the validated fit
-        model = refit(images, targets, train_idx, val_idx, cfg, model, progress, soft)[0]
+        model = refit(images, targets, train_idx, val_idx, cfg, model, progress, soft, teacher_models)[0]
     seconds = time.perf_counter() - t0
     shipped = compare_with_shipped(images, targets, val_idx)
     ckpt = checkpoint(model, cfg, dict(val=val, train_seconds=seconds, torch_threads=torch.get_num_threads()),

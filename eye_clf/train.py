@@ -58,10 +58,11 @@ class TrainConfig:
                                "statistics) that is validated and kept in place of the raw weights (0: none)")
     sam: float = option(0.0, "sharpness-aware minimization: each step takes the gradient at the weights moved this "
                              "far (L2) up the batch's gradient, which favours flat minima (0: plain steps)")
-    val_fraction: float = option(0.1, "training images held out to pick the best epoch and the temperature")
-    refit: bool = option(False, "after the validated fit, train again from scratch on the training and validation "
-                                "images together for all the epochs and keep the last one, with the first fit's "
-                                "temperature and decision threshold (every label trains the model; twice the time)")
+    val_fraction: float = option(0.1, "training images held out to pick the best epoch, the temperature and the "
+                                      "threshold (with refit they then train the final model too)")
+    refit: bool = option(True, "after the validated fit, train again from scratch on the training and validation "
+                               "images together for all the epochs and keep the last one, with the first fit's "
+                               "temperature and decision threshold (every label trains the model; twice the time)")
     patience: int = option(100, "early stopping: epochs without a better validation loss (one-cycle LR peaks at "
                                    "30% and its best epochs come at the end: the shipped recipe does not stop early)")
     tta: bool = option(False, "average the logits of the image and its mirror at prediction time")
@@ -88,8 +89,6 @@ class TrainConfig:
                       val_fraction=(0 < self.val_fraction < 0.5, "in (0, 0.5)"),
                       distill=(0 <= self.distill <= 1, "in [0, 1]"), mixup=(self.mixup >= 0, ">= 0"),
                       ema=(0 <= self.ema < 1, "in [0, 1)"), sam=(self.sam >= 0, ">= 0"),
-                      refit=(not (self.refit and self.distill), "False with distill (teachers see the training "
-                                                                 "part only)"),
                       teacher_views=(self.teacher_views >= 0, ">= 0"),
                       patience=(self.patience >= 1, ">= 1"))
         for name, (ok, rule) in checks.items():
@@ -325,10 +324,12 @@ def fit(images, targets, train_idx, val_idx, cfg=None, progress=True, teachers=(
     return model, history
 
 
-def refit(images, targets, train_idx, val_idx, cfg, first, progress=True, soft=None):
-    """``cfg.refit``: ``cfg`` trained again from scratch on the training and validation images together, its last
-    epoch kept, with the temperature of ``first`` (the validated fit). Returns ``(model, history)``."""
-    model, history = fit(images, targets, np.r_[train_idx, val_idx], val_idx[:0], cfg, progress, soft=soft)
+def refit(images, targets, train_idx, val_idx, cfg, first, progress=True, soft=None, teachers=()):
+    """``cfg.refit``: ``cfg`` trained again from scratch on the training and validation images together (distilling
+    from ``teachers`` as the first fit did), its last epoch kept, with the temperature of ``first`` (the validated
+    fit). Returns ``(model, history)``."""
+    model, history = fit(images, targets, np.r_[train_idx, val_idx], val_idx[:0], cfg, progress, teachers,
+                         soft=soft)
     model.temperature.fill_(float(first.temperature))
     return model, history
 

@@ -34,8 +34,8 @@ def record_fits(monkeypatch, what):
 
 def test_train_run_writes_a_run_folder_and_leaves_the_shipped_model_alone(real_root, tmp_path):
     shipped = (experiment.SHIPPED / "eye_clf.pt").read_bytes()
-    res = experiment.train_run(TrainConfig(width=8, epochs=1), real_root, out_dir=tmp_path, limit=200,
-                               progress=False)
+    cfg = TrainConfig(width=8, epochs=1, refit=False)  # the validated fit alone (refit: the next test)
+    res = experiment.train_run(cfg, real_root, out_dir=tmp_path, limit=200, progress=False)
     assert (experiment.SHIPPED / "eye_clf.pt").read_bytes() == shipped
     assert sorted(p.name for p in tmp_path.iterdir()) == ["eye_clf.pt", "history.csv", "history.json", "run.json",
                                                           "train_val_loss_metrics_history.png"]
@@ -47,13 +47,13 @@ def test_train_run_writes_a_run_folder_and_leaves_the_shipped_model_alone(real_r
     assert ckpt["threshold"] == res["val"]["eer_threshold"]
     assert sorted(ckpt["training_images"]) == sorted({data.image_hash(im) for im in res["images"]})
     run = json.loads((tmp_path / "run.json").read_text())
-    assert run["config"] == asdict(TrainConfig(width=8, epochs=1)) and len(run["provenance"]["git_commit"]) == 40
+    assert run["config"] == asdict(cfg) and len(run["provenance"]["git_commit"]) == 40
     with Image.open(tmp_path / "train_val_loss_metrics_history.png") as im:
         assert im.format == "PNG" and im.width > 300
 
 
 def test_a_refit_run_trains_its_model_on_every_image_and_reports_the_validated_fit(real_root, tmp_path):
-    cfg = TrainConfig(width=8, epochs=2, refit=True)
+    cfg = TrainConfig(width=8, epochs=2)  # the shipped recipe refits
     res = experiment.train_run(cfg, real_root, out_dir=tmp_path, limit=200, progress=False)
     run, ckpt = json.loads((tmp_path / "run.json").read_text()), torch.load(tmp_path / "eye_clf.pt", weights_only=True)
     assert run["n_train"] == 200 and run["n_val"] == 20 and ckpt["best_epoch"] == 2
@@ -86,7 +86,7 @@ def test_refit_folds_score_a_model_of_the_whole_training_part_with_the_first_fit
 
     monkeypatch.setattr(cv, "fit", recording_fit)
     monkeypatch.setattr(train, "fit", recording_fit)  # the refit's
-    cfg = TrainConfig(width=4, epochs=2, batch_size=32, augment=0, refit=True)
+    cfg = TrainConfig(width=4, epochs=2, batch_size=32, augment=0)  # the shipped recipe refits
     cv.cross_val_predict(images, targets, cfg, folds=3, progress=False, fold_dir=tmp_path)
     rows = [json.loads((tmp_path / f"fold{k}.json").read_text()) for k in range(3)]
     assert len(fits) == 6  # per fold the validated fit, then the refit on its training and validation parts
@@ -123,9 +123,11 @@ def test_cv_only_trains_the_named_folds_and_reads_the_others(monkeypatch, tmp_pa
 
 
 def test_a_fold_from_before_a_config_field_existed_keeps_its_behaviour():
-    key = dict(config={k: v for k, v in asdict(TrainConfig()).items() if k != "batch_augment"}, folds=5)
+    key = dict(config={k: v for k, v in asdict(TrainConfig()).items() if k not in ("batch_augment", "refit")},
+               folds=5)
     assert cv.same_key(key)["config"]["batch_augment"] is False  # such folds augmented image by image
     assert cv.same_key(key)["config"]["teacher_views"] == TrainConfig().teacher_views
+    assert not cv.same_key(key)["config"]["refit"] and TrainConfig().refit  # folds before refit did not refit
 
 
 def test_interval_is_the_t_interval():
