@@ -383,9 +383,9 @@ def table(targets):
                              **cells(f, ref), **{"best epoch (mean)": "—", "train s/fold": "—"}))
     md = ("# 5-fold CV of recipe variants\n\nCommand: `python scripts/cv_ablations.py NAME...` then "
           "`python scripts/cv_ablations.py --table`.\n\n"
-          f"Changes are from the base recipe `{json.dumps(base)}`, the shipped recipe without its refit (marked "
-          "(shipped): the base recipe's validated fit, then a fit on its training and validation images together); "
-          "each fold's config, git commit, "
+          f"Changes are from the base recipe `{json.dumps(base)}`; the shipped recipe (marked \"(shipped)\") is "
+          "its validated fit followed by a refit on the training and validation images together. Each fold's "
+          "config, git commit, "
           "library versions and machine are in `results/cv/NAME/foldK.json`. Mean ± 95% t-interval over the 5 "
           "folds (the same folds for every run, so differences are paired); EER per fold on its held-out test fold; "
           f"accuracy at the threshold each fold's validation part chose. `{REFERENCE}` is the base recipe. Seconds "
