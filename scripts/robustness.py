@@ -4,7 +4,8 @@
 
 Every image is scored by the fold model that never saw it (``results/cv/NAME/foldK.pt``), after being turned into
 a PIL image, changed (upscaled, colour-tinted, JPEG-recompressed, rotated, cropped, darkened, inverted) and passed
-through ``predict_proba``, which converts and resizes it as in training. Writes ``results/robustness.md``.
+through ``predict_proba``, which converts and resizes it as in training. Writes ``results/robustness.md`` (or
+``--out``).
 """
 import argparse
 import io
@@ -67,6 +68,7 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("runs", nargs="+", help="finished CV runs in results/cv/ (with their fold models)")
     ap.add_argument("--data", help="data folder (default: $EYE_CLF_DATA or ../shared/data)")
+    ap.add_argument("--out", default=str(CV.parent / "robustness.md"), help="the table's file (default: %(default)s)")
     args = ap.parse_args()
     images, targets, _ = data.load_dataset(args.data)
     rows = []
@@ -83,11 +85,12 @@ def main():
                      (table[f"{run} EER %"] - table[f"{run} EER %"][0]).map("{:+.2f}".format))
     prov = provenance()
     md = ("# Robustness: out-of-fold EER under input changes\n\n"
-          f"Command: `python scripts/robustness.py {' '.join(args.runs)}` (commit {prov['git_commit']}, "
+          f"Command: `python scripts/robustness.py {' '.join(args.runs)}"
+          f"{'' if Path(args.out) == CV.parent / 'robustness.md' else ' --out ' + args.out}` (commit {prov['git_commit']}, "
           f"dirty: {prov['git_dirty']}; {prov['versions']}; {prov['machine']}). Each of the 4000 images is scored by the fold model of `results/cv/RUN/` "
           "that never saw it; accuracy at each fold's validation threshold.\n\n"
           + table.to_markdown(index=False) + "\n")
-    atomic_write(CV.parent / "robustness.md", lambda tmp: Path(tmp).write_text(md))
+    atomic_write(args.out, lambda tmp: Path(tmp).write_text(md))
     print(md)
 
 
