@@ -182,8 +182,8 @@ def test_learning_curves_place_finished_runs_by_their_training_images(monkeypatc
     (tmp_path / "cv" / "eyenet16_e100_train75" / "fold0.json").write_text(json.dumps(dict(fold=0, eer=0.0)))
     ablations.learning_curves(tmp_path / "lc.png")
     half = cv.interval(0.001 * np.arange(-2, 3))[1]
-    assert list(drawn) == ["EyeNet-16, the shipped recipe"]
-    assert drawn["EyeNet-16, the shipped recipe"] == [pytest.approx((720, 0.04, half)),
+    assert list(drawn) == ["EyeNet-16, the base recipe"]
+    assert drawn["EyeNet-16, the base recipe"] == [pytest.approx((720, 0.04, half)),
                                                       pytest.approx((1440, 0.03, half)),
                                                       pytest.approx((2880, 0.02, half))]
     assert "-1.00 points per doubling of the images; at that rate 1.5% at about 4,073 images" in capsys.readouterr().out
