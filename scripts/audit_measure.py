@@ -122,8 +122,8 @@ def main():
                  ".venv/bin/python -m pytest -q tests/test_studio_browser.py first")
     timing = json.loads(args.timing.read_text())
     torch.set_num_threads(args.threads)
-    # the recipe this measurement was made with (before label smoothing, mirror TTA and temperature scaling)
-    cfg = TrainConfig(epochs=args.epochs, seed=args.seed, label_smoothing=0.0, tta=False, calibrate=False)
+    # the recipe this measurement was made with (before label smoothing, mirror TTA, temperature scaling and refit)
+    cfg = TrainConfig(epochs=args.epochs, seed=args.seed, label_smoothing=0.0, tta=False, calibrate=False, refit=False)
     args.tag = f"e{args.epochs}_f{args.folds}_s{args.seed}"
     root = data.data_dir(args.data)
     images, targets, names = data.load_dataset(root)
