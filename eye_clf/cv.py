@@ -67,10 +67,11 @@ def _fold(images, targets, rest, test, cfg, progress, teachers, train_fraction, 
         model, again = refit(images, targets, train, val, cfg, model, progress, soft, teachers)
         seconds += sum(r["seconds"] for r in again)
     p, p_tta = scores(model, images[test]), scores(model, images[test], tta=True)
+    own = p_tta if cfg.tta else p  # what the checkpoint predicts
     row = dict(epochs=len(history), best_epoch=best["epoch"], seconds=seconds,
-               temperature=float(model.temperature), **metrics.summary(targets[test], p),
+               temperature=float(model.temperature), **metrics.summary(targets[test], own),
                val_threshold=val_threshold,
-               accuracy_at_val_threshold=metrics.accuracy(targets[test], p_tta if cfg.tta else p, val_threshold),
+               accuracy_at_val_threshold=metrics.accuracy(targets[test], own, val_threshold),
                eer_tta=metrics.eer(targets[test], p_tta)[0], test_idx=test.tolist(), p=p.tolist(),
                p_tta=p_tta.tolist(), **({"pruned": pruned.tolist(), "prune_seconds": prune_seconds}
                                         if prune_folds else {}))
@@ -94,7 +95,7 @@ def cross_val_predict(images, targets, cfg=None, folds=5, seed=0, progress=True,
     best-validation-loss epoch, the temperature and the threshold (with ``cfg.refit`` the refit on the whole training
     part is scored; ``best_epoch`` stays the validated fit's); the test fold is used only for scoring. Returns
     ``(oof, per_fold)``: out-of-fold P(open) (with the checkpoint's own TTA setting) and a DataFrame of fold
-    metrics (see metrics.summary), epochs, seconds, ``eer_tta`` (EER with mirror averaging).
+    metrics of those predictions (see metrics.summary), epochs, seconds, ``eer_tta`` (EER with mirror averaging).
 
     ``teacher_dirs``: fold folders of finished CVs on the same folds; fold k's student distils from their fold-k
     models, which saw only that fold's training part (the same split, so not its validation part either).

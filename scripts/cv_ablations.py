@@ -233,6 +233,13 @@ RUNS = {
     # the EER with mirror TTA is at least 0.1 points below the EER without it
     "eyenet16_e100_refit_seed3": dict(epochs=100, refit=True, seed=3),
     "eyenet16_e100_refit_seed4": dict(epochs=100, refit=True, seed=4),
+    # the rule above is met (seeds 3 and 4: 2.45 against 2.69 % and 2.44 against 2.44 %, -0.12 on average), so the
+    # refit recipe with mirror TTA in the checkpoint (temperature and threshold fit on mirror-averaged logits; its
+    # table metrics are those of its TTA predictions). Rule set before its folds: shipped if over seeds 0 and 1 its
+    # EER is below the refit's (2.60 %) and its ECE no more than 0.2 points worse (refit: 1.66 %), with the
+    # benchmark at 20x the ResNet18-stem forward or more
+    "eyenet16_e100_refit_tta": dict(epochs=100, refit=True, tta=True),
+    "eyenet16_e100_refit_tta_seed1": dict(epochs=100, refit=True, tta=True, seed=1),
 }
 EXTRA = ("teachers", "train_fraction", "undisputed_only", "prune_folds")  # RUNS keys that are not TrainConfig fields
 BASE = dict(refit=False)

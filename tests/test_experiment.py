@@ -99,6 +99,20 @@ def test_refit_folds_score_a_model_of_the_whole_training_part_with_the_first_fit
         assert last.temperature.item() == first.temperature.item()
 
 
+def test_cv_metrics_are_those_of_what_the_checkpoint_predicts(tmp_path):
+    images, targets = synthetic(60)
+    for tta in (False, True):
+        cfg = TrainConfig(width=4, epochs=2, batch_size=32, augment=0, tta=tta)
+        out = tmp_path / str(tta)
+        oof, per_fold = cv.cross_val_predict(images, targets, cfg, folds=3, progress=False, fold_dir=out)
+        for k, row in per_fold.iterrows():
+            full = json.loads((out / f"fold{k}.json").read_text())
+            own = np.array(full["p_tta" if tta else "p"])
+            np.testing.assert_array_equal(oof[full["test_idx"]], own)
+            assert row["eer"] == metrics.eer(targets[full["test_idx"]], own)[0] == full["eer"]
+            assert row["ece"] == metrics.ece(targets[full["test_idx"]], own)
+
+
 def test_cv_resumes_from_fold_files_and_refuses_another_config(monkeypatch, tmp_path):
     images, targets = synthetic(60)
     first, _ = cv.cross_val_predict(images, targets, SMALL, folds=3, progress=False, fold_dir=tmp_path)
