@@ -82,6 +82,11 @@ def _fold(images, targets, rest, test, cfg, progress, teachers, train_fraction, 
 BEFORE = dict(batch_augment=False, refit=False)
 
 
+def predicted(row):
+    """A fold file's out-of-fold P(open) as its checkpoint predicts them: mirror-averaged if it uses TTA."""
+    return row["p_tta"] if same_key(row["key"])["config"]["tta"] else row["p"]
+
+
 def same_key(key):
     """A fold's key with its config completed for fields added since it ran (BEFORE, else TrainConfig's defaults)."""
     return {**key, "config": asdict(TrainConfig.from_dict({**BEFORE, **key["config"]}))}
@@ -141,7 +146,7 @@ def cross_val_predict(images, targets, cfg=None, folds=5, seed=0, progress=True,
             if path:
                 save_checkpoint(checkpoint(model, cfg), path.with_suffix(".pt"))
                 write_json(path, row)
-        oof[test] = row["p_tta"] if cfg.tta else row["p"]
+        oof[test] = predicted(row)
         rows.append({c: v for c, v in row.items() if c not in ("key", "test_idx", "p", "p_tta", "provenance",
                                                                "pruned")})
     return oof, pd.DataFrame(rows)

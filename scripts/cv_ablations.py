@@ -28,7 +28,7 @@ import pandas as pd
 import torch
 
 from eye_clf import data, experiment, metrics, plots
-from eye_clf.cv import cross_val_predict, interval
+from eye_clf.cv import cross_val_predict, interval, predicted
 from eye_clf.files import atomic_write
 from eye_clf.train import TrainConfig
 
@@ -351,7 +351,7 @@ def ece_floors(names):
     show on that many images (metrics.ece_floor): the part of the ECE that is sampling, not miscalibration."""
     for name in names:
         rows = load(name)
-        ece, floor = (np.array([r["ece"] for r in rows]), np.array([metrics.ece_floor(r["p"]) for r in rows]))
+        ece, floor = np.array([r["ece"] for r in rows]), np.array([metrics.ece_floor(predicted(r)) for r in rows])
         print(f"{name}: ECE per fold {np.round(100 * ece, 2).tolist()}, of a calibrated model with the same scores "
               f"{np.round(100 * floor, 2).tolist()}; mean {100 * ece.mean():.2f}% against {100 * floor.mean():.2f}%")
 

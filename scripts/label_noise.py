@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from eye_clf import data, experiment, metrics
-from eye_clf.cv import interval
+from eye_clf.cv import interval, predicted
 from eye_clf.train import TrainConfig
 
 RESULTS = Path(__file__).resolve().parent.parent / "results"
@@ -36,7 +36,7 @@ if rows is None:
 _, targets, names = data.load_dataset()
 p, threshold = np.full(len(targets), np.nan), np.full(len(targets), np.nan)
 for r in rows:
-    p[r["test_idx"]], threshold[r["test_idx"]] = r["p"], r["val_threshold"]
+    p[r["test_idx"]], threshold[r["test_idx"]] = predicted(r), r["val_threshold"]
 a, b = data.read_annotations(names).T
 both = ~np.isnan(a) & ~np.isnan(b)
 against = both & (a == b) & (a != targets)

@@ -108,6 +108,7 @@ def test_cv_metrics_are_those_of_what_the_checkpoint_predicts(tmp_path):
         for k, row in per_fold.iterrows():
             full = json.loads((out / f"fold{k}.json").read_text())
             own = np.array(full["p_tta" if tta else "p"])
+            assert cv.predicted(full) == full["p_tta" if tta else "p"]
             np.testing.assert_array_equal(oof[full["test_idx"]], own)
             assert row["eer"] == metrics.eer(targets[full["test_idx"]], own)[0] == full["eer"]
             assert row["ece"] == metrics.ece(targets[full["test_idx"]], own)
