@@ -65,7 +65,8 @@ class TrainConfig:
                                "temperature and decision threshold (every label trains the model; twice the time)")
     patience: int = option(100, "early stopping: epochs without a better validation loss (one-cycle LR peaks at "
                                    "30% and its best epochs come at the end: the shipped recipe does not stop early)")
-    tta: bool = option(False, "average the logits of the image and its mirror at prediction time")
+    tta: bool = option(True, "average the logits of the image and its mirror at prediction time (the temperature and "
+                             "threshold are fit on those averaged logits)")
     calibrate: bool = option(True, "temperature scaling on the validation split after training")
     distill: float = option(0.0, "weight of the teachers' P(open) in the training target (needs teachers)")
     teacher_views: int = option(0, "0: the teachers score every augmented batch (online); K > 0: they score K "

@@ -14,7 +14,7 @@
 Every run: the same 5 stratified folds (seed 0) of the 4000 labelled images; inside each fold 10% of the
 training part picks the best-validation-loss epoch and the temperature (with refit the model scored is then trained
 on the whole training part), the test fold only scores. The reference run is the base recipe (TrainConfig's
-defaults without the refit: the shipped recipe before it). Reported: mean ± 95% t-interval over folds, and for each
+defaults without the refit and mirror TTA: the shipped recipe before them). Reported: mean ± 95% t-interval over folds, and for each
 run the paired difference in EER against the reference on the same folds.
 """
 import argparse
@@ -33,7 +33,7 @@ from eye_clf.files import atomic_write
 from eye_clf.train import TrainConfig
 
 OUT = Path(__file__).resolve().parent.parent / "results"
-REFERENCE = "eyenet16_e100_batchaug_nearest"  # the base recipe: the shipped one without its refit (shipped before)
+REFERENCE = "eyenet16_e100_batchaug_nearest"  # the base recipe: the shipped one without refit and TTA (shipped before)
 # averages of finished runs' out-of-fold P(open); the three 100-epoch EyeNet-16 runs differ only in how their
 # augmentation is drawn, so their average is that of three seeds
 ENSEMBLES = [("eyenet16_e30", "eyenet16_e60", "eyenet16_e100"), ("eyenet16_e100", "lite0_imagenet_e12"),
@@ -88,8 +88,8 @@ LEARNING_CURVES = {
 GOAL = 0.015  # issue 7's CV EER
 # Runs made before batch augmentation existed augmented image by image in the data loader (torchvision).
 PER_IMAGE = dict(batch_augment=False)
-# Changes from the base recipe: TrainConfig's defaults (the shipped recipe) without the refit, which every run
-# before eyenet16_e100_refit lacked (BASE). A run may also name `teachers` (finished runs here: fold k
+# Changes from the base recipe: TrainConfig's defaults (the shipped recipe) without the refit and mirror TTA, which
+# every run before eyenet16_e100_refit lacked (BASE). A run may also name `teachers` (finished runs here: fold k
 # of the student distils from their fold-k models), a `train_fraction` of each fold's training images,
 # `undisputed_only` (train only on images whose every label agrees: the reference's and the extra annotators') or
 # `prune_folds` (train without cleanlab's likely label errors, found by an inner CV: cv.cross_val_predict).
@@ -242,7 +242,7 @@ RUNS = {
     "eyenet16_e100_refit_tta_seed1": dict(epochs=100, refit=True, tta=True, seed=1),
 }
 EXTRA = ("teachers", "train_fraction", "undisputed_only", "prune_folds")  # RUNS keys that are not TrainConfig fields
-BASE = dict(refit=False)
+BASE = dict(refit=False, tta=False)
 
 
 def config(name):
@@ -400,7 +400,8 @@ def table(targets):
     md = ("# 5-fold CV of recipe variants\n\nCommand: `python scripts/cv_ablations.py NAME...` then "
           "`python scripts/cv_ablations.py --table`.\n\n"
           f"Changes are from the base recipe `{json.dumps(base)}`; the shipped recipe (marked \"(shipped)\") is "
-          "its validated fit followed by a refit on the training and validation images together. Each fold's "
+          "its validated fit followed by a refit on the training and validation images together, predicting with "
+          "mirror TTA (its metrics are those of its TTA predictions). Each fold's "
           "config, git commit, "
           "library versions and machine are in `results/cv/NAME/foldK.json`. Mean ± 95% t-interval over the 5 "
           "folds (the same folds for every run, so differences are paired); EER per fold on its held-out test fold; "

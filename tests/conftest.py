@@ -32,7 +32,8 @@ def smooth_image(size=24, seed=0):
     return np.clip(im, 0, 255).astype(np.uint8)
 
 
-TINY = train.TrainConfig(arch="eyenet", width=4, epochs=2, batch_size=32, lr=1e-2, augment=0, patience=5)
+TINY = train.TrainConfig(arch="eyenet", width=4, epochs=2, batch_size=32, lr=1e-2, augment=0, patience=5,
+                         tta=False)
 
 
 @pytest.fixture(scope="session")

@@ -86,7 +86,7 @@ def test_refit_folds_score_a_model_of_the_whole_training_part_with_the_first_fit
 
     monkeypatch.setattr(cv, "fit", recording_fit)
     monkeypatch.setattr(train, "fit", recording_fit)  # the refit's
-    cfg = TrainConfig(width=4, epochs=2, batch_size=32, augment=0)  # the shipped recipe refits
+    cfg = TrainConfig(width=4, epochs=2, batch_size=32, augment=0)  # the shipped recipe: refit, mirror TTA
     cv.cross_val_predict(images, targets, cfg, folds=3, progress=False, fold_dir=tmp_path)
     rows = [json.loads((tmp_path / f"fold{k}.json").read_text()) for k in range(3)]
     assert len(fits) == 6  # per fold the validated fit, then the refit on its training and validation parts
@@ -94,7 +94,7 @@ def test_refit_folds_score_a_model_of_the_whole_training_part_with_the_first_fit
         (train_, val, first), (whole, none, last) = fits[2 * k], fits[2 * k + 1]
         assert whole == train_ | val and not none and not whole & set(row["test_idx"])
         val = sorted(val)
-        assert row["val_threshold"] == metrics.eer(targets[val], models.scores(first, images[val]))[1]
+        assert row["val_threshold"] == metrics.eer(targets[val], models.scores(first, images[val], tta=True))[1]
         np.testing.assert_allclose(row["p"], models.scores(last, images[row["test_idx"]]), atol=1e-6)
         assert last.temperature.item() == first.temperature.item()
 

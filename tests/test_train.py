@@ -11,7 +11,7 @@ from eye_clf.train import TrainConfig, fit
 from conftest import ATOL, synthetic
 
 CFG = TrainConfig(arch="eyenet", width=8, epochs=4, batch_size=16, lr=3e-3, augment=0, patience=100, label_smoothing=0,
-                  refit=False)
+                  refit=False, tta=False)
 
 
 @pytest.fixture(scope="module")
