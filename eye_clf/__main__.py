@@ -125,10 +125,10 @@ def cmd_train(args):
           f"loss at epoch {best}" + (f"; then refit on all {sum(map(len, res['split']))} images for {cfg.epochs} "
                                      "epochs (the last one kept)" if cfg.refit else ""))
     v = res["val"]
-    print(f"validation ({len(res['split'][1])} images; they picked the epoch, temperature and threshold, so these "
-          f"are optimistic): EER {100 * v['eer']:.2f}%, accuracy {100 * v['accuracy_at_eer']:.2f}% at the "
-          f"validation EER threshold {v['eer_threshold']:.3f} (stored as the checkpoint's threshold), "
-          f"ECE {100 * v['ece']:.2f}%")
+    print(f"validation{' of the validated fit' if cfg.refit else ''} ({len(res['split'][1])} images; they picked "
+          f"the epoch, temperature and threshold, so these are optimistic): EER {100 * v['eer']:.2f}%, accuracy "
+          f"{100 * v['accuracy_at_eer']:.2f}% at the validation EER threshold {v['eer_threshold']:.3f} (stored as "
+          f"the checkpoint's threshold), ECE {100 * v['ece']:.2f}%")
     if res["shipped"]:
         s = res["shipped"]
         print(f"shipped model on the {s['images']} of these validation images it never trained on: "

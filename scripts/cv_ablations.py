@@ -14,8 +14,8 @@
 Every run: the same 5 stratified folds (seed 0) of the 4000 labelled images; inside each fold 10% of the
 training part picks the best-validation-loss epoch and the temperature (with refit the model scored is then trained
 on the whole training part), the test fold only scores. The reference run is the base recipe (TrainConfig's
-defaults without the refit and mirror TTA: the shipped recipe before them). Reported: mean ± 95% t-interval over folds, and for each
-run the paired difference in EER against the reference on the same folds.
+defaults without the refit and mirror TTA: the shipped recipe before them). Reported: mean ± 95% t-interval over
+folds, and for each run the paired difference in EER against the reference on the same folds.
 """
 import argparse
 import itertools

@@ -70,6 +70,12 @@ def main():
     ap.add_argument("--data", help="data folder (default: $EYE_CLF_DATA or ../shared/data)")
     ap.add_argument("--out", default=str(CV.parent / "robustness.md"), help="the table's file (default: %(default)s)")
     args = ap.parse_args()
+    missing = [str(CV / run / f"fold{k}.pt") for run in args.runs for k in range(5)
+               if not (CV / run / f"fold{k}.pt").is_file()]
+    if missing:  # refused before any scoring
+        ap.error(f"fold models missing (rerun those folds with scripts/cv_ablations.py): {', '.join(missing)}")
+    if Path(args.out).is_dir():
+        ap.error(f"--out: {args.out} is a folder; name the table's file")
     images, targets, _ = data.load_dataset(args.data)
     rows = []
     for name, change in CHANGES.items():
@@ -86,7 +92,8 @@ def main():
     prov = provenance()
     md = ("# Robustness: out-of-fold EER under input changes\n\n"
           f"Command: `python scripts/robustness.py {' '.join(args.runs)}"
-          f"{'' if Path(args.out) == CV.parent / 'robustness.md' else ' --out ' + args.out}` (commit {prov['git_commit']}, "
+          f"{'' if Path(args.out) == CV.parent / 'robustness.md' else ' --out ' + args.out}` "
+          f"(commit {prov['git_commit']}, "
           f"dirty: {prov['git_dirty']}; {prov['versions']}; {prov['machine']}). Each of the 4000 images is scored by the fold model of `results/cv/RUN/` "
           "that never saw it; accuracy at each fold's validation threshold.\n\n"
           + table.to_markdown(index=False) + "\n")
