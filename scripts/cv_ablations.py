@@ -277,9 +277,11 @@ def load(name, partial=False):
 
 
 def oof_of(rows, n, tta=False):
+    """Out-of-fold P(open) as each fold's checkpoint predicts it (mirror-averaged when it uses TTA), or
+    mirror-averaged whatever the checkpoint does (``tta``)."""
     p = np.full(n, np.nan)
     for r in rows:
-        p[r["test_idx"]] = r["p_tta" if tta else "p"]
+        p[r["test_idx"]] = r["p_tta"] if tta else predicted(r)
     return p
 
 
@@ -289,9 +291,10 @@ def fold_metrics(targets, p, rows):
 
 
 def ensemble(names, targets, tta=False, against=REFERENCE):
-    """The runs share the folds, so averaging their out-of-fold P(open) is a CV of the averaged ensemble; printed
-    with its paired EER difference to the run ``against`` (one run: that run, with or without mirror TTA; the
-    difference is then to ``against`` with or without TTA too)."""
+    """The runs share the folds, so averaging their out-of-fold P(open) (as their checkpoints predict them, or all
+    mirror-averaged with ``tta``) is a CV of the averaged ensemble; printed with its paired EER difference to the
+    run ``against`` (one run: that run, with or without mirror TTA; the difference is then to ``against`` with or
+    without TTA too)."""
     runs = [load(n) for n in names]
     p = np.mean([oof_of(r, len(targets), tta) for r in runs], axis=0)
     f = fold_metrics(targets, p, runs[0])

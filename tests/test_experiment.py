@@ -223,7 +223,8 @@ def test_ablation_average_prints_its_paired_difference(monkeypatch, tmp_path, ca
         (tmp_path / "cv" / name).mkdir(parents=True)
         for k, e in enumerate([0.03, 0.02, 0.04, 0.03, 0.03]):
             idx = list(range(20 * k, 20 * k + 20))
-            row = dict(fold=k, eer=e, test_idx=idx, p=(0.1 + 0.8 * targets[idx]).tolist(), key=dict(config={}))
+            row = dict(fold=k, eer=e, test_idx=idx, p=(0.1 + 0.8 * targets[idx]).tolist(),
+                       key=dict(config=dict(tta=False)))
             (tmp_path / "cv" / name / f"fold{k}.json").write_text(json.dumps(row))
     ablations.ensemble(["eyenet16_e60"], targets)
     out = capsys.readouterr().out
@@ -247,6 +248,23 @@ def test_ablation_average_pairs_with_another_run_with_tta_as_asked(monkeypatch, 
     plain, tta = capsys.readouterr().out.splitlines()
     assert "paired ΔEER vs eyenet16_e30 -3.00 ± 0.00" in plain
     assert "paired ΔEER vs eyenet16_e30 with mirror TTA -1.00 ± 0.00" in tta
+
+
+def test_ablation_average_scores_a_tta_run_as_its_checkpoint_predicts(monkeypatch, tmp_path, capsys):
+    """A run whose checkpoint uses mirror TTA enters a plain average with its mirrored P(open), not its unmirrored
+    ones: here the mirrored ones separate every fold (EER 0) and the unmirrored ones are all wrong (EER 100 %)."""
+    ablations = load_script("cv_ablations")
+    monkeypatch.setattr(ablations, "OUT", tmp_path)
+    targets = np.tile([0.0, 1.0], 50)
+    (tmp_path / "cv" / "eyenet16_e60").mkdir(parents=True)
+    for k in range(5):
+        idx = list(range(20 * k, 20 * k + 20))
+        row = dict(fold=k, eer=0.0, test_idx=idx, p=(0.9 - 0.8 * targets[idx]).tolist(),
+                   p_tta=(0.1 + 0.8 * targets[idx]).tolist(), key=dict(config=dict(tta=True)))
+        (tmp_path / "cv" / "eyenet16_e60" / f"fold{k}.json").write_text(json.dumps(row))
+    p, folds = ablations.ensemble(["eyenet16_e60"], targets)
+    assert np.allclose(p, 0.1 + 0.8 * targets) and (folds["eer"] == 0).all()
+    assert "EER 0.00%" in capsys.readouterr().out
 
 
 def test_ablation_against_without_ensemble_is_an_error():
