@@ -119,9 +119,10 @@ def _gray(a, name):
     if a.dtype != np.uint8:
         if not np.issubdtype(a.dtype, np.floating):
             raise ValueError(f"{name}: dtype {a.dtype} is not supported; use uint8 (0..255) or float (0..1)")
-        if not np.isfinite(a).all() or a.min() < 0 or a.max() > 1:
-            raise ValueError(f"{name}: float images must hold finite values in 0..1, got "
-                             f"{np.nanmin(a):.3g}..{np.nanmax(a):.3g}")
+        bad = (~np.isfinite(a)).sum()
+        if bad or a.min() < 0 or a.max() > 1:
+            got = f"{bad} NaN or infinite value(s)" if bad else f"{a.min():.3g}..{a.max():.3g}"
+            raise ValueError(f"{name}: float images must hold finite values in 0..1, got {got}")
         a = np.round(a * 255).astype(np.uint8)
     if a.ndim == 4 and a.shape[-1] == 1:
         a = a[..., 0]

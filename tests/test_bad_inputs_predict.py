@@ -56,8 +56,9 @@ BAD_INPUTS = [
     (torch.zeros(24, 24, dtype=torch.complex32), r"input: dtype torch.complex32 is not supported"),
     (np.full((24, 24), 1.5), r"input: float images must hold finite values in 0..1, got 1.5"),
     (np.full((24, 24), 200.0), r"input: float images must hold finite values in 0..1"),
-    (np.where(np.eye(24) > 0, np.nan, 0.5), r"input: float images must hold finite values in 0..1"),
-    (torch.full((2, 24, 24), float("inf")), r"input: float images must hold finite values in 0..1"),
+    (np.where(np.eye(24) > 0, np.nan, 0.5), r"input: float images must hold finite values in 0..1, got 24 NaN or inf"),
+    (np.full((24, 24), np.nan), r"input: float images must hold finite values in 0..1, got 576 NaN or infinite"),
+    (torch.full((2, 24, 24), float("inf")), r"input: float images must hold finite values in 0..1, got 1152 NaN"),
     ([EYE, np.full((24, 24), 2.0)], r"input\[1\]: float images"),
     ([EYE, [np.zeros((24, 24), np.int16)]], r"input\[1\]\[0\]: dtype int16"),
     ([], r"input: empty list"),
@@ -77,6 +78,7 @@ BAD_INPUTS = [
 
 @pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("bad,message", BAD_INPUTS, ids=range(len(BAD_INPUTS)))
+@pytest.mark.filterwarnings("error")  # the message itself, not a numpy warning on the way to it
 def test_bad_inputs_name_the_input(backend, bad, message):
     with pytest.raises(ValueError, match=message):
         predict_proba(bad, backend=backend)
