@@ -120,10 +120,11 @@ def cmd_train(args):
         sys.exit("error: --teacher needs --distill > 0 (the weight of the teachers' P(open) in the target)")
     res = train_run(cfg, args.data, args.labels, args.out, args.limit, teachers=args.teacher or ())
     best = min(res["history"], key=lambda r: r["val_loss"])["epoch"]
-    print(f"trained {cfg.arch}/{cfg.method} (weights: {cfg.weights or 'random init'}) on {len(res['split'][0])} "
-          f"images in {res['seconds']:.0f} s (torch threads: {threads}), {len(res['history'])} epochs; best validation "
-          f"loss at epoch {best}" + (f"; then refit on all {sum(map(len, res['split']))} images for {cfg.epochs} "
-                                     "epochs (the last one kept)" if cfg.refit else ""))
+    print(f"trained {cfg.arch}/{cfg.method} (weights: {cfg.weights or 'random init'}) in {res['seconds']:.0f} s"
+          f"{' for both fits' if cfg.refit else ''} (torch threads: {threads}): {len(res['history'])} epochs on "
+          f"{len(res['split'][0])} images, best validation loss at epoch {best}"
+          + (f"; then a refit on all {sum(map(len, res['split']))} images for {cfg.epochs} epochs (the last one "
+             "kept)" if cfg.refit else ""))
     v = res["val"]
     print(f"validation{' of the validated fit' if cfg.refit else ''} ({len(res['split'][1])} images; they picked "
           f"the epoch, temperature and threshold, so these are optimistic): EER {100 * v['eer']:.2f}%, accuracy "

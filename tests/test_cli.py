@@ -31,7 +31,9 @@ def test_train(real_root, tmp_path, capsys):
     main(["train", "--data", str(real_root), "--limit", "120", "--epochs", "1", "--width", "8",
           "--weights", "none", "--out", str(out)])
     printed = capsys.readouterr().out
-    assert re.search(r"trained eyenet/finetune \(weights: random init\) on \d+ images in \d+ s", printed)
+    assert re.search(r"trained eyenet/finetune \(weights: random init\) in \d+ s for both fits "
+                     r"\(torch threads: \d+\): 1 epochs on \d+ images, best validation loss at epoch 1; "
+                     r"then a refit on all 120 images", printed)
     ckpt = torch.load(out / "eye_clf.pt", weights_only=True)
     assert ckpt["config"]["width"] == 8 and ckpt["config"]["epochs"] == 1 and ckpt["config"]["weights"] is None
     assert 0 < ckpt["threshold"] < 1 and len(ckpt["training_images"]) == 120  # train + validation parts
