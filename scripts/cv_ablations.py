@@ -378,6 +378,12 @@ def cells(f, ref):
     return {**cell, f"ΔEER vs {REFERENCE} (paired)": paired}
 
 
+def best_epoch(name, folds):
+    """The mean best-validation-loss epoch; with the refit the scored model is the refit's last epoch instead."""
+    best = f"{folds['best_epoch'].mean():.0f}"
+    return f"{config(name).epochs} (refit; validated fit {best})" if config(name).refit else best
+
+
 def table(targets):
     ref = load(REFERENCE)
     base = asdict(TrainConfig(**BASE))
@@ -391,8 +397,7 @@ def table(targets):
         tag = " (shipped)" if found and name == found[0] else ""
         tag += f" (unfinished: folds {f['fold'].tolist()} only)" if len(r) < 5 else ""
         rows.append(dict(run=name + tag, change=json.dumps(RUNS[name]), **cells(f, None if name == REFERENCE else ref),
-                         **{"best epoch (mean)": f"{f['best_epoch'].mean():.0f}",
-                            "train s/fold": f"{f['seconds'].mean():.0f}"}))
+                         **{"best epoch (mean)": best_epoch(name, f), "train s/fold": f"{f['seconds'].mean():.0f}"}))
     for names in ENSEMBLES:
         if all(load(n) for n in names):
             targets = data.load_dataset()[1] if targets is None else targets
