@@ -68,7 +68,7 @@ def _fold(images, targets, rest, test, cfg, progress, teachers, train_fraction, 
         seconds += sum(r["seconds"] for r in again)
     p, p_tta = scores(model, images[test]), scores(model, images[test], tta=True)
     own = p_tta if cfg.tta else p  # what the checkpoint predicts
-    row = dict(epochs=len(history), best_epoch=best["epoch"], seconds=seconds,
+    row = dict(epochs=len(history), best_epoch=len(history) if cfg.keep_last else best["epoch"], seconds=seconds,
                temperature=float(model.temperature), **metrics.summary(targets[test], own),
                val_threshold=val_threshold,
                accuracy_at_val_threshold=metrics.accuracy(targets[test], own, val_threshold),

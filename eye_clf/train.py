@@ -63,6 +63,9 @@ class TrainConfig:
     refit: bool = option(True, "after the validated fit, train again from scratch on the training and validation "
                                "images together for all the epochs and keep the last one, with the first fit's "
                                "temperature and decision threshold (every label trains the model; twice the time)")
+    keep_last: bool = option(False, "keep (and calibrate) the last epoch, not the one of lowest validation loss, and "
+                                    "never stop early; with refit the validated fit then calibrates the state the "
+                                    "refit ships")
     patience: int = option(100, "early stopping: epochs without a better validation loss (one-cycle LR peaks at "
                                    "30% and its best epochs come at the end: the shipped recipe does not stop early)")
     tta: bool = option(True, "average the logits of the image and its mirror at prediction time (the temperature and "
@@ -207,8 +210,8 @@ def _epoch_metrics(prefix, loss, y, p):
 
 
 def fit(images, targets, train_idx, val_idx, cfg=None, progress=True, teachers=(), bank=None, soft=None):
-    """Train on ``train_idx``, select the epoch of best validation loss on ``val_idx`` (none: keep the last epoch,
-    uncalibrated).
+    """Train on ``train_idx``, select the epoch of best validation loss on ``val_idx`` (``cfg.keep_last``: the last
+    epoch; no ``val_idx``: the last epoch, uncalibrated).
 
     Training images are augmented image by image in the data loader or, with ``cfg.batch_augment``, a whole batch
     at a time on the training device (about twice as fast on CPU).
@@ -229,7 +232,7 @@ def fit(images, targets, train_idx, val_idx, cfg=None, progress=True, teachers=(
     ``soft`` (with ``cfg.soft_labels``): per-image training targets in [0, 1] in place of ``targets`` (see
     data.soft_targets); the training metrics then count the rounded targets, everything else uses ``targets``.
 
-    Returns ``(model, history)``: the model holds the best-validation-loss weights; history is one dict per epoch
+    Returns ``(model, history)``: the model holds the selected epoch's weights; history is one dict per epoch
     (train/val loss, accuracy, EER, learning rate, seconds).
     """
     cfg = cfg or TrainConfig()
@@ -312,7 +315,7 @@ def fit(images, targets, train_idx, val_idx, cfg=None, progress=True, teachers=(
             row.update(_epoch_metrics("val", val_loss, y_val, torch.sigmoid(z_val).numpy()))
             bar.set_postfix(val_loss=f"{val_loss:.4f}", val_eer=f"{row['val_eer']:.4f}")
         history.append(dict(row, seconds=time.perf_counter() - t0))
-        if val_loss < best_loss:
+        if val_loss < best_loss or cfg.keep_last:
             best_loss, stale = val_loss, 0
             best_state = {k: v.detach().cpu().clone() for k, v in kept.state_dict().items()}
         else:
@@ -347,7 +350,7 @@ def checkpoint(model, cfg, metrics_=None, history=None):
                               mean=data.MEAN, std=data.STD, tta=cfg.tta),
         "weights": cfg.weights or "random init",
         "metrics": metrics_ or {},
-        "best_epoch": cfg.epochs if cfg.refit else best["epoch"] if best else None,  # the kept weights' epoch
+        "best_epoch": cfg.epochs if cfg.refit or cfg.keep_last else best["epoch"] if best else None,  # the kept one
         "config": asdict(cfg),
         "provenance": provenance(),
     }

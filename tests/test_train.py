@@ -153,6 +153,22 @@ def test_returned_model_holds_the_best_validation_loss_epoch(toy):
     assert val_loss(model, images[va], targets[va]) == pytest.approx(min(losses), rel=1e-5)
 
 
+def test_keep_last_keeps_and_calibrates_the_last_epoch(toy):
+    """keep_last: the weights of a last-epoch fit (the one without a validation part, the same seed) though an
+    earlier epoch had the lower validation loss, with the temperature fit on their validation logits."""
+    cfg = replace(CFG, keep_last=True)
+    for images, targets, tr, va in (misleading(toy), toy):
+        model, history = fit(images, targets, tr, va, cfg, progress=False)
+        last, _ = fit(images, targets, tr, va[:0], CFG, progress=False)
+        x, x_val = data.to_tensor(images), data.to_tensor(images[va])
+        torch.testing.assert_close(models.logits(model, x) * model.temperature, models.logits(last, x))
+        assert model.temperature.item() == pytest.approx(train.fit_temperature(models.logits(last, x_val),
+                                                                                targets[va]), rel=1e-5)
+        assert len(history) == CFG.epochs and train.checkpoint(model, cfg, history=history)["best_epoch"] == CFG.epochs
+    assert np.argmin([r["val_loss"] for r in fit(*misleading(toy), CFG, progress=False)[1]]) < CFG.epochs - 1
+    assert model.temperature.item() != 1
+
+
 def test_fit_without_a_validation_part_keeps_the_last_epoch_uncalibrated(toy):
     images, targets, tr, va = toy
     model, history = fit(images, targets, tr, va[:0], CFG, progress=False)
