@@ -9,6 +9,7 @@
     python scripts/cv_ablations.py --average-curve a b  # EER of the averages of every 1, 2, ... of finished runs
     python scripts/cv_ablations.py --table              # rebuild results/cv_ablations.md from the finished runs
     python scripts/cv_ablations.py --ece-floor a b      # each fold's ECE against that of a calibrated model
+    python scripts/cv_ablations.py --seeds a b c        # one recipe's seeds: the spread of their 5-fold means
     python scripts/cv_ablations.py --learning-curve     # EER against training images: results/learning_curve.png
 
 Every run: the same 5 stratified folds (seed 0) of the 4000 labelled images; inside each fold 10% of the
@@ -362,6 +363,19 @@ def learning_curves(path=OUT / "learning_curve.png"):
     plots.plot_learning_curve(curves, path, goal=GOAL)
 
 
+def over_seeds(names):
+    """Runs of one recipe with different seeds: each run's 5-fold mean of EER, accuracy at the validation threshold
+    and ECE, their mean ± 95% t-interval over the runs and their range; and the range of the fold temperatures."""
+    runs = [pd.DataFrame(load(n)) for n in names]
+    for col in ("eer", "accuracy_at_val_threshold", "ece"):
+        v = np.array([100 * f[col].mean() for f in runs])
+        m, h = interval(v)
+        print(f"{col}: per run {', '.join(f'{x:.2f}' for x in v)}; over the {len(v)} runs {m:.2f} ± {h:.2f}% "
+              f"(from {v.min():.2f} to {v.max():.2f})")
+    t = np.concatenate([f["temperature"] for f in runs])
+    print(f"fold temperatures: from {t.min():.3f} to {t.max():.3f}")
+
+
 def ece_floors(names):
     """Per fold: the run's ECE on its test fold, and the ECE a perfectly calibrated model with the same scores would
     show on that many images (metrics.ece_floor): the part of the ECE that is sampling, not miscalibration."""
@@ -451,6 +465,8 @@ if __name__ == "__main__":
                     "and draw them to results/learning_curve.png")
     ap.add_argument("--ece-floor", nargs="+", metavar="RUN", help="each fold's ECE against the ECE a perfectly "
                     "calibrated model with the same scores would show on as many images")
+    ap.add_argument("--seeds", nargs="+", metavar="RUN", help="finished runs of one recipe with different seeds: "
+                    "the mean ± 95%% t-interval and range of their 5-fold means")
     ap.add_argument("--threads", type=int, default=1, help="torch threads (default 1: one job per core)")
     ap.add_argument("--only", type=int, nargs="+", metavar="K", help="train just these folds (a second process "
                     "can then run the others of the same run on another core)")
@@ -471,7 +487,7 @@ if __name__ == "__main__":
         for name in args.names:
             run(name, images, targets, names, args.only)
     unfinished = [n for n in (args.ensemble or []) + (args.average_curve or []) + (args.ece_floor or [])
-                  + ([args.against] if args.ensemble else []) if load(n) is None]
+                  + (args.seeds or []) + ([args.against] if args.ensemble else []) if load(n) is None]
     if unfinished:
         ap.error(f"no complete 5-fold CV in {OUT / 'cv'} for {sorted(set(unfinished))}")
     if args.ensemble or args.average_curve or args.table:
@@ -483,6 +499,8 @@ if __name__ == "__main__":
         average_curve(args.average_curve, targets)
     if args.ece_floor:
         ece_floors(args.ece_floor)
+    if args.seeds:
+        over_seeds(args.seeds)
     if args.table:
         table(targets)
     if args.learning_curve:

@@ -41,6 +41,14 @@ def test_train(real_root, tmp_path, capsys):
         p.name for p in out.iterdir()}
 
 
+def test_train_keep_last_says_validation_picked_no_epoch(real_root, tmp_path, capsys):
+    main(["train", "--data", str(real_root), "--limit", "120", "--epochs", "2", "--width", "8", "--weights", "none",
+          "--keep-last", "--no-refit", "--out", str(tmp_path / "run")])
+    printed = capsys.readouterr().out
+    assert "images; they picked the temperature and threshold, so these are optimistic" in printed
+    assert torch.load(tmp_path / "run" / "eye_clf.pt", weights_only=True)["best_epoch"] == 2
+
+
 def test_help_comes_from_the_config(capsys):
     with pytest.raises(SystemExit):
         main(["train", "--help"])
