@@ -79,7 +79,7 @@ def _fold(images, targets, rest, test, cfg, progress, teachers, train_fraction, 
 
 
 # TrainConfig fields added after some folds ran, with the behaviour those folds had (for later fields the default).
-BEFORE = dict(batch_augment=False, refit=False)
+BEFORE = dict(batch_augment=False, refit=False, tta=False)
 
 
 def predicted(row):

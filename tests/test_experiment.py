@@ -138,11 +138,13 @@ def test_cv_only_trains_the_named_folds_and_reads_the_others(monkeypatch, tmp_pa
 
 
 def test_a_fold_from_before_a_config_field_existed_keeps_its_behaviour():
-    key = dict(config={k: v for k, v in asdict(TrainConfig()).items() if k not in ("batch_augment", "refit")},
+    key = dict(config={k: v for k, v in asdict(TrainConfig()).items() if k not in ("batch_augment", "refit", "tta")},
                folds=5)
     assert cv.same_key(key)["config"]["batch_augment"] is False  # such folds augmented image by image
     assert cv.same_key(key)["config"]["teacher_views"] == TrainConfig().teacher_views
     assert not cv.same_key(key)["config"]["refit"] and TrainConfig().refit  # folds before refit did not refit
+    assert not cv.same_key(key)["config"]["tta"] and TrainConfig().tta  # nor predict with the mirror
+    assert cv.predicted(dict(key=key, p=[0.2], p_tta=[0.3])) == [0.2]
 
 
 def test_interval_is_the_t_interval():
