@@ -126,8 +126,9 @@ def cmd_train(args):
           + (f"; then a refit on all {sum(map(len, res['split']))} images for {cfg.epochs} epochs (the last one "
              "kept)" if cfg.refit else ""))
     v = res["val"]
+    picked = "temperature and threshold" if cfg.keep_last else "epoch, temperature and threshold"
     print(f"validation{' of the validated fit' if cfg.refit else ''} ({len(res['split'][1])} images; they picked "
-          f"the {'' if cfg.keep_last else 'epoch, '}temperature and threshold, so these are optimistic): EER {100 * v['eer']:.2f}%, accuracy "
+          f"the {picked}, so these are optimistic): EER {100 * v['eer']:.2f}%, accuracy "
           f"{100 * v['accuracy_at_eer']:.2f}% at the validation EER threshold {v['eer_threshold']:.3f} (stored as "
           f"the checkpoint's threshold), ECE {100 * v['ece']:.2f}%")
     if res["shipped"]:

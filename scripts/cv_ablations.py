@@ -360,8 +360,8 @@ def learning_curves(path=OUT / "learning_curve.png"):
         if len(points) > 1:  # least squares of EER on log2(images): the change per doubling, and where it meets GOAL
             n, eer = np.log2([q[0] for q in points]), np.array([q[1] for q in points])
             slope, at = np.polyfit(n, eer, 1)
-            print(f"{label}: {100 * slope:+.2f} points per doubling of the images"
-                  + (f"; at that rate {GOAL:.1%} at about {2 ** ((GOAL - at) / slope):,.0f} images" if slope < 0 else ""))
+            reach = f"; at that rate {GOAL:.1%} at about {2 ** ((GOAL - at) / slope):,.0f} images"
+            print(f"{label}: {100 * slope:+.2f} points per doubling of the images" + (reach if slope < 0 else ""))
         if points:
             curves[label] = points
     if not curves:
@@ -398,18 +398,18 @@ def paired_diff(f, ref):
     return f["eer"].to_numpy() - pd.DataFrame(ref).set_index("fold").loc[f["fold"], "eer"].to_numpy()
 
 
-def cells(f, ref):
-    """Mean ± 95% interval cells of one run's per-fold metrics, and its paired EER difference to ``ref``."""
+def cells(f, refs):
+    """Mean ± 95% interval cells of one run's per-fold metrics, and its paired EER difference to each of ``refs``
+    (column title: per-fold rows, or None where the run is that reference)."""
     cell = {}
     for col, label in (("eer", "EER %"), ("eer_tta", "EER +mirror TTA %"),
                        ("accuracy_at_val_threshold", "accuracy @val threshold %"), ("ece", "ECE %")):
         m, h = interval(f[col]) if col in f else (np.nan, np.nan)
         cell[label] = f"{100 * m:.2f} ± {100 * h:.2f}" if np.isfinite(m) else "—"
-    paired = "(reference)"
-    if ref is not None:  # on the folds the run has
-        m, h = interval(paired_diff(f, ref))
-        paired = f"{100 * m:+.2f} ± {100 * h:.2f}"
-    return {**cell, f"ΔEER vs {REFERENCE} (paired)": paired}
+    for title, ref in refs.items():  # on the folds the run has
+        m, h = interval(paired_diff(f, ref)) if ref is not None else (np.nan, np.nan)
+        cell[title] = "(reference)" if ref is None else f"{100 * m:+.2f} ± {100 * h:.2f}"
+    return cell
 
 
 def best_epoch(name, folds):
@@ -419,9 +419,10 @@ def best_epoch(name, folds):
 
 
 def table(targets):
-    ref = load(REFERENCE)
     base = asdict(TrainConfig(**BASE))
     found = experiment.cv_of(TrainConfig(), OUT / "cv")
+    refs = {REFERENCE: load(REFERENCE), **({found[0]: found[1]} if found else {})}
+    titles = {name: f"ΔEER vs {'the shipped recipe' if name != REFERENCE else name} (paired)" for name in refs}
     rows = []
     for name in RUNS:
         r = load(name, partial=True)
@@ -430,7 +431,8 @@ def table(targets):
         f = pd.DataFrame(r)
         tag = " (shipped)" if found and name == found[0] else ""
         tag += f" (unfinished: folds {f['fold'].tolist()} only)" if len(r) < 5 else ""
-        rows.append(dict(run=name + tag, change=json.dumps(RUNS[name]), **cells(f, None if name == REFERENCE else ref),
+        diffs = {titles[k]: None if k == name else ref for k, ref in refs.items()}
+        rows.append(dict(run=name + tag, change=json.dumps(RUNS[name]), **cells(f, diffs),
                          **{"best epoch (mean)": best_epoch(name, f), "train s/fold": f"{f['seconds'].mean():.0f}"}))
     for names in ENSEMBLES:
         if all(load(n) for n in names):
@@ -438,7 +440,8 @@ def table(targets):
             _, f = ensemble(names, targets)
             f["eer_tta"] = ensemble(names, targets, tta=True)[1]["eer"]
             rows.append(dict(run="average of " + " + ".join(names), change="(no retraining: out-of-fold P(open))",
-                             **cells(f, ref), **{"best epoch (mean)": "—", "train s/fold": "—"}))
+                             **cells(f, {titles[k]: ref for k, ref in refs.items()}),
+                             **{"best epoch (mean)": "—", "train s/fold": "—"}))
     md = ("# 5-fold CV of recipe variants\n\nCommand: `python scripts/cv_ablations.py NAME...` then "
           "`python scripts/cv_ablations.py --table`.\n\n"
           f"Changes are from the base recipe `{json.dumps(base)}`; the shipped recipe (marked \"(shipped)\") is "
@@ -447,7 +450,9 @@ def table(targets):
           "config, git commit, "
           "library versions and machine are in `results/cv/NAME/foldK.json`. Mean ± 95% t-interval over the 5 "
           "folds (the same folds for every run, so differences are paired); EER per fold on its held-out test fold; "
-          f"accuracy at the threshold each fold's validation part chose. `{REFERENCE}` is the base recipe. Seconds "
+          f"accuracy at the threshold each fold's validation part chose. `{REFERENCE}` is the base recipe; the two "
+          "ΔEER columns are each run's per-fold EER minus the base recipe's and minus the shipped recipe's on the "
+          "same folds, each scored as its checkpoint predicts (the shipped one with mirror TTA). Seconds "
           "are training wall-clock (online students: with the teachers' scoring of every batch; students of scored "
           "views: without the one-off, cached scoring of the views) on one thread of a 2-core CPU machine shared "
           "with other jobs: compare them loosely (eyenet16_e100_bs32, eyenet16_e100_erase05, eyenet48_e100, "

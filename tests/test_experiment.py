@@ -177,6 +177,28 @@ def test_ablation_table_shows_paired_differences(monkeypatch, tmp_path):
     diff = np.array([0.04, 0.03, 0.04, 0.05, 0.04]) - np.array([0.03, 0.02, 0.04, 0.03, 0.03])
     m, h = cv.interval(diff)
     assert f"{100 * m:+.2f} ± {100 * h:.2f}" in line and "3.00 ± " in md
+    assert "vs the shipped recipe" not in md  # no finished CV of the shipped config among these runs
+
+
+def test_ablation_table_pairs_each_run_with_the_shipped_recipe_too(monkeypatch, tmp_path):
+    ablations = load_script("cv_ablations")
+    monkeypatch.setattr(ablations, "OUT", tmp_path)
+    shipped = asdict(TrainConfig())
+    for name, eers, config in ((ablations.REFERENCE, [0.03] * 5, {}), ("eyenet16_e60", [0.04] * 5, {}),
+                               ("eyenet16_e100_refit_tta", [0.02, 0.01, 0.02, 0.03, 0.02], shipped)):
+        (tmp_path / "cv" / name).mkdir(parents=True)
+        for k, e in enumerate(eers):
+            row = dict(fold=k, eer=e, eer_tta=e, ece=0.01, best_epoch=10, seconds=5.0, key=dict(config=config, folds=5))
+            (tmp_path / "cv" / name / f"fold{k}.json").write_text(json.dumps(row))
+    ablations.table(None)
+    lines = {l.split("|")[1].strip(): [c.strip() for c in l.split("|")[1:-1]]
+             for l in (tmp_path / "cv_ablations.md").read_text().splitlines() if l.startswith("| eyenet16")}
+    header = next(l for l in (tmp_path / "cv_ablations.md").read_text().splitlines() if l.startswith("| run"))
+    col = [c.strip() for c in header.split("|")[1:-1]].index("ΔEER vs the shipped recipe (paired)")
+    m, h = cv.interval(0.04 - np.array([0.02, 0.01, 0.02, 0.03, 0.02]))
+    assert lines["eyenet16_e60"][col] == f"{100 * m:+.2f} ± {100 * h:.2f}"
+    assert lines["eyenet16_e100_refit_tta (shipped)"][col] == "(reference)"
+    assert lines[ablations.REFERENCE][col].startswith("+1.00")
 
 
 def test_learning_curves_place_finished_runs_by_their_training_images(monkeypatch, tmp_path, capsys):
