@@ -407,8 +407,11 @@ def cells(f, refs):
         m, h = interval(f[col]) if col in f else (np.nan, np.nan)
         cell[label] = f"{100 * m:.2f} ± {100 * h:.2f}" if np.isfinite(m) else "—"
     for title, ref in refs.items():  # on the folds the run has
-        m, h = interval(paired_diff(f, ref)) if ref is not None else (np.nan, np.nan)
-        cell[title] = "(reference)" if ref is None else f"{100 * m:+.2f} ± {100 * h:.2f}"
+        if ref is None:
+            cell[title] = "(reference)"
+        else:
+            m, h = interval(paired_diff(f, ref))
+            cell[title] = f"{100 * m:+.2f} ± {100 * h:.2f}"
     return cell
 
 
@@ -450,7 +453,7 @@ def table(targets):
           "config, git commit, "
           "library versions and machine are in `results/cv/NAME/foldK.json`. Mean ± 95% t-interval over the 5 "
           "folds (the same folds for every run, so differences are paired); EER per fold on its held-out test fold; "
-          f"accuracy at the threshold each fold's validation part chose. `{REFERENCE}` is the base recipe; the two "
+          f"accuracy at the threshold each fold's validation part chose. `{REFERENCE}` is the base recipe; the "
           "ΔEER columns are each run's per-fold EER minus the base recipe's and minus the shipped recipe's on the "
           "same folds, each scored as its checkpoint predicts (the shipped one with mirror TTA). Seconds "
           "are training wall-clock (online students: with the teachers' scoring of every batch; students of scored "
