@@ -17,6 +17,7 @@ from playwright.sync_api import expect, sync_playwright
 
 from eye_clf import studio
 from eye_clf.data import load_image, read_labels
+from eye_clf.files import atomic_write
 from eye_clf.labels_store import LabelStore
 from eye_clf.train import TrainConfig, checkpoint, fit, save_checkpoint
 from test_studio import eye
@@ -226,4 +227,4 @@ def record(**values):
     path = os.environ.get("EYE_CLF_STUDIO_TIMING")
     if path:
         old = json.loads(Path(path).read_text()) if Path(path).exists() else {}
-        Path(path).write_text(json.dumps({**old, **values}, indent=1))
+        atomic_write(path, lambda tmp: Path(tmp).write_text(json.dumps({**old, **values}, indent=1)))
