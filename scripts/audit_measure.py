@@ -14,6 +14,7 @@ Out-of-fold probabilities are cached in runs/audit/ (not committed): delete them
 """
 import argparse
 import json
+import os
 import sys
 import tempfile
 import time
@@ -147,14 +148,15 @@ def main():
         f"Provenance: commit {prov['git_commit']} (uncommitted changes: {prov['git_dirty']}), {prov['versions']}, "
         f"{prov['machine']}.",
         "",
-        f"Command: `python scripts/audit_measure.py --epochs {args.epochs} --folds {args.folds} --seed {args.seed}` "
+        f"Command: `python scripts/audit_measure.py --epochs {args.epochs} --folds {args.folds} --seed {args.seed} "
+        f"--threads {args.threads}` "
         f"on the {len(names)} images of ../shared/data. Each audit trains {args.folds} eyenet models (width 16, "
         f"augmentation 1.0, no label smoothing, no mirror TTA, no temperature scaling, lr 3e-3, epochs={args.epochs}, "
         "early stopping on the fold's validation split) and scores every image with the model that did not train "
         "on it; cleanlab's `find_label_issues` on those out-of-fold P(open) makes the review list (ranked by "
         "cleanlab's self-confidence score, the out-of-fold probability of the given label). "
-        f"Training time: {f['seconds']:.0f} s + {clean_s:.0f} s wall on CPU ({args.threads} torch thread(s), "
-        "2 cores shared with other jobs)"
+        f"Training time: {f['seconds']:.0f} s + {clean_s:.0f} s wall on CPU ({args.threads} torch thread(s) on "
+        f"{os.cpu_count()} cores)"
         + (". These numbers were re-rendered from the out-of-fold probabilities that run cached in runs/audit/"
            if f["cached"] or clean_cached else "") + ".",
         "",
