@@ -228,6 +228,21 @@ def test_learning_curves_place_finished_runs_by_their_training_images(monkeypatc
     assert "-1.00 points per doubling of the images; at that rate 1.5% at about 4,073 images" in capsys.readouterr().out
 
 
+def test_a_refit_learning_curve_counts_the_validation_images_its_weights_trained_on(monkeypatch, tmp_path):
+    """With the refit the scored weights train on the training share and the 320 validation images."""
+    ablations = load_script("cv_ablations")
+    monkeypatch.setattr(ablations, "OUT", tmp_path)
+    drawn = {}
+    monkeypatch.setattr(ablations.plots, "plot_learning_curve", lambda curves, path, goal: drawn.update(curves))
+    for name, fraction, eer in (("eyenet16_e100_refit_tta_train25", 0.25, 0.04), ("eyenet16_e100_refit_tta", 1, 0.03)):
+        key = dict(config={}, folds=5, seed=0, n=4000, **({"train_fraction": fraction} if fraction < 1 else {}))
+        (tmp_path / "cv" / name).mkdir(parents=True)
+        for k in range(5):
+            (tmp_path / "cv" / name / f"fold{k}.json").write_text(json.dumps(dict(fold=k, eer=eer, key=key)))
+    ablations.learning_curves(tmp_path / "lc.png")
+    assert [p[0] for p in drawn["EyeNet-16, the shipped recipe, seed 0"]] == [720 + 320, 3200]
+
+
 def test_learning_curves_without_finished_runs_say_so_and_draw_nothing(monkeypatch, tmp_path):
     ablations = load_script("cv_ablations")
     monkeypatch.setattr(ablations, "OUT", tmp_path)
