@@ -129,7 +129,7 @@ def plot_learning_curve(curves, path=None, goal=None, title="learning curve (5-f
     if goal is not None:
         ax.axhline(goal, color="grey", ls="--", label=f"goal ({percent(goal)})")
     ax.set(xscale="log", xlabel="training images per fold", ylabel="EER on the test fold", title=title)
-    ax.set_xticks(sorted(ticks), [f"{t:,}" for t in sorted(ticks)])
+    ax.set_xticks(sorted(ticks), [f"{t:,}" for t in sorted(ticks)], rotation=45, fontsize=8)  # close ticks stay apart
     ax.xaxis.set_minor_formatter(NullFormatter())
     ax.yaxis.set_major_formatter(FuncFormatter(percent))
     ax.set_ylim(bottom=0)
