@@ -260,10 +260,11 @@ RUNS = {
     "eyenet16_e100_refit_tta_last": dict(epochs=100, refit=True, tta=True, keep_last=True),
     "eyenet16_e100_refit_tta_last_seed1": dict(epochs=100, refit=True, tta=True, keep_last=True, seed=1),
     # the schedule beyond 100 epochs within the shipped recipe: 200 plain epochs had the lower mirror-TTA EER on both
-    # seeds (2.38 / 2.34 against 2.64 / 2.64 %), but two 200-epoch fits would take about 6 minutes on 2 cores; 150
-    # epochs keeps both fits near 4.5. Rule set before its folds: shipped if over seeds 0 and 1 its EER is at least
-    # 0.1 points below the shipped recipe's (2.42 %), its ECE at most 1.5 % and its accuracy at the validation
-    # threshold no more than 0.1 points below (97.60 %), with `eye-clf train --threads 2` within 5 minutes
+    # seeds (2.38 / 2.34 against 2.64 / 2.64 %), but two 200-epoch fits would take twice the 161-241 s of two
+    # 100-epoch ones; 150 epochs (1.5 times: about 4-6 minutes) is the longest that might fit. Rule set before its
+    # folds: shipped if over seeds 0 and 1 its EER is at least 0.1 points below the shipped recipe's (2.42 %), its ECE
+    # at most 1.5 % and its accuracy at the validation threshold no more than 0.1 points below (97.60 %), with
+    # `eye-clf train --threads 2` within 5 minutes
     "eyenet16_e150_refit_tta": dict(epochs=150, refit=True, tta=True),
     "eyenet16_e150_refit_tta_seed1": dict(epochs=150, refit=True, tta=True, seed=1),
     # ... not met: EER 2.57 and 2.27 % (2.42 %, the shipped recipe's own), ECE 1.43 and 1.66 % (1.55 %)
@@ -513,6 +514,8 @@ if __name__ == "__main__":
                  + ("" if args.names else " and no run"))
     if args.against and not args.ensemble:
         ap.error("--against pairs an --ensemble with a run: name the --ensemble runs too")
+    if args.seeds and len(set(args.seeds)) < 2:
+        ap.error("--seeds needs two or more different runs of one recipe: one run has no spread over seeds")
     args.against = args.against or REFERENCE
     targets = None
     if args.names:

@@ -330,6 +330,13 @@ def test_ablation_against_without_ensemble_is_an_error():
     assert r.returncode == 2 and "--against pairs an --ensemble with a run" in r.stderr
 
 
+def test_seeds_of_a_single_run_is_an_error():
+    script = Path(__file__).parent.parent / "scripts" / "cv_ablations.py"
+    r = subprocess.run([sys.executable, str(script), "--seeds", "eyenet16_e30", "eyenet16_e30"], capture_output=True,
+                       text=True)
+    assert r.returncode == 2 and "--seeds needs two or more different runs" in r.stderr
+
+
 def test_ablation_run_prints_each_folds_paired_difference(monkeypatch, tmp_path, capsys):
     ablations = load_script("cv_ablations")
     monkeypatch.setattr(ablations, "OUT", tmp_path)
