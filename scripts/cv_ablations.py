@@ -73,7 +73,10 @@ ENSEMBLES = [("eyenet16_e30", "eyenet16_e60", "eyenet16_e100"), ("eyenet16_e100"
              # the best average's three models (shipped recipe, EyeNet-48, Lite2) with both seeds of each, not the
              # seeds that did best (added after the second seeds came in, to undo that pick)
              ("eyenet16_e100_batchaug_nearest", "eyenet16_e100_seed1", "eyenet48_e100", "eyenet48_e100_seed1",
-              "lite2_imagenet_96px_e20", "lite2_imagenet_96px_e20_seed1")]
+              "lite2_imagenet_96px_e20", "lite2_imagenet_96px_e20_seed1"),
+             # the shipped recipe's five seeds: how far averaging shipped models goes (five times the inference)
+             ("eyenet16_e100_refit_tta", "eyenet16_e100_refit_tta_seed1", "eyenet16_e100_refit_tta_seed2",
+              "eyenet16_e100_refit_tta_seed3", "eyenet16_e100_refit_tta_seed4")]
 # ImageNet EfficientNet-Lite2 fine-tuned at 96 px for 20 epochs: the best single run (with mirror TTA), not repeated
 # by its second seed
 LITE2_96 = dict(arch="efficientnet_lite2", weights="imagenet", input_size=96, epochs=20, lr=1e-3)
