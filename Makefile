@@ -15,7 +15,7 @@ $(VENV)/.installed: requirements.txt pyproject.toml
 	touch $@
 
 # Debian's Chromium for the labeling studio's browser test (Playwright drives it; no browser download).
-# apt-get installs about 115 packages (480 MB) and needs root: sudo is used when you are not root.
+# apt-get installs over 100 packages (400+ MB) and needs root: sudo is used when you are not root.
 SUDO := $(if $(filter 0,$(shell id -u)),,sudo)
 BROWSER_TEST := tests/test_studio_browser.py
 
