@@ -3,7 +3,7 @@
     python scripts/robustness.py eyenet16_e30 eyenet16_e60 ...   # runs of scripts/cv_ablations.py, fold models kept
 
 Every image is scored by the fold model that never saw it (``results/cv/NAME/foldK.pt``), after being turned into
-a PIL image, changed (upscaled, colour-tinted, JPEG-recompressed, rotated, cropped, darkened, inverted) and passed
+a PIL image, changed (resized, colour-tinted, JPEG-recompressed, rotated, cropped, darkened, inverted) and passed
 through ``predict_proba``, which converts and resizes it as in training. Writes ``results/robustness.md`` (or
 ``--out``).
 """
@@ -36,6 +36,13 @@ def tint(im, rgb=(1.0, 0.78, 0.62)):
     return Image.fromarray(a.clip(0, 255).astype(np.uint8))
 
 
+def edge_colour(im):
+    """The mean of a grayscale image's outermost pixels: the fill of a looser crop."""
+    a = np.asarray(im)
+    return int(np.concatenate([a[0], a[-1], a[:, 0], a[:, -1]]).mean())
+
+
+# the images are 24x24 gray; the crops take or add 2 pixels on every side
 CHANGES = {
     "clean (24x24 gray)": lambda im: im,
     "upscaled 4x (96x96)": lambda im: im.resize((96, 96), UP),
@@ -43,9 +50,10 @@ CHANGES = {
     "JPEG quality 20 at 72x72": lambda im: jpeg(im.resize((72, 72), UP), 20),
     "rotated +10 deg": lambda im: im.rotate(10, UP, fillcolor=int(np.asarray(im).mean())),
     "rotated -10 deg": lambda im: im.rotate(-10, UP, fillcolor=int(np.asarray(im).mean())),
-    "tight crop (centre 20x20, 83%)": lambda im: ImageOps.fit(im, (20, 20), centering=(0.5, 0.5)),
-    "loose (padded to 28x28 with edge)": lambda im: ImageOps.pad(im.resize((24, 24)), (28, 28),
-                                                                 color=int(np.asarray(im)[0].mean())),
+    "downscaled to 20x20": lambda im: im.resize((20, 20), UP),
+    "upscaled to 28x28": lambda im: im.resize((28, 28), UP),
+    "tight crop (centre 20x20, 83%)": lambda im: im.crop((2, 2, 22, 22)),
+    "loose crop (2-px border of the edge colour, 28x28)": lambda im: ImageOps.expand(im, 2, fill=edge_colour(im)),
     "darker (x0.5)": lambda im: im.point(lambda v: v // 2),
     "inverted colours (255 - pixel)": ImageOps.invert,
     "colour, upscaled, JPEG 40, 128x128": lambda im: jpeg(tint(im.resize((128, 128), UP)), 40),

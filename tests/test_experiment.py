@@ -551,3 +551,15 @@ def test_cv_scores_each_teacher_fold_on_the_views_once(monkeypatch, tmp_path):
     with pytest.raises(ValueError, match=f"{cached[0].name}: unreadable teacher scores"):
         cv.cross_val_predict(images, targets, cfg, folds=3, progress=False, fold_dir=tmp_path / "third",
                              teacher_dirs=[tmp_path / "teacher"])
+
+
+def test_robustness_crops_crop_and_resizes_resize():
+    changes = load_script("robustness").CHANGES
+    a = np.random.default_rng(0).integers(0, 256, (24, 24), dtype=np.uint8)
+    im = Image.fromarray(a)
+    assert (np.asarray(changes["tight crop (centre 20x20, 83%)"](im)) == a[2:22, 2:22]).all()
+    loose = np.asarray(changes["loose crop (2-px border of the edge colour, 28x28)"](im))
+    border = np.concatenate([a[0], a[-1], a[:, 0], a[:, -1]]).mean()
+    assert (loose[2:26, 2:26] == a).all() and (loose[[0, 1, 26, 27]] == int(border)).all()
+    assert changes["downscaled to 20x20"](im).size == (20, 20)
+    assert changes["upscaled to 28x28"](im).size == (28, 28)
