@@ -214,9 +214,10 @@ RESAMPLE = ("nearest", "bilinear")
 ERASE_SCALE = (0.02, 0.2)  # random erasing: the rectangle's share of the image
 
 
-def augmentation(strength=1.0, invert=0.0, resample="nearest", erase=0.0):
-    """Training augmentation on uint8 1x24x24 tensors: flips, shifts, small rotations/scales (``resample``: how
-    they interpolate), light and blur (``strength`` 0: none of these), then colour inversion with probability
+def augmentation(strength=1.0, invert=0.0, resample="nearest", erase=0.0, zoom=0.1):
+    """Training augmentation on uint8 1x24x24 tensors: flips, shifts, small rotations, zooms by a factor in
+    1 ± ``zoom`` (``resample``: how they interpolate), light and blur (``strength`` scales them all; 0: none of
+    these), then colour inversion with probability
     ``invert``, then with probability ``erase`` a random rectangle (2-20% of the image) set to the dataset's mean
     grey; None when all three are 0."""
     s = strength
@@ -224,7 +225,7 @@ def augmentation(strength=1.0, invert=0.0, resample="nearest", erase=0.0):
         return None
     return v2.Compose([
         *([v2.RandomHorizontalFlip(),
-           v2.RandomAffine(degrees=10 * s, translate=(0.1 * s, 0.1 * s), scale=(1 - 0.1 * s, 1 + 0.1 * s),
+           v2.RandomAffine(degrees=10 * s, translate=(0.1 * s, 0.1 * s), scale=(1 - zoom * s, 1 + zoom * s),
                            interpolation=v2.InterpolationMode[resample.upper()]),
            v2.ColorJitter(brightness=0.4 * s, contrast=0.4 * s),
            v2.RandomApply([v2.GaussianBlur(3, sigma=(0.1, 1.0))], p=0.2 * s)] if s else []),
@@ -233,7 +234,7 @@ def augmentation(strength=1.0, invert=0.0, resample="nearest", erase=0.0):
     ])
 
 
-def batch_augmentation(strength=1.0, invert=0.0, resample="nearest", erase=0.0):
+def batch_augmentation(strength=1.0, invert=0.0, resample="nearest", erase=0.0, zoom=0.1):
     """The same augmentation for whole batches (float N x 1 x H x W, values in [0, 1]) on their own device, each
     image with its own random parameters (kornia), so training never augments image by image; None when all
     three are 0."""
@@ -243,7 +244,7 @@ def batch_augmentation(strength=1.0, invert=0.0, resample="nearest", erase=0.0):
         return None
     return torch.nn.Sequential(
         *([K.RandomHorizontalFlip(),
-           K.RandomAffine(degrees=10 * s, translate=(0.1 * s, 0.1 * s), scale=(1 - 0.1 * s, 1 + 0.1 * s),
+           K.RandomAffine(degrees=10 * s, translate=(0.1 * s, 0.1 * s), scale=(1 - zoom * s, 1 + zoom * s),
                           resample=resample),
            K.ColorJitter(brightness=0.4 * s, contrast=0.4 * s),
            K.RandomGaussianBlur((3, 3), sigma=(0.1, 1.0), p=0.2 * s)] if s else []),

@@ -390,3 +390,9 @@ def test_dataset_applies_transform():
     assert len(aug) == 4
     assert not torch.equal(plain[0][0], aug[0][0])
     assert aug[0][0].shape == (1, 24, 24) and aug[0][0].dtype == torch.float32
+
+
+@pytest.mark.parametrize("zoom", [0.1, 0.2])
+def test_zoom_sets_the_scale_range_of_both_augmentations(zoom):
+    assert data.augmentation(zoom=zoom).transforms[1].scale == pytest.approx((1 - zoom, 1 + zoom))
+    assert data.batch_augmentation(zoom=zoom)[1]._param_generator.scale == pytest.approx((1 - zoom, 1 + zoom))
