@@ -16,7 +16,7 @@ from . import data, metrics
 from .files import atomic_write
 from .models import ARCHS, METHODS
 from .preprocess import list_images, load_image
-from .train import ConfigError, TrainConfig
+from .train import ConfigError, TrainConfig, device_of
 
 DESCRIPTION = ("Is the eye in a 24x24 grayscale patch open? Train a model, predict P(open), evaluate, "
                "cross-validate, label images in a local web page, audit labels.")
@@ -56,7 +56,9 @@ def add_config_args(p):
 def config_from(args):
     """The TrainConfig of the flags; a value it refuses exits with one line naming the flag."""
     try:
-        return TrainConfig(**{f.name: getattr(args, f.name) for f in fields(TrainConfig)})
+        cfg = TrainConfig(**{f.name: getattr(args, f.name) for f in fields(TrainConfig)})
+        device_of(cfg.device)  # a CUDA device this machine lacks: refused before the data loads
+        return cfg
     except ConfigError as err:
         sys.exit(f"error: --{err.field.replace('_', '-')}: {str(err).removeprefix(f'{err.field}: ')}")
 
@@ -268,6 +270,9 @@ def cmd_evaluate(args):
 def cmd_cv(args):
     from .cv import cross_val_predict, report
     cfg = config_from(args)
+    if cfg.distill:
+        sys.exit("error: --distill: cv trains no teachers; distil in CV with scripts/cv_ablations.py (teachers: "
+                 "finished CV runs on the same folds) or train one student with `eye-clf train --distill`")
     images, targets, names = data.load_dataset(args.data, limit=args.limit)
     soft = data.soft_targets(targets, names, args.data) if cfg.soft_labels else None
     oof, per_fold = cross_val_predict(images, targets, cfg, args.folds, args.seed, soft=soft)
@@ -293,6 +298,8 @@ def cmd_audit(args):
     cfg = config_from(args)
     if cfg.soft_labels:
         sys.exit("error: --soft-labels: the audit judges the labels file alone, not the extra annotators' labels")
+    if cfg.distill:
+        sys.exit("error: --distill: the audit's CV trains no teachers")
     images_dir = Path(args.images) if args.images else data.data_dir(args.data) / "EyesDataset"
     labels = data.labels_file(args.labels, args.data)
     review, names, targets, p_open = audit(images_dir, labels, args.oof, cfg, args.folds)

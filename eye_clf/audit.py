@@ -36,9 +36,14 @@ def read_oof(path, names):
     missing = [n for n in names if n not in p.index]
     if missing:
         raise ValueError(f"{path}: no p_open for {len(missing)} labeled image(s), e.g. {missing[:3]}")
-    p = pd.to_numeric(p.loc[names], errors="coerce").to_numpy(float)
-    if not (np.isfinite(p) & (p >= 0) & (p <= 1)).all():
-        raise ValueError(f"{path}: p_open must be numbers in 0..1")
+    raw = p.loc[names]
+    p = pd.to_numeric(raw, errors="coerce").to_numpy(float)
+    bad = np.flatnonzero(~(np.isfinite(p) & (p >= 0) & (p <= 1)))
+    if len(bad):
+        wrong = set(raw.index[bad])
+        shown = [f"row {i + 2} ({n}): {v!r}" for i, (n, v) in enumerate(zip(df["img_name"], df["p_open"]))
+                 if n in wrong]  # row 1 is the header
+        raise ValueError(f"{path}: p_open must be numbers in 0..1; {len(bad)} are not, e.g. {', '.join(shown[:3])}")
     return p
 
 

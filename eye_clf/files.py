@@ -17,6 +17,14 @@ def _umask():
     return mask
 
 
+def _fsync(path):
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
 def atomic_write(path, write):
     """Call ``write(tmp_path)`` then move the file into place, so ``path`` is never half-written.
 
@@ -29,7 +37,10 @@ def atomic_write(path, write):
     try:
         write(tmp)
         os.chmod(tmp, path.stat().st_mode & 0o777 if path.exists() else 0o666 & ~_umask())
+        _fsync(tmp)  # the data is on disk before the rename makes it the file, and the rename after it
         os.replace(tmp, path)
+        if os.name == "posix":  # a folder cannot be opened for fsync on Windows
+            _fsync(path.parent)
     finally:
         if os.path.exists(tmp):
             os.remove(tmp)

@@ -21,7 +21,6 @@ from . import data
 from .data import FLAGS, TAGS
 from .files import atomic_write
 
-COLUMNS = ("img_name", "target") + FLAGS
 STATE_KEYS = {"target", "unsure", "reviewed", "tags"}
 
 

@@ -16,7 +16,7 @@ def eer(targets, scores):
     fpr, tpr, thr = roc_curve(targets, scores, drop_intermediate=False)  # thr[i] next to the crossing
     fnr = 1 - tpr
     i = np.nonzero(fnr <= fpr)[0][0]  # first point at or past the crossing (fpr rises, fnr falls)
-    if i == 0 or fnr[i] == fpr[i]:
+    if fnr[i] == fpr[i]:  # never the first point (fpr 0, fnr 1)
         return float(fpr[i]), float(min(thr[i], 1.0))
     # segment (i-1, i): fnr - fpr goes from > 0 to < 0
     d0, d1 = fnr[i - 1] - fpr[i - 1], fnr[i] - fpr[i]
@@ -77,5 +77,8 @@ def labeller_errors(x, y, z):
     c = {k: 1 - 2 * np.mean(u != v) for k, (u, v) in dict(xy=(x, y), xz=(x, z), yz=(y, z)).items()}
     if min(c.values()) <= 0:
         raise ValueError("two labellings disagree on half the images or more: no independent-error estimate")
-    return tuple(float((1 - np.sqrt(c[a] * c[b] / c[o])) / 2) for a, b, o in
-                 (("xy", "xz", "yz"), ("xy", "yz", "xz"), ("xz", "yz", "xy")))
+    ratios = [c[a] * c[b] / c[o] for a, b, o in (("xy", "xz", "yz"), ("xy", "yz", "xz"), ("xz", "yz", "xy"))]
+    if max(ratios) > 1 + 1e-9:  # a negative error rate: the errors are not independent, or too few images show it
+        raise ValueError("the three disagreement rates are inconsistent with independent errors (one labelling "
+                         "would have a negative error rate): no independent-error estimate")
+    return tuple(float((1 - np.sqrt(min(r, 1))) / 2) for r in ratios)

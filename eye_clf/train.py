@@ -100,6 +100,12 @@ class TrainConfig:
         for name, (ok, rule) in checks.items():
             if not ok:
                 raise ConfigError(name, f"must be {rule}, got {getattr(self, name)!r}")
+        if self.device != "auto":
+            try:
+                torch.device(self.device)
+            except RuntimeError:
+                raise ConfigError("device", f"must be auto or a torch device (cpu, cuda, cuda:1, ...), got "
+                                            f"{self.device!r}") from None
 
     @classmethod
     def from_dict(cls, d):
@@ -111,8 +117,14 @@ class TrainConfig:
 
 
 def device_of(name="auto"):
-    return torch.device("cuda" if name == "auto" and torch.cuda.is_available() else
-                        "cpu" if name == "auto" else name)
+    """The torch device of a config's ``device``: auto is CUDA when present, else the CPU. A CUDA device that this
+    machine lacks is a ConfigError."""
+    device = torch.device("cuda" if name == "auto" and torch.cuda.is_available() else
+                          "cpu" if name == "auto" else name)
+    if device.type == "cuda" and (device.index or 0) >= torch.cuda.device_count():
+        raise ConfigError("device", f"{name} asked for, but torch sees {torch.cuda.device_count()} CUDA device(s); "
+                                    "use auto or cpu")
+    return device
 
 
 def seed_everything(seed):

@@ -501,7 +501,7 @@ if __name__ == "__main__":
     ap.add_argument("names", nargs="*", help=f"runs among: {', '.join(RUNS)}")
     ap.add_argument("--ensemble", nargs="+", metavar="RUN", help="finished runs to average")
     ap.add_argument("--against", metavar="RUN", help="the finished run --ensemble is paired with (default: the "
-                    "shipped recipe; another run is compared with TTA when the average is)")
+                    f"base recipe, {REFERENCE}; another run is compared with TTA when the average is)")
     ap.add_argument("--average-curve", nargs="+", metavar="RUN", help="EER of the averages of every k of these "
                     "finished runs, k = 1, 2, ...")
     ap.add_argument("--table", action="store_true", help="rebuild results/cv_ablations.md")

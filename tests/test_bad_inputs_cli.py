@@ -31,9 +31,18 @@ def refused(argv, capsys):
     (["--val-fraction", "0.7"], "error: --val-fraction: must be in (0, 0.5), got 0.7"),
     (["--arch", "vgg"], "error: --arch: invalid choice: 'vgg'"),
     (["--epochs", "many"], "error: --epochs: invalid int value: 'many'"),
+    (["--zoom", "1"], "error: --zoom: must be in [0, 1), got 1.0"),
+    (["--device", "gpu"], "error: --device: must be auto or a torch device"),
+    pytest.param(["--device", "cuda"], "error: --device: cuda asked for, but torch sees 0 CUDA device(s)",
+                 marks=pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has CUDA")),
 ])
 def test_bad_recipe_flags_name_the_flag(command, flags, message, capsys):
     assert refused([command, *flags, *NO_DATA], capsys).startswith(message)
+
+
+@pytest.mark.parametrize("command", ["cv", "audit"])
+def test_cv_and_audit_refuse_distillation(command, capsys):
+    assert refused([command, "--distill", "0.5", *NO_DATA], capsys).startswith("error: --distill: ")
 
 
 def test_audit_refuses_soft_labels(capsys):

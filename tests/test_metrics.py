@@ -175,6 +175,10 @@ def test_labeller_errors_recovers_independent_flip_rates():
         metrics.labeller_errors(truth, truth, truth[:-1])
     with pytest.raises(ValueError, match="half the images"):
         metrics.labeller_errors(truth, 1 - truth, truth)
+    y, z = truth.copy(), truth.copy()
+    y[:5], z[5:10] = 1 - y[:5], 1 - z[5:10]  # y and z err on different images: x would be below zero
+    with pytest.raises(ValueError, match="negative error rate"):
+        metrics.labeller_errors(truth, y, z)
 
 
 def test_ece_floor_is_the_sampling_bias_of_a_calibrated_model():
