@@ -92,6 +92,23 @@ def same_key(key):
     return {**key, "config": asdict(TrainConfig.from_dict({**BEFORE, **key["config"]}))}
 
 
+def check_teachers(teacher_dirs, cfg, folds, seed):
+    """Refuse teacher CVs whose fold models saw the student's validation images: a teacher needs the student's
+    folds, seed and validation fraction, and no refit (which trains on the validation part too)."""
+    for d in map(Path, teacher_dirs):
+        rows = sorted(d.glob("fold*.json"))
+        if not rows:
+            raise ValueError(f"{d}: no fold results; a teacher is a finished CV run")
+        key = same_key(json.loads(rows[0].read_text())["key"])
+        c = key["config"]
+        wrong = [f"{what} {got!r}, the student's {want!r}" for what, got, want in (
+            ("folds", key["folds"], folds), ("fold seed", key["seed"], seed), ("seed", c["seed"], cfg.seed),
+            ("val_fraction", c["val_fraction"], cfg.val_fraction)) if got != want]
+        wrong += ["refit, which trains on them"] if c["refit"] else []
+        if wrong:
+            raise ValueError(f"{d}: its fold models saw the student's validation images ({'; '.join(wrong)})")
+
+
 def cross_val_predict(images, targets, cfg=None, folds=5, seed=0, progress=True, fold_dir=None, teacher_dirs=(),
                       train_fraction=1.0, soft=None, trainable=None, only=None, prune_folds=0):
     """Train one model per fold; each test fold is predicted by the model that never saw it.
@@ -103,7 +120,8 @@ def cross_val_predict(images, targets, cfg=None, folds=5, seed=0, progress=True,
     metrics of those predictions (see metrics.summary), epochs, seconds, ``eer_tta`` (EER with mirror averaging).
 
     ``teacher_dirs``: fold folders of finished CVs on the same folds; fold k's student distils from their fold-k
-    models, which saw only that fold's training part (the same split, so not its validation part either).
+    models, which saw only that fold's training part (the same split, so not its validation part either:
+    ``check_teachers`` refuses any other).
     ``train_fraction`` < 1 trains on that stratified part of each fold's training images (learning curves).
     ``soft``: the training targets of ``cfg.soft_labels`` (see data.soft_targets); folds and scores use ``targets``.
     ``trainable``: a boolean mask; images outside it are left out of the training parts (the folds, validation
@@ -139,6 +157,7 @@ def cross_val_predict(images, targets, cfg=None, folds=5, seed=0, progress=True,
         if row is None and only is not None and k not in only:
             continue
         if row is None:
+            check_teachers(teacher_dirs, cfg, folds, seed)
             teachers = [Path(d) / f"fold{k}.pt" for d in teacher_dirs]
             row, model = _fold(images, targets, rest, test, cfg, progress, teachers, train_fraction, soft, trainable,
                                prune_folds)

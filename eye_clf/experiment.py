@@ -31,7 +31,7 @@ from .train import TrainConfig, checkpoint, fit, refit, save_checkpoint
 FIGURES = data.REPO_ROOT / "plots_checkpoints"
 CV_RESULTS = data.REPO_ROOT / "results" / "cv"
 # The teachers a distilling recipe learns from (cross-validated as results/cv/lite0_imagenet_e12); each is trained
-# on the student's own split (same seed and val_fraction), so none sees the student's validation part.
+# on the student's own split (same seed and val_fraction) without a refit, so none sees the student's validation part.
 TEACHERS = {"lite0_imagenet": TrainConfig(arch="efficientnet_lite0", weights="imagenet", input_size=64, epochs=12,
                                           lr=1e-3, patience=12)}
 
@@ -99,7 +99,7 @@ def train_run(cfg=None, root=None, labels=None, out_dir=None, limit=None, progre
     cfg = cfg or TrainConfig()
     out = Path(out_dir or data.REPO_ROOT / "runs" / datetime.now().strftime("train-%Y%m%d-%H%M%S"))
     if cfg.distill and not teachers:
-        teachers = [train_run(replace(t, seed=cfg.seed, val_fraction=cfg.val_fraction), root, labels,
+        teachers = [train_run(replace(t, seed=cfg.seed, val_fraction=cfg.val_fraction, refit=False), root, labels,
                               out / "teachers" / name, limit, progress)["out"] / "eye_clf.pt"
                     for name, t in TEACHERS.items()]
     images, targets, names = data.load_dataset(root, labels, limit=limit)

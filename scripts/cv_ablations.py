@@ -188,7 +188,10 @@ RUNS = {
     "student16_lite0_96_mix": dict(distill=0.5, teacher_views=10, teachers=["lite0_imagenet_96px_e20"]),
     # ... and of the 96-px Lite2, the strongest single teacher (2.18 % with mirror TTA, which its targets fold in)
     "student16_lite2_96_mix": dict(distill=0.5, teacher_views=10, teachers=["lite2_imagenet_96px_e20"]),
-    # ... and of both Lite2 seeds averaged (2.31 %, 2.26 % with TTA: the strongest teacher that is not a seed pick)
+    # ... and of both Lite2 seeds averaged (2.31 %, 2.26 % with TTA: the strongest teacher that is not a seed pick).
+    # Found later: the seed-1 teacher splits its folds' validation part with seed 1, so its fold models trained on
+    # 290-291 of this student's 320 validation images: the student's epoch, temperature and threshold are picked on
+    # images a teacher learnt (its test folds stay clean). cv.check_teachers now refuses such a teacher.
     "student16_lite2x2_96_mix": dict(distill=0.5, teacher_views=10,
                                      teachers=["lite2_imagenet_96px_e20", "lite2_imagenet_96px_e20_seed1"]),
     # the average of three 100-epoch EyeNet-16 runs and Lite0 as the teacher (views as the Lite0 student's, whose

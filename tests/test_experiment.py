@@ -3,7 +3,7 @@ import importlib.util
 import json
 import subprocess
 import sys
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 
 import numpy as np
@@ -50,6 +50,15 @@ def test_train_run_writes_a_run_folder_and_leaves_the_shipped_model_alone(real_r
     assert run["config"] == asdict(cfg) and len(run["provenance"]["git_commit"]) == 40
     with Image.open(tmp_path / "train_val_loss_metrics_history.png") as im:
         assert im.format == "PNG" and im.width > 300
+
+
+def test_train_distill_trains_its_teachers_on_the_students_split_without_refit(monkeypatch, real_root, tmp_path):
+    monkeypatch.setattr(experiment, "TEACHERS", {"tiny": TrainConfig(width=4, epochs=1, seed=7)})  # refit default
+    cfg = TrainConfig(width=4, epochs=1, refit=False, distill=0.5, seed=3, val_fraction=0.2)
+    res = experiment.train_run(cfg, real_root, out_dir=tmp_path, limit=100, progress=False)
+    teacher = json.loads((tmp_path / "teachers" / "tiny" / "run.json").read_text())
+    assert teacher["config"]["refit"] is False and teacher["n_train"] == len(res["split"][0])
+    assert (teacher["config"]["seed"], teacher["config"]["val_fraction"]) == (3, 0.2)
 
 
 def test_a_refit_run_trains_its_model_on_every_image_and_reports_the_validated_fit(real_root, tmp_path):
@@ -394,7 +403,8 @@ def test_distillation_trains_towards_the_teachers_on_the_same_views():
 
 def test_cv_students_distil_from_the_teacher_of_their_own_fold(monkeypatch, tmp_path):
     images, targets = synthetic(60)
-    cv.cross_val_predict(images, targets, SMALL, folds=3, progress=False, fold_dir=tmp_path / "teacher")
+    cv.cross_val_predict(images, targets, replace(SMALL, refit=False), folds=3, progress=False,
+                         fold_dir=tmp_path / "teacher")  # a teacher never trains on the validation part
     used = record_fits(monkeypatch, lambda tr, va, t: t[0].state_dict()["head.weight"].clone())
     student = TrainConfig(**{**asdict(SMALL), "distill": 0.5})
     cv.cross_val_predict(images, targets, student, folds=3, progress=False, fold_dir=tmp_path / "student",
@@ -535,7 +545,8 @@ def test_augmented_views_are_reproducible_augmented_and_leave_the_global_rng_alo
 
 def test_cv_scores_each_teacher_fold_on_the_views_once(monkeypatch, tmp_path):
     images, targets = synthetic(60)
-    cv.cross_val_predict(images, targets, SMALL, folds=3, progress=False, fold_dir=tmp_path / "teacher")
+    cv.cross_val_predict(images, targets, replace(SMALL, refit=False), folds=3, progress=False,
+                         fold_dir=tmp_path / "teacher")  # a teacher never trains on the validation part
     calls = []
     real = cv.view_proba
     monkeypatch.setattr(cv, "view_proba", lambda t, v: calls.append(len(v)) or real(t, v))
@@ -563,3 +574,21 @@ def test_robustness_crops_crop_and_resizes_resize():
     assert (loose[2:26, 2:26] == a).all() and (loose[[0, 1, 26, 27]] == int(border)).all()
     assert changes["downscaled to 20x20"](im).size == (20, 20)
     assert changes["upscaled to 28x28"](im).size == (28, 28)
+
+
+def test_check_teachers_refuses_fold_models_that_saw_the_students_validation_part(tmp_path):
+    def teacher(name, **change):
+        d = tmp_path / name
+        d.mkdir()
+        key = dict(config=asdict(TrainConfig(**{"refit": False, **change})), folds=5, seed=0, n=10, n_open=5)
+        (d / "fold0.json").write_text(json.dumps(dict(fold=0, key=key)))
+        return d
+    student = TrainConfig(distill=0.5)
+    cv.check_teachers([teacher("same_split")], student, 5, 0)  # the student's split, no refit: fine
+    for name, change, says in (("seed1", dict(seed=1), "seed 1, the student's 0"),
+                               ("refit", dict(refit=True), "refit, which trains on them"),
+                               ("val", dict(val_fraction=0.2), "val_fraction 0.2")):
+        with pytest.raises(ValueError, match=f"saw the student's validation images.*{says}"):
+            cv.check_teachers([teacher(name, **change)], student, 5, 0)
+    with pytest.raises(ValueError, match="no fold results"):
+        cv.check_teachers([tmp_path / "missing"], student, 5, 0)
