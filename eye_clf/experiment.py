@@ -12,6 +12,7 @@ import hashlib
 import json
 import os
 import shutil
+import tempfile
 import time
 from dataclasses import asdict, replace
 from datetime import datetime
@@ -145,6 +146,7 @@ def ship(run_dir):
     if missing:  # refuse an incomplete run folder or a broken checkpoint before replacing anything
         raise FileNotFoundError(f"not a complete run folder: missing {', '.join(missing)}")
     load_checkpoint(run_dir / "eye_clf.pt")
-    for src, dst in copies:
-        atomic_write(dst, lambda tmp: shutil.copyfile(src, tmp))
-    export_onnx(SHIPPED / "eye_clf.pt", SHIPPED / "eye_clf.onnx")
+    with tempfile.TemporaryDirectory(dir=SHIPPED, prefix=".ship-") as tmp:  # a failed export replaces nothing
+        graph = export_onnx(run_dir / "eye_clf.pt", Path(tmp) / "eye_clf.onnx")
+        for src, dst in [*copies, (graph, SHIPPED / "eye_clf.onnx")]:
+            atomic_write(dst, lambda out: shutil.copyfile(src, out))

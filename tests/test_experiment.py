@@ -506,6 +506,14 @@ def test_ship_command_promotes_a_complete_run_and_refuses_a_partial_one(monkeypa
     assert not any(shipped.iterdir()) and not any(figures.iterdir())  # nothing replaced
     for name in ("history.csv", "history.json", "train_val_loss_metrics_history.png"):
         (run / name).write_text(name)
+
+    def broken(*args):
+        raise RuntimeError("export failed")
+    with monkeypatch.context() as m:
+        m.setattr("eye_clf.export.export_onnx", broken)
+        with pytest.raises(RuntimeError, match="export failed"):
+            experiment.ship(run)
+    assert not any(shipped.iterdir()) and not any(figures.iterdir())  # the export comes before any copy
     main(["ship", str(run)])
     assert (shipped / "eye_clf.pt").read_bytes() == tiny_ckpt.read_bytes() and (shipped / "eye_clf.onnx").is_file()
     assert (figures / "history.csv").read_text() == "history.csv"
