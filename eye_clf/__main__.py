@@ -38,6 +38,10 @@ OPTIONAL = {"weights": _optional(str), "input_size": _optional(int)}
 CHOICES = {"arch": ARCHS, "method": METHODS}
 
 
+LABELS_HELP = (f"labels xlsx/csv (default: the data folder's {data.LABELS_NAME} when --data or ${data.DATA_ENV} "
+               "names one that has it, else the reference one at the top of the checkout)")
+
+
 def add_config_args(p):
     """One --flag per TrainConfig field; its help (the field's metadata), default and choices come from the
     config, so they cannot drift. Values the config refuses are checked before any work (see main)."""
@@ -273,7 +277,7 @@ def cmd_cv(args):
     if cfg.distill:
         sys.exit("error: --distill: cv trains no teachers; distil in CV with scripts/cv_ablations.py (teachers: "
                  "finished CV runs on the same folds) or train one student with `eye-clf train --distill`")
-    images, targets, names = data.load_dataset(args.data, limit=args.limit)
+    images, targets, names = data.load_dataset(args.data, args.labels, limit=args.limit)
     soft = data.soft_targets(targets, names, args.data) if cfg.soft_labels else None
     oof, per_fold = cross_val_predict(images, targets, cfg, args.folds, args.seed, soft=soft)
     print(per_fold.round(4).to_string(index=False))
@@ -320,7 +324,7 @@ def main(argv=None):
     p = sub.add_parser("train", help="train on the labelled data, evaluate, write checkpoint and plots")
     add_config_args(p)
     p.add_argument("--data", help=f"data folder (default: ${data.DATA_ENV} or ../shared/data)")
-    p.add_argument("--labels", help="labels xlsx/csv (default: the top-level img_name_target.xlsx)")
+    p.add_argument("--labels", help=LABELS_HELP)
     p.add_argument("--out", type=output_folder,
                    help="run folder (default: runs/train-<date>-<time>); the shipped model is not touched")
     p.add_argument("--limit", type=int_at_least(MIN_LIMIT),
@@ -353,7 +357,7 @@ def main(argv=None):
     p = sub.add_parser("evaluate", help="EER, accuracy, AUC and ECE of a checkpoint on a labelled folder, "
                                         "separately on the images it was trained on and the others")
     p.add_argument("--images", help="image folder (default: <data>/EyesDataset)")
-    p.add_argument("--labels", help="labels xlsx/csv (default: the top-level img_name_target.xlsx)")
+    p.add_argument("--labels", help=LABELS_HELP)
     p.add_argument("--data", help=f"data folder (default: ${data.DATA_ENV} or ../shared/data)")
     p.add_argument("--checkpoint", help="checkpoint, .pt or .onnx (default: the shipped model)")
     p.set_defaults(run=cmd_evaluate)
@@ -361,6 +365,7 @@ def main(argv=None):
     p = sub.add_parser("cv", help="stratified k-fold cross-validation of a training config")
     add_config_args(p)
     p.add_argument("--data", help=f"data folder (default: ${data.DATA_ENV} or ../shared/data)")
+    p.add_argument("--labels", help=LABELS_HELP)
     p.add_argument("--folds", type=int_at_least(2), default=5, help="number of folds (default: %(default)s)")
     p.add_argument("--limit", type=int_at_least(MIN_LIMIT),
                    help=f"use a stratified subset of this many images, {MIN_LIMIT} or more")
@@ -383,8 +388,7 @@ def main(argv=None):
     p = sub.add_parser("audit", help="rank likely label errors (k-fold out-of-fold P(open) + cleanlab)")
     add_config_args(p)
     p.add_argument("--images", help="image folder (default: <data>/EyesDataset)")
-    p.add_argument("--labels", help="labels xlsx/csv (default: the reference img_name_target.xlsx at the top "
-                                    "of the checkout); rows without a target are left out")
+    p.add_argument("--labels", help=LABELS_HELP + "; rows without a target are left out")
     p.add_argument("--data", help=f"data folder (default: ${data.DATA_ENV} or ../shared/data)")
     p.add_argument("--oof", help="CSV of out-of-fold P(open) (img_name, p_open) instead of training")
     p.add_argument("--folds", type=int_at_least(2), default=5, help="number of folds (default: %(default)s)")

@@ -36,10 +36,14 @@ def data_dir(path=None):
 
 
 def labels_file(path=None, root=None):
-    """The labels spreadsheet: ``path`` if given, else the project's reference labels (``img_name_target.xlsx``
-    at the top of the checkout, beside the notebooks), else ``img_name_target.xlsx`` in the data folder."""
+    """The labels spreadsheet: ``path`` if given; else the ``img_name_target.xlsx`` of a data folder chosen by
+    ``root`` or $EYE_CLF_DATA, when it has one (another dataset brings its own labels); else the project's
+    reference labels (at the top of the checkout, beside the notebooks); else the default data folder's."""
     if path:
         return Path(path)
+    chosen = root or os.environ.get(DATA_ENV)
+    if chosen and (Path(chosen) / LABELS_NAME).is_file():
+        return Path(chosen) / LABELS_NAME
     if (REPO_ROOT / LABELS_NAME).is_file():
         return REPO_ROOT / LABELS_NAME
     found = data_dir(root) / LABELS_NAME

@@ -110,6 +110,7 @@ def test_one_class_is_refused(tmp_path):
 
 
 def test_audit_defaults_to_the_reference_labels_file(partly_labelled_xlsx, tmp_path, monkeypatch):
+    monkeypatch.delenv(data.DATA_ENV, raising=False)
     images, _ = partly_labelled_xlsx
     seen = []
 

@@ -46,8 +46,21 @@ def test_data_dir_missing_dataset_is_a_clear_error(tmp_path, monkeypatch):
         data.labels_file(root=half)
 
 
-def test_labels_default_to_the_checkouts_reference_file(real_root):
+def test_labels_default_to_the_checkouts_reference_file(real_root, monkeypatch):
+    monkeypatch.delenv(data.DATA_ENV, raising=False)
     assert data.labels_file() == data.REPO_ROOT / "img_name_target.xlsx"
+    assert data.labels_file("x.csv") == Path("x.csv")
+
+
+def test_a_chosen_data_folder_brings_its_own_labels(tmp_path, monkeypatch):
+    other = tmp_path / "other"
+    (other / "EyesDataset").mkdir(parents=True)
+    monkeypatch.delenv(data.DATA_ENV, raising=False)
+    assert data.labels_file(root=other) == data.REPO_ROOT / "img_name_target.xlsx"  # none there: the reference
+    (other / "img_name_target.xlsx").write_bytes(b"")
+    assert data.labels_file(root=other) == other / "img_name_target.xlsx"
+    monkeypatch.setenv(data.DATA_ENV, str(other))
+    assert data.labels_file() == other / "img_name_target.xlsx"
     assert data.labels_file("x.csv") == Path("x.csv")
 
 
