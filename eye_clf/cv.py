@@ -17,7 +17,7 @@ from sklearn.model_selection import train_test_split
 from . import data, metrics
 from .files import atomic_write, provenance, write_json
 from .models import load_checkpoint, scores
-from .train import TrainConfig, augmented_views, checkpoint, fit, refit, save_checkpoint, view_proba
+from .train import TrainConfig, augmented_views, checkpoint, device_of, fit, refit, save_checkpoint, view_proba
 
 
 def _view_proba(teacher, views):
@@ -146,7 +146,7 @@ def cross_val_predict(images, targets, cfg=None, folds=5, seed=0, progress=True,
                **({"train_fraction": train_fraction} if train_fraction < 1 else {}),
                **({"untrainable": int(np.sum(~trainable))} if trainable is not None else {}),
                **({"prune_folds": prune_folds} if prune_folds else {}))
-    rows, prov = [], provenance()  # the code this run loaded: later commits do not change a running process
+    rows, prov = [], provenance(device_of(cfg.device))  # the code this run loaded: later commits do not change a running process
     if only is not None and not set(only) <= set(range(folds)):
         raise ValueError(f"only: fold indices in 0..{folds - 1} expected, got {sorted(only)}")
     for k, (rest, test) in enumerate(data.kfold(targets, folds, seed)):

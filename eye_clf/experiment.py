@@ -27,7 +27,7 @@ from .files import atomic_write, provenance, save_history, write_json
 from .models import load_checkpoint, scores
 from .plots import plot_history
 from .predict import SHIPPED
-from .train import TrainConfig, checkpoint, fit, refit, save_checkpoint
+from .train import TrainConfig, checkpoint, device_of, fit, refit, save_checkpoint
 
 FIGURES = data.REPO_ROOT / "plots_checkpoints"
 CV_RESULTS = data.REPO_ROOT / "results" / "cv"
@@ -127,7 +127,7 @@ def train_run(cfg=None, root=None, labels=None, out_dir=None, limit=None, progre
     write_json(out / "run.json", dict(config=ckpt["config"], val=val, shipped_on_same_val=shipped,
                                       best_epoch=ckpt["best_epoch"], train_seconds=seconds,
                                       n_train=len(train_idx) + cfg.refit * len(val_idx), n_val=len(val_idx),
-                                      provenance=provenance()),
+                                      provenance=provenance(device_of(cfg.device))),
                indent=1)
     return dict(model=model, history=history, val=val, shipped=shipped, seconds=seconds, images=images,
                 targets=targets, names=names, split=(train_idx, val_idx), out=out)

@@ -66,9 +66,10 @@ def _git(*args):
     return out.stdout.strip() if out.returncode == 0 else None
 
 
-def provenance():
+def provenance(device=None):
     """Where a result came from: git commit (and whether the tree had uncommitted changes), the command line,
-    library versions and the machine (cores, threads, device)."""
+    library versions and the machine (cores, threads, and ``device``: the torch device the result was computed on;
+    by default CUDA when present, else the CPU)."""
     versions = {}
     for name in PACKAGES:
         try:
@@ -79,7 +80,8 @@ def provenance():
     machine = dict(platform=platform.platform(), python=platform.python_version(), cpu_count=os.cpu_count())
     if "torch" in sys.modules:
         torch = sys.modules["torch"]
+        device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
         machine.update(torch_threads=torch.get_num_threads(),
-                       device=torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu")
+                       device=torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu")
     return dict(git_commit=_git("rev-parse", "HEAD"), git_dirty=bool(status) if status is not None else None,
                 command=" ".join(sys.argv), versions=versions, machine=machine)

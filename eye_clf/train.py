@@ -367,7 +367,7 @@ def checkpoint(model, cfg, metrics_=None, history=None):
         "metrics": metrics_ or {},
         "best_epoch": cfg.epochs if cfg.refit or cfg.keep_last else best["epoch"] if best else None,  # the kept one
         "config": asdict(cfg),
-        "provenance": provenance(),
+        "provenance": provenance(next(model.parameters()).device),
     }
 
 

@@ -44,7 +44,7 @@ def best_rate(fn, n, repeats):
 def cold_start(backend, image):
     """Seconds to import, load and predict one file in a fresh interpreter, and that process's peak RSS (MiB)."""
     out = subprocess.run([sys.executable, "-c", COLD.format(image=str(image), backend=backend)], check=True,
-                         capture_output=True, text=True).stdout.split()
+                         capture_output=True, text=True, env={**os.environ, "CUDA_VISIBLE_DEVICES": ""}).stdout.split()
     return float(out[0]), float(out[1]) / 1024
 
 
@@ -62,13 +62,14 @@ def main():
     images = np.stack([data.load_image(f) for f in files])
     cold = [cold_start(b, files[0]) for b in ("onnx", "torch")]  # before this process grows
     shipped, tta = load_model()
+    shipped = shipped.cpu()  # a CPU benchmark, also where CUDA is present (load_model would use it)
     load_session()
     resnet = build_model("resnet18").eval()
     batch = {"batch_size": args.batch_size} if args.batch_size else {}
     runs = {"EyeNet onnxruntime": dict(backend="onnx", **batch),
             "EyeNet torch": dict(model=shipped, tta=tta, **batch),
             "ResNet18 torch": dict(model=resnet, tta=False, **batch)}
-    prov = provenance()
+    prov = provenance("cpu")
     print(f"commit {prov['git_commit']} (uncommitted changes: {prov['git_dirty']}), {prov['versions']}, "
           f"{prov['machine']}; load average {os.getloadavg()[0]:.1f}")
     print(f"{args.threads} thread(s), CPU, {len(files)} images of the data folder's EyesDataset; "

@@ -33,3 +33,12 @@ def test_provenance_names_the_commit_versions_and_machine():
     prov = files.provenance()
     assert len(prov["git_commit"]) == 40 and isinstance(prov["git_dirty"], bool)
     assert prov["versions"]["numpy"] and prov["machine"]["cpu_count"] >= 1
+
+
+def test_provenance_records_the_device_a_result_was_computed_on(monkeypatch):
+    import torch
+    assert files.provenance("cpu")["machine"]["device"] == "cpu"
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)  # a CUDA machine: a CPU result still says cpu
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda d=None: "Some GPU")
+    assert files.provenance(torch.device("cpu"))["machine"]["device"] == "cpu"
+    assert files.provenance()["machine"]["device"] == "Some GPU"
