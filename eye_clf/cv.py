@@ -21,8 +21,9 @@ from .train import TrainConfig, augmented_views, checkpoint, device_of, fit, ref
 
 
 def _view_proba(teacher, views):
-    """``view_proba`` of one teacher checkpoint, kept beside it (keyed by the views' content) for the next student."""
-    tag = hashlib.sha256(views.numpy().tobytes()).hexdigest()[:16]
+    """``view_proba`` of one teacher checkpoint, kept beside it (keyed by the views' and the checkpoint's content)
+    for the next student."""
+    tag = hashlib.sha256(views.numpy().tobytes() + Path(teacher).read_bytes()).hexdigest()[:16]
     path = Path(teacher).with_name(f"{Path(teacher).stem}.views-{tag}.npy")
     if not path.exists():
         p = view_proba([load_checkpoint(teacher)[0]], views)
@@ -92,6 +93,24 @@ def same_key(key):
     return {**key, "config": asdict(TrainConfig.from_dict({**BEFORE, **key["config"]}))}
 
 
+def check_data(rows, images, targets, name):
+    """Refuse fold rows of run ``name`` made on other data than ``images``/``targets`` (changed, added or reordered
+    images or labels), whose test indices would point at other images; rows from before the fingerprint pass."""
+    here = data_id(images, targets)
+    for r in rows:
+        if r["key"].get("data", here) != here:
+            raise ValueError(f"{name}: fold {r['fold']} was made on other data (images or labels changed or "
+                             "reordered since); rerun it")
+
+
+def data_id(images, targets):
+    """A fingerprint of the images, in their order, and their targets: a fold file's test indices and P(open)
+    belong to exactly this data."""
+    h = hashlib.sha256(np.ascontiguousarray(images).tobytes())
+    h.update(np.asarray(targets, dtype=np.float64).tobytes())
+    return h.hexdigest()[:16]
+
+
 def check_teachers(teacher_dirs, cfg, folds, seed):
     """Refuse teacher CVs whose fold models saw the student's validation images: a teacher needs the student's
     folds, seed and validation fraction, and no refit (which trains on the validation part too)."""
@@ -142,17 +161,20 @@ def cross_val_predict(images, targets, cfg=None, folds=5, seed=0, progress=True,
         raise ValueError("prune_folds: the pruning CV trains on the labels alone; not with soft labels or teachers")
     oof = np.full(len(targets), np.nan)
     key = dict(config=asdict(cfg), folds=folds, seed=seed, n=len(targets), n_open=int(np.sum(targets)),
+               data=data_id(images, targets),
                **({"teachers": [Path(d).name for d in teacher_dirs]} if teacher_dirs else {}),
                **({"train_fraction": train_fraction} if train_fraction < 1 else {}),
                **({"untrainable": int(np.sum(~trainable))} if trainable is not None else {}),
                **({"prune_folds": prune_folds} if prune_folds else {}))
-    rows, prov = [], provenance(device_of(cfg.device))  # the code this run loaded: later commits do not change a running process
+    # the code this run loaded: later commits do not change a running process
+    rows, prov = [], provenance(device_of(cfg.device))
     if only is not None and not set(only) <= set(range(folds)):
         raise ValueError(f"only: fold indices in 0..{folds - 1} expected, got {sorted(only)}")
     for k, (rest, test) in enumerate(data.kfold(targets, folds, seed)):
         path = Path(fold_dir) / f"fold{k}.json" if fold_dir else None
         row = json.loads(path.read_text()) if path and path.exists() else None
-        if row is not None and same_key(row["key"]) != key:
+        # folds written before the data fingerprint are matched on the image and open counts alone
+        if row is not None and {"data": key["data"], **same_key(row["key"])} != key:
             raise ValueError(f"{path} was made with another config or data; move it away to rerun")
         if row is None and only is not None and k not in only:
             continue

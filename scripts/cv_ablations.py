@@ -29,11 +29,12 @@ import pandas as pd
 import torch
 
 from eye_clf import data, experiment, metrics, plots
-from eye_clf.cv import cross_val_predict, interval, predicted
+from eye_clf.cv import check_data, cross_val_predict, interval, predicted
 from eye_clf.files import atomic_write
 from eye_clf.train import TrainConfig
 
 OUT = Path(__file__).resolve().parent.parent / "results"
+DATA = []  # (images, targets) once main has loaded them
 REFERENCE = "eyenet16_e100_batchaug_nearest"  # the base recipe: the shipped one without refit and TTA (shipped before)
 # averages of finished runs' out-of-fold P(open); the three 100-epoch EyeNet-16 runs differ only in how their
 # augmentation is drawn, so their average is that of three seeds
@@ -319,10 +320,13 @@ def run(name, images, targets, names, only=None):
 
 
 def load(name, partial=False):
-    """Per-fold rows of a finished run (None if some fold is missing); ``partial``: the folds there are, if any."""
+    """Per-fold rows of a finished run (None if some fold is missing); ``partial``: the folds there are, if any.
+    Once main has loaded the data, rows made on other data are refused (cv.check_data)."""
     rows = experiment.cv_rows(name, OUT / "cv")
     if rows is None and partial:
         rows = [json.loads(p.read_text()) for p in sorted((OUT / "cv" / name).glob("fold*.json"))] or None
+    if rows and DATA:
+        check_data(rows, *DATA, name)
     return rows
 
 
@@ -530,17 +534,14 @@ if __name__ == "__main__":
     if args.seeds and len(set(args.seeds)) < 2:
         ap.error("--seeds needs two or more different runs of one recipe: one run has no spread over seeds")
     args.against = args.against or REFERENCE
-    targets = None
-    if args.names:
-        images, targets, names = data.load_dataset()
-        for name in args.names:
-            run(name, images, targets, names, args.only)
+    images, targets, names = data.load_dataset()
+    DATA[:] = images, targets  # from here on, fold files made on other data are refused (load)
+    for name in args.names:
+        run(name, images, targets, names, args.only)
     unfinished = [n for n in (args.ensemble or []) + (args.average_curve or []) + (args.ece_floor or [])
                   + (args.seeds or []) + ([args.against] if args.ensemble else []) if load(n) is None]
     if unfinished:
         ap.error(f"no complete 5-fold CV in {OUT / 'cv'} for {sorted(set(unfinished))}")
-    if args.ensemble or args.average_curve or args.table:
-        targets = data.load_dataset()[1] if targets is None else targets
     if args.ensemble:
         ensemble(args.ensemble, targets, against=args.against)
         ensemble(args.ensemble, targets, tta=True, against=args.against)

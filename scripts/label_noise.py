@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from eye_clf import data, experiment, metrics
-from eye_clf.cv import interval, predicted
+from eye_clf.cv import check_data, interval, predicted
 from eye_clf.train import TrainConfig
 
 RESULTS = Path(__file__).resolve().parent.parent / "results"
@@ -33,7 +33,8 @@ if args.run is None:
 rows = experiment.cv_rows(args.run, RESULTS / "cv")
 if rows is None:
     raise SystemExit(f"error: results/cv/{args.run} has no complete CV")
-_, targets, names = data.load_dataset()
+images, targets, names = data.load_dataset()
+check_data(rows, images, targets, args.run)
 p, threshold = np.full(len(targets), np.nan), np.full(len(targets), np.nan)
 for r in rows:
     p[r["test_idx"]], threshold[r["test_idx"]] = predicted(r), r["val_threshold"]

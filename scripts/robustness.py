@@ -17,6 +17,7 @@ import pandas as pd
 from PIL import Image, ImageOps
 
 from eye_clf import data, metrics, predict_proba
+from eye_clf.cv import check_data
 from eye_clf.files import atomic_write, provenance
 
 CV = Path(__file__).resolve().parent.parent / "results" / "cv"
@@ -85,6 +86,8 @@ def main():
     if Path(args.out).is_dir():
         ap.error(f"--out: {args.out} is a folder; name the table's file")
     images, targets, _ = data.load_dataset(args.data)
+    for run in args.runs:
+        check_data([json.loads((CV / run / f"fold{k}.json").read_text()) for k in range(5)], images, targets, run)
     rows = []
     for name, change in CHANGES.items():
         row = {"input": name}

@@ -600,3 +600,18 @@ def test_check_teachers_refuses_fold_models_that_saw_the_students_validation_par
             cv.check_teachers([teacher(name, **change)], student, 5, 0)
     with pytest.raises(ValueError, match="no fold results"):
         cv.check_teachers([tmp_path / "missing"], student, 5, 0)
+
+
+def test_fold_files_belong_to_their_data(tmp_path):
+    images, targets = synthetic(60)
+    cv.cross_val_predict(images, targets, SMALL, folds=3, progress=False, fold_dir=tmp_path)
+    order = np.r_[1, 0, 2:60]  # the same images and counts, two of them swapped
+    with pytest.raises(ValueError, match="another config or data"):
+        cv.cross_val_predict(images[order], targets[order], SMALL, folds=3, progress=False, fold_dir=tmp_path)
+    rows = [json.loads((tmp_path / f"fold{k}.json").read_text()) for k in range(3)]
+    cv.check_data(rows, images, targets, "run")
+    with pytest.raises(ValueError, match="run: fold 0 was made on other data"):
+        cv.check_data(rows, images[order], targets[order], "run")
+    for r in rows:
+        del r["key"]["data"]  # folds from before the fingerprint
+    cv.check_data(rows, images[order], targets[order], "run")
