@@ -221,9 +221,8 @@ ERASE_SCALE = (0.02, 0.2)  # random erasing: the rectangle's share of the image
 def augmentation(strength=1.0, invert=0.0, resample="nearest", erase=0.0, zoom=0.1):
     """Training augmentation on uint8 1x24x24 tensors: flips, shifts, small rotations, zooms by a factor in
     1 ± ``zoom`` (``resample``: how they interpolate), light and blur (``strength`` scales them all; 0: none of
-    these), then colour inversion with probability
-    ``invert``, then with probability ``erase`` a random rectangle (2-20% of the image) set to the dataset's mean
-    grey; None when all three are 0."""
+    these), then colour inversion with probability ``invert``, then with probability ``erase`` a random rectangle
+    (2-20% of the image) set to the dataset's mean grey; None when all three are 0."""
     s = strength
     if not (s or invert or erase):
         return None

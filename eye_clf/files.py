@@ -17,7 +17,7 @@ def _umask():
     return mask
 
 
-def _fsync(path):
+def _fsync_dir(path):
     fd = os.open(path, os.O_RDONLY)
     try:
         os.fsync(fd)
@@ -37,10 +37,11 @@ def atomic_write(path, write):
     try:
         write(tmp)
         os.chmod(tmp, path.stat().st_mode & 0o777 if path.exists() else 0o666 & ~_umask())
-        _fsync(tmp)  # the data is on disk before the rename makes it the file, and the rename after it
+        with open(tmp, "rb+") as f:  # the data is on disk before the rename makes it the file
+            os.fsync(f.fileno())
         os.replace(tmp, path)
-        if os.name == "posix":  # a folder cannot be opened for fsync on Windows
-            _fsync(path.parent)
+        if os.name == "posix":  # and the rename after it (a folder cannot be opened for that on Windows)
+            _fsync_dir(path.parent)
     finally:
         if os.path.exists(tmp):
             os.remove(tmp)
