@@ -213,6 +213,7 @@ def to_tensor(images):
 
 
 RESAMPLE = ("nearest", "bilinear")
+PADDING = ("zeros", "border")
 
 
 ERASE_SCALE = (0.02, 0.2)  # random erasing: the rectangle's share of the image
@@ -237,10 +238,11 @@ def augmentation(strength=1.0, invert=0.0, resample="nearest", erase=0.0, zoom=0
     ])
 
 
-def batch_augmentation(strength=1.0, invert=0.0, resample="nearest", erase=0.0, zoom=0.1):
+def batch_augmentation(strength=1.0, invert=0.0, resample="nearest", erase=0.0, zoom=0.1, pad="zeros"):
     """The same augmentation for whole batches (float N x 1 x H x W, values in [0, 1]) on their own device, each
-    image with its own random parameters (kornia), so training never augments image by image; None when all
-    three are 0."""
+    image with its own random parameters (kornia), so training never augments image by image; ``pad``: what fills
+    the borders that shifts, rotations and zooms open (zeros: black; border: the edge pixels repeated). None when
+    all three are 0."""
     import kornia.augmentation as K  # training only: prediction does not need it
     s = strength
     if not (s or invert or erase):
@@ -248,7 +250,7 @@ def batch_augmentation(strength=1.0, invert=0.0, resample="nearest", erase=0.0, 
     return torch.nn.Sequential(
         *([K.RandomHorizontalFlip(),
            K.RandomAffine(degrees=10 * s, translate=(0.1 * s, 0.1 * s), scale=(1 - zoom * s, 1 + zoom * s),
-                          resample=resample),
+                          resample=resample, padding_mode=pad),
            K.ColorJitter(brightness=0.4 * s, contrast=0.4 * s),
            K.RandomGaussianBlur((3, 3), sigma=(0.1, 1.0), p=0.2 * s)] if s else []),
         *([K.RandomInvert(p=invert)] if invert else []),

@@ -44,6 +44,9 @@ class TrainConfig:
     augment: float = option(1.0, "augmentation strength: flips, shifts, rotations, scales, light, blur (0: none)")
     zoom: float = option(0.1, "the augmentation's random zoom: a factor in 1 ± zoom (times the strength); 0.2 "
                               "covers crops 17 % tighter or looser than the training eyes")
+    pad: str = option("zeros", "what fills the borders that the augmentation's shifts, rotations and zooms open: "
+                               "zeros (black) or border (the edge pixels repeated, as a looser crop shows more of "
+                               "the face); border needs batch_augment")
     invert: float = option(0.0, "probability of inverting colours during training")
     erase: float = option(0.0, "probability of random erasing during training: a rectangle of 2-20% of the image "
                                "set to the mean grey")
@@ -91,6 +94,8 @@ class TrainConfig:
                       label_smoothing=(0 <= self.label_smoothing < 1, "in [0, 1)"),
                       augment=(self.augment >= 0, ">= 0"), zoom=(0 <= self.zoom < 1, "in [0, 1)"),
                       invert=(0 <= self.invert <= 1, "in [0, 1]"),
+                      pad=(self.pad in data.PADDING and (self.pad == "zeros" or self.batch_augment),
+                           f"one of {data.PADDING} (border only with batch_augment)"),
                       erase=(0 <= self.erase <= 1, "in [0, 1]"),
                       resample=(self.resample in data.RESAMPLE, f"one of {data.RESAMPLE}"),
                       val_fraction=(0 < self.val_fraction < 0.5, "in (0, 0.5)"),
@@ -163,7 +168,8 @@ def augmented_views(images, cfg):
     torch.manual_seed(cfg.seed)
     x = torch.as_tensor(np.asarray(images), dtype=torch.uint8).unsqueeze(1)
     if cfg.batch_augment:
-        aug = data.batch_augmentation(cfg.augment, cfg.invert, cfg.resample, cfg.erase, cfg.zoom) or (lambda b: b)
+        aug = data.batch_augmentation(cfg.augment, cfg.invert, cfg.resample, cfg.erase, cfg.zoom,
+                                          cfg.pad) or (lambda b: b)
         views = torch.stack([(aug(x / 255) * 255).round().to(torch.uint8) for _ in range(cfg.teacher_views)])
     else:
         aug = data.augmentation(cfg.augment, cfg.invert, cfg.resample, cfg.erase, cfg.zoom) or (lambda im: im)
@@ -266,7 +272,7 @@ def fit(images, targets, train_idx, val_idx, cfg=None, progress=True, teachers=(
         train_set, teachers = ViewBank(bank[0], y_train, bank[1]), ()
     elif cfg.batch_augment:
         train_set = data.EyeDataset(images[train_idx], y_train)
-        batch_aug = data.batch_augmentation(cfg.augment, cfg.invert, cfg.resample, cfg.erase, cfg.zoom)
+        batch_aug = data.batch_augmentation(cfg.augment, cfg.invert, cfg.resample, cfg.erase, cfg.zoom, cfg.pad)
     else:
         train_set = data.EyeDataset(images[train_idx], y_train,
                                     data.augmentation(cfg.augment, cfg.invert, cfg.resample, cfg.erase, cfg.zoom))

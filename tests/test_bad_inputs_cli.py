@@ -32,6 +32,7 @@ def refused(argv, capsys):
     (["--arch", "vgg"], "error: --arch: invalid choice: 'vgg'"),
     (["--epochs", "many"], "error: --epochs: invalid int value: 'many'"),
     (["--zoom", "1"], "error: --zoom: must be in [0, 1), got 1.0"),
+    (["--pad", "border", "--no-batch-augment"], "error: --pad: must be one of ('zeros', 'border') (border only"),
     (["--device", "gpu"], "error: --device: must be auto or a torch device"),
     pytest.param(["--device", "cuda"], "error: --device: cuda asked for, but torch sees 0 CUDA device(s)",
                  marks=pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has CUDA")),

@@ -409,3 +409,8 @@ def test_dataset_applies_transform():
 def test_zoom_sets_the_scale_range_of_both_augmentations(zoom):
     assert data.augmentation(zoom=zoom).transforms[1].scale == pytest.approx((1 - zoom, 1 + zoom))
     assert data.batch_augmentation(zoom=zoom)[1]._param_generator.scale == pytest.approx((1 - zoom, 1 + zoom))
+
+
+@pytest.mark.parametrize("pad", ["zeros", "border"])
+def test_pad_sets_the_border_fill_of_the_batch_augmentation(pad):
+    assert data.batch_augmentation(pad=pad)[1].flags["padding_mode"].name == pad.upper()

@@ -223,11 +223,17 @@ def test_fit_with_fewer_training_images_than_a_batch():
 
 def test_device_choice(monkeypatch):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
     assert train.device_of("auto") == torch.device("cuda")
     assert train.device_of("cpu") == torch.device("cpu")
+    with pytest.raises(train.ConfigError, match="cuda:1 asked for, but torch sees 1 CUDA device"):
+        train.device_of("cuda:1")
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 0)
     assert train.device_of("auto") == torch.device("cpu")
     assert train.device_of() == torch.device("cpu")
+    with pytest.raises(train.ConfigError, match="device: cuda asked for"):
+        train.device_of("cuda")
 
 
 def test_config_from_dict():
