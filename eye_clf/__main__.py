@@ -38,8 +38,8 @@ OPTIONAL = {"weights": _optional(str), "input_size": _optional(int)}
 CHOICES = {"arch": ARCHS, "method": METHODS}
 
 
-LABELS_HELP = (f"labels xlsx/csv (default: the data folder's {data.LABELS_NAME} when --data or ${data.DATA_ENV} "
-               "names one that has it, else the reference one at the top of the checkout)")
+LABELS_HELP = (f"labels xlsx/csv (default: the reference {data.LABELS_NAME} at the top of the checkout; a --data "
+               "folder whose own copy differs must choose with --labels)")
 
 
 def add_config_args(p):
@@ -332,7 +332,8 @@ def main(argv=None):
     p.add_argument("--threads", type=int_at_least(1),
                    help="torch CPU threads (default: the cores other processes leave idle)")
     p.add_argument("--teacher", action="append", metavar="CHECKPOINT",
-                   help="distil from this run's model (repeatable; with --distill; same --seed and --val-fraction)")
+                   help="distil from this run's model (repeatable; with --distill; trained with the same --seed and "
+                        "--val-fraction and --no-refit, so it never saw the validation images)")
     p.set_defaults(run=cmd_train)
 
     p = sub.add_parser("ship", help="make a run folder's model the shipped one (checkpoint, ONNX, curves)")

@@ -111,21 +111,24 @@ def data_id(images, targets):
     return h.hexdigest()[:16]
 
 
-def check_teachers(teacher_dirs, cfg, folds, seed):
-    """Refuse teacher CVs whose fold models saw the student's validation images: a teacher needs the student's
-    folds, seed and validation fraction, and no refit (which trains on the validation part too)."""
+def check_teachers(teacher_dirs, student):
+    """Refuse teacher CVs whose fold models may have seen the student's validation or test images: a teacher needs
+    the student's data, folds, seed and validation fraction, and no refit (which trains on the validation part
+    too). ``student``: the student's fold key (see cross_val_predict)."""
     for d in map(Path, teacher_dirs):
         rows = sorted(d.glob("fold*.json"))
         if not rows:
             raise ValueError(f"{d}: no fold results; a teacher is a finished CV run")
-        key = same_key(json.loads(rows[0].read_text())["key"])
-        c = key["config"]
-        wrong = [f"{what} {got!r}, the student's {want!r}" for what, got, want in (
-            ("folds", key["folds"], folds), ("fold seed", key["seed"], seed), ("seed", c["seed"], cfg.seed),
-            ("val_fraction", c["val_fraction"], cfg.val_fraction)) if got != want]
-        wrong += ["refit, which trains on them"] if c["refit"] else []
+        t = same_key(json.loads(rows[0].read_text())["key"])
+        pairs = [("folds", t["folds"], student["folds"]), ("fold seed", t["seed"], student["seed"]),
+                 ("images", t["n"], student["n"]), ("open images", t["n_open"], student["n_open"]),
+                 ("data", t.get("data", student["data"]), student["data"])]  # older folds: no fingerprint
+        pairs += [(f, t["config"][f], student["config"][f]) for f in ("seed", "val_fraction")]
+        wrong = [f"{what} {got!r}, the student's {want!r}" for what, got, want in pairs if got != want]
+        wrong += ["refit, which trains on the validation part"] if t["config"]["refit"] else []
         if wrong:
-            raise ValueError(f"{d}: its fold models saw the student's validation images ({'; '.join(wrong)})")
+            raise ValueError(f"{d}: its fold models may have seen the student's validation or test images "
+                             f"({'; '.join(wrong)})")
 
 
 def cross_val_predict(images, targets, cfg=None, folds=5, seed=0, progress=True, fold_dir=None, teacher_dirs=(),
@@ -179,7 +182,7 @@ def cross_val_predict(images, targets, cfg=None, folds=5, seed=0, progress=True,
         if row is None and only is not None and k not in only:
             continue
         if row is None:
-            check_teachers(teacher_dirs, cfg, folds, seed)
+            check_teachers(teacher_dirs, key)
             teachers = [Path(d) / f"fold{k}.pt" for d in teacher_dirs]
             row, model = _fold(images, targets, rest, test, cfg, progress, teachers, train_fraction, soft, trainable,
                                prune_folds)

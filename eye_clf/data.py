@@ -36,16 +36,19 @@ def data_dir(path=None):
 
 
 def labels_file(path=None, root=None):
-    """The labels spreadsheet: ``path`` if given; else the ``img_name_target.xlsx`` of a data folder chosen by
-    ``root`` or $EYE_CLF_DATA, when it has one (another dataset brings its own labels); else the project's
-    reference labels (at the top of the checkout, beside the notebooks); else the default data folder's."""
+    """The labels spreadsheet: ``path`` if given, else the project's reference labels (``img_name_target.xlsx``
+    at the top of the checkout, beside the notebooks), else ``img_name_target.xlsx`` in the data folder. A data
+    folder chosen by ``root`` or $EYE_CLF_DATA whose own ``img_name_target.xlsx`` differs from the reference is
+    ambiguous (another dataset, or labels changed since the copy) and refused: ``path`` must choose."""
     if path:
         return Path(path)
-    chosen = root or os.environ.get(DATA_ENV)
-    if chosen and (Path(chosen) / LABELS_NAME).is_file():
-        return Path(chosen) / LABELS_NAME
-    if (REPO_ROOT / LABELS_NAME).is_file():
-        return REPO_ROOT / LABELS_NAME
+    reference, chosen = REPO_ROOT / LABELS_NAME, root or os.environ.get(DATA_ENV)
+    own = Path(chosen) / LABELS_NAME if chosen else None
+    if reference.is_file():
+        if own is not None and own.is_file() and own.read_bytes() != reference.read_bytes():
+            raise ValueError(f"two labels files: {own} (the data folder's) differs from {reference} (the project's "
+                             "reference); pass --labels with the one to use")
+        return reference
     found = data_dir(root) / LABELS_NAME
     if not found.is_file():
         raise FileNotFoundError(f"labels file not found: {found} (pass --labels, or put {LABELS_NAME} there)")

@@ -88,6 +88,26 @@ def teacher_names(cfg):
     return list(TEACHERS) if cfg.distill else []
 
 
+def teachers_for(paths, images, train_idx, val_idx, cfg):
+    """The teacher checkpoints' models, refused unless each was trained with the student's split (the same images,
+    seed and validation fraction) and no refit: its validation images, which pick the student's epoch, temperature
+    and threshold, must be ones the teacher never trained on."""
+    hashes = {data.image_hash(images[i]) for i in np.r_[train_idx, val_idx]}
+    models = []
+    for path in paths:
+        model, ckpt = load_checkpoint(path)
+        c = ckpt["config"]
+        wrong = [f"{f} {c[f]!r}, the student's {getattr(cfg, f)!r}" for f in ("seed", "val_fraction")
+                 if c[f] != getattr(cfg, f)]
+        wrong += ["refit, which trains on the validation images"] if c.get("refit") else []
+        wrong += ["other images"] if set(ckpt.get("training_images", ())) != hashes else []
+        if wrong:
+            raise ValueError(f"{path}: not trained on the student's split ({'; '.join(wrong)}); train the teacher "
+                             "with the student's data, --seed and --val-fraction and --no-refit")
+        models.append(model)
+    return models
+
+
 def train_run(cfg=None, root=None, labels=None, out_dir=None, limit=None, progress=True, teachers=()):
     """Train ``cfg`` (default: the shipped recipe) on the labelled data and write the run folder.
 
@@ -105,8 +125,8 @@ def train_run(cfg=None, root=None, labels=None, out_dir=None, limit=None, progre
                     for name, t in TEACHERS.items()]
     images, targets, names = data.load_dataset(root, labels, limit=limit)
     train_idx, val_idx = split(targets, cfg)
+    teacher_models = teachers_for(teachers, images, train_idx, val_idx, cfg)
     t0 = time.perf_counter()
-    teacher_models = [load_checkpoint(t)[0] for t in teachers]
     soft = data.soft_targets(targets, names, root) if cfg.soft_labels else None
     model, history = fit(images, targets, train_idx, val_idx, cfg, progress, teacher_models, soft=soft)
     p_val = scores(model, images[val_idx], tta=cfg.tta)

@@ -36,9 +36,9 @@ def atomic_write(path, write):
     os.close(fd)
     try:
         write(tmp)
-        os.chmod(tmp, path.stat().st_mode & 0o777 if path.exists() else 0o666 & ~_umask())
         with open(tmp, "rb+") as f:  # the data is on disk before the rename makes it the file
             os.fsync(f.fileno())
+        os.chmod(tmp, path.stat().st_mode & 0o777 if path.exists() else 0o666 & ~_umask())
         os.replace(tmp, path)
         if os.name == "posix":  # and the rename after it (a folder cannot be opened for that on Windows)
             _fsync_dir(path.parent)

@@ -52,15 +52,20 @@ def test_labels_default_to_the_checkouts_reference_file(real_root, monkeypatch):
     assert data.labels_file("x.csv") == Path("x.csv")
 
 
-def test_a_chosen_data_folder_brings_its_own_labels(tmp_path, monkeypatch):
+def test_a_data_folder_with_other_labels_than_the_reference_must_choose(tmp_path, monkeypatch):
     other = tmp_path / "other"
     (other / "EyesDataset").mkdir(parents=True)
     monkeypatch.delenv(data.DATA_ENV, raising=False)
-    assert data.labels_file(root=other) == data.REPO_ROOT / "img_name_target.xlsx"  # none there: the reference
-    (other / "img_name_target.xlsx").write_bytes(b"")
-    assert data.labels_file(root=other) == other / "img_name_target.xlsx"
-    monkeypatch.setenv(data.DATA_ENV, str(other))
-    assert data.labels_file() == other / "img_name_target.xlsx"
+    reference = data.REPO_ROOT / "img_name_target.xlsx"
+    assert data.labels_file(root=other) == reference  # none there: the reference
+    (other / "img_name_target.xlsx").write_bytes(reference.read_bytes())
+    assert data.labels_file(root=other) == reference  # the same file: no ambiguity
+    (other / "img_name_target.xlsx").write_bytes(b"other labels")
+    for root, env in ((other, None), (None, other)):
+        if env:
+            monkeypatch.setenv(data.DATA_ENV, str(env))
+        with pytest.raises(ValueError, match="two labels files: .*other.*differs from .*pass --labels"):
+            data.labels_file(root=root)
     assert data.labels_file("x.csv") == Path("x.csv")
 
 

@@ -61,6 +61,22 @@ def test_train_distill_trains_its_teachers_on_the_students_split_without_refit(m
     assert (teacher["config"]["seed"], teacher["config"]["val_fraction"]) == (3, 0.2)
 
 
+def test_train_refuses_a_teacher_that_trained_on_the_students_validation_images(real_root, tmp_path):
+    refit_teacher = experiment.train_run(TrainConfig(width=4, epochs=1, seed=3), real_root, out_dir=tmp_path / "t",
+                                         limit=100, progress=False)["out"] / "eye_clf.pt"
+    student = TrainConfig(width=4, epochs=1, refit=False, distill=0.5, seed=3)
+    with pytest.raises(ValueError, match=r"not trained on the student's split \(refit, which trains on the "
+                                         r"validation images\).*--no-refit"):
+        experiment.train_run(student, real_root, out_dir=tmp_path / "s", limit=100, progress=False,
+                             teachers=[refit_teacher])
+    assert not (tmp_path / "s").exists()  # refused before any training or output
+    other_seed = experiment.train_run(TrainConfig(width=4, epochs=1, seed=4, refit=False), real_root,
+                                      out_dir=tmp_path / "t4", limit=100, progress=False)["out"] / "eye_clf.pt"
+    with pytest.raises(ValueError, match=r"seed 4, the student's 3"):
+        experiment.train_run(student, real_root, out_dir=tmp_path / "s", limit=100, progress=False,
+                             teachers=[other_seed])
+
+
 def test_a_refit_run_trains_its_model_on_every_image_and_reports_the_validated_fit(real_root, tmp_path):
     cfg = TrainConfig(width=8, epochs=2)  # the shipped recipe refits
     res = experiment.train_run(cfg, real_root, out_dir=tmp_path, limit=200, progress=False)
@@ -585,21 +601,25 @@ def test_robustness_crops_crop_and_resizes_resize():
 
 
 def test_check_teachers_refuses_fold_models_that_saw_the_students_validation_part(tmp_path):
-    def teacher(name, **change):
-        d = tmp_path / name
-        d.mkdir()
-        key = dict(config=asdict(TrainConfig(**{"refit": False, **change})), folds=5, seed=0, n=10, n_open=5)
-        (d / "fold0.json").write_text(json.dumps(dict(fold=0, key=key)))
-        return d
-    student = TrainConfig(distill=0.5)
-    cv.check_teachers([teacher("same_split")], student, 5, 0)  # the student's split, no refit: fine
-    for name, change, says in (("seed1", dict(seed=1), "seed 1, the student's 0"),
-                               ("refit", dict(refit=True), "refit, which trains on them"),
-                               ("val", dict(val_fraction=0.2), "val_fraction 0.2")):
-        with pytest.raises(ValueError, match=f"saw the student's validation images.*{says}"):
-            cv.check_teachers([teacher(name, **change)], student, 5, 0)
+    def key(**change):
+        return dict(config=asdict(TrainConfig(**{"refit": False, **change})), folds=5, seed=0, n=10, n_open=5,
+                    data="abc")
+
+    def teacher(name, key):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "fold0.json").write_text(json.dumps(dict(fold=0, key=key)))
+        return tmp_path / name
+    student = key(distill=0.5)
+    cv.check_teachers([teacher("same_split", key())], student)  # the student's data and split, no refit: fine
+    for name, k, says in (("seed1", key(seed=1), "seed 1, the student's 0"),
+                          ("refit", key(refit=True), "refit, which trains on the validation part"),
+                          ("val", key(val_fraction=0.2), "val_fraction 0.2"),
+                          ("folds", {**key(), "folds": 3}, "folds 3"),
+                          ("data", {**key(), "data": "xyz"}, "data 'xyz'")):
+        with pytest.raises(ValueError, match=f"may have seen the student's validation or test images.*{says}"):
+            cv.check_teachers([teacher(name, k)], student)
     with pytest.raises(ValueError, match="no fold results"):
-        cv.check_teachers([tmp_path / "missing"], student, 5, 0)
+        cv.check_teachers([tmp_path / "missing"], student)
 
 
 def test_fold_files_belong_to_their_data(tmp_path):
