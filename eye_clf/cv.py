@@ -93,10 +93,10 @@ def same_key(key):
     return {**key, "config": asdict(TrainConfig.from_dict({**BEFORE, **key["config"]}))}
 
 
-def check_data(rows, images, targets, name):
-    """Refuse fold rows of run ``name`` made on other data than ``images``/``targets`` (changed, added or reordered
-    images or labels), whose test indices would point at other images; rows from before the fingerprint pass."""
-    here = data_id(images, targets)
+def check_data(rows, here, name):
+    """Refuse fold rows of run ``name`` made on other data than the data of fingerprint ``here`` (``data_id``:
+    changed, added or reordered images or labels), whose test indices would point at other images; rows from
+    before the fingerprint pass."""
     for r in rows:
         if r["key"].get("data", here) != here:
             raise ValueError(f"{name}: fold {r['fold']} was made on other data (images or labels changed or "

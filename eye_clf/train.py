@@ -161,18 +161,24 @@ def teacher_proba(teachers, x):
     return torch.stack([torch.sigmoid(logits(t, x, tta=True)) for t in teachers]).mean(0).to(x.device)
 
 
+def augmentation_of(cfg):
+    """The training augmentation of a recipe: for whole batches (kornia) with ``cfg.batch_augment``, else image by
+    image (torchvision); None when it augments nothing."""
+    if cfg.batch_augment:
+        return data.batch_augmentation(cfg.augment, cfg.invert, cfg.resample, cfg.erase, cfg.zoom, cfg.pad)
+    return data.augmentation(cfg.augment, cfg.invert, cfg.resample, cfg.erase, cfg.zoom)
+
+
 def augmented_views(images, cfg):
     """``cfg.teacher_views`` copies of uint8 N x 24 x 24 images, each augmented as in training (K x N x 24 x 24
     uint8), reproducible from ``cfg.seed``."""
     gen_state = torch.random.get_rng_state()
     torch.manual_seed(cfg.seed)
     x = torch.as_tensor(np.asarray(images), dtype=torch.uint8).unsqueeze(1)
+    aug = augmentation_of(cfg) or (lambda im: im)
     if cfg.batch_augment:
-        aug = data.batch_augmentation(cfg.augment, cfg.invert, cfg.resample, cfg.erase, cfg.zoom,
-                                          cfg.pad) or (lambda b: b)
         views = torch.stack([(aug(x / 255) * 255).round().to(torch.uint8) for _ in range(cfg.teacher_views)])
     else:
-        aug = data.augmentation(cfg.augment, cfg.invert, cfg.resample, cfg.erase, cfg.zoom) or (lambda im: im)
         views = torch.stack([torch.stack([aug(im) for im in x]) for _ in range(cfg.teacher_views)])
     views = views.squeeze(2)
     torch.random.set_rng_state(gen_state)
@@ -272,10 +278,9 @@ def fit(images, targets, train_idx, val_idx, cfg=None, progress=True, teachers=(
         train_set, teachers = ViewBank(bank[0], y_train, bank[1]), ()
     elif cfg.batch_augment:
         train_set = data.EyeDataset(images[train_idx], y_train)
-        batch_aug = data.batch_augmentation(cfg.augment, cfg.invert, cfg.resample, cfg.erase, cfg.zoom, cfg.pad)
+        batch_aug = augmentation_of(cfg)
     else:
-        train_set = data.EyeDataset(images[train_idx], y_train,
-                                    data.augmentation(cfg.augment, cfg.invert, cfg.resample, cfg.erase, cfg.zoom))
+        train_set = data.EyeDataset(images[train_idx], y_train, augmentation_of(cfg))
     seed_everything(cfg.seed)
     dev = device_of(cfg.device)
     model = build_model(cfg.arch, cfg.method, cfg.weights, cfg.width, cfg.dropout, cfg.input_size)

@@ -29,12 +29,12 @@ import pandas as pd
 import torch
 
 from eye_clf import data, experiment, metrics, plots
-from eye_clf.cv import check_data, cross_val_predict, interval, predicted
+from eye_clf.cv import check_data, cross_val_predict, data_id, interval, predicted
 from eye_clf.files import atomic_write
 from eye_clf.train import TrainConfig
 
 OUT = Path(__file__).resolve().parent.parent / "results"
-DATA = []  # (images, targets) once main has loaded them
+DATA_ID = []  # the fingerprint of the data (cv.data_id) once main has loaded it
 REFERENCE = "eyenet16_e100_batchaug_nearest"  # the base recipe: the shipped one without refit and TTA (shipped before)
 # averages of finished runs' out-of-fold P(open); the three 100-epoch EyeNet-16 runs differ only in how their
 # augmentation is drawn, so their average is that of three seeds
@@ -338,8 +338,8 @@ def load(name, partial=False):
     rows = experiment.cv_rows(name, OUT / "cv")
     if rows is None and partial:
         rows = [json.loads(p.read_text()) for p in sorted((OUT / "cv" / name).glob("fold*.json"))] or None
-    if rows and DATA:
-        check_data(rows, *DATA, name)
+    if rows and DATA_ID:
+        check_data(rows, DATA_ID[0], name)
     return rows
 
 
@@ -548,7 +548,7 @@ if __name__ == "__main__":
         ap.error("--seeds needs two or more different runs of one recipe: one run has no spread over seeds")
     args.against = args.against or REFERENCE
     images, targets, names = data.load_dataset()
-    DATA[:] = images, targets  # from here on, fold files made on other data are refused (load)
+    DATA_ID[:] = [data_id(images, targets)]  # from here on, fold files made on other data are refused (load)
     for name in args.names:
         run(name, images, targets, names, args.only)
     unfinished = [n for n in (args.ensemble or []) + (args.average_curve or []) + (args.ece_floor or [])

@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from eye_clf import data, experiment, metrics
-from eye_clf.cv import check_data, interval, predicted
+from eye_clf.cv import check_data, data_id, interval, predicted
 from eye_clf.train import TrainConfig
 
 RESULTS = Path(__file__).resolve().parent.parent / "results"
@@ -34,7 +34,10 @@ rows = experiment.cv_rows(args.run, RESULTS / "cv")
 if rows is None:
     raise SystemExit(f"error: results/cv/{args.run} has no complete CV")
 images, targets, names = data.load_dataset()
-check_data(rows, images, targets, args.run)
+try:
+    check_data(rows, data_id(images, targets), args.run)
+except ValueError as err:
+    raise SystemExit(f"error: {err}") from None
 p, threshold = np.full(len(targets), np.nan), np.full(len(targets), np.nan)
 for r in rows:
     p[r["test_idx"]], threshold[r["test_idx"]] = predicted(r), r["val_threshold"]

@@ -17,7 +17,7 @@ import pandas as pd
 from PIL import Image, ImageOps
 
 from eye_clf import data, metrics, predict_proba
-from eye_clf.cv import check_data
+from eye_clf.cv import check_data, data_id
 from eye_clf.files import atomic_write, provenance
 
 CV = Path(__file__).resolve().parent.parent / "results" / "cv"
@@ -86,8 +86,12 @@ def main():
     if Path(args.out).is_dir():
         ap.error(f"--out: {args.out} is a folder; name the table's file")
     images, targets, _ = data.load_dataset(args.data)
+    here = data_id(images, targets)
     for run in args.runs:
-        check_data([json.loads((CV / run / f"fold{k}.json").read_text()) for k in range(5)], images, targets, run)
+        try:
+            check_data([json.loads((CV / run / f"fold{k}.json").read_text()) for k in range(5)], here, run)
+        except ValueError as err:
+            ap.error(str(err))
     rows = []
     for name, change in CHANGES.items():
         row = {"input": name}

@@ -629,9 +629,9 @@ def test_fold_files_belong_to_their_data(tmp_path):
     with pytest.raises(ValueError, match="another config or data"):
         cv.cross_val_predict(images[order], targets[order], SMALL, folds=3, progress=False, fold_dir=tmp_path)
     rows = [json.loads((tmp_path / f"fold{k}.json").read_text()) for k in range(3)]
-    cv.check_data(rows, images, targets, "run")
+    cv.check_data(rows, cv.data_id(images, targets), "run")
     with pytest.raises(ValueError, match="run: fold 0 was made on other data"):
-        cv.check_data(rows, images[order], targets[order], "run")
+        cv.check_data(rows, cv.data_id(images[order], targets[order]), "run")
     for r in rows:
         del r["key"]["data"]  # folds from before the fingerprint
-    cv.check_data(rows, images[order], targets[order], "run")
+    cv.check_data(rows, cv.data_id(images[order], targets[order]), "run")
