@@ -67,8 +67,12 @@ def compare_with_shipped(images, targets, val_idx):
 
 
 def cv_rows(name, results=CV_RESULTS):
-    """The per-fold rows of the finished 5-fold CV ``results/cv/<name>/``, or None while a fold is missing."""
-    paths = [Path(results) / name / f"fold{k}.json" for k in range(5)]
+    """The per-fold rows of the finished CV ``results/cv/<name>/`` (as many folds as its fold 0 was one of), or None
+    while a fold is missing."""
+    first = Path(results) / name / "fold0.json"
+    if not first.exists():
+        return None
+    paths = [first.with_name(f"fold{k}.json") for k in range(json.loads(first.read_text())["key"]["folds"])]
     return [json.loads(p.read_text()) for p in paths] if all(p.exists() for p in paths) else None
 
 

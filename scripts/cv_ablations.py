@@ -35,6 +35,7 @@ from eye_clf.train import TrainConfig
 
 OUT = Path(__file__).resolve().parent.parent / "results"
 DATA_ID = []  # the fingerprint of the data (cv.data_id) once main has loaded it
+FOLDS = 5  # every run: the same 5 stratified folds (seed 0)
 REFERENCE = "eyenet16_e100_batchaug_nearest"  # the base recipe: the shipped one without refit and TTA (shipped before)
 # averages of finished runs' out-of-fold P(open); the three 100-epoch EyeNet-16 runs differ only in how their
 # augmentation is drawn, so their average is that of three seeds
@@ -320,7 +321,7 @@ def run(name, images, targets, names, only=None):
     soft = data.soft_targets(targets, names) if cfg.soft_labels else None
     teachers = [OUT / "cv" / t for t in RUNS[name].get("teachers", ())]
     trainable = data.soft_targets(targets, names) == targets if RUNS[name].get("undisputed_only") else None
-    oof, per_fold = cross_val_predict(images, targets, cfg, folds=5, seed=0, fold_dir=OUT / "cv" / name,
+    oof, per_fold = cross_val_predict(images, targets, cfg, folds=FOLDS, seed=0, fold_dir=OUT / "cv" / name,
                                       teacher_dirs=teachers, train_fraction=RUNS[name].get("train_fraction", 1.0),
                                       soft=soft, trainable=trainable, only=only,
                                       prune_folds=RUNS[name].get("prune_folds", 0))
@@ -539,8 +540,8 @@ if __name__ == "__main__":
     unknown = set(args.names) - set(RUNS)
     if unknown:
         ap.error(f"unknown run(s) {sorted(unknown)}; choose among {list(RUNS)}")
-    if args.only is not None and (not args.names or not set(args.only) <= set(range(5))):
-        ap.error(f"--only takes fold numbers 0..4 of the runs named, got {args.only}"
+    if args.only is not None and (not args.names or not set(args.only) <= set(range(FOLDS))):
+        ap.error(f"--only takes fold numbers 0..{FOLDS - 1} of the runs named, got {args.only}"
                  + ("" if args.names else " and no run"))
     if args.against and not args.ensemble:
         ap.error("--against pairs an --ensemble with a run: name the --ensemble runs too")
@@ -554,7 +555,7 @@ if __name__ == "__main__":
     unfinished = [n for n in (args.ensemble or []) + (args.average_curve or []) + (args.ece_floor or [])
                   + (args.seeds or []) + ([args.against] if args.ensemble else []) if load(n) is None]
     if unfinished:
-        ap.error(f"no complete 5-fold CV in {OUT / 'cv'} for {sorted(set(unfinished))}")
+        ap.error(f"no complete {FOLDS}-fold CV in {OUT / 'cv'} for {sorted(set(unfinished))}")
     if args.ensemble:
         ensemble(args.ensemble, targets, against=args.against)
         ensemble(args.ensemble, targets, tta=True, against=args.against)

@@ -9,7 +9,6 @@ through ``predict_proba``, which converts and resizes it as in training. Writes 
 """
 import argparse
 import io
-import json
 from pathlib import Path
 
 import numpy as np
@@ -18,6 +17,7 @@ from PIL import Image, ImageOps
 
 from eye_clf import data, metrics, predict_proba
 from eye_clf.cv import check_data, data_id
+from eye_clf.experiment import cv_rows
 from eye_clf.files import atomic_write, provenance
 
 CV = Path(__file__).resolve().parent.parent / "results" / "cv"
@@ -61,14 +61,14 @@ CHANGES = {
 }
 
 
-def oof_eer(name, images, targets, change):
-    """Pooled out-of-fold EER and accuracy at each fold's validation threshold of run ``name`` under ``change``."""
+def oof_eer(name, rows, images, targets, change):
+    """Pooled out-of-fold EER and accuracy at each fold's validation threshold of run ``name`` (its per-fold
+    ``rows``) under ``change``."""
     p, threshold = np.full(len(targets), np.nan), np.full(len(targets), np.nan)
-    for k in range(5):
-        fold = json.loads((CV / name / f"fold{k}.json").read_text())
+    for fold in rows:
         test = fold["test_idx"]
         changed = [change(Image.fromarray(images[i])) for i in test]
-        p[test] = predict_proba(changed, checkpoint=CV / name / f"fold{k}.pt")
+        p[test] = predict_proba(changed, checkpoint=CV / name / f"fold{fold['fold']}.pt")
         threshold[test] = fold["val_threshold"]
     return metrics.eer(targets, p)[0], float(np.mean((p >= threshold) == targets))
 
@@ -79,24 +79,28 @@ def main():
     ap.add_argument("--data", help="data folder (default: $EYE_CLF_DATA or ../shared/data)")
     ap.add_argument("--out", default=str(CV.parent / "robustness.md"), help="the table's file (default: %(default)s)")
     args = ap.parse_args()
-    missing = [str(CV / run / f"fold{k}.pt") for run in args.runs for k in range(5)
-               if not (CV / run / f"fold{k}.pt").is_file()]
+    runs = {run: cv_rows(run, CV) for run in args.runs}
+    unfinished = [run for run, rows in runs.items() if rows is None]
+    if unfinished:
+        ap.error(f"no finished CV in {CV} for {', '.join(unfinished)} (run it with scripts/cv_ablations.py)")
+    missing = [str(CV / run / f"fold{r['fold']}.pt") for run, rows in runs.items() for r in rows
+               if not (CV / run / f"fold{r['fold']}.pt").is_file()]
     if missing:  # refused before any scoring
         ap.error(f"fold models missing (rerun those folds with scripts/cv_ablations.py): {', '.join(missing)}")
     if Path(args.out).is_dir():
         ap.error(f"--out: {args.out} is a folder; name the table's file")
     images, targets, _ = data.load_dataset(args.data)
     here = data_id(images, targets)
-    for run in args.runs:
+    for run, rows in runs.items():
         try:
-            check_data([json.loads((CV / run / f"fold{k}.json").read_text()) for k in range(5)], here, run)
+            check_data(rows, here, run)
         except ValueError as err:
             ap.error(str(err))
     rows = []
     for name, change in CHANGES.items():
         row = {"input": name}
         for run in args.runs:
-            e, acc = oof_eer(run, images, targets, change)
+            e, acc = oof_eer(run, runs[run], images, targets, change)
             row[f"{run} EER %"], row[f"{run} accuracy %"] = round(100 * e, 2), round(100 * acc, 2)
         rows.append(row)
         print(row, flush=True)

@@ -98,6 +98,9 @@ def test_oof_predictions_never_come_from_a_model_that_saw_the_image(monkeypatch,
     assert all(not (t & s) for t, s in zip(tests, seen))           # a fold's model never saw its test images
     assert sorted(i for t in tests for i in t) == list(range(60))   # and every image is predicted exactly once
     assert np.isfinite(oof).all() and len(per_fold) == 3
+    assert [r["fold"] for r in experiment.cv_rows(tmp_path.name, tmp_path.parent)] == [0, 1, 2]  # its own fold count
+    (tmp_path / "fold2.json").unlink()
+    assert experiment.cv_rows(tmp_path.name, tmp_path.parent) is None  # unfinished
 
 
 def test_refit_folds_score_a_model_of_the_whole_training_part_with_the_first_fits_threshold(monkeypatch, tmp_path):
@@ -193,7 +196,7 @@ def test_ablation_table_shows_paired_differences(monkeypatch, tmp_path):
                        ("eyenet16_e60", [0.04, 0.03, 0.04, 0.05, 0.04])):
         for k, e in enumerate(eers):
             row = dict(fold=k, eer=e, eer_tta=e, accuracy=0.97, ece=0.01, best_epoch=10, seconds=5.0,
-                       key=dict(config={}))
+                       key=dict(config={}, folds=5))
             (tmp_path / "cv" / name).mkdir(parents=True, exist_ok=True)
             (tmp_path / "cv" / name / f"fold{k}.json").write_text(json.dumps(row))
     ablations.table(None)
@@ -243,7 +246,7 @@ def test_learning_curves_place_finished_runs_by_their_training_images(monkeypatc
             row = dict(fold=k, eer=eer + 0.001 * (k - 2), key=key)
             (tmp_path / "cv" / name / f"fold{k}.json").write_text(json.dumps(row))
     (tmp_path / "cv" / "eyenet16_e100_train75").mkdir()
-    (tmp_path / "cv" / "eyenet16_e100_train75" / "fold0.json").write_text(json.dumps(dict(fold=0, eer=0.0)))
+    (tmp_path / "cv" / "eyenet16_e100_train75" / "fold0.json").write_text(json.dumps(dict(fold=0, eer=0.0, key=dict(folds=5))))
     ablations.learning_curves(tmp_path / "lc.png")
     half = cv.interval(0.001 * np.arange(-2, 3))[1]
     assert list(drawn) == ["EyeNet-16, the base recipe"]
@@ -288,7 +291,7 @@ def test_ablation_average_prints_its_paired_difference(monkeypatch, tmp_path, ca
         for k, e in enumerate([0.03, 0.02, 0.04, 0.03, 0.03]):
             idx = list(range(20 * k, 20 * k + 20))
             row = dict(fold=k, eer=e, test_idx=idx, p=(0.1 + 0.8 * targets[idx]).tolist(),
-                       key=dict(config=dict(tta=False)))
+                       key=dict(config=dict(tta=False), folds=5))
             (tmp_path / "cv" / name / f"fold{k}.json").write_text(json.dumps(row))
     ablations.ensemble(["eyenet16_e60"], targets)
     out = capsys.readouterr().out
@@ -305,7 +308,7 @@ def test_ablation_average_pairs_with_another_run_with_tta_as_asked(monkeypatch, 
         for k in range(5):
             idx = list(range(20 * k, 20 * k + 20))
             p = (0.1 + 0.8 * targets[idx]).tolist()
-            row = dict(fold=k, eer=eer, eer_tta=eer_tta, test_idx=idx, p=p, p_tta=p, key=dict(config={}))
+            row = dict(fold=k, eer=eer, eer_tta=eer_tta, test_idx=idx, p=p, p_tta=p, key=dict(config={}, folds=5))
             (tmp_path / "cv" / name / f"fold{k}.json").write_text(json.dumps(row))
     ablations.ensemble(["eyenet16_e60"], targets, against="eyenet16_e30")
     ablations.ensemble(["eyenet16_e60"], targets, tta=True, against="eyenet16_e30")
@@ -324,7 +327,7 @@ def test_ablation_average_scores_a_tta_run_as_its_checkpoint_predicts(monkeypatc
     for k in range(5):
         idx = list(range(20 * k, 20 * k + 20))
         row = dict(fold=k, eer=0.0, test_idx=idx, p=(0.9 - 0.8 * targets[idx]).tolist(),
-                   p_tta=(0.1 + 0.8 * targets[idx]).tolist(), key=dict(config=dict(tta=True)))
+                   p_tta=(0.1 + 0.8 * targets[idx]).tolist(), key=dict(config=dict(tta=True), folds=5))
         (tmp_path / "cv" / "eyenet16_e60" / f"fold{k}.json").write_text(json.dumps(row))
     p, folds = ablations.ensemble(["eyenet16_e60"], targets)
     assert np.allclose(p, 0.1 + 0.8 * targets) and (folds["eer"] == 0).all()
@@ -339,7 +342,7 @@ def test_over_seeds_prints_the_spread_of_the_runs_means(monkeypatch, tmp_path, c
         (tmp_path / "cv" / name).mkdir(parents=True)
         for k in range(5):
             row = dict(fold=k, eer=eer + 0.001 * (k - 2), accuracy_at_val_threshold=0.97, ece=0.015,
-                       temperature=0.5 + 0.01 * k)
+                       temperature=0.5 + 0.01 * k, key=dict(folds=5))
             (tmp_path / "cv" / name / f"fold{k}.json").write_text(json.dumps(row))
     ablations.over_seeds(["eyenet16_e60", "eyenet16_e30"])
     out = capsys.readouterr().out
@@ -367,7 +370,7 @@ def test_ablation_run_prints_each_folds_paired_difference(monkeypatch, tmp_path,
     monkeypatch.setattr(ablations, "OUT", tmp_path)
     for k, e in enumerate([0.03, 0.02, 0.04, 0.03, 0.03]):
         (tmp_path / "cv" / ablations.REFERENCE).mkdir(parents=True, exist_ok=True)
-        (tmp_path / "cv" / ablations.REFERENCE / f"fold{k}.json").write_text(json.dumps(dict(fold=k, eer=e)))
+        (tmp_path / "cv" / ablations.REFERENCE / f"fold{k}.json").write_text(json.dumps(dict(fold=k, eer=e, key=dict(folds=5))))
     per_fold = pd.DataFrame(dict(fold=[0, 1, 2, 3, 4], eer=[0.04, 0.02, 0.035, 0.03, 0.03]))
     monkeypatch.setattr(ablations, "cross_val_predict", lambda *a, **kw: (None, per_fold))
     ablations.run("eyenet16_e60", None, None, None)
