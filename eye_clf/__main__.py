@@ -10,13 +10,18 @@ from dataclasses import fields
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
 
-from . import data, metrics
+try:
+    import pandas as pd
+
+    from . import data, metrics
+    from .models import ARCHS, METHODS
+    from .train import ConfigError, TrainConfig, device_of
+except ImportError as err:  # pip install ".[onnx]" or ".[torch]": predict_proba from Python only
+    sys.exit(f"error: the eye-clf command needs the training libraries ({err}): "
+             "pip install 'eye-clf[train]'; without them, call eye_clf.predict_proba from Python")
 from .files import atomic_write
-from .models import ARCHS, METHODS
 from .preprocess import list_images, load_image
-from .train import ConfigError, TrainConfig, device_of
 
 DESCRIPTION = ("Is the eye in a 24x24 grayscale patch open? Train a model, predict P(open), evaluate, "
                "cross-validate, label images in a local web page, audit labels.")
@@ -141,14 +146,15 @@ def cmd_train(args):
         s = res["shipped"]
         print(f"shipped model on the {s['images']} of these validation images it never trained on: "
               f"EER {100 * s['eer']:.2f}%, ECE {100 * s['ece']:.2f}%")
-    found = cv_of(cfg)
+    found = cv_of(cfg, images=res["images"], targets=res["targets"])
     if found:
         name, rows = found
         eer, acc = interval([r["eer"] for r in rows]), interval([r["accuracy_at_val_threshold"] for r in rows])
-        print(f"this recipe's 5-fold CV (results/cv/{name}/): EER {100 * eer[0]:.2f} ± {100 * eer[1]:.2f}%, "
-              f"accuracy {100 * acc[0]:.2f} ± {100 * acc[1]:.2f}% at each fold's validation threshold")
+        print(f"this recipe's {len(rows)}-fold CV on this data (results/cv/{name}/): EER {100 * eer[0]:.2f} ± "
+              f"{100 * eer[1]:.2f}%, accuracy {100 * acc[0]:.2f} ± {100 * acc[1]:.2f}% at each fold's validation "
+              "threshold")
     else:
-        print("this recipe has no 5-fold CV in results/cv/ (see scripts/cv_ablations.py): no unbiased figure")
+        print("this recipe has no CV of this data in results/cv/ (see scripts/cv_ablations.py): no unbiased figure")
     print(f"wrote {res['out']}/ (eye_clf.pt, history.csv/json, curves, run.json); "
           f"to make it the shipped model: eye-clf ship {res['out']}")
 
@@ -260,7 +266,8 @@ def cmd_evaluate(args):
     print(f"{len(p)} images: {scores_line(targets, p, threshold)}\n"
           f"accuracy at threshold {threshold:.3f} ({origin})")
     if "training_images" not in info:
-        print("seen in training: cannot tell, the checkpoint does not list its training images; if it was "
+        onnx = " (an ONNX file never does: evaluate its .pt checkpoint to tell)" if "checkpoint_sha256" in info else ""
+        print(f"seen in training: cannot tell, the checkpoint does not list its training images{onnx}; if it was "
               "trained on some of these images, the figures above are flattering")
         return
     seen = np.isin([data.image_hash(im) for im in images], list(info["training_images"]))
@@ -342,7 +349,7 @@ def main(argv=None):
 
     p = sub.add_parser("export", help="write the ONNX graph of a checkpoint (uint8 N x 24 x 24 images -> P(open))")
     p.add_argument("--checkpoint", help="checkpoint (default: the shipped eye_clf/shipped/eye_clf.pt)")
-    p.add_argument("--out", default="eye_clf.onnx", help="ONNX file to write (default: eye_clf.onnx)")
+    p.add_argument("--out", default="eye_clf.onnx", type=output_file, help="ONNX file to write (default: eye_clf.onnx)")
     p.set_defaults(run=cmd_export)
 
     p = sub.add_parser("predict", help="write a CSV (file, p_open, decision) for image files and folders",

@@ -118,7 +118,8 @@ def read_labels(path, images_dir=None, partial=False):
     values = {c: pd.to_numeric(raw[c], errors="coerce") for c in cols}
     raw = {c: raw[c].tolist() for c in cols}  # Python values, for the messages
     names, root = df["img_name"], None if images_dir is None else Path(images_dir).resolve()
-    duplicated = names.duplicated(keep=False) & names.notna()
+    same_file = names.map(lambda n: str(PurePosixPath(n)) if isinstance(n, str) else n)  # "./a.jpg" is "a.jpg"
+    duplicated = same_file.duplicated(keep=False) & names.notna()
     problems = []
     for i, name in enumerate(names):
         if pd.isna(name) or not name.strip():
@@ -131,7 +132,7 @@ def read_labels(path, images_dir=None, partial=False):
         if partial and values["unsure"].iloc[i] == 1 and pd.notna(values["target"].iloc[i]):
             problems.append(f"{where}: unsure is 1 but target is set")
         if duplicated.iloc[i]:
-            problems.append(f"{where}: duplicate img_name")
+            problems.append(f"{where}: duplicate img_name (another row names the same file)")
         if why := name_problem(name):
             problems.append(f"{where}: img_name {why}; it must be a relative path inside the images folder")
         elif root is not None and (not partial or pd.notna(values["target"].iloc[i])):

@@ -76,14 +76,16 @@ def cv_rows(name, results=CV_RESULTS):
     return [json.loads(p.read_text()) for p in paths] if all(p.exists() for p in paths) else None
 
 
-def cv_of(cfg, results=CV_RESULTS):
-    """The finished 5-fold CV of exactly this config on all its training images (not a learning-curve, pruned or
-    undisputed-only run) as (run name, per-fold rows), or None."""
+def cv_of(cfg, results=CV_RESULTS, images=None, targets=None):
+    """The finished CV of exactly this config on all its training images (not a learning-curve, pruned or
+    undisputed-only run) as (run name, per-fold rows), or None; given ``images`` and ``targets``, only a CV of
+    that data (folds from before the data fingerprint: the same image and open counts)."""
+    here = None if targets is None else (len(targets), int(np.sum(targets)), cv.data_id(images, targets))
     for folder in sorted(Path(results).glob("*/")):
         rows = cv_rows(folder.name, results)
         keys = [cv.same_key(r["key"]) for r in rows] if rows else []
         if rows and all(k["config"] == asdict(cfg) and not {"train_fraction", "untrainable", "prune_folds"} & set(k)
-                        for k in keys):
+                        and (here is None or (k["n"], k["n_open"], k.get("data", here[2])) == here) for k in keys):
             return folder.name, rows
     return None
 
@@ -92,22 +94,25 @@ def teacher_names(cfg):
     return list(TEACHERS) if cfg.distill else []
 
 
-def teachers_for(paths, images, train_idx, val_idx, cfg):
-    """The teacher checkpoints' models, refused unless each was trained with the student's split (the same images,
-    seed and validation fraction) and no refit: its validation images, which pick the student's epoch, temperature
-    and threshold, must be ones the teacher never trained on."""
-    hashes = {data.image_hash(images[i]) for i in np.r_[train_idx, val_idx]}
+def teachers_for(paths, images, val_idx):
+    """The teacher checkpoints' models, refused unless each one's weights never learnt the student's validation
+    images (``val_idx``), which pick the student's epoch, temperature and threshold: the teacher must have held
+    them out as its own validation part, without refit (same data, seed and validation fraction as the student)."""
+    student_val = {data.image_hash(images[i]) for i in val_idx}
     models = []
     for path in paths:
         model, ckpt = load_checkpoint(path)
-        c = ckpt["config"]
-        wrong = [f"{f} {c[f]!r}, the student's {getattr(cfg, f)!r}" for f in ("seed", "val_fraction")
-                 if c[f] != getattr(cfg, f)]
-        wrong += ["refit, which trains on the validation images"] if c.get("refit") else []
-        wrong += ["other images"] if set(ckpt.get("training_images", ())) != hashes else []
-        if wrong:
-            raise ValueError(f"{path}: not trained on the student's split ({'; '.join(wrong)}); train the teacher "
-                             "with the student's data, --seed and --val-fraction and --no-refit")
+        if ckpt["config"].get("refit"):
+            why = "refit, which trains on the validation images"
+        elif "validation_images" not in ckpt:
+            why = "an older checkpoint that does not record its validation images"
+        else:
+            learnt = set(ckpt["training_images"]) - set(ckpt["validation_images"])
+            leaked = len(learnt & student_val)
+            why = f"its weights learnt {leaked} of the student's {len(student_val)} validation images" if leaked else ""
+        if why:
+            raise ValueError(f"{path}: not trained on the student's split ({why}); train the teacher with the "
+                             "student's data, --seed and --val-fraction and --no-refit")
         models.append(model)
     return models
 
@@ -129,7 +134,7 @@ def train_run(cfg=None, root=None, labels=None, out_dir=None, limit=None, progre
                     for name, t in TEACHERS.items()]
     images, targets, names = data.load_dataset(root, labels, limit=limit)
     train_idx, val_idx = split(targets, cfg)
-    teacher_models = teachers_for(teachers, images, train_idx, val_idx, cfg)
+    teacher_models = teachers_for(teachers, images, val_idx)
     t0 = time.perf_counter()
     soft = data.soft_targets(targets, names, root) if cfg.soft_labels else None
     model, history = fit(images, targets, train_idx, val_idx, cfg, progress, teacher_models, soft=soft)
@@ -143,6 +148,7 @@ def train_run(cfg=None, root=None, labels=None, out_dir=None, limit=None, progre
                       history)
     ckpt["threshold"] = val["eer_threshold"]  # recommended decision threshold: the validation EER point
     ckpt["training_images"] = sorted({data.image_hash(images[i]) for i in np.r_[train_idx, val_idx]})
+    ckpt["validation_images"] = sorted({data.image_hash(images[i]) for i in val_idx})  # (refit: trained on too)
     ckpt["teachers"] = [dict(file=str(t), sha256=hashlib.sha256(Path(t).read_bytes()).hexdigest()) for t in teachers]
     save_checkpoint(ckpt, out / "eye_clf.pt")
     save_history(history, out / "history")

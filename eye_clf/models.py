@@ -36,6 +36,7 @@ class Classifier(nn.Module):
         self.dropout = nn.Dropout(dropout)
         self.head = nn.Linear(n_features, 1)
         self.register_buffer("temperature", torch.ones(()))  # set after training; see models.logits
+        self.tta = False  # whether predictions average the mirror image's (a checkpoint's setting: load_checkpoint)
         if frozen:
             self.backbone.requires_grad_(False)
 
@@ -177,7 +178,8 @@ def build_model(arch="eyenet", method="finetune", weights=None, width=16, dropou
 
 
 def load_checkpoint(path):
-    """Rebuild the model of a checkpoint; returns ``(model, checkpoint_dict)`` with the model in eval mode.
+    """Rebuild the model of a checkpoint; returns ``(model, checkpoint_dict)`` with the model in eval mode and
+    ``model.tta`` set to the checkpoint's mirror averaging.
 
     Refuses, with a ValueError naming the file and the reason: a file that is not an eye_clf checkpoint, missing
     keys, preprocessing that differs from this code's, weights that do not fit the architecture, non-finite
@@ -209,13 +211,15 @@ def load_checkpoint(path):
                          f"{str(err).strip().splitlines()[-1].strip()}") from None
     if not model.temperature > 0:
         raise ValueError(f"{path}: temperature {model.temperature.item()} is not > 0")
+    model.tta = bool(ckpt["preprocessing"].get("tta", False))
     return model.eval(), ckpt
 
 
 @torch.inference_mode()
 def logits(model, x, batch_size=64, tta=False):
     """Calibrated logits (divided by the model's temperature) of a normalized N x 1 x 24 x 24 tensor, batched,
-    on the model's device; tta averages them with the mirror image's."""
+    on the model's device; tta averages them with the mirror image's. The model's train/eval mode is restored."""
+    was_training = model.training
     model.eval()
     dev = next(model.parameters()).device
     out = []
@@ -225,6 +229,7 @@ def logits(model, x, batch_size=64, tta=False):
         if tta:
             z = (z + model(xb.flip(-1))) / 2
         out.append((z / model.temperature).float().cpu())
+    model.train(was_training)
     return torch.cat(out) if out else torch.empty(0)
 
 

@@ -23,7 +23,7 @@ _cache = OrderedDict()
 
 
 def _cached(backend, path, load):
-    key = (backend, path, path.stat().st_mtime_ns)
+    key = (backend, path, path.stat().st_mtime_ns)  # backend: "onnx" or ("torch", device)
     if key in _cache:
         _cache.move_to_end(key)
     else:
@@ -42,22 +42,25 @@ def _model_path(checkpoint, default, how):
     return path
 
 
-def _load_torch(path):
-    import torch
+def _load_torch(path, device):
     from torch.fx.experimental.optimization import fuse
 
     from .models import load_checkpoint
-    model, ckpt = load_checkpoint(path)
+    model, _ = load_checkpoint(path)
     model.backbone = fuse(model.backbone)
-    return model.to("cuda" if torch.cuda.is_available() else "cpu"), bool(ckpt["preprocessing"].get("tta", False))
+    return model.to(device), model.tta
 
 
-def load_model(checkpoint=None):
-    """The torch model of a checkpoint (default: the shipped one), on CUDA when present, with every BatchNorm
-    folded into the convolution before it (same outputs, faster inference). Returns ``(model, tta)``, tta: whether
-    the checkpoint predicts with mirror averaging. The last CACHE_SIZE models loaded are kept."""
+def load_model(checkpoint=None, device=None):
+    """The torch model of a checkpoint (default: the shipped one) on ``device`` (default: CUDA when present, else
+    CPU), with every BatchNorm folded into the convolution before it (same outputs, faster inference). Returns
+    ``(model, tta)``, tta (also ``model.tta``): whether the checkpoint predicts with mirror averaging. The last
+    CACHE_SIZE models loaded are kept and shared between callers: do not move or train them."""
+    import torch
+
+    device = torch.device(device if device is not None else "cuda" if torch.cuda.is_available() else "cpu")
     path = _model_path(checkpoint, DEFAULT_CHECKPOINT, "train one with `python -m eye_clf train`")
-    return _cached("torch", path, _load_torch)
+    return _cached(("torch", str(device)), path, lambda p: _load_torch(p, device))
 
 
 def _load_onnx(path):
@@ -98,6 +101,8 @@ def _choose_backend(backend, model, checkpoint, tta):
         if torch is None or not isinstance(model, torch.nn.Module):
             raise TypeError(f"model: expected a torch model (e.g. eye_clf.load_model(path)[0]), got a "
                             f"{type(model).__name__}; pass a checkpoint file as checkpoint=")
+        if checkpoint is not None:
+            raise ValueError("model and checkpoint: pass one of them (the model would be used, the checkpoint not)")
     onnx_file = checkpoint is not None and Path(checkpoint).suffix.lower() == ".onnx"
     torch_only = [name for name, given in (("model", model is not None), ("tta", tta is not None),
                                            ("checkpoint", checkpoint is not None and not onnx_file)) if given]
@@ -209,9 +214,10 @@ def predict_proba(x, model=None, checkpoint=None, batch_size=64, tta=None, backe
 
     ``backend``: ``"onnx"`` (onnxruntime, no torch needed) or ``"torch"``. The default is onnx when onnxruntime
     is installed and no torch-only argument is given (``model``, ``tta`` or a ``.pt`` checkpoint), else torch:
-    both give the same P(open) to 1e-4, onnxruntime starts faster and needs far less memory.
+    both give the same P(open) to 1e-4 on CPU (CUDA may use TF32), onnxruntime starts faster and needs far less memory.
     ``checkpoint``: a ``.pt`` (torch) or ``.onnx`` file replacing the shipped model; ``model``: a torch model
-    (e.g. ``load_model(path)[0]``); ``tta``: override the checkpoint's mirror averaging (torch only);
+    (e.g. ``load_model(path)[0]``) in its place, predicting with its checkpoint's mirror averaging (``model.tta``;
+    none for a model without that attribute); ``tta``: override the checkpoint's mirror averaging (torch only);
     ``batch_size``: images per forward pass (on CPU, 64 runs torch about 1.5x faster than 1024, whose activations
     overflow the cache; onnxruntime is level: ``scripts/benchmark.py --batch-size``).
     """
@@ -225,7 +231,7 @@ def predict_proba(x, model=None, checkpoint=None, batch_size=64, tta=None, backe
     else:
         from .models import scores
         if model is None:
-            model, ckpt_tta = load_model(checkpoint)
-            tta = ckpt_tta if tta is None else tta
+            model, _ = load_model(checkpoint)
+        tta = getattr(model, "tta", False) if tta is None else tta
         p = scores(model, images, batch_size, bool(tta))
     return float(p[0]) if single else p

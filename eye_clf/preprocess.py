@@ -14,7 +14,7 @@ import warnings
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, UnidentifiedImageError
+from PIL import Image, ImageOps, UnidentifiedImageError
 
 IMG_SIZE = 24
 MODE = "L"
@@ -73,15 +73,15 @@ def _reduce_large(image, path):
 
 
 def load_image(path):
-    """Read one image file as a 24x24 uint8 array; a clear error names a missing, non-image, corrupt, too large
-    or non-regular file."""
+    """Read one image file as a 24x24 uint8 array, turned upright as its EXIF orientation says (as viewers show
+    phone photos); a clear error names a missing, non-image, corrupt, too large or non-regular file."""
     path = Path(path)
     _check_file(path)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # MAX_PIXELS is the limit here
             with Image.open(path) as image:
-                return to_gray24(_reduce_large(image, path), str(path))
+                return to_gray24(ImageOps.exif_transpose(_reduce_large(image, path)), str(path))
     except Image.DecompressionBombError as err:
         raise ValueError(f"image too large: {path} ({err})") from None
     except UnidentifiedImageError:

@@ -259,7 +259,8 @@ def fit(images, targets, train_idx, val_idx, cfg=None, progress=True, teachers=(
     ``soft`` (with ``cfg.soft_labels``): per-image training targets in [0, 1] in place of ``targets`` (see
     data.soft_targets); the training metrics then count the rounded targets, everything else uses ``targets``.
 
-    Returns ``(model, history)``: the model holds the selected epoch's weights; history is one dict per epoch
+    Returns ``(model, history)``: the model (in eval mode, ``model.tta`` = ``cfg.tta``) holds the selected epoch's
+    weights; history is one dict per epoch
     (train/val loss, accuracy, EER, learning rate, seconds).
     """
     cfg = cfg or TrainConfig()
@@ -351,7 +352,8 @@ def fit(images, targets, train_idx, val_idx, cfg=None, progress=True, teachers=(
     model.load_state_dict(best_state)
     if cfg.calibrate and len(val_idx):
         model.temperature.fill_(fit_temperature(logits(model, x_val, tta=cfg.tta), y_val))
-    return model, history
+    model.tta = cfg.tta
+    return model.eval(), history
 
 
 def refit(images, targets, train_idx, val_idx, cfg, first, progress=True, soft=None, teachers=()):

@@ -10,7 +10,8 @@
    model that never saw an image says about it), the browser test's measured seconds per grid page and per label
    ($EYE_CLF_STUDIO_TIMING) and stated human-pace assumptions.
 
-Out-of-fold probabilities are cached in runs/audit/ (not committed): delete them to retrain.
+Out-of-fold probabilities are cached in runs/audit/ (not committed), keyed by epochs, folds, seed and the data's
+fingerprint: delete them to retrain.
 """
 import argparse
 import json
@@ -26,7 +27,7 @@ import torch
 
 from eye_clf import data
 from eye_clf.audit import label_quality, review_list
-from eye_clf.cv import cross_val_predict
+from eye_clf.cv import cross_val_predict, data_id
 from eye_clf.files import atomic_write, provenance
 from eye_clf.labels_store import LabelStore
 from eye_clf.train import TrainConfig
@@ -125,9 +126,9 @@ def main():
     torch.set_num_threads(args.threads)
     # the recipe this measurement was made with (before label smoothing, mirror TTA, temperature scaling and refit)
     cfg = TrainConfig(epochs=args.epochs, seed=args.seed, label_smoothing=0.0, tta=False, calibrate=False, refit=False)
-    args.tag = f"e{args.epochs}_f{args.folds}_s{args.seed}"
     root = data.data_dir(args.data)
     images, targets, names = data.load_dataset(root)
+    args.tag = f"e{args.epochs}_f{args.folds}_s{args.seed}_{data_id(images, targets)}"  # the cache's key
 
     flipped = flipped_audit(images, targets, names, cfg, args)
     disagree, both = disagreements(names, targets, root)
@@ -152,7 +153,8 @@ def main():
         f"--threads {args.threads}` "
         f"on the {len(names)} images of ../shared/data. Each audit trains {args.folds} eyenet models (width 16, "
         f"augmentation 1.0, no label smoothing, no mirror TTA, no temperature scaling, lr 3e-3, epochs={args.epochs}, "
-        "early stopping on the fold's validation split) and scores every image with the model that did not train "
+        "the epoch of lowest loss on the fold's validation split kept) and scores every image with the model that "
+        "did not train "
         "on it; cleanlab's `find_label_issues` on those out-of-fold P(open) makes the review list (ranked by "
         "cleanlab's self-confidence score, the out-of-fold probability of the given label). "
         f"Training time: {f['seconds']:.0f} s + {clean_s:.0f} s wall on CPU ({args.threads} torch thread(s) on "

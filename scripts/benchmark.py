@@ -61,8 +61,7 @@ def main():
     files = data.list_images(folder)
     images = np.stack([data.load_image(f) for f in files])
     cold = [cold_start(b, files[0]) for b in ("onnx", "torch")]  # before this process grows
-    shipped, tta = load_model()
-    shipped = shipped.cpu()  # a CPU benchmark, also where CUDA is present (load_model would use it)
+    shipped, tta = load_model(device="cpu")  # a CPU benchmark, also where CUDA is present
     load_session()
     resnet = build_model("resnet18").eval()
     batch = {"batch_size": args.batch_size} if args.batch_size else {}

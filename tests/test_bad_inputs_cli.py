@@ -80,7 +80,8 @@ def test_output_onto_an_existing_folder_or_file_is_refused_first(tmp_path, label
     for argv in (["predict", str(labelled_folder[0]), "--checkpoint", str(tiny_ckpt), "--out", str(folder)],
                  ["cv", *NO_DATA, "--out", str(folder)],
                  ["audit", *NO_DATA, "--out", str(folder)],
-                 ["audit", *NO_DATA, "--save-oof", str(folder)]):
+                 ["audit", *NO_DATA, "--save-oof", str(folder)],
+                 ["export", "--checkpoint", str(tiny_ckpt), "--out", str(folder)]):
         flag = "--save-oof" if "--save-oof" in argv else "--out"
         assert refused(argv, capsys).startswith(f"error: {flag}: {folder} is an existing folder"), argv
     a_file = tmp_path / "file.txt"

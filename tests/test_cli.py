@@ -11,6 +11,7 @@ import torch
 
 from eye_clf import cv, data, metrics
 from eye_clf.__main__ import main
+from eye_clf.export import export_onnx
 from eye_clf.models import ARCHS, METHODS
 from eye_clf.predict import predict_proba
 from eye_clf.train import TrainConfig
@@ -107,6 +108,14 @@ def test_evaluate(labelled_folder, tiny_ckpt, capsys):
     assert f"EER {100 * m['eer']:.2f}%" in out and f"accuracy {100 * m['accuracy']:.2f}%" in out
     assert f"AUC {m['auc']:.4f}" in out
     assert "seen in training: cannot tell" in out  # the tiny checkpoint does not list its training images
+    assert "ONNX" not in out
+
+
+def test_evaluate_an_onnx_file_points_to_its_checkpoint(labelled_folder, tiny_ckpt, tmp_path, capsys):
+    folder, labels, _, _ = labelled_folder
+    onnx = export_onnx(tiny_ckpt, tmp_path / "t.onnx")
+    main(["evaluate", "--images", str(folder), "--labels", str(labels), "--checkpoint", str(onnx)])
+    assert "(an ONNX file never does: evaluate its .pt checkpoint to tell)" in capsys.readouterr().out
 
 
 def test_evaluate_scores_seen_and_unseen_images_apart(labelled_folder, tiny_ckpt, tmp_path, capsys):

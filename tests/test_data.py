@@ -142,6 +142,16 @@ def test_normalization_matches_to_tensor():
     assert torch.allclose(stacked, (torch.from_numpy(images).float()[:, None] / 255 - 0.5) / 0.2)
 
 
+def test_load_image_turns_the_image_upright_as_its_exif_orientation_says(tmp_path):
+    stored = np.zeros((24, 24), np.uint8)
+    stored[:, :12] = 255  # left half white as stored; orientation 6: viewers turn it 90 degrees clockwise
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    Image.fromarray(stored).save(tmp_path / "phone.png", exif=exif)
+    upright = data.load_image(tmp_path / "phone.png")
+    assert upright[:12].mean() > 250 and upright[12:].mean() < 5  # the white half is now on top
+
+
 def test_load_image_errors_name_the_file(tmp_path):
     with pytest.raises(FileNotFoundError, match="nope.png"):
         data.load_image(tmp_path / "nope.png")
@@ -200,6 +210,8 @@ BAD = {  # rows (spreadsheet numbering: header is row 1) -> expected words in th
     "target 0.5": ({"img_name": ["a.jpg", "b.jpg"], "target": [0.5, 1]}, [r"row 2 \(a.jpg\): target 0.5"]),
     "duplicate": ({"img_name": ["a.jpg", "b.jpg", "a.jpg"], "target": [1, 0, 1]},
                   [r"row 2 \(a.jpg\): duplicate", r"row 4 \(a.jpg\): duplicate"]),
+    "same file, two spellings": ({"img_name": ["a.jpg", "b.jpg", ".//a.jpg"], "target": [1, 0, 0]},
+                                 [r"row 2 \(a.jpg\): duplicate", r"row 4 \(.//a.jpg\): duplicate"]),
     "missing image": ({"img_name": ["a.jpg", "gone.jpg"], "target": [1, 0]},
                       [r"row 3 \(gone.jpg\): image file not found"]),
     "blank name": ({"img_name": ["a.jpg", None], "target": [1, 0]}, [r"row 3: img_name is empty"]),

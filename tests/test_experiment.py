@@ -72,7 +72,7 @@ def test_train_refuses_a_teacher_that_trained_on_the_students_validation_images(
     assert not (tmp_path / "s").exists()  # refused before any training or output
     other_seed = experiment.train_run(TrainConfig(width=4, epochs=1, seed=4, refit=False), real_root,
                                       out_dir=tmp_path / "t4", limit=100, progress=False)["out"] / "eye_clf.pt"
-    with pytest.raises(ValueError, match=r"seed 4, the student's 3"):
+    with pytest.raises(ValueError, match=r"its weights learnt \d+ of the student's 10 validation images"):
         experiment.train_run(student, real_root, out_dir=tmp_path / "s", limit=100, progress=False,
                              teachers=[other_seed])
 
@@ -101,6 +101,21 @@ def test_oof_predictions_never_come_from_a_model_that_saw_the_image(monkeypatch,
     assert [r["fold"] for r in experiment.cv_rows(tmp_path.name, tmp_path.parent)] == [0, 1, 2]  # its own fold count
     (tmp_path / "fold2.json").unlink()
     assert experiment.cv_rows(tmp_path.name, tmp_path.parent) is None  # unfinished
+
+
+def test_cv_of_finds_a_cv_of_the_config_and_if_asked_of_the_same_data(tmp_path):
+    images, targets = synthetic(60)
+    key = dict(config=asdict(SMALL), folds=2, seed=0, n=60, n_open=int(targets.sum()))
+    for name, extra in (("old", {}), ("other", dict(data="0123456789abcdef"))):
+        (tmp_path / name).mkdir()
+        for k in range(2):
+            (tmp_path / name / f"fold{k}.json").write_text(json.dumps(dict(fold=k, key=dict(key, **extra))))
+    assert experiment.cv_of(SMALL, tmp_path)[0] == "old"  # the first of the config, whatever its data
+    assert experiment.cv_of(SMALL, tmp_path, images, targets)[0] == "old"  # no fingerprint: same counts suffice
+    (tmp_path / "old" / "fold1.json").unlink()
+    assert experiment.cv_of(SMALL, tmp_path)[0] == "other"
+    assert experiment.cv_of(SMALL, tmp_path, images, targets) is None  # made on other data
+    assert experiment.cv_of(replace(SMALL, epochs=SMALL.epochs + 1), tmp_path) is None
 
 
 def test_refit_folds_score_a_model_of_the_whole_training_part_with_the_first_fits_threshold(monkeypatch, tmp_path):

@@ -194,6 +194,26 @@ def test_model_and_checkpoint_arguments(tiny_ckpt, tiny_onnx, monkeypatch):
     assert eye_clf.load_session() is eye_clf.load_session(tiny_onnx)
 
 
+def test_a_loaded_model_predicts_with_its_checkpoints_mirror_averaging(tiny_ckpt, tmp_path):
+    """model=load_model(ckpt)[0] predicts as checkpoint=ckpt does, TTA included; the caller's mode is kept."""
+    ckpt = torch.load(tiny_ckpt, weights_only=True)
+    ckpt["preprocessing"]["tta"] = True
+    mirrored = tmp_path / "tta.pt"
+    torch.save(ckpt, mirrored)
+    images, _ = synthetic(10, seed=8)
+    model, tta = eye_clf.load_model(mirrored, device="cpu")
+    assert tta is True and model.tta is True and next(model.parameters()).device.type == "cpu"
+    by_ckpt = predict_proba(images, checkpoint=mirrored)
+    assert np.allclose(predict_proba(images, model=model), by_ckpt, atol=ATOL)
+    assert not np.allclose(predict_proba(images, model=model, tta=False), by_ckpt, atol=1e-4)
+    model.train()
+    predict_proba(images, model=model)
+    assert model.training  # predict_proba put it back in training mode
+    model.eval()
+    with pytest.raises(ValueError, match="model and checkpoint: pass one"):
+        predict_proba(images, model=model, checkpoint=mirrored)
+
+
 def test_default_backend_is_onnx_unless_a_torch_only_argument_is_given(tiny_ckpt, tiny_onnx, monkeypatch):
     used = []
     monkeypatch.setattr(predict, "_onnx_scores", lambda *a: used.append("onnx") or np.zeros(1))
@@ -282,3 +302,12 @@ except ImportError as err:
                              backend="onnx")
     assert np.allclose(eval(out[0]), expected, atol=1e-7)
     assert out[1] == "blocked: torch"
+
+
+def test_the_command_without_the_training_libraries_says_what_to_install(tmp_path):
+    script = tmp_path / "cli.py"
+    script.write_text(BLOCK_TORCH + "from eye_clf.__main__ import main\nmain(['--help'])\n")
+    out = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, cwd=data.REPO_ROOT)
+    assert out.returncode == 1
+    assert out.stderr.strip() == ("error: the eye-clf command needs the training libraries (blocked: torch): "
+                                  "pip install 'eye-clf[train]'; without them, call eye_clf.predict_proba from Python")
