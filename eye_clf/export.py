@@ -47,7 +47,7 @@ def export_onnx(checkpoint_path, out_path):
 
     model, ckpt = load_checkpoint(checkpoint_path)
     model.backbone = fuse(model.backbone)
-    graph = ProbabilityGraph(model, bool(ckpt["preprocessing"].get("tta", False))).eval()
+    graph = ProbabilityGraph(model, model.tta).eval()
     example = torch.zeros(2, IMG_SIZE, IMG_SIZE, dtype=torch.uint8)
     program = torch.onnx.export(graph, (example,), input_names=["images"], output_names=["p_open"],
                                 opset_version=OPSET, dynamic_shapes={"images": {0: torch.export.Dim("N")}},
