@@ -304,6 +304,16 @@ def cmd_label(args):
         sys.exit(f"error: {err}")
 
 
+def refuse_overwrite(outputs, inputs):
+    """Exit with one error line when an output file (``{flag: path}``) is an input or another output."""
+    taken = {Path(path).resolve(): name for name, path in inputs.items() if path}
+    for flag, path in outputs.items():
+        if path:
+            if Path(path).resolve() in taken:
+                sys.exit(f"error: {flag}: {path} is {taken[Path(path).resolve()]}; write it elsewhere")
+            taken[Path(path).resolve()] = flag
+
+
 def cmd_audit(args):
     from .audit import audit
     cfg = config_from(args)
@@ -313,6 +323,7 @@ def cmd_audit(args):
         sys.exit("error: --distill: the audit's CV trains no teachers")
     images_dir = Path(args.images) if args.images else data.data_dir(args.data) / "EyesDataset"
     labels = data.labels_file(args.labels, args.data)
+    refuse_overwrite({"--out": args.out, "--save-oof": args.save_oof}, {"the labels file": labels, "--oof": args.oof})
     review, names, targets, p_open = audit(images_dir, labels, args.oof, cfg, args.folds)
     atomic_write(args.out, lambda tmp: review.to_csv(tmp, index=False))
     if args.save_oof:

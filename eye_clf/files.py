@@ -29,8 +29,9 @@ def atomic_write(path, write):
     """Call ``write(tmp_path)`` then move the file into place, so ``path`` is never half-written.
 
     The temporary file sits beside ``path`` (same file system); the result keeps the mode of the file it replaces.
+    A symlink is followed: the file it points to is replaced, the link stays.
     """
-    path = Path(path)
+    path = Path(os.path.realpath(path))
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     os.close(fd)

@@ -11,7 +11,7 @@ import glob
 import os
 import reprlib
 import threading
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 import openpyxl
 import pandas as pd
@@ -100,14 +100,19 @@ class LabelStore:
         self.files = {p.name: p for p in data.list_images(images_dir)}
         if not self.files:
             raise ValueError(f"no image files in {images_dir}")
-        odd = [n for n in self.files if any(ord(ch) < 32 or ord(ch) == 127 for ch in n)]
+        odd = [n for n in self.files if any(ord(ch) < 32 or ord(ch) == 127 for ch in n) or data.name_problem(n)]
         if odd:
-            raise ValueError(f"{images_dir}: {len(odd)} image name(s) with control characters, which an xlsx "
-                             f"cannot store exactly, e.g. {odd[:3]!r}: rename them")
+            raise ValueError(f"{images_dir}: {len(odd)} image name(s) with control characters or a backslash, which "
+                             f"a labels file cannot hold, e.g. {odd[:3]!r}: rename them")
         check_writable(self.path)
         remove_stale_temporaries(self.path)
         created = not self.path.exists()
         df = blank_table(self.files) if created else data.read_labels(self.path, partial=True)
+        spelt = [f"row {i + 2} ({n}): write it as {PurePosixPath(n)}" for i, n in enumerate(df["img_name"])
+                 if str(PurePosixPath(n)) != n]  # "./a.jpg" would be a second row for a.jpg
+        if spelt:
+            raise ValueError(f"{self.path}: {len(spelt)} image name(s) not in their plain form:\n  "
+                             + "\n  ".join(spelt))
         if not created:
             with pd.ExcelFile(self.path) as book:
                 if len(book.sheet_names) > 1:

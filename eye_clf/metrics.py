@@ -17,7 +17,7 @@ def eer(targets, scores):
     fnr = 1 - tpr
     i = np.nonzero(fnr <= fpr)[0][0]  # first point at or past the crossing (fpr rises, fnr falls)
     if fnr[i] == fpr[i]:  # never the first point (fpr 0, fnr 1)
-        return float(fpr[i]), float(min(thr[i], 1.0))
+        return float(fpr[i]), float(thr[i])
     # segment (i-1, i): fnr - fpr goes from > 0 to < 0
     d0, d1 = fnr[i - 1] - fpr[i - 1], fnr[i] - fpr[i]
     w = d0 / (d0 - d1)
@@ -37,6 +37,8 @@ def calibration_bins(targets, scores, bins=15):
     """Equal-width P(open) bins: per bin the mean score, the observed open rate (NaN for an empty bin) and the
     number of images. ``ece`` and the reliability diagram (``plots.plot_reliability``) share these bins."""
     targets, scores = np.asarray(targets, dtype=float), np.asarray(scores, dtype=float)
+    if not np.isfinite(scores).all():
+        raise ValueError(f"calibration needs finite scores: {int((~np.isfinite(scores)).sum())} NaN or infinite")
     which = np.clip(np.digitize(scores, np.linspace(0, 1, bins + 1)[1:-1]), 0, bins - 1)
     count = np.bincount(which, minlength=bins)
     with np.errstate(invalid="ignore", divide="ignore"):

@@ -23,7 +23,7 @@ from urllib.parse import unquote, urlsplit
 
 import numpy as np
 import pandas as pd
-from PIL import Image, UnidentifiedImageError
+from PIL import Image, ImageOps, UnidentifiedImageError
 
 from . import data
 from .data import LabelError
@@ -103,7 +103,8 @@ class Studio:
             self.order = label_order(store.files, p_open)
         self.grid = self.order[::-1] if p_open is not None and review is None else self.order
         self.events = []
-        self.lock = threading.Lock()
+        self.lock = threading.Lock()  # the events
+        self.changing = threading.Lock()  # one change at a time, so its "done" before and after are its own
 
     def done(self, state):
         return state["reviewed"] if self.mode == "review" else state["target"] is not None or state["unsure"]
@@ -137,21 +138,24 @@ class Studio:
 
     def change(self, changes):
         """Apply and save changes; returns (http status, answer)."""
-        before = self.progress()["done"]
-        applied, conflicts = self.store.apply(changes)
-        progress = self.progress()
-        if progress["done"] > before:
-            with self.lock:
-                self.events.append((time.monotonic(), progress["done"] - before))
+        with self.changing:
+            before = self.progress()["done"]
+            applied, conflicts = self.store.apply(changes)
             progress = self.progress()
+            if progress["done"] > before:
+                with self.lock:
+                    self.events.append((time.monotonic(), progress["done"] - before))
+                progress = self.progress()
         current = self.store.states(conflicts)
         answer = dict(applied=applied, conflicts=[self.item(n, s) for n, s in current.items()], progress=progress)
         return (HTTPStatus.CONFLICT if conflicts else HTTPStatus.OK), answer
 
 
 def png(path):
-    """An image file re-encoded as PNG bytes (original size; the page upscales it without smoothing)."""
+    """An image file re-encoded as PNG bytes, upright as its EXIF orientation says (as the model reads it; original
+    size, except 16/32-bit images: 24x24); the page upscales it without smoothing."""
     with Image.open(path) as image:
+        image = ImageOps.exif_transpose(image)
         if image.mode.startswith(("I", "F")):  # 16/32-bit: show it as the model sees it
             image = Image.fromarray(data.to_gray24(image))
         image = image.convert("L" if image.mode in ("1", "L") else "RGB")

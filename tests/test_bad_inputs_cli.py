@@ -161,3 +161,17 @@ def test_console_exit_status_and_no_traceback():
     r = subprocess.run([sys.executable, "-m", "eye_clf", "train", "--epochs", "0", *NO_DATA], capture_output=True,
                        text=True, timeout=300)
     assert r.returncode == 1 and r.stderr == "error: --epochs: must be >= 1, got 0\n"
+
+
+def test_audit_never_writes_over_its_inputs_or_its_other_output(labelled_folder, tmp_path, capsys):
+    folder, labels, _, _ = labelled_folder
+    before = labels.read_bytes()
+    given = ["audit", "--images", str(folder), "--labels", str(labels)]
+    oof = tmp_path / "oof.csv"
+    oof.write_text("img_name,target,p_open\n")
+    for extra, says in ((["--out", str(labels)], f"--out: {labels} is the labels file"),
+                        (["--oof", str(oof), "--out", str(oof)], f"--out: {oof} is --oof"),
+                        (["--out", str(tmp_path / "r.csv"), "--save-oof", str(tmp_path / "r.csv")],
+                         f"--save-oof: {tmp_path / 'r.csv'} is --out")):
+        assert refused(given + extra, capsys).startswith(f"error: {says}; write it elsewhere"), extra
+    assert labels.read_bytes() == before and not (tmp_path / "r.csv").exists()

@@ -22,6 +22,14 @@ def test_atomic_write_keeps_the_old_file_when_the_writer_fails(tmp_path):
     assert path.read_text() == "new" and [p.name for p in tmp_path.iterdir()] == ["out.txt"]
 
 
+def test_atomic_write_through_a_symlink_replaces_the_file_it_points_to(tmp_path):
+    real, link = tmp_path / "real.txt", tmp_path / "link.txt"
+    real.write_text("old")
+    link.symlink_to(real)
+    files.atomic_write(link, lambda tmp: open(tmp, "w").write("new"))
+    assert link.is_symlink() and real.read_text() == "new"
+
+
 def test_save_history(tmp_path):
     history = [dict(epoch=1, train_loss=0.5, val_loss=0.4), dict(epoch=2, train_loss=0.3, val_loss=0.45)]
     files.save_history(history, tmp_path / "h")

@@ -115,6 +115,12 @@ def test_ece():
     assert metrics.ece([1, 1, 1, 1, 0], [0.8] * 5) == pytest.approx(0)
     assert metrics.ece([1, 1], [0.8, 1.0]) == pytest.approx(0.1)
     assert metrics.ece([0, 1], [0.0, 1.0]) == 0
+    with pytest.raises(ValueError, match="1 NaN or infinite"):
+        metrics.ece([1, 0, 1], [0.9, np.nan, 0.2])
+
+
+def test_eer_threshold_is_a_score_whatever_the_scores_scale():
+    assert metrics.eer([0, 0, 1, 1], [1, 2, 3, 4]) == (0.0, 3.0)  # logits or margins, not only P(open)
 
 
 def test_summary():

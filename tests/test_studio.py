@@ -292,10 +292,41 @@ def test_names_round_trip_exactly_and_are_never_formulas(tmp_path):
     assert [restarted.state(n)["target"] for n in ODD_NAMES] == [i % 2 for i in range(len(ODD_NAMES))]
 
 
-def test_image_names_an_xlsx_cannot_hold_are_refused(folder, tmp_path):
-    eye(1).save(folder / "a\rb.png", "PNG")
-    with pytest.raises(ValueError, match="control characters"):
+@pytest.mark.parametrize("name", ["a\rb.png", "a\\b.png"])
+def test_image_names_a_labels_file_cannot_hold_are_refused(folder, tmp_path, name):
+    eye(1).save(folder / name, "PNG")
+    with pytest.raises(ValueError, match="control characters or a backslash"):
         LabelStore(tmp_path / "labels.xlsx", folder)
+    assert not (tmp_path / "labels.xlsx").exists()
+
+
+def test_a_labels_row_naming_an_image_another_way_is_refused(folder, tmp_path):
+    """"./001.png" and "001.png" are one file to the labels reader: the studio would save two rows for it."""
+    path = tmp_path / "labels.xlsx"
+    pd.DataFrame({"img_name": ["000.png", "./001.png"], "target": [0, 1]}).to_excel(path, index=False)
+    with pytest.raises(ValueError, match=r"row 3 \(\./001\.png\): write it as 001\.png"):
+        LabelStore(path, folder)
+
+
+def test_concurrent_changes_count_each_label_once(folder, tmp_path):
+    s = Studio(LabelStore(tmp_path / "labels.xlsx", folder))
+    names = s.order[:6]
+    threads = [threading.Thread(target=s.change, args=([change(n, s.store.state(n), target=1)],)) for n in names]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert sum(k for _, k in s.events) == len(names) == s.progress()["done"]
+
+
+def test_images_are_served_upright_as_their_exif_orientation_says(folder):
+    stored = np.zeros((24, 24), np.uint8)
+    stored[:, :12] = 255
+    exif = Image.Exif()
+    exif[0x0112] = 6  # viewers turn it 90 degrees clockwise: the white left half goes on top
+    Image.fromarray(stored).save(folder / "phone.png", exif=exif)
+    shown = np.asarray(Image.open(io.BytesIO(studio.png(folder / "phone.png"))))
+    assert shown[:12].mean() > 250 and shown[12:].mean() < 5
 
 
 @pytest.mark.parametrize("target", ["file", "folder"])
