@@ -82,11 +82,25 @@ def _load_onnx(path):
     return session
 
 
+def _load_shipped_onnx(path):
+    """The shipped session, refused when the shipped checkpoint beside it (whose threshold the command line uses)
+    is not the one it was exported from."""
+    import hashlib
+
+    session = _load_onnx(path)
+    if DEFAULT_CHECKPOINT.is_file():
+        made_from = session.get_modelmeta().custom_metadata_map.get("eye_clf.checkpoint_sha256")
+        if made_from != hashlib.sha256(DEFAULT_CHECKPOINT.read_bytes()).hexdigest():
+            raise ValueError(f"{path} was not exported from {DEFAULT_CHECKPOINT} (an interrupted `eye-clf ship`?): "
+                             "ship the run again")
+    return session
+
+
 def load_session(checkpoint=None):
-    """The onnxruntime session of an ``.onnx`` file (default: the shipped ``eye_clf.onnx``), on CPU; it honours
-    $OMP_NUM_THREADS. The last CACHE_SIZE models loaded are kept."""
+    """The onnxruntime session of an ``.onnx`` file (default: the shipped ``eye_clf.onnx``, checked against the
+    shipped checkpoint), on CPU; it honours $OMP_NUM_THREADS. The last CACHE_SIZE models loaded are kept."""
     path = _model_path(checkpoint, DEFAULT_ONNX, "export one with `python -m eye_clf export`")
-    return _cached("onnx", path, _load_onnx)
+    return _cached("onnx", path, _load_shipped_onnx if checkpoint is None else _load_onnx)
 
 
 def _is_torch(x):

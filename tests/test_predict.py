@@ -229,6 +229,22 @@ def test_default_backend_is_onnx_unless_a_torch_only_argument_is_given(tiny_ckpt
     assert used == ["onnx", "onnx", "torch", "torch", "torch", "torch"]
 
 
+def test_a_shipped_onnx_not_exported_from_the_shipped_checkpoint_is_refused(tiny_ckpt, tiny_onnx, tmp_path,
+                                                                            monkeypatch):
+    """An interrupted ship could leave the .pt of one run (its threshold) beside the .onnx of another."""
+    other = tmp_path / "other.pt"
+    ckpt = torch.load(tiny_ckpt, weights_only=True)
+    ckpt["threshold"] = 0.9
+    torch.save(ckpt, other)
+    monkeypatch.setattr(predict, "DEFAULT_ONNX", tiny_onnx)
+    monkeypatch.setattr(predict, "DEFAULT_CHECKPOINT", other)
+    with pytest.raises(ValueError, match=r"tiny.onnx was not exported from .*other.pt .*ship the run again"):
+        predict_proba(BRIGHT)
+    assert 0 <= predict_proba(BRIGHT, checkpoint=tiny_onnx) <= 1  # named explicitly, it is not checked
+    monkeypatch.setattr(predict, "DEFAULT_CHECKPOINT", tiny_ckpt)
+    assert predict_proba(BRIGHT) == predict_proba(BRIGHT, checkpoint=tiny_onnx)
+
+
 def test_the_model_cache_is_bounded(tiny_ckpt, tmp_path):
     for i in range(predict.CACHE_SIZE + 3):
         copy = tmp_path / f"c{i}.pt"
