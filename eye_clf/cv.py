@@ -93,12 +93,25 @@ def same_key(key):
     return {**key, "config": asdict(TrainConfig.from_dict({**BEFORE, **key["config"]}))}
 
 
-def check_data(rows, here, name):
-    """Refuse fold rows of run ``name`` made on other data than the data of fingerprint ``here`` (``data_id``:
-    changed, added or reordered images or labels), whose test indices would point at other images; rows from
-    before the fingerprint pass."""
+def _same_scores(row, targets):
+    """Whether a fold row's EER recomputes from its P(open) and ``targets`` (for rows without a fingerprint)."""
+    k, idx = row["key"], np.asarray(row["test_idx"])
+    if (k["n"], k["n_open"]) != (len(targets), int(np.sum(targets))):
+        return False
+    try:
+        return abs(metrics.eer(targets[idx], np.asarray(predicted(row)))[0] - row["eer"]) < 1e-9
+    except ValueError:  # one class in the test fold: not this data's fold
+        return False
+
+
+def check_data(rows, targets, here, name):
+    """Refuse fold rows of run ``name`` made on other data than ``targets`` of fingerprint ``here`` (``data_id``:
+    changed, added or reordered images or labels), whose test indices would point at other images. Rows from
+    before the fingerprint must have the same image and open counts, and their EER must recompute exactly from
+    their P(open) and these targets."""
+    targets = np.asarray(targets)
     for r in rows:
-        if r["key"].get("data", here) != here:
+        if not (r["key"]["data"] == here if "data" in r["key"] else _same_scores(r, targets)):
             raise ValueError(f"{name}: fold {r['fold']} was made on other data (images or labels changed or "
                              "reordered since); rerun it")
 

@@ -48,11 +48,18 @@ def cold_start(backend, image):
     return float(out[0]), float(out[1]) / 1024
 
 
+def positive(text):
+    """argparse type: an integer >= 1."""
+    if not text.isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {text!r}")
+    return int(text)
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--repeats", type=int, default=3)
-    ap.add_argument("--batch-size", type=int, help="predict_proba's batch_size (default: predict_proba's default)")
+    ap.add_argument("--threads", type=positive, default=2)
+    ap.add_argument("--repeats", type=positive, default=3, help="timed passes per case; the fastest counts")
+    ap.add_argument("--batch-size", type=positive, help="predict_proba's batch_size (default: predict_proba's default)")
     ap.add_argument("--data", help="data folder (default: $EYE_CLF_DATA or ../shared/data)")
     args = ap.parse_args()
     os.environ["OMP_NUM_THREADS"] = str(args.threads)  # onnxruntime sessions and the cold-start processes

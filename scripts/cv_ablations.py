@@ -21,7 +21,7 @@ folds, and for each run the paired difference in EER against the reference on th
 import argparse
 import itertools
 import json
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 
 import numpy as np
@@ -29,12 +29,12 @@ import pandas as pd
 import torch
 
 from eye_clf import data, experiment, metrics, plots
-from eye_clf.cv import check_data, cross_val_predict, data_id, interval, predicted
-from eye_clf.files import atomic_write
+from eye_clf.cv import check_data, cross_val_predict, data_id, interval, predicted, same_key
+from eye_clf.files import atomic_write, provenance
 from eye_clf.train import TrainConfig
 
 OUT = Path(__file__).resolve().parent.parent / "results"
-DATA_ID = []  # the fingerprint of the data (cv.data_id) once main has loaded it
+DATA = []  # (targets, fingerprint cv.data_id) of the data once main has loaded it
 FOLDS = 5  # every run: the same 5 stratified folds (seed 0)
 REFERENCE = "eyenet16_e100_batchaug_nearest"  # the base recipe: the shipped one without refit and TTA (shipped before)
 # averages of finished runs' out-of-fold P(open); the three 100-epoch EyeNet-16 runs differ only in how their
@@ -316,6 +316,14 @@ def config(name):
     return TrainConfig(**{"patience": change.get("epochs", TrainConfig.epochs), **BASE, **change})
 
 
+def recipe(name):
+    """A run's config and RUNS extras without its seed: the runs of one recipe share it."""
+    if name not in RUNS:
+        return name
+    extras = sorted((k, v) for k, v in RUNS[name].items() if k in EXTRA)
+    return repr((sorted(asdict(replace(config(name), seed=0)).items()), extras))
+
+
 def run(name, images, targets, names, only=None):
     cfg = config(name)
     soft = data.soft_targets(targets, names) if cfg.soft_labels else None
@@ -335,12 +343,17 @@ def run(name, images, targets, names, only=None):
 
 def load(name, partial=False):
     """Per-fold rows of a finished run (None if some fold is missing); ``partial``: the folds there are, if any.
-    Once main has loaded the data, rows made on other data are refused (cv.check_data)."""
+    Once main has loaded the data, rows made on other data are refused (cv.check_data), and so are folds of
+    another config than the run's in RUNS or folds that differ from each other in config, folds or data."""
     rows = experiment.cv_rows(name, OUT / "cv")
     if rows is None and partial:
         rows = [json.loads(p.read_text()) for p in sorted((OUT / "cv" / name).glob("fold*.json"))] or None
-    if rows and DATA_ID:
-        check_data(rows, DATA_ID[0], name)
+    if rows and DATA:
+        check_data(rows, *DATA[0], name)
+        keys = [{k: v for k, v in same_key(r["key"]).items() if k != "data"} for r in rows]  # data: check_data
+        if any(k != keys[0] for k in keys) or (name in RUNS and keys[0]["config"] != asdict(config(name))):
+            raise ValueError(f"{name}: its folds are not all of the config declared in RUNS, on the same folds; "
+                             "rerun the odd ones")
     return rows
 
 
@@ -495,8 +508,10 @@ def table(targets):
             rows.append(dict(run="average of " + " + ".join(names), change="(no retraining: out-of-fold P(open))",
                              **cells(f, {titles[k]: ref for k, ref in refs.items()}),
                              **{"best epoch (mean)": "—", "train s/fold": "—"}))
+    prov = provenance()
     md = ("# 5-fold CV of recipe variants\n\nCommand: `python scripts/cv_ablations.py NAME...` then "
-          "`python scripts/cv_ablations.py --table`.\n\n"
+          f"`python scripts/cv_ablations.py --table` (the table at commit {prov['git_commit']}, uncommitted changes: "
+          f"{prov['git_dirty']}).\n\n"
           f"Changes are from the base recipe `{json.dumps(base)}`; the shipped recipe (marked \"(shipped)\") is "
           "its validated fit followed by a refit on the training and validation images together, predicting with "
           "mirror TTA (its metrics are those of its TTA predictions). Each fold's "
@@ -547,15 +562,28 @@ if __name__ == "__main__":
         ap.error("--against pairs an --ensemble with a run: name the --ensemble runs too")
     if args.seeds and len(set(args.seeds)) < 2:
         ap.error("--seeds needs two or more different runs of one recipe: one run has no spread over seeds")
+    for flag in ("ensemble", "average_curve", "seeds"):
+        given = getattr(args, flag) or []
+        if len(set(given)) < len(given):
+            ap.error(f"--{flag.replace('_', '-')}: a run named twice would count twice, got {given}")
+    if args.seeds and len({recipe(n) for n in args.seeds}) > 1:
+        ap.error(f"--seeds: {args.seeds} are not all one recipe (their configs differ in more than the seed)")
     args.against = args.against or REFERENCE
     images, targets, names = data.load_dataset()
-    DATA_ID[:] = [data_id(images, targets)]  # from here on, fold files made on other data are refused (load)
-    for name in args.names:
-        run(name, images, targets, names, args.only)
-    unfinished = [n for n in (args.ensemble or []) + (args.average_curve or []) + (args.ece_floor or [])
-                  + (args.seeds or []) + ([args.against] if args.ensemble else []) if load(n) is None]
+    DATA[:] = [(targets, data_id(images, targets))]  # from here on, fold files made on other data are refused (load)
+    try:
+        for name in args.names:
+            run(name, images, targets, names, args.only)
+        unfinished = [n for n in (args.ensemble or []) + (args.average_curve or []) + (args.ece_floor or [])
+                      + (args.seeds or []) + ([args.against] if args.ensemble else []) if load(n) is None]
+    except ValueError as err:  # fold files of other data or config
+        ap.error(str(err))
     if unfinished:
         ap.error(f"no complete {FOLDS}-fold CV in {OUT / 'cv'} for {sorted(set(unfinished))}")
+    if args.ensemble or args.average_curve or args.ece_floor or args.seeds or args.learning_curve:
+        prov = provenance()
+        print(f"# scripts/cv_ablations.py at commit {prov['git_commit']} (uncommitted changes: {prov['git_dirty']}); "
+              f"{prov['versions']}")
     if args.ensemble:
         ensemble(args.ensemble, targets, against=args.against)
         ensemble(args.ensemble, targets, tta=True, against=args.against)

@@ -17,6 +17,7 @@ import numpy as np
 
 from eye_clf import data, experiment, metrics
 from eye_clf.cv import check_data, data_id, interval, predicted
+from eye_clf.files import provenance
 from eye_clf.train import TrainConfig
 
 RESULTS = Path(__file__).resolve().parent.parent / "results"
@@ -35,9 +36,12 @@ if rows is None:
     raise SystemExit(f"error: results/cv/{args.run} has no complete CV")
 images, targets, names = data.load_dataset()
 try:
-    check_data(rows, data_id(images, targets), args.run)
+    check_data(rows, targets, data_id(images, targets), args.run)
 except ValueError as err:
     raise SystemExit(f"error: {err}") from None
+prov = provenance()
+print(f"# scripts/label_noise.py {args.run} at commit {prov['git_commit']} (uncommitted changes: {prov['git_dirty']}); "
+      f"{prov['versions']}")
 p, threshold = np.full(len(targets), np.nan), np.full(len(targets), np.nan)
 for r in rows:
     p[r["test_idx"]], threshold[r["test_idx"]] = predicted(r), r["val_threshold"]

@@ -79,6 +79,8 @@ def main():
     ap.add_argument("--data", help="data folder (default: $EYE_CLF_DATA or ../shared/data)")
     ap.add_argument("--out", default=str(CV.parent / "robustness.md"), help="the table's file (default: %(default)s)")
     args = ap.parse_args()
+    if len(set(args.runs)) < len(args.runs):
+        ap.error(f"a run named twice: {args.runs}")
     runs = {run: cv_rows(run, CV) for run in args.runs}
     unfinished = [run for run, rows in runs.items() if rows is None]
     if unfinished:
@@ -93,7 +95,7 @@ def main():
     here = data_id(images, targets)
     for run, rows in runs.items():
         try:
-            check_data(rows, here, run)
+            check_data(rows, targets, here, run)
         except ValueError as err:
             ap.error(str(err))
     rows = []
@@ -108,14 +110,16 @@ def main():
     for run in args.runs:
         table.insert(table.columns.get_loc(f"{run} EER %") + 1, f"{run} change",
                      (table[f"{run} EER %"] - table[f"{run} EER %"][0]).map("{:+.2f}".format))
+    table = table.map(lambda v: f"{v:.2f}" if isinstance(v, float) else v)  # "+0.10" and "97.50" as written
     prov = provenance()
     md = ("# Robustness: out-of-fold EER under input changes\n\n"
           f"Command: `python scripts/robustness.py {' '.join(args.runs)}"
           f"{'' if Path(args.out) == CV.parent / 'robustness.md' else ' --out ' + args.out}` "
           f"(commit {prov['git_commit']}, "
           f"dirty: {prov['git_dirty']}; {prov['versions']}; {prov['machine']}). Each of the 4000 images is scored by the fold model of `results/cv/RUN/` "
-          "that never saw it; accuracy at each fold's validation threshold.\n\n"
-          + table.to_markdown(index=False) + "\n")
+          "that never saw it; the EER is that of these pooled out-of-fold scores (the CV tables report the mean of the "
+          "per-fold EERs, which differs); accuracy at each fold's validation threshold.\n\n"
+          + table.to_markdown(index=False, disable_numparse=True) + "\n")
     atomic_write(args.out, lambda tmp: Path(tmp).write_text(md))
     print(md)
 

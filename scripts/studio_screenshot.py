@@ -14,6 +14,7 @@ from pathlib import Path
 from playwright.sync_api import expect, sync_playwright
 
 from eye_clf import data, studio
+from eye_clf.files import atomic_write
 from eye_clf.labels_store import LabelStore
 from eye_clf.predict import DEFAULT_CHECKPOINT
 
@@ -48,11 +49,12 @@ def main():
                 expect(page.locator("#save")).to_have_text("all saved")
                 page.wait_for_function(
                     "() => [...document.querySelectorAll('#grid img')].every(i => i.complete && i.naturalWidth)")
-                page.screenshot(path=args.out)
+                png = page.screenshot(type="png")
                 browser.close()
         finally:
             server.shutdown()
             server.server_close()
+    atomic_write(args.out, lambda tmp: Path(tmp).write_bytes(png))
     print(f"wrote {args.out}")
 
 

@@ -313,6 +313,67 @@ def test_ablation_average_prints_its_paired_difference(monkeypatch, tmp_path, ca
     assert "EER 0.00%, paired ΔEER vs" in out and "(per fold [-3.0, -2.0, -4.0, -3.0, -3.0])" in out
 
 
+def test_ablation_average_of_two_runs_averages_their_p_open(monkeypatch, tmp_path, capsys):
+    """Each run alone is wrong on a different half of every fold (EER 50 %); their average separates it (0 %)."""
+    ablations = load_script("cv_ablations")
+    monkeypatch.setattr(ablations, "OUT", tmp_path)
+    targets = np.tile([0.0, 1.0], 50)
+    for name, wrong in (("eyenet16_e60", 0), ("eyenet16_e30", 1)):
+        (tmp_path / "cv" / name).mkdir(parents=True)
+        for k in range(5):
+            idx = np.arange(20 * k, 20 * k + 20)
+            right = 0.2 + 0.6 * targets[idx]
+            p = np.where((idx // 2) % 2 == wrong, 0.5 + 0.2 * (targets[idx] - 0.5) * -1, right)
+            row = dict(fold=k, eer=0.5, test_idx=idx.tolist(), p=p.tolist(), key=dict(config={}, folds=5))
+            (tmp_path / "cv" / name / f"fold{k}.json").write_text(json.dumps(row))
+    alone = metrics.eer(targets, ablations.oof_of(ablations.load("eyenet16_e60"), 100))[0]
+    p, f = ablations.ensemble(["eyenet16_e60", "eyenet16_e30"], targets)
+    assert alone > 0.2 and f["eer"].max() == 0.0
+    assert np.allclose(p, np.mean([ablations.oof_of(ablations.load(n), 100) for n in ("eyenet16_e60", "eyenet16_e30")],
+                                  axis=0))
+
+
+def test_paired_differences_match_folds_by_number_not_position():
+    ablations = load_script("cv_ablations")
+    f = pd.DataFrame(dict(fold=[3, 1], eer=[0.05, 0.02]))
+    ref = [dict(fold=k, eer=0.01 * k) for k in (0, 1, 2, 3, 4)]
+    assert np.allclose(ablations.paired_diff(f, ref), [0.05 - 0.03, 0.02 - 0.01])
+
+
+def test_ablation_load_refuses_folds_of_another_config_or_data(monkeypatch, tmp_path):
+    ablations = load_script("cv_ablations")
+    monkeypatch.setattr(ablations, "OUT", tmp_path)
+    targets = np.tile([0.0, 1.0], 50)
+    key = dict(config=asdict(ablations.config("eyenet16_e60")), folds=5, seed=0, n=100, n_open=50)
+    (tmp_path / "cv" / "eyenet16_e60").mkdir(parents=True)
+    for k in range(5):
+        idx = list(range(20 * k, 20 * k + 20))
+        row = dict(fold=k, eer=0.0, test_idx=idx, p=(0.1 + 0.8 * targets[idx]).tolist(), key=key)
+        (tmp_path / "cv" / "eyenet16_e60" / f"fold{k}.json").write_text(json.dumps(row))
+    ablations.DATA[:] = [(targets, "")]
+    assert len(ablations.load("eyenet16_e60")) == 5
+    ablations.DATA[:] = [(1 - targets, "")]  # other labels: the stored EERs no longer recompute
+    with pytest.raises(ValueError, match="eyenet16_e60: fold 0 was made on other data"):
+        ablations.load("eyenet16_e60")
+    ablations.DATA[:] = [(targets, "")]
+    odd = json.loads((tmp_path / "cv" / "eyenet16_e60" / "fold2.json").read_text())
+    odd["key"]["config"]["epochs"] = 30
+    (tmp_path / "cv" / "eyenet16_e60" / "fold2.json").write_text(json.dumps(odd))
+    with pytest.raises(ValueError, match="eyenet16_e60: its folds are not all of the config declared in RUNS"):
+        ablations.load("eyenet16_e60")
+
+
+@pytest.mark.parametrize("argv, says", [(["--ensemble", "eyenet16_e30", "eyenet16_e30"], "--ensemble: a run named twice"),
+                                        (["--average-curve", "eyenet16_e30", "eyenet16_e30"],
+                                         "--average-curve: a run named twice"),
+                                        (["--seeds", "eyenet16_e30", "eyenet16_e60"], "--seeds: ['eyenet16_e30', "
+                                         "'eyenet16_e60'] are not all one recipe")])
+def test_ablation_modes_refuse_runs_that_would_mislead(argv, says):
+    script = Path(__file__).resolve().parent.parent / "scripts" / "cv_ablations.py"
+    r = subprocess.run([sys.executable, str(script), *argv], capture_output=True, text=True)
+    assert r.returncode == 2 and says in r.stderr
+
+
 def test_ablation_average_pairs_with_another_run_with_tta_as_asked(monkeypatch, tmp_path, capsys):
     """--against RUN: the average (EER 0 on every fold) against that run's folds, its TTA EERs when TTA is on."""
     ablations = load_script("cv_ablations")
@@ -647,9 +708,14 @@ def test_fold_files_belong_to_their_data(tmp_path):
     with pytest.raises(ValueError, match="another config or data"):
         cv.cross_val_predict(images[order], targets[order], SMALL, folds=3, progress=False, fold_dir=tmp_path)
     rows = [json.loads((tmp_path / f"fold{k}.json").read_text()) for k in range(3)]
-    cv.check_data(rows, cv.data_id(images, targets), "run")
+    cv.check_data(rows, targets, cv.data_id(images, targets), "run")
     with pytest.raises(ValueError, match="run: fold 0 was made on other data"):
-        cv.check_data(rows, cv.data_id(images[order], targets[order]), "run")
+        cv.check_data(rows, targets[order], cv.data_id(images[order], targets[order]), "run")
     for r in rows:
-        del r["key"]["data"]  # folds from before the fingerprint
-    cv.check_data(rows, cv.data_id(images[order], targets[order]), "run")
+        del r["key"]["data"]  # folds from before the fingerprint: their scores must fit the targets
+    cv.check_data(rows, targets, "", "run")
+    shuffled = np.random.default_rng(0).permutation(60)
+    with pytest.raises(ValueError, match="run: fold 0 was made on other data"):
+        cv.check_data(rows, targets[shuffled], "", "run")
+    with pytest.raises(ValueError, match="run: fold 0 was made on other data"):
+        cv.check_data(rows, targets[:59], "", "run")  # one image fewer
