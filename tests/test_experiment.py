@@ -98,6 +98,10 @@ def test_oof_predictions_never_come_from_a_model_that_saw_the_image(monkeypatch,
     assert all(not (t & s) for t, s in zip(tests, seen))           # a fold's model never saw its test images
     assert sorted(i for t in tests for i in t) == list(range(60))   # and every image is predicted exactly once
     assert np.isfinite(oof).all() and len(per_fold) == 3
+    for r in rows:  # each fold's figures are those of its own test images, at its validation threshold
+        test, p = r["test_idx"], np.asarray(cv.predicted(r))
+        assert r["accuracy_at_val_threshold"] == metrics.accuracy(targets[test], p, r["val_threshold"])
+        assert r["eer"] == metrics.eer(targets[test], p)[0]
     assert [r["fold"] for r in experiment.cv_rows(tmp_path.name, tmp_path.parent)] == [0, 1, 2]  # its own fold count
     (tmp_path / "fold2.json").unlink()
     assert experiment.cv_rows(tmp_path.name, tmp_path.parent) is None  # unfinished
