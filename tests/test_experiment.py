@@ -539,6 +539,12 @@ def test_untrainable_images_leave_only_the_training_parts(monkeypatch, tmp_path)
     assert tests[0] == tests[1]
     with pytest.raises(ValueError, match="trainable: a mask of 100 images"):
         cv.cross_val_predict(images, targets, SMALL, folds=2, progress=False, trainable=trainable[:-1])
+    cv.cross_val_predict(images, targets, SMALL, folds=2, progress=False, fold_dir=tmp_path / "some",
+                         trainable=trainable)  # resumed: read, not retrained
+    assert len(splits) == 4
+    with pytest.raises(ValueError, match="another config or data"):  # another mask, same count of left-out images
+        cv.cross_val_predict(images, targets, SMALL, folds=2, progress=False, fold_dir=tmp_path / "some",
+                             trainable=np.roll(trainable, 1))
 
 
 def test_pruned_folds_drop_the_label_errors_an_inner_cv_of_the_training_part_finds(monkeypatch, tmp_path):
