@@ -729,3 +729,15 @@ def test_fold_files_belong_to_their_data(tmp_path):
         cv.check_data(rows, targets[shuffled], "", "run")
     with pytest.raises(ValueError, match="run: fold 0 was made on other data"):
         cv.check_data(rows, targets[:59], "", "run")  # one image fewer
+
+
+def test_robustness_refuses_fold_models_that_do_not_reproduce_their_fold_files(monkeypatch, tmp_path):
+    robustness = load_script("robustness")
+    images, targets = synthetic(60)
+    cv.cross_val_predict(images, targets, SMALL, folds=2, progress=False, fold_dir=tmp_path / "run")
+    monkeypatch.setattr(robustness, "CV", tmp_path)
+    rows = experiment.cv_rows("run", tmp_path)
+    robustness.check_models("run", rows, images)
+    rows[1]["p"] = rows[1]["p_tta"] = (1 - np.asarray(rows[1]["p_tta"])).tolist()  # fold1.pt of another training
+    with pytest.raises(ValueError, match=r"fold1.pt does not reproduce fold1.json's P\(open\)"):
+        robustness.check_models("run", rows, images)
