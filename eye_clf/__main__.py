@@ -290,8 +290,9 @@ def cmd_cv(args):
     print(per_fold.round(4).to_string(index=False))
     print(f"{args.folds}-fold CV ({cfg.arch}, weights: {cfg.weights or 'random init'}): {report(per_fold)}")
     if args.out:
-        result = dict(config=vars(cfg), folds=per_fold.to_dict("records"),
-                      pooled=metrics.summary(targets, oof))
+        from .files import provenance
+        result = dict(config=vars(cfg), folds=per_fold.to_dict("records"), pooled=metrics.summary(targets, oof),
+                      data=dict(n=len(targets), n_open=int(targets.sum())), provenance=provenance(device_of(cfg.device)))
         atomic_write(args.out, lambda tmp: Path(tmp).write_text(json.dumps(result, indent=1)))
 
 

@@ -149,6 +149,9 @@ def test_cv(real_root, tmp_path, capsys, monkeypatch):
     result = json.loads(out.read_text())
     assert len(result["folds"]) == 2 and result["config"]["epochs"] == 1 and len(seen["targets"]) == 100
     assert result["pooled"]["eer"] == pytest.approx(brute_force_eer(seen["targets"], seen["oof"]), abs=1e-12)
+    m, h = cv.interval([f["eer"] for f in result["folds"]])
+    assert f"eer {100 * m:.2f} ± {100 * h:.2f}%" in printed  # the mean over the folds written
+    assert result["data"] == dict(n=100, n_open=int(sum(seen["targets"]))) and result["provenance"]["git_commit"]
 
 
 def test_bad_inputs_exit_with_a_clear_message(tmp_path, tiny_ckpt, labelled_folder):
