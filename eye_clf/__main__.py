@@ -292,7 +292,8 @@ def cmd_cv(args):
     if args.out:
         from .files import provenance
         result = dict(config=vars(cfg), folds=per_fold.to_dict("records"), pooled=metrics.summary(targets, oof),
-                      data=dict(n=len(targets), n_open=int(targets.sum())), provenance=provenance(device_of(cfg.device)))
+                      data=dict(n=len(targets), n_open=int(targets.sum())),
+                      provenance=provenance(device_of(cfg.device)))
         atomic_write(args.out, lambda tmp: Path(tmp).write_text(json.dumps(result, indent=1)))
 
 

@@ -116,16 +116,15 @@ def check_data(rows, targets, here, name):
                              "reordered since); rerun it")
 
 
-def inputs_id(teacher_dirs, soft, trainable, folds):
-    """A fingerprint of a run's other training inputs (its teachers' fold predictions, soft targets, trainable
-    mask), or None without any: a resumed run refuses folds made before one of them changed."""
+def inputs_id(teacher_dirs, soft, trainable, k):
+    """A fingerprint of fold ``k``'s other training inputs (its teachers' fold-k predictions, soft targets, trainable
+    mask), or None without any: a resumed run refuses a fold made before one of them changed."""
     if not teacher_dirs and soft is None and trainable is None:
         return None
     h = hashlib.sha256()
     for d in teacher_dirs:
-        for k in range(folds):
-            f = Path(d) / f"fold{k}.json"
-            h.update(json.dumps(json.loads(f.read_text())["p"]).encode() if f.exists() else b"missing")
+        f = Path(d) / f"fold{k}.json"
+        h.update(json.dumps(json.loads(f.read_text())["p"]).encode() if f.exists() else b"missing")
     for a in (soft, trainable):
         h.update(b"none" if a is None else np.ascontiguousarray(a, dtype=np.float64).tobytes())
     return h.hexdigest()[:16]
@@ -191,13 +190,12 @@ def cross_val_predict(images, targets, cfg=None, folds=5, seed=0, progress=True,
     if prune_folds and (cfg.soft_labels or cfg.distill):
         raise ValueError("prune_folds: the pruning CV trains on the labels alone; not with soft labels or teachers")
     oof = np.full(len(targets), np.nan)
-    inputs = inputs_id(teacher_dirs, soft, trainable, folds)
-    key = dict(config=asdict(cfg), folds=folds, seed=seed, n=len(targets), n_open=int(np.sum(targets)),
-               data=data_id(images, targets), **({"inputs": inputs} if inputs else {}),
-               **({"teachers": [Path(d).name for d in teacher_dirs]} if teacher_dirs else {}),
-               **({"train_fraction": train_fraction} if train_fraction < 1 else {}),
-               **({"untrainable": int(np.sum(~trainable))} if trainable is not None else {}),
-               **({"prune_folds": prune_folds} if prune_folds else {}))
+    run_key = dict(config=asdict(cfg), folds=folds, seed=seed, n=len(targets), n_open=int(np.sum(targets)),
+                   data=data_id(images, targets),
+                   **({"teachers": [Path(d).name for d in teacher_dirs]} if teacher_dirs else {}),
+                   **({"train_fraction": train_fraction} if train_fraction < 1 else {}),
+                   **({"untrainable": int(np.sum(~trainable))} if trainable is not None else {}),
+                   **({"prune_folds": prune_folds} if prune_folds else {}))
     # the code this run loaded: later commits do not change a running process
     rows, prov = [], provenance(device_of(cfg.device))
     if only is not None and not set(only) <= set(range(folds)):
@@ -205,6 +203,8 @@ def cross_val_predict(images, targets, cfg=None, folds=5, seed=0, progress=True,
     for k, (rest, test) in enumerate(data.kfold(targets, folds, seed)):
         path = Path(fold_dir) / f"fold{k}.json" if fold_dir else None
         row = json.loads(path.read_text()) if path and path.exists() else None
+        inputs = inputs_id(teacher_dirs, soft, trainable, k)
+        key = {**run_key, **({"inputs": inputs} if inputs else {})}
         # folds written before the data and inputs fingerprints are matched on the rest of their key
         old = {f: key[f] for f in ("data", "inputs") if f in key}
         if row is not None and {**old, **same_key(row["key"])} != key:

@@ -79,15 +79,23 @@ def cv_rows(name, results=CV_RESULTS):
 def cv_of(cfg, results=CV_RESULTS, images=None, targets=None):
     """The finished CV of exactly this config on all its training images (not a learning-curve, pruned or
     undisputed-only run) as (run name, per-fold rows), or None; given ``images`` and ``targets``, only a CV of
-    that data (folds from before the data fingerprint: the same image and open counts)."""
-    here = None if targets is None else (len(targets), int(np.sum(targets)), cv.data_id(images, targets))
+    that data (cv.check_data)."""
+    here = None if targets is None else cv.data_id(images, targets)
     for folder in sorted(Path(results).glob("*/")):
         rows = cv_rows(folder.name, results)
         keys = [cv.same_key(r["key"]) for r in rows] if rows else []
         if rows and all(k["config"] == asdict(cfg) and not {"train_fraction", "untrainable", "prune_folds"} & set(k)
-                        and (here is None or (k["n"], k["n_open"], k.get("data", here[2])) == here) for k in keys):
+                        for k in keys) and (here is None or _of_data(rows, targets, here)):
             return folder.name, rows
     return None
+
+
+def _of_data(rows, targets, here):
+    try:
+        cv.check_data(rows, targets, here, "")
+        return True
+    except ValueError:
+        return False
 
 
 def teacher_names(cfg):

@@ -23,7 +23,7 @@ _cache = OrderedDict()
 
 
 def _cached(backend, path, load):
-    key = (backend, path, path.stat().st_mtime_ns)  # backend: "onnx" or ("torch", device)
+    key = (backend, path, path.stat().st_mtime_ns)  # backend: "onnx", ("shipped onnx", .pt mtime), ("torch", device)
     if key in _cache:
         _cache.move_to_end(key)
     else:
@@ -100,7 +100,10 @@ def load_session(checkpoint=None):
     """The onnxruntime session of an ``.onnx`` file (default: the shipped ``eye_clf.onnx``, checked against the
     shipped checkpoint), on CPU; it honours $OMP_NUM_THREADS. The last CACHE_SIZE models loaded are kept."""
     path = _model_path(checkpoint, DEFAULT_ONNX, "export one with `python -m eye_clf export`")
-    return _cached("onnx", path, _load_shipped_onnx if checkpoint is None else _load_onnx)
+    if checkpoint is not None:
+        return _cached("onnx", path, _load_onnx)
+    pair = DEFAULT_CHECKPOINT.stat().st_mtime_ns if DEFAULT_CHECKPOINT.is_file() else None
+    return _cached(("shipped onnx", pair), path, _load_shipped_onnx)  # checked again when either file changes
 
 
 def _is_torch(x):

@@ -32,11 +32,13 @@ def _scaled(a, low, high, scale, name, mode):
 
 
 def to_gray24(image, name="image"):
-    """A PIL image of any size and accepted mode (see the module docstring) as a 24x24 grayscale uint8 array."""
+    """A PIL image of any size and accepted mode (see the module docstring) as a 24x24 grayscale uint8 array,
+    turned upright as its EXIF orientation says (as viewers show phone photos)."""
     try:
         image.load()
     except ValueError as err:  # "Operation on closed image"
         raise ValueError(f"{name}: cannot read the PIL image ({err})") from None
+    image = ImageOps.exif_transpose(image)
     mode = image.mode
     if mode == "I" or mode.startswith("I;16"):
         image = _scaled(np.asarray(image, dtype=np.float64), 0, 65535, 1 / 257, name, mode)
@@ -73,15 +75,15 @@ def _reduce_large(image, path):
 
 
 def load_image(path):
-    """Read one image file as a 24x24 uint8 array, turned upright as its EXIF orientation says (as viewers show
-    phone photos); a clear error names a missing, non-image, corrupt, too large or non-regular file."""
+    """Read one image file as a 24x24 uint8 array (see to_gray24); a clear error names a missing, non-image,
+    corrupt, too large or non-regular file."""
     path = Path(path)
     _check_file(path)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # MAX_PIXELS is the limit here
             with Image.open(path) as image:
-                return to_gray24(ImageOps.exif_transpose(_reduce_large(image, path)), str(path))
+                return to_gray24(_reduce_large(image, path), str(path))
     except Image.DecompressionBombError as err:
         raise ValueError(f"image too large: {path} ({err})") from None
     except UnidentifiedImageError:

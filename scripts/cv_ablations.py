@@ -350,7 +350,8 @@ def load(name, partial=False):
         rows = [json.loads(p.read_text()) for p in sorted((OUT / "cv" / name).glob("fold*.json"))] or None
     if rows and DATA:
         check_data(rows, *DATA[0], name)
-        keys = [{k: v for k, v in same_key(r["key"]).items() if k != "data"} for r in rows]  # data: check_data
+        keys = [{k: v for k, v in same_key(r["key"]).items() if k not in ("data", "inputs")}  # per fold, or absent
+                for r in rows]
         if any(k != keys[0] for k in keys) or (name in RUNS and keys[0]["config"] != asdict(config(name))):
             raise ValueError(f"{name}: its folds are not all of the config declared in RUNS, on the same folds; "
                              "rerun the odd ones")

@@ -66,7 +66,7 @@ def check_models(name, rows, images):
     for fold in rows:
         p = predict_proba(images[fold["test_idx"]], checkpoint=CV / name / f"fold{fold['fold']}.pt")
         gap = np.abs(p - np.asarray(predicted(fold))).max()
-        if gap > 1e-4:
+        if gap > 1e-3:  # another training differs by far more; CUDA's TF32 convolutions by less
             raise ValueError(f"{CV / name}/fold{fold['fold']}.pt does not reproduce fold{fold['fold']}.json's "
                              f"P(open) (max difference {gap:.2g}); rerun that fold")
 

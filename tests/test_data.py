@@ -150,6 +150,8 @@ def test_load_image_turns_the_image_upright_as_its_exif_orientation_says(tmp_pat
     Image.fromarray(stored).save(tmp_path / "phone.png", exif=exif)
     upright = data.load_image(tmp_path / "phone.png")
     assert upright[:12].mean() > 250 and upright[12:].mean() < 5  # the white half is now on top
+    with Image.open(tmp_path / "phone.png") as opened:  # a PIL image of the file: the same
+        assert np.array_equal(data.to_gray24(opened), upright)
 
 
 def test_load_image_errors_name_the_file(tmp_path):

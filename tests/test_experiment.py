@@ -115,11 +115,35 @@ def test_cv_of_finds_a_cv_of_the_config_and_if_asked_of_the_same_data(tmp_path):
         for k in range(2):
             (tmp_path / name / f"fold{k}.json").write_text(json.dumps(dict(fold=k, key=dict(key, **extra))))
     assert experiment.cv_of(SMALL, tmp_path)[0] == "old"  # the first of the config, whatever its data
-    assert experiment.cv_of(SMALL, tmp_path, images, targets)[0] == "old"  # no fingerprint: same counts suffice
     (tmp_path / "old" / "fold1.json").unlink()
     assert experiment.cv_of(SMALL, tmp_path)[0] == "other"
     assert experiment.cv_of(SMALL, tmp_path, images, targets) is None  # made on other data
     assert experiment.cv_of(replace(SMALL, epochs=SMALL.epochs + 1), tmp_path) is None
+
+
+def test_cv_of_the_same_data_refuses_one_with_the_same_counts_but_other_labels(tmp_path):
+    images, targets = synthetic(60)
+    cv.cross_val_predict(images, targets, SMALL, folds=2, progress=False, fold_dir=tmp_path / "run")
+    for k in range(2):  # as if written before the data fingerprint
+        row = json.loads((tmp_path / "run" / f"fold{k}.json").read_text())
+        del row["key"]["data"]
+        (tmp_path / "run" / f"fold{k}.json").write_text(json.dumps(row))
+    assert experiment.cv_of(SMALL, tmp_path, images, targets)[0] == "run"
+    swapped = targets.copy()
+    swapped[[np.argmax(targets), np.argmin(targets)]] = swapped[[np.argmin(targets), np.argmax(targets)]]
+    assert experiment.cv_of(SMALL, tmp_path, images, swapped) is None  # one open and one closed label swapped
+
+
+def test_inputs_fingerprint_is_per_fold(tmp_path):
+    teacher = tmp_path / "teacher"
+    teacher.mkdir()
+    (teacher / "fold0.json").write_text(json.dumps(dict(p=[0.1, 0.9])))
+    before = cv.inputs_id([teacher], None, None, 0)
+    (teacher / "fold1.json").write_text(json.dumps(dict(p=[0.2, 0.8])))  # fold 1 finishes later
+    assert cv.inputs_id([teacher], None, None, 0) == before != cv.inputs_id([teacher], None, None, 1)
+    (teacher / "fold0.json").write_text(json.dumps(dict(p=[0.3, 0.7])))  # fold 0 retrained
+    assert cv.inputs_id([teacher], None, None, 0) != before
+    assert cv.inputs_id([], None, None, 0) is None
 
 
 def test_refit_folds_score_a_model_of_the_whole_training_part_with_the_first_fits_threshold(monkeypatch, tmp_path):
@@ -365,6 +389,10 @@ def test_ablation_load_refuses_folds_of_another_config_or_data(monkeypatch, tmp_
     (tmp_path / "cv" / "eyenet16_e60" / "fold2.json").write_text(json.dumps(odd))
     with pytest.raises(ValueError, match="eyenet16_e60: its folds are not all of the config declared in RUNS"):
         ablations.load("eyenet16_e60")
+    odd["key"]["config"]["epochs"] = 60
+    odd["key"]["inputs"] = "0123456789abcdef"  # a fold rerun after the inputs fingerprint, beside older ones
+    (tmp_path / "cv" / "eyenet16_e60" / "fold2.json").write_text(json.dumps(odd))
+    assert len(ablations.load("eyenet16_e60")) == 5
 
 
 @pytest.mark.parametrize("argv, says", [(["--ensemble", "eyenet16_e30", "eyenet16_e30"], "--ensemble: a run named twice"),

@@ -191,7 +191,7 @@ def test_model_and_checkpoint_arguments(tiny_ckpt, tiny_onnx, monkeypatch):
     for backend in (None, "onnx", "torch"):
         assert np.allclose(eye_clf.predict_proba(images, backend=backend), by_ckpt, atol=TOL), backend
     assert tta is False and model is eye_clf.load_model()[0]  # cached
-    assert eye_clf.load_session() is eye_clf.load_session(tiny_onnx)
+    assert eye_clf.load_session() is eye_clf.load_session() and eye_clf.load_session(tiny_onnx) is not None
 
 
 def test_a_loaded_model_predicts_with_its_checkpoints_mirror_averaging(tiny_ckpt, tmp_path):
@@ -240,6 +240,7 @@ def test_a_shipped_onnx_not_exported_from_the_shipped_checkpoint_is_refused(tiny
     shipped.write_bytes(tiny_onnx.read_bytes())
     monkeypatch.setattr(predict, "DEFAULT_ONNX", shipped)
     monkeypatch.setattr(predict, "DEFAULT_CHECKPOINT", other)
+    predict_proba(BRIGHT, checkpoint=shipped)  # named explicitly it is not checked, and does not skip the check
     with pytest.raises(ValueError, match=r"shipped.onnx was not exported from .*other.pt .*ship the run again"):
         predict_proba(BRIGHT)
     monkeypatch.setattr(predict, "DEFAULT_CHECKPOINT", tiny_ckpt)
