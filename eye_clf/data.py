@@ -16,7 +16,9 @@ from .preprocess import (IMAGE_SUFFIXES, IMG_SIZE, MEAN, STD, list_images,  # no
                          load_image, normalize, to_gray24)
 
 DATA_ENV = "EYE_CLF_DATA"
-REPO_ROOT = Path(__file__).resolve().parent.parent
+REPO_ROOT = Path(__file__).resolve().parent.parent  # the checkout; installed as a package: the current folder
+if not (REPO_ROOT / "pyproject.toml").is_file():
+    REPO_ROOT = Path.cwd()
 LABELS_NAME = "img_name_target.xlsx"
 
 
