@@ -244,11 +244,13 @@ def augmentation(strength=1.0, invert=0.0, resample="nearest", erase=0.0, zoom=0
     ])
 
 
-def batch_augmentation(strength=1.0, invert=0.0, resample="nearest", erase=0.0, zoom=0.1, pad="zeros"):
-    """The same augmentation for whole batches (float N x 1 x H x W, values in [0, 1]) on their own device, each
-    image with its own random parameters (kornia), so training never augments image by image; ``pad``: what fills
-    the borders that shifts, rotations and zooms open (zeros: black; border: the edge pixels repeated). None when
-    all three are 0."""
+def batch_augmentation(strength=1.0, invert=0.0, resample="nearest", erase=0.0, zoom=0.1, pad="zeros",
+                       affine_p=0.5):
+    """The augmentation for whole batches (float N x 1 x H x W, values in [0, 1]) on their own device, each image
+    with its own random parameters (kornia), so training never augments image by image. One difference from
+    ``augmentation``: the shift, rotation and zoom apply to an image with probability ``affine_p`` (kornia's
+    default 0.5), where the image-by-image path transforms every image. ``pad``: what fills the borders that
+    they open (zeros: black; border: the edge pixels repeated). None when all three are 0."""
     import kornia.augmentation as K  # training only: prediction does not need it
     s = strength
     if not (s or invert or erase):
@@ -256,7 +258,7 @@ def batch_augmentation(strength=1.0, invert=0.0, resample="nearest", erase=0.0, 
     return torch.nn.Sequential(
         *([K.RandomHorizontalFlip(),
            K.RandomAffine(degrees=10 * s, translate=(0.1 * s, 0.1 * s), scale=(1 - zoom * s, 1 + zoom * s),
-                          resample=resample, padding_mode=pad),
+                          resample=resample, padding_mode=pad, p=affine_p),
            K.ColorJitter(brightness=0.4 * s, contrast=0.4 * s),
            K.RandomGaussianBlur((3, 3), sigma=(0.1, 1.0), p=0.2 * s)] if s else []),
         *([K.RandomInvert(p=invert)] if invert else []),

@@ -47,6 +47,9 @@ class TrainConfig:
     pad: str = option("zeros", "what fills the borders that the augmentation's shifts, rotations and zooms open: "
                                "zeros (black) or border (the edge pixels repeated, as a looser crop shows more of "
                                "the face); border needs batch_augment")
+    affine_p: float = option(0.5, "batch augmentation: the probability that an image is shifted, rotated and zoomed "
+                                  "(kornia's default 0.5, which every batch-augmented run so far used; the image-by-"
+                                  "image path transforms every image); other than 0.5 needs batch_augment")
     invert: float = option(0.0, "probability of inverting colours during training")
     erase: float = option(0.0, "probability of random erasing during training: a rectangle of 2-20% of the image "
                                "set to the mean grey")
@@ -92,7 +95,11 @@ class TrainConfig:
                       epochs=(self.epochs >= 1, ">= 1"), batch_size=(self.batch_size >= 1, ">= 1"),
                       lr=(self.lr > 0, "> 0"), weight_decay=(self.weight_decay >= 0, ">= 0"),
                       label_smoothing=(0 <= self.label_smoothing < 1, "in [0, 1)"),
-                      augment=(self.augment >= 0, ">= 0"), zoom=(0 <= self.zoom < 1, "in [0, 1)"),
+                      zoom=(0 <= self.zoom < 1, "in [0, 1)"),
+                      augment=(self.augment >= 0 and self.zoom * self.augment < 1 and 0.2 * self.augment <= 1,
+                               ">= 0, with zoom x augment < 1 and the blur probability 0.2 x augment <= 1"),
+                      affine_p=(0 <= self.affine_p <= 1 and (self.affine_p == 0.5 or self.batch_augment),
+                                "in [0, 1] (other than 0.5 only with batch_augment)"),
                       invert=(0 <= self.invert <= 1, "in [0, 1]"),
                       pad=(self.pad in data.PADDING and (self.pad == "zeros" or self.batch_augment),
                            f"one of {data.PADDING} (border only with batch_augment)"),
@@ -101,7 +108,8 @@ class TrainConfig:
                       val_fraction=(0 < self.val_fraction < 0.5, "in (0, 0.5)"),
                       distill=(0 <= self.distill <= 1, "in [0, 1]"), mixup=(self.mixup >= 0, ">= 0"),
                       ema=(0 <= self.ema < 1, "in [0, 1)"), sam=(self.sam >= 0, ">= 0"),
-                      teacher_views=(self.teacher_views >= 0, ">= 0"),
+                      teacher_views=(self.teacher_views >= 0 and (self.teacher_views == 0 or self.distill > 0),
+                                     ">= 0 (above 0 only with distill)"),
                       patience=(self.patience >= 1, ">= 1"))
         for name, (ok, rule) in checks.items():
             if not ok:
@@ -165,7 +173,8 @@ def augmentation_of(cfg):
     """The training augmentation of a recipe: for whole batches (kornia) with ``cfg.batch_augment``, else image by
     image (torchvision); None when it augments nothing."""
     if cfg.batch_augment:
-        return data.batch_augmentation(cfg.augment, cfg.invert, cfg.resample, cfg.erase, cfg.zoom, cfg.pad)
+        return data.batch_augmentation(cfg.augment, cfg.invert, cfg.resample, cfg.erase, cfg.zoom, cfg.pad,
+                                       cfg.affine_p)
     return data.augmentation(cfg.augment, cfg.invert, cfg.resample, cfg.erase, cfg.zoom)
 
 

@@ -430,6 +430,19 @@ def test_zoom_sets_the_scale_range_of_both_augmentations(zoom):
     assert data.batch_augmentation(zoom=zoom)[1]._param_generator.scale == pytest.approx((1 - zoom, 1 + zoom))
 
 
+@pytest.mark.parametrize("affine_p, unchanged", [(0.5, (0.4, 0.6)), (1.0, (0.0, 0.05))])
+def test_the_batch_path_shifts_rotates_and_zooms_a_share_affine_p_of_the_images(affine_p, unchanged):
+    """The image-by-image path transforms every image; the batch path each with probability affine_p."""
+    torch.manual_seed(0)
+    x = torch.from_numpy(smooth_image()).float().div(255).expand(400, 1, 24, 24).contiguous()
+    moved = data.batch_augmentation(affine_p=affine_p)[1](x)  # the affine step alone
+    share = (moved - x).abs().flatten(1).amax(1).lt(1e-6).float().mean().item()
+    assert unchanged[0] <= share <= unchanged[1]
+    by_image = data.augmentation().transforms[1]
+    u8 = torch.from_numpy(smooth_image())[None]
+    assert sum(torch.equal(by_image(u8), u8) for _ in range(100)) <= 5
+
+
 @pytest.mark.parametrize("pad", ["zeros", "border"])
 def test_pad_sets_the_border_fill_of_the_batch_augmentation(pad):
     assert data.batch_augmentation(pad=pad)[1].flags["padding_mode"].name == pad.upper()

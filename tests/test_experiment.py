@@ -490,7 +490,11 @@ def test_ablation_run_prints_each_folds_paired_difference(monkeypatch, tmp_path,
                                            (dict(invert=1.5), "invert"), (dict(erase=-0.1), "erase"),
                                            (dict(val_fraction=0), "val_fraction"),
                                            (dict(label_smoothing=1), "label_smoothing"),
-                                           (dict(resample="cubic"), "resample")])
+                                           (dict(resample="cubic"), "resample"),
+                                           (dict(augment=6), "augment"), (dict(augment=10), "augment"),
+                                           (dict(affine_p=1.0, batch_augment=False), "affine_p"),
+                                           (dict(affine_p=1.5), "affine_p"),
+                                           (dict(teacher_views=3), "teacher_views")])
 def test_config_refuses_bad_values_naming_the_field(change, field):
     with pytest.raises(ConfigError, match=f"^{field}: must be") as err:
         TrainConfig(**change)
@@ -674,7 +678,7 @@ def test_view_bank_distillation_trains_towards_the_teachers():
 @pytest.mark.parametrize("batch_augment", [False, True])
 def test_augmented_views_are_reproducible_augmented_and_leave_the_global_rng_alone(batch_augment):
     images, _ = synthetic(20)
-    cfg = TrainConfig(teacher_views=3, seed=5, batch_augment=batch_augment)
+    cfg = TrainConfig(teacher_views=3, distill=0.5, seed=5, batch_augment=batch_augment)
     torch.manual_seed(0)
     views = train.augmented_views(images, cfg)
     after = torch.rand(())

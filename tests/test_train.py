@@ -291,13 +291,13 @@ def test_load_checkpoint_rejects_other_files(tmp_path):
         models.load_checkpoint(tmp_path / "other.pt")
 
 
-def test_zoom_and_pad_reach_the_training_augmentation(monkeypatch):
+def test_zoom_pad_and_affine_p_reach_the_training_augmentation(monkeypatch):
     seen = []
     real = data.batch_augmentation
     monkeypatch.setattr(data, "batch_augmentation", lambda *a: seen.append(a) or real(*a))
     images, targets = synthetic(40)
     tr, va, _ = data.split(targets, seed=0)
-    cfg = TrainConfig(width=4, epochs=1, batch_size=16, zoom=0.2, pad="border", refit=False)
+    cfg = TrainConfig(width=4, epochs=1, batch_size=16, zoom=0.2, pad="border", affine_p=1.0, refit=False)
     fit(images, targets, tr, va, cfg, progress=False)
-    train.augmented_views(images[:4], replace(cfg, teacher_views=2))
-    assert [a[4:] for a in seen] == [(0.2, "border")] * 2
+    train.augmented_views(images[:4], replace(cfg, teacher_views=2, distill=0.5))
+    assert [a[4:] for a in seen] == [(0.2, "border", 1.0)] * 2
