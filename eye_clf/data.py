@@ -27,7 +27,8 @@ class LabelError(ValueError):
 
 
 def data_dir(path=None):
-    """The dataset folder: ``path`` if given, else $EYE_CLF_DATA, else ../shared/data beside the repository."""
+    """The dataset folder: ``path`` if given, else $EYE_CLF_DATA, else ../shared/data beside the repository (for an
+    installed eye_clf: beside the current folder, see REPO_ROOT)."""
     chosen = path or os.environ.get(DATA_ENV) or REPO_ROOT.parent / "shared" / "data"
     chosen = Path(chosen)
     if not (chosen / "EyesDataset").is_dir():
