@@ -224,8 +224,7 @@ def cmd_predict(args):
     files = expand(args.paths)
     if not files:
         raise ValueError(f"no image files found in {', '.join(args.paths)}")
-    if args.out != "-" and Path(args.out).resolve() in {f.resolve() for f in files}:
-        raise ValueError(f"--out {args.out} is one of the input images; write the CSV elsewhere")
+    refuse_overwrite({"--out": None if args.out == "-" else args.out}, [("one of the input images", f) for f in files])
     threshold, origin = decision_threshold(checkpoint_info(args.checkpoint))
     images, files = read_images(files, args.skip_bad)
     if not images:
@@ -307,13 +306,15 @@ def cmd_label(args):
 
 
 def refuse_overwrite(outputs, inputs):
-    """Exit with one error line when an output file (``{flag: path}``) is an input or another output."""
-    taken = {Path(path).resolve(): name for name, path in inputs.items() if path}
+    """Refuse (ValueError) an output file (``{flag: path}``) that is an input (``(what, path)`` pairs) or another
+    output, before anything is written."""
+    taken = {Path(path).resolve(): what for what, path in inputs if path}
     for flag, path in outputs.items():
         if path:
-            if Path(path).resolve() in taken:
-                sys.exit(f"error: {flag}: {path} is {taken[Path(path).resolve()]}; write it elsewhere")
-            taken[Path(path).resolve()] = flag
+            where = Path(path).resolve()
+            if where in taken:
+                raise ValueError(f"{flag}: {path} is {taken[where]}; write it elsewhere")
+            taken[where] = flag
 
 
 def cmd_audit(args):
@@ -325,7 +326,8 @@ def cmd_audit(args):
         sys.exit("error: --distill: the audit's CV trains no teachers")
     images_dir = Path(args.images) if args.images else data.data_dir(args.data) / "EyesDataset"
     labels = data.labels_file(args.labels, args.data)
-    refuse_overwrite({"--out": args.out, "--save-oof": args.save_oof}, {"the labels file": labels, "--oof": args.oof})
+    refuse_overwrite({"--out": args.out, "--save-oof": args.save_oof},
+                     [("the labels file", labels), ("--oof", args.oof)])
     review, names, targets, p_open = audit(images_dir, labels, args.oof, cfg, args.folds)
     atomic_write(args.out, lambda tmp: review.to_csv(tmp, index=False))
     if args.save_oof:

@@ -98,7 +98,7 @@ def test_predict_never_overwrites_an_input(labelled_folder, tiny_ckpt, capsys):
     before = image.read_bytes()
     for inputs in ([str(image)], [str(folder)]):
         msg = refused(["predict", *inputs, "--checkpoint", str(tiny_ckpt), "--out", str(image)], capsys)
-        assert msg == f"error: --out {image} is one of the input images; write the CSV elsewhere"
+        assert msg == f"error: --out: {image} is one of the input images; write it elsewhere"
     assert image.read_bytes() == before
 
 
