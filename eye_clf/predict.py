@@ -58,7 +58,12 @@ def load_model(checkpoint=None, device=None):
     CACHE_SIZE models loaded are kept and shared between callers: do not move or train them."""
     import torch
 
-    device = torch.device(device if device is not None else "cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(device if device is not None else "cuda" if torch.cuda.is_available() else "cpu")
+    except (RuntimeError, TypeError):
+        raise ValueError(f"device: {device!r} is not a torch device (cpu, cuda, cuda:1, ...)") from None
+    if device.type == "cuda" and (device.index or 0) >= torch.cuda.device_count():
+        raise ValueError(f"device: {device} asked for, but torch sees {torch.cuda.device_count()} CUDA device(s)")
     path = _model_path(checkpoint, DEFAULT_CHECKPOINT, "train one with `python -m eye_clf train`")
     return _cached(("torch", str(device)), path, lambda p: _load_torch(p, device))
 

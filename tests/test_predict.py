@@ -212,6 +212,10 @@ def test_a_loaded_model_predicts_with_its_checkpoints_mirror_averaging(tiny_ckpt
     model.eval()
     with pytest.raises(ValueError, match="model and checkpoint: pass one"):
         predict_proba(images, model=model, checkpoint=mirrored)
+    with pytest.raises(ValueError, match="device: 'gpu0' is not a torch device"):
+        eye_clf.load_model(mirrored, device="gpu0")
+    with pytest.raises(ValueError, match="device: cuda:7 asked for, but torch sees"):
+        eye_clf.load_model(mirrored, device="cuda:7")
 
 
 def test_default_backend_is_onnx_unless_a_torch_only_argument_is_given(tiny_ckpt, tiny_onnx, monkeypatch):
