@@ -314,6 +314,10 @@ RUNS = {
     "eyenet16_e100_refit_tta_affine1_seed1": dict(epochs=100, refit=True, tta=True, affine_p=1.0, seed=1),
     # ... not met: EER 2.48 and 2.31 % (2.40 %), but accuracy 97.23 and 97.60 % (97.41 %), ECE 1.65 and 1.72 %
     # (1.69 %), crops cost +0.40 / +0.84 and +0.25 / +0.49 points (mean +0.50: results/robustness_affine1.md)
+    # what the shift, rotation and zoom buy: the shipped recipe with no image moved (affine_p 0; flips, light and blur
+    # as before). An ablation; the same rule as the zoom runs' would make it the candidate recipe
+    "eyenet16_e100_refit_tta_affine0": dict(epochs=100, refit=True, tta=True, affine_p=0.0),
+    "eyenet16_e100_refit_tta_affine0_seed1": dict(epochs=100, refit=True, tta=True, affine_p=0.0, seed=1),
 }
 EXTRA = ("teachers", "train_fraction", "undisputed_only", "prune_folds")  # RUNS keys that are not TrainConfig fields
 BASE = dict(refit=False, tta=False)
