@@ -25,6 +25,7 @@ from .preprocess import list_images, load_image
 
 DESCRIPTION = ("Is the eye in a 24x24 grayscale patch open? Train a model, predict P(open), evaluate, "
                "cross-validate, label images in a local web page, audit labels.")
+DECIMALS = 6  # of P(open) and the threshold in predict's output
 MIN_LIMIT = 20  # the smallest --limit whose stratified train/validation/test split holds both classes in each part
 
 
@@ -168,7 +169,9 @@ def cmd_ship(args):
 def cmd_export(args):
     from .export import OPSET, export_onnx
     from .predict import DEFAULT_CHECKPOINT
-    out = export_onnx(args.checkpoint or DEFAULT_CHECKPOINT, args.out)
+    checkpoint = args.checkpoint or DEFAULT_CHECKPOINT
+    refuse_overwrite({"--out": args.out}, [("the checkpoint", checkpoint)])
+    out = export_onnx(checkpoint, args.out)
     print(f"wrote {out} (ONNX opset {OPSET}): input images uint8 N x 24 x 24, output p_open float32 N")
 
 
@@ -229,11 +232,13 @@ def cmd_predict(args):
     images, files = read_images(files, args.skip_bad)
     if not images:
         raise ValueError(f"no readable image in {', '.join(args.paths)}")
-    p = predict_proba(np.stack(images), checkpoint=args.checkpoint)
+    # decided on the values as written, so that every row agrees with the threshold printed beside it
+    p = np.round(predict_proba(np.stack(images), checkpoint=args.checkpoint).astype(np.float64), DECIMALS)
+    threshold = round(threshold, DECIMALS)
     df = pd.DataFrame({"file": [str(f) for f in files], "p_open": p,
                        "decision": np.where(p >= threshold, "open", "closed")})
-    print(f"decision: open when P(open) >= {threshold:.4f} ({origin})", file=sys.stderr)
-    write = lambda out: df.to_csv(out, index=False, float_format="%.4f")  # noqa: E731
+    print(f"decision: open when P(open) >= {threshold:.{DECIMALS}f} ({origin})", file=sys.stderr)
+    write = lambda out: df.to_csv(out, index=False, float_format=f"%.{DECIMALS}f")  # noqa: E731
     if args.out == "-":
         write(sys.stdout)
     else:

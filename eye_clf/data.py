@@ -23,7 +23,16 @@ LABELS_NAME = "img_name_target.xlsx"
 
 
 class LabelError(ValueError):
-    """A labels spreadsheet that cannot be used; the message lists every offending row."""
+    """A labels spreadsheet that cannot be used; the message names the offending rows."""
+
+    SHOWN = 20  # rows listed in a message; the rest are counted
+
+    @classmethod
+    def rows(cls, path, problems):
+        """The error for a file with bad rows: how many, the first SHOWN of them, and how many more."""
+        more = len(problems) - cls.SHOWN
+        return cls(f"{path}: {len(problems)} bad row(s):\n  " + "\n  ".join(problems[:cls.SHOWN])
+                   + (f"\n  ... and {more} more" if more > 0 else ""))
 
 
 def data_dir(path=None):
@@ -107,7 +116,7 @@ def read_labels(path, images_dir=None, partial=False):
     Returns ``img_name`` (str) and ``target`` (int). ``partial=True`` reads a file still being labelled (the
     studio's): a target may be blank (nullable Int64), the 0/1 columns FLAGS are read (blank or missing: 0), an
     unsure row has no target, other columns are kept and an empty table is allowed.
-    Raises LabelError listing every bad row (spreadsheet numbering: the header is row 1).
+    Raises LabelError naming the bad rows (spreadsheet numbering: the header is row 1).
     """
     path = Path(path)
     df = read_sheet(path)
@@ -144,7 +153,7 @@ def read_labels(path, images_dir=None, partial=False):
             elif not (root / name).is_file():
                 problems.append(f"{where}: image file not found in {images_dir}")
     if problems:
-        raise LabelError(f"{path}: {len(problems)} bad row(s):\n  " + "\n  ".join(problems))
+        raise LabelError.rows(path, problems)
     if not partial:
         return pd.DataFrame({"img_name": names, "target": values["target"].astype(int)})
     out = pd.DataFrame({"img_name": names, "target": values["target"].astype("Int64")})
@@ -174,7 +183,7 @@ ANNOTATIONS_NAME = "other_annotations.csv"
 def read_annotations(names, root=None):
     """Extra human labels of the images ``names`` from ``other_annotations.csv`` in the data folder (``img_name``
     and one 0/1 column per annotator, blank where that person skipped the image): an N x A float array, NaN where
-    an image has no label from that annotator. Raises LabelError listing every bad row."""
+    an image has no label from that annotator. Raises LabelError naming the bad rows."""
     path = data_dir(root) / ANNOTATIONS_NAME
     df = read_sheet(path, "annotations file")
     cols = [c for c in df.columns if c != "img_name"]
@@ -186,7 +195,7 @@ def read_annotations(names, root=None):
     problems += [f"row {i + 2} ({df['img_name'].iloc[i]}): duplicate img_name"
                  for i in np.flatnonzero(df["img_name"].duplicated(keep=False) & df["img_name"].notna())]
     if problems:
-        raise LabelError(f"{path}: {len(problems)} bad row(s):\n  " + "\n  ".join(problems))
+        raise LabelError.rows(path, problems)
     return values.set_index(df["img_name"]).reindex(list(names)).to_numpy(float)
 
 

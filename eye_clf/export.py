@@ -1,11 +1,5 @@
-"""ONNX export: one graph from uint8 images to P(open), for onnxruntime without torch or eye_clf.
-
-The graph (opset OPSET) has one input ``images``, uint8 N x 24 x 24 (N dynamic, grayscale 0..255, already
-resized: see ``eye_clf.preprocess``), and one output ``p_open``, float32 N. Normalisation, the network, mirror
-averaging (when the checkpoint's preprocessing says tta), the temperature and the sigmoid are all inside. The
-model's metadata_props hold ``eye_clf.*`` entries: the checkpoint's sha256, format, model, preprocessing, config,
-metrics (JSON) and, when the checkpoint has one, the recommended ``threshold`` on P(open).
-"""
+"""ONNX export: one graph from uint8 images to P(open), for onnxruntime without torch or eye_clf; GRAPH_DOC says
+what it computes and holds."""
 import hashlib
 import json
 from pathlib import Path
@@ -18,6 +12,12 @@ from .models import load_checkpoint
 from .preprocess import IMG_SIZE, MEAN, STD
 
 OPSET = 18
+GRAPH_DOC = ("The graph (opset OPSET) has one input ``images``, uint8 N x 24 x 24 (N dynamic, grayscale 0..255, "
+             "already resized: see ``eye_clf.preprocess``), and one output ``p_open``, float32 N. Normalisation, the "
+             "network, mirror averaging (when the checkpoint's preprocessing says tta), the temperature and the "
+             "sigmoid are all inside. The model's metadata_props hold ``eye_clf.*`` entries: the checkpoint's "
+             "sha256, format, model, preprocessing, config, metrics (JSON) and, when the checkpoint has one, the "
+             "recommended ``threshold`` on P(open). ")  # the graph's doc_string (kept here: python -OO drops __doc__)
 META_KEYS = ("format", "model", "preprocessing", "config", "metrics", "threshold")
 
 
@@ -54,7 +54,7 @@ def export_onnx(checkpoint_path, out_path):
                                 dynamo=True, verbose=False)
     proto = program.model_proto
     proto.producer_name = "eye_clf"
-    proto.doc_string = __doc__.split("\n\n")[1].replace("\n", " ")
+    proto.doc_string = GRAPH_DOC
     meta = {"eye_clf.checkpoint_sha256": sha256(checkpoint_path)}
     meta.update({f"eye_clf.{k}": json.dumps(ckpt[k], default=str) for k in META_KEYS if k in ckpt})
     del proto.metadata_props[:]

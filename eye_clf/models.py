@@ -200,6 +200,8 @@ def load_checkpoint(path):
             raise ValueError(f"{path}: preprocessing {field} is {ckpt['preprocessing'].get(field)!r}, but this "
                              f"code preprocesses with {field} {value!r}")
     for k, v in ckpt["state_dict"].items():
+        if not isinstance(v, torch.Tensor):
+            raise ValueError(f"{path}: state_dict entry {k!r} is not a tensor but {type(v).__name__}")
         if v.is_floating_point() and not torch.isfinite(v).all():
             raise ValueError(f"{path}: weight {k} holds NaN or infinite values")
     spec = dict(ckpt["model"])

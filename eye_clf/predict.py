@@ -53,7 +53,8 @@ def _load_torch(path, device):
 
 def load_model(checkpoint=None, device=None):
     """The torch model of a checkpoint (default: the shipped one) on ``device`` (default: CUDA when present, else
-    CPU), with every BatchNorm folded into the convolution before it (same outputs, faster inference). Returns
+    CPU), with each BatchNorm that torch.fx can fold folded into the convolution before it (all of them in EyeNet
+    and ResNet18; same outputs, faster inference). Returns
     ``(model, tta)``, tta (also ``model.tta``): whether the checkpoint predicts with mirror averaging. The last
     CACHE_SIZE models loaded are kept and shared between callers: do not move or train them."""
     import torch
@@ -112,7 +113,9 @@ def load_session(checkpoint=None):
 
 
 def _is_torch(x):
-    return type(x).__module__.split(".")[0] == "torch"  # without importing torch
+    """A torch tensor (subclasses too, e.g. torchvision's tv_tensors), told without importing torch."""
+    torch = sys.modules.get("torch")
+    return torch is not None and isinstance(x, torch.Tensor)
 
 
 def _choose_backend(backend, model, checkpoint, tta):
@@ -120,9 +123,10 @@ def _choose_backend(backend, model, checkpoint, tta):
         raise ValueError(f"backend: expected one of {BACKENDS} or None, got {backend!r}")
     if model is not None:
         torch = sys.modules.get("torch")
-        if torch is None or not isinstance(model, torch.nn.Module):
-            raise TypeError(f"model: expected a torch model (e.g. eye_clf.load_model(path)[0]), got a "
-                            f"{type(model).__name__}; pass a checkpoint file as checkpoint=")
+        if torch is None or not isinstance(model, torch.nn.Module) or not hasattr(model, "temperature"):
+            raise TypeError(f"model: expected an eye_clf model (eye_clf.load_model(path)[0], or one that "
+                            f"eye_clf.models.build_model made), got a {type(model).__name__}; pass a checkpoint "
+                            "file as checkpoint=")
         if checkpoint is not None:
             raise ValueError("model and checkpoint: pass one of them (the model would be used, the checkpoint not)")
     onnx_file = checkpoint is not None and Path(checkpoint).suffix.lower() == ".onnx"
@@ -206,7 +210,7 @@ def _to_images(x, name="input"):
         return [load_image(path)[None]], True
     if isinstance(x, Image.Image):
         return [to_gray24(x, name)[None]], True
-    if isinstance(x, np.ndarray) or (_is_torch(x) and hasattr(x, "detach")):
+    if isinstance(x, np.ndarray) or _is_torch(x):
         a, single = _from_array(x, name)
         return [a], single
     if isinstance(x, (list, tuple)):
@@ -238,7 +242,7 @@ def predict_proba(x, model=None, checkpoint=None, batch_size=64, tta=None, backe
     is installed and no torch-only argument is given (``model``, ``tta`` or a ``.pt`` checkpoint), else torch:
     both give the same P(open) to 1e-4 on CPU (CUDA may use TF32), onnxruntime starts faster and needs far less memory.
     ``checkpoint``: a ``.pt`` (torch) or ``.onnx`` file replacing the shipped model; ``model``: a torch model
-    (e.g. ``load_model(path)[0]``) in its place, predicting with its checkpoint's mirror averaging (``model.tta``;
+    (``load_model(path)[0]``, or one ``eye_clf.models.build_model`` made) in its place, predicting with its checkpoint's mirror averaging (``model.tta``;
     none for a model without that attribute); ``tta``: override the checkpoint's mirror averaging (torch only);
     ``batch_size``: images per forward pass (on CPU, 64 runs torch about 1.5x faster than 1024, whose activations
     overflow the cache; onnxruntime is level: ``scripts/benchmark.py --batch-size``).

@@ -20,7 +20,8 @@ IMG_SIZE = 24
 MODE = "L"
 MEAN, STD = 0.5, 0.2  # the 4000 CEW patches have mean 0.497 and std 0.199 on a 0..1 scale
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp"}
-MAX_PIXELS = 4096 * 4096  # larger files are refused (JPEGs are first decoded at 1/2, 1/4 or 1/8 scale)
+MAX_PIXELS = 4096 * 4096  # larger files are refused; JPEGs are first decoded at 1/2, 1/4 or 1/8 scale, up to Pillow's
+# decompression-bomb limit (Image.MAX_IMAGE_PIXELS x 2, about 179 million pixels), above which nothing is decoded
 THROUGH_L = {"1", "L", "LA", "La", "P", "PA", "RGB", "RGBA", "RGBa", "RGBX", "CMYK", "YCbCr"}
 
 
@@ -36,10 +37,12 @@ def to_gray24(image, name="image"):
     turned upright as its EXIF orientation says (as viewers show phone photos)."""
     try:
         image.load()
-    except ValueError as err:  # "Operation on closed image"
+    except (ValueError, OSError, SyntaxError) as err:  # a closed image, a truncated or corrupt file
         raise ValueError(f"{name}: cannot read the PIL image ({err})") from None
     image = ImageOps.exif_transpose(image)
     mode = image.mode
+    if mode == "La":  # premultiplied alpha, which Pillow converts to L only through LA
+        image = image.convert("LA")
     if mode == "I" or mode.startswith("I;16"):
         image = _scaled(np.asarray(image, dtype=np.float64), 0, 65535, 1 / 257, name, mode)
     elif mode == "F":
@@ -83,7 +86,8 @@ def load_image(path):
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # MAX_PIXELS is the limit here
             with Image.open(path) as image:
-                return to_gray24(_reduce_large(image, path), str(path))
+                _reduce_large(image, path).load()  # a truncated file fails here, as a corrupt image
+                return to_gray24(image, str(path))
     except Image.DecompressionBombError as err:
         raise ValueError(f"image too large: {path} ({err})") from None
     except UnidentifiedImageError:

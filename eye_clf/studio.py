@@ -48,7 +48,7 @@ def label_order(names, p_open=None):
 def read_review(path, names):
     """A review list written by ``python -m eye_clf audit`` (img_name, target, p_open, rank, score), by rank.
 
-    Raises LabelError naming the file and every bad row: an image not in ``names``, a duplicate, a target not 0/1,
+    Raises LabelError naming the file and the bad rows: an image not in ``names``, a duplicate, a target not 0/1,
     p_open not a number in 0..1, rank not an integer, score not a number.
     """
     df = data.read_sheet(path, "review list")
@@ -71,7 +71,7 @@ def read_review(path, names):
         problems += [f"{where}: {c} {raw[c][i]!r} is not {need[c]}"
                      for c, ok in checks.items() if pd.isna(num[c].iloc[i]) or not ok(num[c].iloc[i])]
     if problems:
-        raise LabelError(f"{path}: {len(problems)} bad row(s):\n  " + "\n  ".join(problems))
+        raise LabelError.rows(path, problems)
     df = df.assign(**num).astype({"target": int, "rank": int})
     return df.sort_values("rank").reset_index(drop=True)
 

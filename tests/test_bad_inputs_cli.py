@@ -102,6 +102,13 @@ def test_predict_never_overwrites_an_input(labelled_folder, tiny_ckpt, capsys):
     assert image.read_bytes() == before
 
 
+def test_export_never_overwrites_its_checkpoint(tiny_ckpt, capsys):
+    before = tiny_ckpt.read_bytes()
+    msg = refused(["export", "--checkpoint", str(tiny_ckpt), "--out", str(tiny_ckpt)], capsys)
+    assert msg == f"error: --out: {tiny_ckpt} is the checkpoint; write it elsewhere"
+    assert tiny_ckpt.read_bytes() == before
+
+
 @pytest.mark.parametrize("port", ["99999", "65536", "-1"])
 def test_label_port_out_of_range(port, tmp_path, capsys):
     msg = refused(["label", "--images", str(tmp_path), "--labels", str(tmp_path / "l.xlsx"), "--port", port], capsys)
@@ -126,7 +133,8 @@ def bad_checkpoints(tiny_ckpt, folder):
     good = torch.load(tiny_ckpt, weights_only=True)
     shapes = dict(good, state_dict={k: torch.zeros(3, 3) if v.ndim == 4 else v for k, v in good["state_dict"].items()})
     files = {"not_a_dict.pt": [1, 2, 3], "wrong_shapes.pt": shapes,
-             "no_preprocessing.pt": {k: v for k, v in good.items() if k != "preprocessing"}}
+             "no_preprocessing.pt": {k: v for k, v in good.items() if k != "preprocessing"},
+             "non_tensor_weight.pt": dict(good, state_dict={**good["state_dict"], "extra": 3})}
     for name, obj in files.items():
         torch.save(obj, folder / name)
     (folder / "garbage.pt").write_bytes(b"\x00not a checkpoint")

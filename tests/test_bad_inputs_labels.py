@@ -49,6 +49,17 @@ def test_names_leaving_the_folder_are_refused_every_row_listed(tmp_path, images,
     assert all("outside" not in str(p) and "etc" not in str(p) for p in touched)  # nothing outside was looked at
 
 
+def test_many_bad_rows_are_counted_beyond_the_first_ones(tmp_path, images):
+    """A labels file for another folder (3,000 missing images) gives a readable error, not 3,000 lines."""
+    missing = [f"{i:06d}.jpg" for i in range(3000)]
+    with pytest.raises(LabelError) as err:
+        read_labels(labels(tmp_path, ["a.jpg", *missing]), images_dir=images)
+    lines = str(err.value).splitlines()
+    assert lines[0].endswith("3000 bad row(s):") and len(lines) == LabelError.SHOWN + 2
+    assert lines[1] == "  row 3 (000000.jpg): image file not found in " + str(images)
+    assert lines[-1] == f"  ... and {3000 - LabelError.SHOWN} more"
+
+
 def test_refusal_does_not_tell_whether_a_file_exists(tmp_path, images):
     msgs = []
     for name in ("/etc/passwd", "/no/such/file"):

@@ -98,7 +98,8 @@ BAD_ARGUMENTS = [
     (dict(batch_size=-3), ValueError, r"batch_size: expected a positive integer"),
     (dict(batch_size=2.5), ValueError, r"batch_size: expected a positive integer, got 2.5"),
     (dict(batch_size=True), ValueError, r"batch_size: expected a positive integer, got True"),
-    (dict(model="x"), TypeError, r"model: expected a torch model .* got a str; pass a checkpoint file as checkpoint="),
+    (dict(model="x"), TypeError, r"model: expected an eye_clf model .* got a str; pass a checkpoint file as "),
+    (dict(model=torch.nn.Flatten()), TypeError, r"model: expected an eye_clf model .* got a Flatten"),
     (dict(backend="tf"), ValueError, r"backend: expected one of \('onnx', 'torch'\) or None, got 'tf'"),
     (dict(backend="onnx", tta=True), ValueError, r"tta: needs backend='torch'"),
     (dict(backend="onnx", checkpoint="some.pt"), ValueError, r"checkpoint: needs backend='torch'.*eye_clf export"),
@@ -124,6 +125,7 @@ def test_every_accepted_pil_mode_reads_the_same_eye(backend):
         "I;16": Image.fromarray(EYE.astype(np.uint16) * 257),
         "F (0..1)": Image.fromarray((EYE / 255).astype(np.float32)),
         **{mode: g.convert(mode) for mode in ("LA", "P", "RGB", "RGBA", "RGBX", "CMYK", "YCbCr")},
+        "La": g.convert("LA").convert("La"),
     }
     for name, image in same.items():
         assert predict_proba(image, backend=backend) == pytest.approx(as_l, abs=0.01), name
@@ -131,6 +133,24 @@ def test_every_accepted_pil_mode_reads_the_same_eye(backend):
     assert binary.mode == "1"
     assert predict_proba(binary, backend=backend) == pytest.approx(
         predict_proba(Image.fromarray(np.where(EYE > 128, 255, 0).astype(np.uint8)), backend=backend), abs=1e-6)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_a_truncated_pil_image_is_named(backend, tmp_path):
+    path = tmp_path / "cut.jpg"
+    Image.fromarray(EYE).resize((240, 240)).save(path, "JPEG")
+    path.write_bytes(path.read_bytes()[:400])
+    with Image.open(path) as cut, pytest.raises(ValueError, match=r"input\[1\]: cannot read the PIL image \(image "
+                                                                   r"file is truncated"):
+        predict_proba([EYE, cut], backend=backend)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_tensor_subclasses_are_tensors(backend):
+    from torchvision import tv_tensors
+    batch = torch.from_numpy(np.stack([EYE, EYE[::-1].copy()]))
+    assert np.array_equal(predict_proba(tv_tensors.Image(batch[:, None]), backend=backend),
+                          predict_proba(batch, backend=backend))
 
 
 # ---- files: size limits, non-regular files -----------------------------------------------------------------
@@ -199,6 +219,7 @@ BAD_CHECKPOINTS = [
     (corrupt(preprocessing=None), r"checkpoint has no preprocessing dict"),
     (corrupt(model=lambda m: {**m, "depth": 3}), r"weights do not fit the model .*depth"),
     (lambda ckpt: [ckpt], r"is not an eye_clf checkpoint"),
+    (corrupt(state_dict=lambda sd: {**sd, "extra": 3}), r"state_dict entry 'extra' is not a tensor but int"),
 ]
 
 

@@ -72,11 +72,11 @@ def test_predict_files_and_folders(labelled_folder, tiny_ckpt, tmp_path, capsys)
     assert list(df.columns) == ["file", "p_open", "decision"] and len(df) == 41
     assert df["file"].iloc[0] == str(one) and df["file"].iloc[1] == str(folder / "000.png")
     expected = predict_proba([str(one), folder], checkpoint=tiny_ckpt)
-    assert np.allclose(df["p_open"], expected, atol=5e-5 + ATOL)  # rounded to 4 decimals
-    assert all(re.fullmatch(r"[01]\.\d{4}", v) for v in out.read_text().splitlines()[1].split(",")[1:2])
+    assert np.allclose(df["p_open"], expected, atol=5e-7 + ATOL)  # rounded to 6 decimals
+    assert all(re.fullmatch(r"[01]\.\d{6}", v) for v in out.read_text().splitlines()[1].split(",")[1:2])
     assert (df["decision"] == np.where(expected >= 0.5, "open", "closed")).all()
     err = capsys.readouterr().err
-    assert "decision: open when P(open) >= 0.5000 (0.5: the checkpoint records no threshold)" in err
+    assert "decision: open when P(open) >= 0.500000 (0.5: the checkpoint records no threshold)" in err
     assert "wrote 41 predictions" in err
     main(["predict", str(one), "--checkpoint", str(tiny_ckpt)])  # CSV on standard output
     lines = capsys.readouterr().out.splitlines()
@@ -96,7 +96,22 @@ def test_predict_decides_at_the_checkpoint_threshold(labelled_folder, tiny_ckpt,
     main(["predict", str(folder), "--checkpoint", str(ckpt), "--out", str(tmp_path / "p.csv")])
     df = pd.read_csv(tmp_path / "p.csv")
     assert (df["decision"] == np.where(p >= threshold, "open", "closed")).all()
-    assert f"open when P(open) >= {threshold:.4f} (the checkpoint's recommended threshold)" in capsys.readouterr().err
+    assert f"open when P(open) >= {threshold:.6f} (the checkpoint's recommended threshold)" in capsys.readouterr().err
+
+
+def test_predict_rows_agree_with_the_printed_threshold(labelled_folder, tiny_ckpt, tmp_path, capsys):
+    """A threshold just above an image's P(open) that prints the same as it: the row says open, as written."""
+    folder = labelled_folder[0]
+    p = float(predict_proba(folder, checkpoint=tiny_ckpt)[0])
+    r = round(p, 6)
+    threshold = (p + r) / 2 if p < r else (p + r + 5e-7) / 2  # above p, written as r
+    assert p < threshold and round(threshold, 6) == r
+    ckpt = with_keys(tiny_ckpt, tmp_path / "t.pt", threshold=threshold)
+    main(["predict", str(folder), "--checkpoint", str(ckpt), "--out", str(tmp_path / "p.csv")])
+    df = pd.read_csv(tmp_path / "p.csv")
+    printed = float(re.search(r"P\(open\) >= ([0-9.]+)", capsys.readouterr().err).group(1))
+    assert df["decision"].iloc[0] == "open"
+    assert (df["decision"] == np.where(df["p_open"] >= printed, "open", "closed")).all()
 
 
 def test_evaluate(labelled_folder, tiny_ckpt, capsys):

@@ -54,6 +54,14 @@ def test_export_command(tiny_ckpt, tmp_path, capsys):
     assert np.abs(predict_proba(images, checkpoint=out) - predict_proba(images, checkpoint=tiny_ckpt)).max() <= PARITY
 
 
+def test_export_under_python_optimize_2(tiny_ckpt, tmp_path):
+    """``python -OO`` drops docstrings; the graph's doc_string does not come from one."""
+    out = tmp_path / "oo.onnx"
+    subprocess.run([sys.executable, "-OO", "-m", "eye_clf", "export", "--checkpoint", str(tiny_ckpt), "--out",
+                    str(out)], check=True, capture_output=True)
+    assert onnx.load(str(out)).doc_string == export.GRAPH_DOC
+
+
 def test_export_refuses_a_bad_checkpoint(tiny_ckpt, tmp_path):
     ckpt = torch.load(tiny_ckpt, weights_only=True)
     ckpt["state_dict"]["temperature"] = torch.tensor(-1.0)
