@@ -290,7 +290,7 @@ def cmd_cv(args):
                  "finished CV runs on the same folds) or train one student with `eye-clf train --distill`")
     images, targets, names = data.load_dataset(args.data, args.labels, limit=args.limit)
     soft = data.soft_targets(targets, names, args.data) if cfg.soft_labels else None
-    oof, per_fold = cross_val_predict(images, targets, cfg, args.folds, args.seed, soft=soft)
+    oof, per_fold = cross_val_predict(images, targets, cfg, args.folds, seed=0, soft=soft)  # --seed: not the folds
     print(per_fold.round(4).to_string(index=False))
     print(f"{args.folds}-fold CV ({cfg.arch}, weights: {cfg.weights or 'random init'}): {report(per_fold)}")
     if args.out:

@@ -82,5 +82,5 @@ def audit(images_dir, labels, oof=None, cfg=None, folds=5, progress=True):
     if oof is not None:
         p_open = read_oof(oof, names)
     else:
-        p_open, _ = cross_val_predict(images, targets, cfg, folds, cfg.seed, progress)
+        p_open, _ = cross_val_predict(images, targets, cfg, folds, 0, progress)
     return review_list(names, targets, p_open), names, targets, p_open

@@ -64,8 +64,9 @@ def _fold(images, targets, rest, test, cfg, progress, teachers, train_fraction, 
                          bank=bank, soft=soft)
     val_threshold = metrics.eer(targets[val], scores(model, images[val], tta=cfg.tta))[1]
     best, seconds = min(history, key=lambda r: r["val_loss"]), sum(r["seconds"] for r in history)
-    if cfg.refit:
-        model, again = refit(images, targets, train, val, cfg, model, progress, soft, teachers)
+    if cfg.refit:  # on the training and validation images it may train on
+        kept_val = val if trainable is None else val[trainable[val]]
+        model, again = refit(images, targets, train, kept_val, cfg, model, progress, soft, teachers)
         seconds += sum(r["seconds"] for r in again)
     p, p_tta = scores(model, images[test]), scores(model, images[test], tta=True)
     own = p_tta if cfg.tta else p  # what the checkpoint predicts
@@ -89,8 +90,9 @@ def predicted(row):
 
 
 def same_key(key):
-    """A fold's key with its config completed for fields added since it ran (BEFORE, else TrainConfig's defaults)."""
-    return {**key, "config": asdict(TrainConfig.from_dict({**BEFORE, **key["config"]}))}
+    """A fold's key with its config completed for fields added since it ran (BEFORE, else TrainConfig's defaults)
+    and the device type it trained on (the CPU for folds from before that field: all of them ran there)."""
+    return {"device": "cpu", **key, "config": asdict(TrainConfig.from_dict({**BEFORE, **key["config"]}))}
 
 
 def _same_scores(row, targets):
@@ -173,9 +175,9 @@ def cross_val_predict(images, targets, cfg=None, folds=5, seed=0, progress=True,
     ``check_teachers`` refuses any other).
     ``train_fraction`` < 1 trains on that stratified part of each fold's training images (learning curves).
     ``soft``: the training targets of ``cfg.soft_labels`` (see data.soft_targets); folds and scores use ``targets``.
-    ``trainable``: a boolean mask; images outside it are left out of the training parts (the folds, validation
-    parts and test folds stay as they are).
-    ``prune_folds`` = k > 0: before each fold trains, a k-fold CV of ``cfg`` on that fold's training part (and
+    ``trainable``: a boolean mask; images outside it are left out of the training parts and the refit (the folds,
+    validation parts and test folds stay as they are).
+    ``prune_folds`` = k > 0 (without ``cfg.refit``): before each fold trains, a k-fold CV of ``cfg`` on that fold's training part (and
     nothing else) gives out-of-fold P(open), cleanlab's ``find_label_issues`` flags the likely label errors, and the
     fold trains without them (its row lists them as ``pruned``, with the inner CV's ``prune_seconds``).
     ``only``: train just these fold indices (folds of others are read from ``fold_dir`` if there, else left out of
@@ -189,9 +191,12 @@ def cross_val_predict(images, targets, cfg=None, folds=5, seed=0, progress=True,
         raise ValueError(f"prune_folds: 0 (no pruning) or an inner fold count of 2 or more, got {prune_folds}")
     if prune_folds and (cfg.soft_labels or cfg.distill):
         raise ValueError("prune_folds: the pruning CV trains on the labels alone; not with soft labels or teachers")
+    if prune_folds and cfg.refit:
+        raise ValueError("prune_folds: the refit would train on the validation part, which the pruning CV does not "
+                         "check; use refit=False")
     oof = np.full(len(targets), np.nan)
     run_key = dict(config=asdict(cfg), folds=folds, seed=seed, n=len(targets), n_open=int(np.sum(targets)),
-                   data=data_id(images, targets),
+                   data=data_id(images, targets), device=device_of(cfg.device).type,  # CUDA trains in bfloat16
                    **({"teachers": [Path(d).name for d in teacher_dirs]} if teacher_dirs else {}),
                    **({"train_fraction": train_fraction} if train_fraction < 1 else {}),
                    **({"untrainable": int(np.sum(~trainable))} if trainable is not None else {}),
@@ -218,7 +223,7 @@ def cross_val_predict(images, targets, cfg=None, folds=5, seed=0, progress=True,
                                prune_folds)
             row = dict(fold=k, key=key, **row, provenance=prov)
             if path:
-                save_checkpoint(checkpoint(model, cfg), path.with_suffix(".pt"))
+                save_checkpoint({**checkpoint(model, cfg), "threshold": row["val_threshold"]}, path.with_suffix(".pt"))
                 write_json(path, row)
         oof[test] = predicted(row)
         rows.append({c: v for c, v in row.items() if c not in ("key", "test_idx", "p", "p_tta", "provenance",

@@ -31,10 +31,11 @@ from .train import TrainConfig, checkpoint, device_of, fit, refit, save_checkpoi
 
 FIGURES = data.REPO_ROOT / "plots_checkpoints"
 CV_RESULTS = data.REPO_ROOT / "results" / "cv"
-# The teachers a distilling recipe learns from (cross-validated as results/cv/lite0_imagenet_e12); each is trained
-# on the student's own split (same seed and val_fraction) without a refit, so none sees the student's validation part.
+# The teachers a distilling recipe learns from (the config cross-validated as results/cv/lite0_imagenet_e12); each
+# is trained on the student's own split (same seed and val_fraction) without a refit, so none sees the student's
+# validation part.
 TEACHERS = {"lite0_imagenet": TrainConfig(arch="efficientnet_lite0", weights="imagenet", input_size=64, epochs=12,
-                                          lr=1e-3, patience=12)}
+                                          lr=1e-3, patience=12, batch_augment=False, refit=False, tta=False)}
 
 
 def auto_threads():
@@ -84,10 +85,16 @@ def cv_of(cfg, results=CV_RESULTS, images=None, targets=None):
     for folder in sorted(Path(results).glob("*/")):
         rows = cv_rows(folder.name, results)
         keys = [cv.same_key(r["key"]) for r in rows] if rows else []
-        if rows and all(k["config"] == asdict(cfg) and not {"train_fraction", "untrainable", "prune_folds"} & set(k)
+        if rows and all(recipe(k["config"]) == recipe(asdict(cfg))
+                        and not {"train_fraction", "untrainable", "prune_folds"} & set(k)
                         for k in keys) and (here is None or _of_data(rows, targets, here)):
             return folder.name, rows
     return None
+
+
+def recipe(config):
+    """A config dict without ``device`` (auto or a named one: the same recipe)."""
+    return {k: v for k, v in config.items() if k != "device"}
 
 
 def _of_data(rows, targets, here):

@@ -33,7 +33,7 @@ class TrainConfig:
     arch: str = option("eyenet", "architecture")
     method: str = option("finetune", "finetune: every layer trains; feature_extraction: frozen backbone, only the head")
     weights: str | None = option(None, 'initial weights: none (random init), "imagenet" or a state-dict path')
-    width: int = option(16, "EyeNet width (all three kinds): channels of its first stage (x2, x4 in the next ones)")
+    width: int = option(16, "EyeNet width (all four kinds): channels of its first stage (x2, x4 in the next ones)")
     dropout: float = option(0.0, "dropout before the final linear layer")
     input_size: int | None = option(None, "resize inside the model to this size (none: the architecture's default)")
     epochs: int = option(100, "training epochs (the best of 30/60/100 in 5-fold CV; one-cycle LR spans them all)")
@@ -83,7 +83,8 @@ class TrainConfig:
     teacher_views: int = option(0, "0: the teachers score every augmented batch (online); K > 0: they score K "
                                    "augmented copies of each training image once and the student trains on "
                                    "those (for teachers too slow to run at every step)")
-    seed: int = option(0, "random seed (initialisation, batches, augmentation)")
+    seed: int = option(0, "random seed (initialisation, batches, augmentation, the validation split; CV folds are "
+                          "always seed 0's)")
     device: str = option("auto", "torch device: auto (CUDA when present, else CPU), cpu, cuda, cuda:1, ...")
 
     def __post_init__(self):

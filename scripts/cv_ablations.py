@@ -365,10 +365,23 @@ def load(name, partial=False):
         check_data(rows, *DATA[0], name)
         keys = [{k: v for k, v in same_key(r["key"]).items() if k not in ("data", "inputs")}  # per fold, or absent
                 for r in rows]
-        if any(k != keys[0] for k in keys) or (name in RUNS and keys[0]["config"] != asdict(config(name))):
+        if any(k != keys[0] for k in keys) or (name in RUNS and (keys[0]["config"] != asdict(config(name))
+                                                                  or extras_of(keys[0]) != declared(name))):
             raise ValueError(f"{name}: its folds are not all of the config declared in RUNS, on the same folds; "
                              "rerun the odd ones")
     return rows
+
+
+def declared(name):
+    """What a fold key records of the run's RUNS extras (teachers, train fraction, undisputed only, pruning)."""
+    r = RUNS[name]
+    return dict(teachers=r.get("teachers"), train_fraction=r.get("train_fraction"),
+                untrainable=bool(r.get("undisputed_only")), prune_folds=r.get("prune_folds"))
+
+
+def extras_of(key):
+    return dict(teachers=key.get("teachers"), train_fraction=key.get("train_fraction"),
+                untrainable="untrainable" in key, prune_folds=key.get("prune_folds"))
 
 
 def oof_of(rows, n, tta=False):

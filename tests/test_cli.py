@@ -169,6 +169,22 @@ def test_cv(real_root, tmp_path, capsys, monkeypatch):
     assert result["data"] == dict(n=100, n_open=int(sum(seen["targets"]))) and result["provenance"]["git_commit"]
 
 
+@pytest.mark.parametrize("command", ["cv", "audit"])
+def test_seed_changes_the_training_not_the_folds(command, real_root, monkeypatch, tmp_path):
+    """The committed seed runs share fold seed 0, so that they pair fold by fold."""
+    calls = []
+
+    def spy(images, targets, cfg, folds, seed, *args, **kwargs):
+        calls.append((cfg.seed, seed))
+        raise SystemExit(0)
+    monkeypatch.setattr(cv, "cross_val_predict", spy)
+    monkeypatch.setattr("eye_clf.audit.cross_val_predict", spy)
+    with pytest.raises(SystemExit):
+        main([command, "--data", str(real_root), "--folds", "2", "--seed", "3",
+              *(["--out", str(tmp_path / "review.csv")] if command == "audit" else ["--limit", "40"])])
+    assert calls == [(3, 0)]
+
+
 def test_bad_inputs_exit_with_a_clear_message(tmp_path, tiny_ckpt, labelled_folder):
     msg = exit_message(["predict", str(tmp_path / "missing.png"), "--checkpoint", str(tiny_ckpt)])
     assert msg.startswith("error: image not found") and "missing.png" in msg

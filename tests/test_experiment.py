@@ -119,6 +119,12 @@ def test_cv_of_finds_a_cv_of_the_config_and_if_asked_of_the_same_data(tmp_path):
     assert experiment.cv_of(SMALL, tmp_path)[0] == "other"
     assert experiment.cv_of(SMALL, tmp_path, images, targets) is None  # made on other data
     assert experiment.cv_of(replace(SMALL, epochs=SMALL.epochs + 1), tmp_path) is None
+    assert experiment.cv_of(replace(SMALL, device="cpu"), tmp_path)[0] == "other"  # the device is not the recipe
+
+
+def test_the_default_teacher_is_the_cross_validated_config():
+    ablations = load_script("cv_ablations")
+    assert experiment.TEACHERS["lite0_imagenet"] == ablations.config("lite0_imagenet_e12")
 
 
 def test_cv_of_the_same_data_refuses_one_with_the_same_counts_but_other_labels(tmp_path):
@@ -193,6 +199,17 @@ def test_cv_resumes_from_fold_files_and_refuses_another_config(monkeypatch, tmp_
     np.testing.assert_array_equal(first, again)
     with pytest.raises(ValueError, match="another config"):
         cv.cross_val_predict(images, targets, TrainConfig(width=5, epochs=2), folds=3, fold_dir=tmp_path)
+    row = json.loads((tmp_path / "fold0.json").read_text())
+    assert torch.load(tmp_path / "fold0.pt", weights_only=True)["threshold"] == row["val_threshold"]  # as predict uses
+    assert row["key"]["device"] == "cpu"  # the device type trained on (CUDA trains in bfloat16)
+    row["key"]["device"] = "cuda"
+    (tmp_path / "fold0.json").write_text(json.dumps(row))
+    with pytest.raises(ValueError, match="fold0.json was made with another config or data"):
+        cv.cross_val_predict(images, targets, SMALL, folds=3, progress=False, fold_dir=tmp_path)
+    del row["key"]["device"]  # folds from before the field ran on the CPU
+    (tmp_path / "fold0.json").write_text(json.dumps(row))
+    np.testing.assert_array_equal(first, cv.cross_val_predict(images, targets, SMALL, folds=3, progress=False,
+                                                              fold_dir=tmp_path)[0])
 
 
 def test_cv_only_trains_the_named_folds_and_reads_the_others(monkeypatch, tmp_path):
@@ -393,6 +410,12 @@ def test_ablation_load_refuses_folds_of_another_config_or_data(monkeypatch, tmp_
     odd["key"]["inputs"] = "0123456789abcdef"  # a fold rerun after the inputs fingerprint, beside older ones
     (tmp_path / "cv" / "eyenet16_e60" / "fold2.json").write_text(json.dumps(odd))
     assert len(ablations.load("eyenet16_e60")) == 5
+    declared = ablations.RUNS["eyenet16_e60"]
+    for extra in (dict(train_fraction=0.5), dict(teachers=["eyenet16_e30"]), dict(undisputed_only=True),
+                  dict(prune_folds=3)):  # a declaration changed after its folds ran
+        monkeypatch.setitem(ablations.RUNS, "eyenet16_e60", {**declared, **extra})
+        with pytest.raises(ValueError, match="eyenet16_e60: its folds are not all of the config declared"):
+            ablations.load("eyenet16_e60")
 
 
 @pytest.mark.parametrize("argv, says", [(["--ensemble", "eyenet16_e30", "eyenet16_e30"], "--ensemble: a run named twice"),
@@ -560,10 +583,14 @@ def test_untrainable_images_leave_only_the_training_parts(monkeypatch, tmp_path)
     images, targets = synthetic(100)
     trainable = np.arange(100) % 4 != 0
     splits = record_fits(monkeypatch, lambda tr, va, _: (set(tr), set(va)))
+    refits, real_fit = [], train.fit
+    monkeypatch.setattr(train, "fit", lambda im, t, tr, *a, **kw: refits.append(set(tr)) or real_fit(im, t, tr, *a, **kw))
     cv.cross_val_predict(images, targets, SMALL, folds=2, progress=False, fold_dir=tmp_path / "all")
     cv.cross_val_predict(images, targets, SMALL, folds=2, progress=False, fold_dir=tmp_path / "some",
                          trainable=trainable)
-    assert len(splits) == 4
+    assert len(splits) == 4 and SMALL.refit and len(refits) == 4
+    for (train_all, val_all), refit_all, refit_some in zip(splits[:2], refits[:2], refits[2:]):
+        assert refit_all == train_all | val_all and refit_some == {i for i in refit_all if trainable[i]}
     for (train_all, val_all), (train_some, val_some) in zip(splits[:2], splits[2:]):
         assert train_some == {i for i in train_all if trainable[i]} and val_some == val_all
     assert json.loads((tmp_path / "some" / "fold0.json").read_text())["key"]["untrainable"] == 25
@@ -584,7 +611,7 @@ def test_pruned_folds_drop_the_label_errors_an_inner_cv_of_the_training_part_fin
     flipped = np.arange(0, 160, 10)  # a tenth of the labels wrong
     noisy = targets.copy()
     noisy[flipped] = 1 - noisy[flipped]
-    cfg = TrainConfig(width=8, epochs=4, batch_size=16, augment=0, label_smoothing=0)
+    cfg = TrainConfig(width=8, epochs=4, batch_size=16, augment=0, label_smoothing=0, refit=False)
     fits = record_fits(monkeypatch, lambda tr, va, _: (set(tr), set(va)))
     cv.cross_val_predict(images, noisy, cfg, folds=2, progress=False, fold_dir=tmp_path / "all")
     cv.cross_val_predict(images, noisy, cfg, folds=2, progress=False, fold_dir=tmp_path / "pruned", prune_folds=2)
@@ -600,6 +627,8 @@ def test_pruned_folds_drop_the_label_errors_an_inner_cv_of_the_training_part_fin
     assert len(caught) >= 0.8 * len(set(flipped.tolist()) & train_all) and len(caught) > 0.5 * len(pruned)
     with pytest.raises(ValueError, match="prune_folds: the pruning CV trains on the labels alone"):
         cv.cross_val_predict(images, noisy, TrainConfig(soft_labels=True), folds=2, prune_folds=2, soft=noisy)
+    with pytest.raises(ValueError, match="prune_folds: the refit would train on the validation part"):
+        cv.cross_val_predict(images, noisy, TrainConfig(), folds=2, prune_folds=2)
     for bad in (1, -2):  # refused before any training, naming the argument
         with pytest.raises(ValueError, match=f"prune_folds: 0 .* or an inner fold count of 2 or more, got {bad}"):
             cv.cross_val_predict(images, noisy, cfg, folds=2, fold_dir=tmp_path / "bad", prune_folds=bad)
@@ -608,12 +637,13 @@ def test_pruned_folds_drop_the_label_errors_an_inner_cv_of_the_training_part_fin
 
 def test_the_recipes_cv_is_never_a_pruned_or_undisputed_only_run(tmp_path):
     images, targets = synthetic(60)
-    cv.cross_val_predict(images, targets, SMALL, progress=False, fold_dir=tmp_path / "a_pruned", prune_folds=2)
-    cv.cross_val_predict(images, targets, SMALL, progress=False, fold_dir=tmp_path / "b_undisputed",
+    small = replace(SMALL, refit=False)  # pruning runs do not refit
+    cv.cross_val_predict(images, targets, small, progress=False, fold_dir=tmp_path / "a_pruned", prune_folds=2)
+    cv.cross_val_predict(images, targets, small, progress=False, fold_dir=tmp_path / "b_undisputed",
                          trainable=np.arange(60) % 6 != 0)
-    assert experiment.cv_of(SMALL, tmp_path) is None  # same config, but not trained on every training image
-    cv.cross_val_predict(images, targets, SMALL, progress=False, fold_dir=tmp_path / "c_plain")
-    assert experiment.cv_of(SMALL, tmp_path)[0] == "c_plain"
+    assert experiment.cv_of(small, tmp_path) is None  # same config, but not trained on every training image
+    cv.cross_val_predict(images, targets, small, progress=False, fold_dir=tmp_path / "c_plain")
+    assert experiment.cv_of(small, tmp_path)[0] == "c_plain"
 
 
 def test_shipped_model_is_compared_only_on_images_it_never_saw(monkeypatch, tmp_path):
