@@ -407,7 +407,7 @@ def main(argv=None):
     model.add_argument("--checkpoint", help="the model that suggests labels, most uncertain images first "
                                             "(default: the shipped model)")
     model.add_argument("--no-model", action="store_true", help="label without model suggestions")
-    p.add_argument("--review", help="review list from `audit`: review suspicious labels instead")
+    model.add_argument("--review", help="review list from `audit`: review suspicious labels instead")
     p.add_argument("--port", type=int_at_least(0, 65535), default=8765,
                    help="port on 127.0.0.1 (0: a free one; default 8765)")
     p.add_argument("--no-browser", action="store_true", help="do not open the page in a browser")

@@ -2,7 +2,8 @@
 never overwrite each other's labels silently.
 
 Columns: ``img_name``, ``target`` (1 open, 0 closed, blank: not labeled), ``unsure`` (1: skipped as unsure, target
-blank), ``reviewed`` (1: checked in a review queue) and one 0/1 column per tag in TAGS; other columns are kept.
+blank), ``reviewed`` (1: checked in a review queue) and one 0/1 column per tag in TAGS; other columns are kept as
+values (a formula cell keeps only the value the file stores for it).
 The file is read by the project's one labels reader, ``data.read_labels(path, partial=True)``. Names are written
 as text cells, exactly as the image files are named (a name starting with ``=`` is text, never a formula), so a
 save and a load give back every name byte for byte.
@@ -19,9 +20,16 @@ from openpyxl.cell import WriteOnlyCell
 
 from . import data
 from .data import FLAGS, TAGS
-from .files import atomic_write
+from .files import atomic_write, locked
 
 STATE_KEYS = {"target", "unsure", "reviewed", "tags"}
+
+
+def unwritable(ch):
+    """A character of a file name that an xlsx cell (XML) cannot hold, or that this project refuses in a name:
+    control characters, U+FFFE and U+FFFF, and the surrogates that stand for bytes that are not UTF-8."""
+    o = ord(ch)
+    return o < 32 or o == 127 or 0xD800 <= o <= 0xDFFF or o in (0xFFFE, 0xFFFF)
 
 
 def blank_table(names):
@@ -51,7 +59,9 @@ def write_xlsx(df, path):
 
 def check_writable(path):
     """Refuse a labels file, or the folder it is saved in, that is read-only (no permission, or no write bit at
-    all: root could replace such a file, but its owner asked for it to stay as it is)."""
+    all: root could replace such a file, but its owner asked for it to stay as it is). A symlink's target is the
+    file that saves replace."""
+    path = Path(os.path.realpath(path))
     path.parent.mkdir(parents=True, exist_ok=True)
     for p in (path, path.parent) if path.exists() else (path.parent,):
         if not os.access(p, os.W_OK) or not p.stat().st_mode & 0o222:
@@ -60,10 +70,13 @@ def check_writable(path):
 
 
 def remove_stale_temporaries(path):
-    """Delete the temporaries that an interrupted save of ``path`` left beside it (``.<name>.*.tmp``)."""
-    for tmp in path.parent.glob(f".{glob.escape(path.name)}.*.tmp"):
-        if tmp.is_file():
-            tmp.unlink()
+    """Delete the temporaries that an interrupted save of ``path`` (a symlink's target) left beside it
+    (``.<name>.*.tmp``); under the save lock, so never those of another studio's save in progress."""
+    path = Path(os.path.realpath(path))
+    with locked(path):
+        for tmp in path.parent.glob(f".{glob.escape(path.name)}.*.tmp"):
+            if tmp.is_file():
+                tmp.unlink()
 
 
 def normalize(state, where="state"):
@@ -90,7 +103,8 @@ class LabelStore:
     A missing file is created listing every image of the folder; images missing from an existing file are added
     as unlabeled rows (written at the next save); rows without an image in the folder are kept but not served.
     A read-only file or folder is refused at start, and temporaries of an interrupted save are removed. A save
-    refuses to overwrite the file if another program changed it since it was read or saved here.
+    refuses to overwrite the file if another program changed it since it was read or saved here (saves take turns
+    through a lock file, ``.<name>.lock``, that stays beside it).
     """
 
     def __init__(self, path, images_dir):
@@ -100,10 +114,11 @@ class LabelStore:
         self.files = {p.name: p for p in data.list_images(images_dir)}
         if not self.files:
             raise ValueError(f"no image files in {images_dir}")
-        odd = [n for n in self.files if any(ord(ch) < 32 or ord(ch) == 127 for ch in n) or data.name_problem(n)]
+        odd = [n for n in self.files if any(map(unwritable, n)) or data.name_problem(n)]
         if odd:
-            raise ValueError(f"{images_dir}: {len(odd)} image name(s) with control characters or a backslash, which "
-                             f"a labels file cannot hold, e.g. {odd[:3]!r}: rename them")
+            raise ValueError(f"{images_dir}: {len(odd)} image name(s) with control characters, a backslash, U+FFFE, "
+                             f"U+FFFF or bytes that are not UTF-8, which a labels file cannot hold, e.g. {odd[:3]!r}: "
+                             "rename them")
         check_writable(self.path)
         remove_stale_temporaries(self.path)
         created = not self.path.exists()
@@ -150,10 +165,13 @@ class LabelStore:
         return st.st_mtime_ns, st.st_size
 
     def save(self):
-        if self.stamp is not None and self.file_stamp() != self.stamp:
-            raise OSError(f"{self.path} was changed by another program; restart the studio to load that version")
-        atomic_write(self.path, lambda tmp: write_xlsx(self.df.reset_index(), tmp))
-        self.stamp = self.file_stamp()
+        """Write the table, unless another program changed the file since it was read or saved here; under the
+        save lock, so that two studios on one file cannot both pass that check and overwrite each other."""
+        with locked(self.path):
+            if self.stamp is not None and self.file_stamp() != self.stamp:
+                raise OSError(f"{self.path} was changed by another program; restart the studio to load that version")
+            atomic_write(self.path, lambda tmp: write_xlsx(self.df.reset_index(), tmp))
+            self.stamp = self.file_stamp()
 
     def apply(self, changes):
         """Apply ``[{name, before, after}]`` in order and save once.

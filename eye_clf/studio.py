@@ -273,12 +273,13 @@ def make_server(studio, port=0):
     return server
 
 
-def predictions(store, checkpoint=None):
-    """P(open) of every readable image of the store by the model of ``checkpoint`` (None: the shipped model).
-    An image the model cannot read (corrupt, too large) gets no prediction; the page still shows it."""
+def predictions(files, checkpoint=None):
+    """P(open) of every readable image of ``files`` ({name: path}, as a store's ``files``) by the model of
+    ``checkpoint`` (None: the shipped model). An image the model cannot read (corrupt, too large) gets no
+    prediction; the page still shows it."""
     from .predict import predict_proba
     images, names = [], []
-    for name, file in sorted(store.files.items()):
+    for name, file in sorted(files.items()):
         try:
             images.append(data.load_image(file))
         except (OSError, ValueError):
@@ -291,19 +292,25 @@ def predictions(store, checkpoint=None):
 
 def serve(images, labels, checkpoint=None, review=None, port=0, open_browser=True, model=True):
     """Run the studio until Ctrl+C. In label mode the model of ``checkpoint`` (None: the shipped one) suggests
-    labels unless ``model`` is False; ``review`` (a list from ``audit``) opens a review queue instead."""
-    store = LabelStore(labels, images)
-    if store.orphans:
-        print(f"note: {len(store.orphans)} row(s) of {labels} have no image in {images}; kept, not shown")
+    labels unless ``model`` is False; ``review`` (a list from ``audit``) opens a review queue instead. The review
+    list, the model and the port are checked before the labels file is created or touched."""
+    files = {p.name: p for p in data.list_images(images)}
+    queue, suggested, source = None, None, None
     if review:
-        studio = Studio(store, review=read_review(review, store.files), source=Path(review).name)
+        queue, source = read_review(review, files), Path(review).name
     elif model:
         from .predict import DEFAULT_CHECKPOINT
         checkpoint = Path(checkpoint or DEFAULT_CHECKPOINT)
-        studio = Studio(store, predictions(store, checkpoint), source=checkpoint.name)
-    else:
-        studio = Studio(store)
-    server = make_server(studio, port)
+        suggested, source = predictions(files, checkpoint), checkpoint.name
+    server = make_server(None, port)
+    try:
+        store = LabelStore(labels, images)
+    except BaseException:
+        server.server_close()
+        raise
+    if store.orphans:
+        print(f"note: {len(store.orphans)} row(s) of {labels} have no image in {images}; kept, not shown")
+    studio = server.studio = Studio(store, suggested, review=queue, source=source)
     url = f"http://127.0.0.1:{server.server_address[1]}/"
     progress = studio.progress()
     print(f"{studio.mode}: {progress['done']}/{progress['total']} done; labels are saved to {store.path} after "

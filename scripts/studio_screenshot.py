@@ -31,7 +31,7 @@ def main():
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         store = LabelStore(Path(tmp) / "labels.xlsx", data.data_dir(args.data) / "EyesDataset")
-        app = studio.Studio(store, studio.predictions(store), source=DEFAULT_CHECKPOINT.name)
+        app = studio.Studio(store, studio.predictions(store.files), source=DEFAULT_CHECKPOINT.name)
         server = studio.make_server(app)
         threading.Thread(target=server.serve_forever, daemon=True).start()
         try:

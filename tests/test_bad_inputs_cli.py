@@ -109,6 +109,21 @@ def test_export_never_overwrites_its_checkpoint(tiny_ckpt, capsys):
     assert tiny_ckpt.read_bytes() == before
 
 
+def test_label_checks_model_review_and_port_before_creating_the_labels_file(labelled_folder, tmp_path, capsys):
+    import socket
+    folder, labels = labelled_folder[0], tmp_path / "new.xlsx"
+    label = ["label", "--images", str(folder), "--labels", str(labels), "--no-browser"]
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        for extra, says in ((["--checkpoint", str(tmp_path / "typo.pt")], "typo.pt"),
+                            (["--review", str(tmp_path / "none.csv")], "none.csv"),
+                            (["--no-model", "--port", str(taken.getsockname()[1])], "cannot listen on")):
+            assert says in refused([*label, *extra], capsys)
+            assert not labels.exists()
+    assert "not allowed with argument" in refused([*label, "--review", "r.csv", "--checkpoint", "m.pt"], capsys)
+
+
 @pytest.mark.parametrize("port", ["99999", "65536", "-1"])
 def test_label_port_out_of_range(port, tmp_path, capsys):
     msg = refused(["label", "--images", str(tmp_path), "--labels", str(tmp_path / "l.xlsx"), "--port", port], capsys)

@@ -2,7 +2,9 @@
 import http.client
 import io
 import json
+import os
 import threading
+import time
 
 import numpy as np
 import openpyxl
@@ -116,7 +118,7 @@ def test_failed_save_keeps_the_old_file_and_state(folder, tmp_path, monkeypatch)
         store.apply([change("001.png", BLANK, target=0)])
     assert path.read_bytes() == saved
     assert store.state("001.png") == BLANK and store.state("000.png")["target"] == 1
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["images", "labels.xlsx", "secret.txt"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".labels.xlsx.lock", "images", "labels.xlsx", "secret.txt"]
 
 
 def test_edits_by_another_program_are_not_overwritten(folder, tmp_path):
@@ -127,6 +129,42 @@ def test_edits_by_another_program_are_not_overwritten(folder, tmp_path):
     with pytest.raises(OSError, match="changed by another program"):
         store.apply([change("001.png", BLANK, target=1)])
     assert path.read_bytes() == edited and store.state("001.png") == BLANK
+
+
+def test_two_studios_on_one_file_never_both_save_over_the_same_version(folder, tmp_path, monkeypatch):
+    """Two stores (as two studio processes) read the same version; while one is writing its save, the other's save
+    waits for it and then refuses, instead of both replacing the file and one change silently vanishing."""
+    path = tmp_path / "labels.xlsx"
+    first, second = LabelStore(path, folder), LabelStore(path, folder)
+    writing, real = threading.Event(), labels_store.write_xlsx
+
+    def slow_write(df, tmp):
+        writing.set()
+        time.sleep(0.5)
+        real(df, tmp)
+    monkeypatch.setattr(labels_store, "write_xlsx", slow_write)
+    saving = threading.Thread(target=first.apply, args=([change("000.png", BLANK, target=1)],))
+    saving.start()
+    writing.wait()
+    monkeypatch.setattr(labels_store, "write_xlsx", real)
+    with pytest.raises(OSError, match="changed by another program"):
+        second.apply([change("001.png", BLANK, target=0)])
+    saving.join()
+    assert LabelStore(path, folder).state("000.png")["target"] == 1 and second.state("001.png") == BLANK
+
+
+def test_stale_temporaries_of_a_symlinked_labels_file_are_removed_beside_its_target(folder, tmp_path):
+    real, link = tmp_path / "real" / "labels.xlsx", tmp_path / "links" / "labels.xlsx"
+    real.parent.mkdir()
+    link.parent.mkdir()
+    LabelStore(real, folder)
+    link.symlink_to(real)
+    stale, unrelated = real.parent / ".labels.xlsx.k3j2_x.tmp", link.parent / ".labels.xlsx.zzz.tmp"
+    for f in (stale, unrelated):
+        f.write_bytes(b"PK half an xlsx")
+    LabelStore(link, folder).apply([change("000.png", BLANK, target=1)])
+    assert not stale.exists() and unrelated.exists() and link.is_symlink()
+    assert read_table(real).set_index("img_name").loc["000.png", "target"] == 1
 
 
 def test_workbook_with_other_sheets_is_refused(folder, tmp_path):
@@ -195,7 +233,7 @@ def test_pace_caps_pauses():
 
 def test_checkpoint_predictions(folder, tmp_path, tiny_ckpt):
     (folder / "broken.jpg").unlink()
-    p = studio.predictions(LabelStore(tmp_path / "labels.xlsx", folder), tiny_ckpt)
+    p = studio.predictions(LabelStore(tmp_path / "labels.xlsx", folder).files, tiny_ckpt)
     assert sorted(p) == [f"{i:03d}.png" for i in range(6)] and all(0 <= v <= 1 for v in p.values())
 
 
@@ -292,10 +330,11 @@ def test_names_round_trip_exactly_and_are_never_formulas(tmp_path):
     assert [restarted.state(n)["target"] for n in ODD_NAMES] == [i % 2 for i in range(len(ODD_NAMES))]
 
 
-@pytest.mark.parametrize("name", ["a\rb.png", "a\\b.png"])
+@pytest.mark.parametrize("name", ["a\rb.png", "a\\b.png", "a\ufffe.png", "a\uffff.png", os.fsdecode(b"a\xff.png")])
 def test_image_names_a_labels_file_cannot_hold_are_refused(folder, tmp_path, name):
+    """Control characters, backslashes, and what XML cannot hold: U+FFFE, U+FFFF and a name that is not UTF-8."""
     eye(1).save(folder / name, "PNG")
-    with pytest.raises(ValueError, match="control characters or a backslash"):
+    with pytest.raises(ValueError, match="image name.* a labels file cannot hold"):
         LabelStore(tmp_path / "labels.xlsx", folder)
     assert not (tmp_path / "labels.xlsx").exists()
 
@@ -400,7 +439,7 @@ def test_a_batch_applies_in_order_and_saves_once(folder, tmp_path, monkeypatch):
 # ---- model suggestions -----------------------------------------------------------------------------------------
 
 def test_unreadable_images_get_no_suggestion_and_come_first(folder, tmp_path, tiny_ckpt):
-    p = studio.predictions(LabelStore(tmp_path / "labels.xlsx", folder), tiny_ckpt)
+    p = studio.predictions(LabelStore(tmp_path / "labels.xlsx", folder).files, tiny_ckpt)
     assert "broken.jpg" not in p and len(p) == 6
     app = Studio(LabelStore(tmp_path / "labels.xlsx", folder), p, source="tiny.pt")
     assert app.order[0] == "broken.jpg" and app.grid[-1] == "broken.jpg"
@@ -422,9 +461,9 @@ class FakeServer:
 def test_label_command_suggests_with_the_shipped_model_by_default(folder, tmp_path, monkeypatch, flags, source):
     (folder / "broken.jpg").unlink()
     made = []
-    monkeypatch.setattr(studio, "make_server", lambda app, port: made.append(app) or FakeServer())
+    monkeypatch.setattr(studio, "make_server", lambda app, port: made.append(FakeServer()) or made[-1])
     main(["label", "--images", str(folder), "--labels", str(tmp_path / "labels.xlsx"), "--no-browser", *flags])
-    app, = made
+    app = made[0].studio
     assert app.source == source and (app.p_open is not None) == (source is not None)
     if source:
         assert sorted(app.p_open) == [f"{i:03d}.png" for i in range(6)]
