@@ -60,7 +60,19 @@ def add_config_args(p):
             p.add_argument(flag, type=OPTIONAL.get(f.name, type(f.default)), default=f.default,
                            choices=CHOICES.get(f.name), metavar=None if f.name in CHOICES else f.name.upper(),
                            help=help)
+    p.add_argument("--threads", type=int_at_least(1),
+                   help="torch CPU threads (default: the cores other processes leave idle)")
     p.set_defaults(config_flags=True)
+
+
+def use_threads(args):
+    """Set torch's CPU threads for training (--threads, else the idle cores); returns the count."""
+    import torch
+
+    from .experiment import auto_threads
+    threads = args.threads or auto_threads()
+    torch.set_num_threads(threads)
+    return threads
 
 
 def config_from(args):
@@ -121,13 +133,10 @@ def check_limit(args):
 
 
 def cmd_train(args):
-    import torch
-
     from .cv import interval
-    from .experiment import auto_threads, cv_of, train_run
+    from .experiment import cv_of, train_run
     cfg = config_from(args)
-    threads = args.threads or auto_threads()
-    torch.set_num_threads(threads)
+    threads = use_threads(args)
     if args.teacher and not cfg.distill:
         sys.exit("error: --teacher needs --distill > 0 (the weight of the teachers' P(open) in the target)")
     res = train_run(cfg, args.data, args.labels, args.out, args.limit, teachers=args.teacher or ())
@@ -290,6 +299,7 @@ def cmd_cv(args):
                  "finished CV runs on the same folds) or train one student with `eye-clf train --distill`")
     images, targets, names = data.load_dataset(args.data, args.labels, limit=args.limit)
     soft = data.soft_targets(targets, names, args.data) if cfg.soft_labels else None
+    use_threads(args)
     oof, per_fold = cross_val_predict(images, targets, cfg, args.folds, seed=0, soft=soft)  # --seed: not the folds
     print(per_fold.round(4).to_string(index=False))
     print(f"{args.folds}-fold CV ({cfg.arch}, weights: {cfg.weights or 'random init'}): {report(per_fold)}")
@@ -333,6 +343,8 @@ def cmd_audit(args):
     labels = data.labels_file(args.labels, args.data)
     refuse_overwrite({"--out": args.out, "--save-oof": args.save_oof},
                      [("the labels file", labels), ("--oof", args.oof)])
+    if not args.oof:
+        use_threads(args)
     review, names, targets, p_open = audit(images_dir, labels, args.oof, cfg, args.folds)
     atomic_write(args.out, lambda tmp: review.to_csv(tmp, index=False))
     if args.save_oof:
@@ -356,8 +368,6 @@ def main(argv=None):
                    help="run folder (default: runs/train-<date>-<time>); the shipped model is not touched")
     p.add_argument("--limit", type=int_at_least(MIN_LIMIT),
                    help=f"use a stratified subset of this many images, {MIN_LIMIT} or more (smoke runs)")
-    p.add_argument("--threads", type=int_at_least(1),
-                   help="torch CPU threads (default: the cores other processes leave idle)")
     p.add_argument("--teacher", action="append", metavar="CHECKPOINT",
                    help="distil from this run's model (repeatable; with --distill; trained with the same --seed and "
                         "--val-fraction and --no-refit, so it never saw the validation images)")

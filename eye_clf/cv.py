@@ -177,9 +177,10 @@ def cross_val_predict(images, targets, cfg=None, folds=5, seed=0, progress=True,
     ``soft``: the training targets of ``cfg.soft_labels`` (see data.soft_targets); folds and scores use ``targets``.
     ``trainable``: a boolean mask; images outside it are left out of the training parts and the refit (the folds,
     validation parts and test folds stay as they are).
-    ``prune_folds`` = k > 0 (without ``cfg.refit``): before each fold trains, a k-fold CV of ``cfg`` on that fold's training part (and
-    nothing else) gives out-of-fold P(open), cleanlab's ``find_label_issues`` flags the likely label errors, and the
-    fold trains without them (its row lists them as ``pruned``, with the inner CV's ``prune_seconds``).
+    ``prune_folds`` = k > 0 (without ``cfg.refit``): before each fold trains, a k-fold CV of ``cfg`` on that fold's
+    training part (and nothing else) gives out-of-fold P(open), cleanlab's ``find_label_issues`` flags the likely
+    label errors, and the fold trains without them (its row lists them as ``pruned``, with the inner CV's
+    ``prune_seconds``).
     ``only``: train just these fold indices (folds of others are read from ``fold_dir`` if there, else left out of
     the result, their out-of-fold P(open) NaN), so that several processes can share one CV, each on its own folds.
     """

@@ -74,8 +74,9 @@ FLAGS = ("unsure", "reviewed") + TAGS  # 0/1 columns of a labels file still bein
 def read_sheet(path, what="labels file"):
     """A spreadsheet as a DataFrame: ``.csv`` as UTF-8 text (a BOM is allowed), anything else as xlsx.
 
-    ``img_name`` is read as exact text: never stripped, only an empty cell is missing. A file that cannot be
-    parsed raises one LabelError naming it.
+    ``img_name`` is read as exact text: never stripped, only an empty cell is missing. A blank line is a row of
+    empty cells, as a blank row of a sheet is (so row numbers are the file's), except at the end of the file. A
+    file that cannot be parsed raises one LabelError naming it.
     """
     path = Path(path)
     if not path.is_file():
@@ -83,7 +84,11 @@ def read_sheet(path, what="labels file"):
     csv = path.suffix.lower() == ".csv"
     options = dict(dtype={"img_name": str}, keep_default_na=False, na_values=[""])
     try:
-        return pd.read_csv(path, encoding="utf-8-sig", **options) if csv else pd.read_excel(path, **options)
+        if not csv:
+            return pd.read_excel(path, **options)  # trailing empty rows are dropped
+        df = pd.read_csv(path, encoding="utf-8-sig", skip_blank_lines=False, **options)
+        filled = np.flatnonzero(df.notna().any(axis=1).to_numpy())
+        return df.iloc[:filled[-1] + 1 if len(filled) else 0]
     except UnicodeDecodeError as err:
         raise LabelError(f"{path}: not UTF-8 text (byte {err.object[err.start]:#04x} at offset {err.start}); "
                          "save it as UTF-8 CSV") from None
@@ -215,6 +220,10 @@ def split(targets, seed=0, val=0.15, test=0.15):
 
 def kfold(targets, folds=5, seed=0):
     """Stratified k-fold (train_idx, test_idx) pairs."""
+    smaller = int(min(np.sum(np.asarray(targets) == c) for c in (0, 1)))
+    if folds > smaller:
+        raise ValueError(f"--folds {folds}: each fold needs an image of each class, and the smaller class has "
+                         f"{smaller}")
     return list(StratifiedKFold(folds, shuffle=True, random_state=seed).split(np.zeros(len(targets)), targets))
 
 

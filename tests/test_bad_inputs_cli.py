@@ -74,6 +74,22 @@ def test_folds_below_two(capsys):
         assert refused([command, "--folds", "1", *NO_DATA], capsys).startswith("error: --folds: must be >= 2, got 1")
 
 
+def test_more_folds_than_images_of_a_class_names_the_flag(labelled_folder, tmp_path, capsys):
+    folder, labels, _, targets = labelled_folder
+    smaller = int(min(targets.sum(), len(targets) - targets.sum()))
+    msg = refused(["audit", "--images", str(folder), "--labels", str(labels), "--folds", str(smaller + 1),
+                   "--out", str(tmp_path / "review.csv")], capsys)
+    assert msg == (f"error: --folds {smaller + 1}: each fold needs an image of each class, and the smaller class "
+                   f"has {smaller}")
+
+
+@pytest.mark.parametrize("command", ["train", "cv", "audit"])
+def test_every_training_command_takes_threads(command, capsys):
+    with pytest.raises(SystemExit):
+        main([command, "--help"])
+    assert "--threads THREADS" in capsys.readouterr().out
+
+
 def test_output_onto_an_existing_folder_or_file_is_refused_first(tmp_path, labelled_folder, tiny_ckpt, capsys):
     folder = tmp_path / "taken"
     folder.mkdir()

@@ -128,6 +128,16 @@ def test_unreadable_xlsx_is_one_label_error_naming_the_file(tmp_path, make):
         read_labels(path)
 
 
+def test_csv_rows_are_numbered_as_the_file_is_even_after_a_blank_line(tmp_path, images):
+    path = tmp_path / "labels.csv"
+    path.write_text("img_name,target\na.jpg,1\n\nb.jpg,7\n\n\n")  # blank lines at the end are nothing
+    with pytest.raises(LabelError) as err:
+        read_labels(path, images_dir=images)
+    assert str(err.value).splitlines()[1:] == ["  row 3: img_name is empty", "  row 4 (b.jpg): target 7.0 is not 0, 1"]
+    path.write_text("img_name,target\na.jpg,1\nb.jpg,0\n\n")
+    assert read_labels(path, images_dir=images)["target"].tolist() == [1, 0]
+
+
 def test_latin1_csv_is_refused_as_not_utf8_and_a_bom_is_fine(tmp_path):
     path = tmp_path / "labels.csv"
     path.write_bytes("img_name,target\ncaf\xe9.jpg,1\n".encode("latin-1"))

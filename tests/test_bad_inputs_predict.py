@@ -1,6 +1,7 @@
 """Hostile inputs to ``predict_proba``: one clear error naming the argument, the same with either backend."""
 import os
 import struct
+import sys
 import zlib
 
 import numpy as np
@@ -151,6 +152,15 @@ def test_tensor_subclasses_are_tensors(backend):
     batch = torch.from_numpy(np.stack([EYE, EYE[::-1].copy()]))
     assert np.array_equal(predict_proba(tv_tensors.Image(batch[:, None]), backend=backend),
                           predict_proba(batch, backend=backend))
+
+
+def test_an_onnx_model_without_onnxruntime_says_what_to_install(monkeypatch, tmp_path):
+    from eye_clf.predict import DEFAULT_ONNX
+    model = tmp_path / "m.onnx"
+    model.write_bytes(DEFAULT_ONNX.read_bytes())
+    monkeypatch.setitem(sys.modules, "onnxruntime", None)  # not installed
+    with pytest.raises(ModuleNotFoundError, match=r"m.onnx: an ONNX model needs onnxruntime: pip install 'eye-clf\[onnx\]'"):
+        predict_proba(EYE, checkpoint=model)
 
 
 # ---- files: size limits, non-regular files -----------------------------------------------------------------

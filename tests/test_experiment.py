@@ -584,7 +584,11 @@ def test_untrainable_images_leave_only_the_training_parts(monkeypatch, tmp_path)
     trainable = np.arange(100) % 4 != 0
     splits = record_fits(monkeypatch, lambda tr, va, _: (set(tr), set(va)))
     refits, real_fit = [], train.fit
-    monkeypatch.setattr(train, "fit", lambda im, t, tr, *a, **kw: refits.append(set(tr)) or real_fit(im, t, tr, *a, **kw))
+
+    def recording_refit(images_, targets_, train_idx, *args, **kw):  # train.refit's call of train.fit
+        refits.append(set(train_idx))
+        return real_fit(images_, targets_, train_idx, *args, **kw)
+    monkeypatch.setattr(train, "fit", recording_refit)
     cv.cross_val_predict(images, targets, SMALL, folds=2, progress=False, fold_dir=tmp_path / "all")
     cv.cross_val_predict(images, targets, SMALL, folds=2, progress=False, fold_dir=tmp_path / "some",
                          trainable=trainable)

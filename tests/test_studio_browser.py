@@ -77,7 +77,8 @@ def running(app):
 def url(dataset, tmp_path):
     """A studio (model-assisted) over the synthetic images with a fresh labels file at tmp_path/labels.xlsx."""
     store = LabelStore(tmp_path / "labels.xlsx", dataset / "images")
-    with running(studio.Studio(store, studio.predictions(store.files, dataset / "model.pt"), source="model.pt")) as address:
+    suggested = studio.predictions(store.files, dataset / "model.pt")
+    with running(studio.Studio(store, suggested, source="model.pt")) as address:
         yield address
 
 
