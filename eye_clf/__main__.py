@@ -314,7 +314,8 @@ def cmd_cv(args):
 def cmd_label(args):
     from .studio import serve
     try:
-        serve(args.images, args.labels, args.checkpoint, args.review, args.port, not args.no_browser,
+        images = args.images or data.data_dir(args.data) / "EyesDataset"
+        serve(images, args.labels, args.checkpoint, args.review, args.port, not args.no_browser,
               model=not args.no_model)
     except OSError as err:
         sys.exit(f"error: {err}")
@@ -411,7 +412,8 @@ def main(argv=None):
     p.set_defaults(run=cmd_cv)
 
     p = sub.add_parser("label", help="labeling studio: a local web page to label images with the keyboard")
-    p.add_argument("--images", required=True, help="folder of the images to label")
+    p.add_argument("--images", help="folder of the images to label (default: <data>/EyesDataset)")
+    p.add_argument("--data", help=f"data folder (default: ${data.DATA_ENV} or ../shared/data)")
     p.add_argument("--labels", required=True, help="labels .xlsx (created listing every image if missing)")
     model = p.add_mutually_exclusive_group()
     model.add_argument("--checkpoint", help="the model that suggests labels, most uncertain images first "

@@ -48,8 +48,9 @@ def oof(images, targets, cfg, folds, seed, cache):
     t0 = time.perf_counter()
     p, _ = cross_val_predict(images, targets, cfg, folds, seed)
     seconds = time.perf_counter() - t0
-    atomic_write(cache, lambda tmp: pd.DataFrame({"p_open": p}).to_csv(tmp, index=False))
+    # the seconds first: the CSV is written last, so that a cache that exists is complete
     atomic_write(cache.with_suffix(".json"), lambda tmp: Path(tmp).write_text(json.dumps(seconds)))
+    atomic_write(cache, lambda tmp: pd.DataFrame({"p_open": p}).to_csv(tmp, index=False))
     return p, seconds, False
 
 
@@ -112,7 +113,7 @@ def main():
     parser.add_argument("--epochs", type=int, default=25)
     parser.add_argument("--folds", type=int, default=5)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--data", help="data folder (default: ../shared/data)")
+    parser.add_argument("--data", help="data folder (default: $EYE_CLF_DATA or ../shared/data)")
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads (default 1: the machine is shared)")
     parser.add_argument("--work", type=Path, default=ROOT / "runs" / "audit")
     parser.add_argument("--timing", type=Path, default=ROOT / "results" / "studio_timing.json",
@@ -126,7 +127,10 @@ def main():
     torch.set_num_threads(args.threads)
     # the recipe this measurement was made with (before label smoothing, mirror TTA, temperature scaling and refit)
     cfg = TrainConfig(epochs=args.epochs, seed=args.seed, label_smoothing=0.0, tta=False, calibrate=False, refit=False)
-    root = data.data_dir(args.data)
+    try:
+        root = data.data_dir(args.data)
+    except FileNotFoundError as err:
+        sys.exit(f"error: {err}")
     images, targets, names = data.load_dataset(root)
     args.tag = f"e{args.epochs}_f{args.folds}_s{args.seed}_{data_id(images, targets)}"  # the cache's key
 

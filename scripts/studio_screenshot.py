@@ -7,6 +7,7 @@ labels file of the project is touched), then drives Debian's Chromium with Playw
 images labelled one at a time, then the grid view with one pre-label flipped, and a screenshot of it.
 """
 import argparse
+import os
 import tempfile
 import threading
 from pathlib import Path
@@ -27,7 +28,8 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data", help="data folder (default: $EYE_CLF_DATA or ../shared/data)")
     parser.add_argument("--out", type=Path, default=ROOT / "for_readme" / "studio.png")
-    parser.add_argument("--chromium", default="/usr/bin/chromium")
+    parser.add_argument("--chromium", default=os.environ.get("EYE_CLF_CHROMIUM", "/usr/bin/chromium"),
+                        help="Chromium executable (default: $EYE_CLF_CHROMIUM or /usr/bin/chromium)")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         store = LabelStore(Path(tmp) / "labels.xlsx", data.data_dir(args.data) / "EyesDataset")

@@ -121,3 +121,24 @@ def test_audit_defaults_to_the_reference_labels_file(partly_labelled_xlsx, tmp_p
     monkeypatch.setattr("eye_clf.audit.audit", fake_audit)
     main(["audit", "--images", str(images), "--out", str(tmp_path / "review.csv")])
     assert seen == [data.labels_file()] and seen[0] == data.REPO_ROOT / "img_name_target.xlsx"
+
+
+def test_audit_measure_cache_is_complete_or_absent(tmp_path, monkeypatch):
+    """An interrupted measurement leaves no cache that a later run would half-read (the CSV is written last)."""
+    from test_experiment import load_script
+    measure = load_script("audit_measure")
+    monkeypatch.setattr(measure, "cross_val_predict", lambda *args: (np.array([0.2, 0.8]), None))
+    real = measure.atomic_write
+
+    def interrupted_at_the_csv(path, write):
+        if str(path).endswith(".csv"):
+            raise KeyboardInterrupt
+        real(path, write)
+    monkeypatch.setattr(measure, "atomic_write", interrupted_at_the_csv)
+    with pytest.raises(KeyboardInterrupt):
+        measure.oof(None, None, None, 2, 0, tmp_path / "oof.csv")
+    monkeypatch.setattr(measure, "atomic_write", real)
+    p, _, cached = measure.oof(None, None, None, 2, 0, tmp_path / "oof.csv")
+    assert not cached and p.tolist() == [0.2, 0.8]
+    assert measure.oof(None, None, None, 2, 0, tmp_path / "oof.csv")[2]  # now read from the cache
+

@@ -564,3 +564,10 @@ def test_symlink_to_a_file_outside_the_folder_is_not_served(server, folder, tmp_
     assert request(server, "GET", "/img/000.png")[0] == 200
     status, answer = post(server, {"changes": [change("002.png", BLANK, target=1)]})
     assert status == 200
+
+
+def test_label_finds_the_images_in_the_data_folder(real_root, tmp_path, monkeypatch):
+    made = []
+    monkeypatch.setattr(studio, "make_server", lambda app, port: made.append(FakeServer()) or made[-1])
+    main(["label", "--data", str(real_root), "--labels", str(tmp_path / "l.xlsx"), "--no-browser", "--no-model"])
+    assert made[0].studio.store.root == (real_root / "EyesDataset").resolve()
