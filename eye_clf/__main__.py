@@ -384,8 +384,9 @@ def main(argv=None):
     p.set_defaults(run=cmd_export)
 
     p = sub.add_parser("predict", help="write a CSV (file, p_open, decision) for image files and folders",
-                       description="CSV columns: file, p_open (4 decimals), decision (open when p_open >= the "
-                                   "checkpoint's recommended threshold, 0.5 when it records none; named on stderr)")
+                       description="CSV columns: file, p_open (6 decimals), decision (open when p_open >= the "
+                                   "checkpoint's recommended threshold, 0.5 when it records none; named on stderr; "
+                                   "both compared as written)")
     p.add_argument("paths", nargs="+", help="image files or folders (their image files, sorted by name)")
     p.add_argument("--checkpoint", help="checkpoint, .pt or .onnx (default: the shipped model)")
     p.add_argument("--out", default="-", type=csv_or_stdout, help="CSV file (default: -, standard output)")
