@@ -445,7 +445,7 @@ def main(argv=None):
         if getattr(args, "limit", None):
             check_limit(args)
         args.run(args)
-    except (ValueError, OSError) as err:  # FileNotFoundError is an OSError
+    except (ValueError, OSError, ImportError) as err:  # FileNotFoundError is an OSError; ImportError: an extra
         sys.exit(f"error: {err}")
 
 

@@ -30,6 +30,8 @@ def read_oof(path, names):
     df = data.read_sheet(path, "out-of-fold predictions")
     if {"img_name", "p_open"} - set(df.columns):
         raise ValueError(f"{path}: needs columns img_name and p_open; found {list(df.columns)}")
+    if df["img_name"].isna().any():
+        raise ValueError(f"{path}: row {df.index[df['img_name'].isna().to_numpy()][0]}: img_name is empty")
     if df["img_name"].duplicated().any():
         raise ValueError(f"{path}: duplicate img_name, e.g. {df['img_name'][df['img_name'].duplicated()].iloc[0]}")
     p = df.set_index("img_name")["p_open"]
@@ -41,8 +43,7 @@ def read_oof(path, names):
     bad = np.flatnonzero(~(np.isfinite(p) & (p >= 0) & (p <= 1)))
     if len(bad):
         wrong = set(raw.index[bad])
-        shown = [f"row {i + 2} ({n}): {v!r}" for i, (n, v) in enumerate(zip(df["img_name"], df["p_open"]))
-                 if n in wrong]  # row 1 is the header
+        shown = [f"row {r} ({n}): {v!r}" for r, n, v in zip(df.index, df["img_name"], df["p_open"]) if n in wrong]
         raise ValueError(f"{path}: p_open must be numbers in 0..1; {len(bad)} are not, e.g. {', '.join(shown[:3])}")
     return p
 

@@ -1,7 +1,8 @@
 """Stratified k-fold cross-validation: out-of-fold P(open) and per-fold metrics with a 95% interval.
 
 With ``fold_dir`` every fold writes ``fold{k}.json`` (and the fold's model as ``fold{k}.pt``) as soon as it
-finishes, and a rerun resumes: folds already on disk with the same config, data and folds are read, not retrained.
+finishes, and a rerun resumes: folds already on disk with the same config, data, folds and device type are read,
+not retrained.
 """
 import hashlib
 import json
@@ -214,7 +215,7 @@ def cross_val_predict(images, targets, cfg=None, folds=5, seed=0, progress=True,
         # folds written before the data and inputs fingerprints are matched on the rest of their key
         old = {f: key[f] for f in ("data", "inputs") if f in key}
         if row is not None and {**old, **same_key(row["key"])} != key:
-            raise ValueError(f"{path} was made with another config or data; move it away to rerun")
+            raise ValueError(f"{path} was made with another config, data or device; move it away to rerun")
         if row is None and only is not None and k not in only:
             continue
         if row is None:

@@ -74,9 +74,9 @@ FLAGS = ("unsure", "reviewed") + TAGS  # 0/1 columns of a labels file still bein
 def read_sheet(path, what="labels file"):
     """A spreadsheet as a DataFrame: ``.csv`` as UTF-8 text (a BOM is allowed), anything else as xlsx.
 
-    ``img_name`` is read as exact text: never stripped, only an empty cell is missing. A blank line is a row of
-    empty cells, as a blank row of a sheet is (so row numbers are the file's), except at the end of the file. A
-    file that cannot be parsed raises one LabelError naming it.
+    ``img_name`` is read as exact text: never stripped, only an empty cell is missing. Blank rows (lines) are
+    left out, and the index is each row's number in the file (the header is row 1), for messages. A file that
+    cannot be parsed raises one LabelError naming it.
     """
     path = Path(path)
     if not path.is_file():
@@ -84,11 +84,15 @@ def read_sheet(path, what="labels file"):
     csv = path.suffix.lower() == ".csv"
     options = dict(dtype={"img_name": str}, keep_default_na=False, na_values=[""])
     try:
-        if not csv:
-            return pd.read_excel(path, **options)  # trailing empty rows are dropped
-        df = pd.read_csv(path, encoding="utf-8-sig", skip_blank_lines=False, **options)
-        filled = np.flatnonzero(df.notna().any(axis=1).to_numpy())
-        return df.iloc[:filled[-1] + 1 if len(filled) else 0]
+        if csv:  # blank lines are kept as empty rows, then dropped, so that the index counts them
+            lines = path.read_text(encoding="utf-8-sig").splitlines()
+            lead = next((i for i, line in enumerate(lines) if line.strip()), 0)  # blank lines above the header
+            df = pd.read_csv(path, encoding="utf-8-sig", skiprows=lead, skip_blank_lines=False, **options)
+            df.index += lead
+        else:
+            df = pd.read_excel(path, **options)
+        df.index += 2
+        return df[df.notna().any(axis=1)]
     except UnicodeDecodeError as err:
         raise LabelError(f"{path}: not UTF-8 text (byte {err.object[err.start]:#04x} at offset {err.start}); "
                          "save it as UTF-8 CSV") from None
@@ -120,7 +124,8 @@ def read_labels(path, images_dir=None, partial=False):
 
     Returns ``img_name`` (str) and ``target`` (int). ``partial=True`` reads a file still being labelled (the
     studio's): a target may be blank (nullable Int64), the 0/1 columns FLAGS are read (blank or missing: 0), an
-    unsure row has no target, other columns are kept and an empty table is allowed.
+    unsure row has no target, other columns are kept, an empty table is allowed and names must be in their plain
+    form (``a.jpg``, not ``./a.jpg``).
     Raises LabelError naming the bad rows (spreadsheet numbering: the header is row 1).
     """
     path = Path(path)
@@ -135,14 +140,15 @@ def read_labels(path, images_dir=None, partial=False):
     values = {c: pd.to_numeric(raw[c], errors="coerce") for c in cols}
     raw = {c: raw[c].tolist() for c in cols}  # Python values, for the messages
     names, root = df["img_name"], None if images_dir is None else Path(images_dir).resolve()
+    rows = df.index
     same_file = names.map(lambda n: str(PurePosixPath(n)) if isinstance(n, str) else n)  # "./a.jpg" is "a.jpg"
     duplicated = same_file.duplicated(keep=False) & names.notna()
     problems = []
     for i, name in enumerate(names):
         if pd.isna(name) or not name.strip():
-            problems.append(f"row {i + 2}: img_name is empty")
+            problems.append(f"row {rows[i]}: img_name is empty")
             continue
-        where = f"row {i + 2} ({name})"
+        where = f"row {rows[i]} ({name})"
         for c in cols:
             if not (values[c].iloc[i] in (0, 1) or (partial and pd.isna(raw[c][i]))):
                 problems.append(f"{where}: {c} {raw[c][i]!r} is not 0, 1" + (" or blank" if partial else ""))
@@ -150,6 +156,8 @@ def read_labels(path, images_dir=None, partial=False):
             problems.append(f"{where}: unsure is 1 but target is set")
         if duplicated.iloc[i]:
             problems.append(f"{where}: duplicate img_name (another row names the same file)")
+        if partial and str(PurePosixPath(name)) != name:  # the studio would write "./a.jpg" as a second row
+            problems.append(f"{where}: write it as {PurePosixPath(name)}")
         if why := name_problem(name):
             problems.append(f"{where}: img_name {why}; it must be a relative path inside the images folder")
         elif root is not None and (not partial or pd.notna(values["target"].iloc[i])):
@@ -160,11 +168,11 @@ def read_labels(path, images_dir=None, partial=False):
     if problems:
         raise LabelError.rows(path, problems)
     if not partial:
-        return pd.DataFrame({"img_name": names, "target": values["target"].astype(int)})
+        return pd.DataFrame({"img_name": names, "target": values["target"].astype(int)}).reset_index(drop=True)
     out = pd.DataFrame({"img_name": names, "target": values["target"].astype("Int64")})
     for c in FLAGS:
         out[c] = values[c].fillna(0).astype(int)
-    return pd.concat([out, df[[c for c in df.columns if c not in out.columns]]], axis=1)
+    return pd.concat([out, df[[c for c in df.columns if c not in out.columns]]], axis=1).reset_index(drop=True)
 
 
 def load_dataset(root=None, labels=None, limit=None):
@@ -194,11 +202,12 @@ def read_annotations(names, root=None):
     cols = [c for c in df.columns if c != "img_name"]
     if "img_name" not in df.columns or not cols:
         raise LabelError(f"{path}: needs an img_name column and one column per annotator; found {list(df.columns)}")
-    values = df[cols].apply(pd.to_numeric, errors="coerce")
-    problems = [f"row {i + 2} ({df['img_name'].iloc[i]}): {c} {df[c].iloc[i]!r} is not 0, 1 or blank"
-                for c in cols for i in np.flatnonzero(~(values[c].isin([0, 1]) | df[c].isna()))]
-    problems += [f"row {i + 2} ({df['img_name'].iloc[i]}): duplicate img_name"
-                 for i in np.flatnonzero(df["img_name"].duplicated(keep=False) & df["img_name"].notna())]
+    values, names_ = df[cols].apply(pd.to_numeric, errors="coerce"), df["img_name"]
+    problems = [f"row {r}: img_name is empty" for r in df.index[names_.isna().to_numpy()]]
+    problems += [f"row {df.index[i]} ({names_.iloc[i]}): {c} {df[c].iloc[i]!r} is not 0, 1 or blank"
+                 for c in cols for i in np.flatnonzero(~(values[c].isin([0, 1]) | df[c].isna()))]
+    problems += [f"row {df.index[i]} ({names_.iloc[i]}): duplicate img_name"
+                 for i in np.flatnonzero(names_.duplicated(keep=False) & names_.notna())]
     if problems:
         raise LabelError.rows(path, problems)
     return values.set_index(df["img_name"]).reindex(list(names)).to_numpy(float)
@@ -222,8 +231,8 @@ def kfold(targets, folds=5, seed=0):
     """Stratified k-fold (train_idx, test_idx) pairs."""
     smaller = int(min(np.sum(np.asarray(targets) == c) for c in (0, 1)))
     if folds > smaller:
-        raise ValueError(f"--folds {folds}: each fold needs an image of each class, and the smaller class has "
-                         f"{smaller}")
+        raise ValueError(f"{folds} folds: each fold needs an image of each class, and the smaller class has "
+                         f"{smaller} images")
     return list(StratifiedKFold(folds, shuffle=True, random_state=seed).split(np.zeros(len(targets)), targets))
 
 

@@ -12,7 +12,7 @@ import glob
 import os
 import reprlib
 import threading
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 
 import openpyxl
 import pandas as pd
@@ -123,11 +123,6 @@ class LabelStore:
         remove_stale_temporaries(self.path)
         created = not self.path.exists()
         df = blank_table(self.files) if created else data.read_labels(self.path, partial=True)
-        spelt = [f"row {i + 2} ({n}): write it as {PurePosixPath(n)}" for i, n in enumerate(df["img_name"])
-                 if str(PurePosixPath(n)) != n]  # "./a.jpg" would be a second row for a.jpg
-        if spelt:
-            raise ValueError(f"{self.path}: {len(spelt)} image name(s) not in their plain form:\n  "
-                             + "\n  ".join(spelt))
         if not created:
             with pd.ExcelFile(self.path) as book:
                 if len(book.sheet_names) > 1:

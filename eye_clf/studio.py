@@ -62,8 +62,8 @@ def read_review(path, names):
     raw = {c: df[c].tolist() for c in num}  # Python values, for the messages
     duplicated = df["img_name"].duplicated(keep=False)
     problems = []
-    for i, name in enumerate(df["img_name"]):
-        where = f"row {i + 2} ({name})"
+    for i, (row, name) in enumerate(zip(df.index, df["img_name"])):
+        where = f"row {row} ({name})"
         if pd.isna(name) or name not in names:
             problems.append(f"{where}: image not in the image folder")
         if duplicated.iloc[i]:

@@ -112,7 +112,8 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--epochs", type=int, default=25)
     parser.add_argument("--folds", type=int, default=5)
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seed", type=int, default=0,
+                        help="seed of the flipped labels, the folds and the training (default 0: results/audit.md)")
     parser.add_argument("--data", help="data folder (default: $EYE_CLF_DATA or ../shared/data)")
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads (default 1: the machine is shared)")
     parser.add_argument("--work", type=Path, default=ROOT / "runs" / "audit")
@@ -130,7 +131,7 @@ def main():
     try:
         root = data.data_dir(args.data)
     except FileNotFoundError as err:
-        sys.exit(f"error: {err}")
+        parser.error(str(err))
     images, targets, names = data.load_dataset(root)
     args.tag = f"e{args.epochs}_f{args.folds}_s{args.seed}_{data_id(images, targets)}"  # the cache's key
 

@@ -64,7 +64,10 @@ def main():
     args = ap.parse_args()
     os.environ["OMP_NUM_THREADS"] = str(args.threads)  # onnxruntime sessions and the cold-start processes
     torch.set_num_threads(args.threads)
-    folder = data.data_dir(args.data) / "EyesDataset"
+    try:
+        folder = data.data_dir(args.data) / "EyesDataset"
+    except FileNotFoundError as err:
+        ap.error(str(err))
     files = data.list_images(folder)
     images = np.stack([data.load_image(f) for f in files])
     cold = [cold_start(b, files[0]) for b in ("onnx", "torch")]  # before this process grows

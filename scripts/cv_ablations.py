@@ -367,8 +367,8 @@ def load(name, partial=False):
                 for r in rows]
         if any(k != keys[0] for k in keys) or (name in RUNS and (keys[0]["config"] != asdict(config(name))
                                                                   or extras_of(keys[0]) != declared(name))):
-            raise ValueError(f"{name}: its folds are not all of the config declared in RUNS, on the same folds; "
-                             "rerun the odd ones")
+            raise ValueError(f"{name}: its folds are not all of the config declared in RUNS, on the same folds and "
+                             "device; rerun the odd ones")
     return rows
 
 

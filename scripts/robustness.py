@@ -101,7 +101,10 @@ def main():
         ap.error(f"fold models missing (rerun those folds with scripts/cv_ablations.py): {', '.join(missing)}")
     if Path(args.out).is_dir():
         ap.error(f"--out: {args.out} is a folder; name the table's file")
-    images, targets, _ = data.load_dataset(args.data)
+    try:
+        images, targets, _ = data.load_dataset(args.data)
+    except FileNotFoundError as err:
+        ap.error(str(err))
     here = data_id(images, targets)
     for run, rows in runs.items():
         try:

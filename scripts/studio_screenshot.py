@@ -31,8 +31,12 @@ def main():
     parser.add_argument("--chromium", default=os.environ.get("EYE_CLF_CHROMIUM", "/usr/bin/chromium"),
                         help="Chromium executable (default: $EYE_CLF_CHROMIUM or /usr/bin/chromium)")
     args = parser.parse_args()
+    try:
+        images = data.data_dir(args.data) / "EyesDataset"
+    except FileNotFoundError as err:
+        parser.error(str(err))
     with tempfile.TemporaryDirectory() as tmp:
-        store = LabelStore(Path(tmp) / "labels.xlsx", data.data_dir(args.data) / "EyesDataset")
+        store = LabelStore(Path(tmp) / "labels.xlsx", images)
         app = studio.Studio(store, studio.predictions(store.files), source=DEFAULT_CHECKPOINT.name)
         server = studio.make_server(app)
         threading.Thread(target=server.serve_forever, daemon=True).start()

@@ -124,17 +124,18 @@ def test_audit_defaults_to_the_reference_labels_file(partly_labelled_xlsx, tmp_p
 
 
 def test_audit_measure_cache_is_complete_or_absent(tmp_path, monkeypatch):
-    """An interrupted measurement leaves no cache that a later run would half-read (the CSV is written last)."""
+    """A measurement interrupted between its two cache files leaves no cache that a later run would half-read."""
     from test_experiment import load_script
     measure = load_script("audit_measure")
     monkeypatch.setattr(measure, "cross_val_predict", lambda *args: (np.array([0.2, 0.8]), None))
-    real = measure.atomic_write
+    real, writes = measure.atomic_write, []
 
-    def interrupted_at_the_csv(path, write):
-        if str(path).endswith(".csv"):
+    def interrupted_at_the_second_file(path, write):
+        writes.append(path)
+        if len(writes) == 2:
             raise KeyboardInterrupt
         real(path, write)
-    monkeypatch.setattr(measure, "atomic_write", interrupted_at_the_csv)
+    monkeypatch.setattr(measure, "atomic_write", interrupted_at_the_second_file)
     with pytest.raises(KeyboardInterrupt):
         measure.oof(None, None, None, 2, 0, tmp_path / "oof.csv")
     monkeypatch.setattr(measure, "atomic_write", real)

@@ -74,13 +74,13 @@ def test_folds_below_two(capsys):
         assert refused([command, "--folds", "1", *NO_DATA], capsys).startswith("error: --folds: must be >= 2, got 1")
 
 
-def test_more_folds_than_images_of_a_class_names_the_flag(labelled_folder, tmp_path, capsys):
+def test_more_folds_than_images_of_a_class_is_one_line(labelled_folder, tmp_path, capsys):
     folder, labels, _, targets = labelled_folder
     smaller = int(min(targets.sum(), len(targets) - targets.sum()))
     msg = refused(["audit", "--images", str(folder), "--labels", str(labels), "--folds", str(smaller + 1),
                    "--out", str(tmp_path / "review.csv")], capsys)
-    assert msg == (f"error: --folds {smaller + 1}: each fold needs an image of each class, and the smaller class "
-                   f"has {smaller}")
+    assert msg == (f"error: {smaller + 1} folds: each fold needs an image of each class, and the smaller class "
+                   f"has {smaller} images")
 
 
 @pytest.mark.parametrize("command", ["train", "cv", "audit"])

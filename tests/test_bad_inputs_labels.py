@@ -3,6 +3,7 @@
 import zipfile
 from pathlib import Path
 
+import openpyxl
 import pandas as pd
 import pytest
 
@@ -128,14 +129,37 @@ def test_unreadable_xlsx_is_one_label_error_naming_the_file(tmp_path, make):
         read_labels(path)
 
 
-def test_csv_rows_are_numbered_as_the_file_is_even_after_a_blank_line(tmp_path, images):
-    path = tmp_path / "labels.csv"
-    path.write_text("img_name,target\na.jpg,1\n\nb.jpg,7\n\n\n")  # blank lines at the end are nothing
-    with pytest.raises(LabelError) as err:
+@pytest.mark.parametrize("suffix", [".csv", ".xlsx"])
+def test_blank_rows_are_skipped_and_rows_keep_their_numbers_in_the_file(tmp_path, images, suffix):
+    """Blank lines (rows) above, between and below the labels are nothing, and messages count them as the file
+    does. Row 1 is the header, row 2 a.jpg, row 5 the bad target: its line in a text editor, its row in Excel."""
+    path = tmp_path / f"labels{suffix}"
+    rows = [["img_name", "target"], ["a.jpg", 1], [], [], ["b.jpg", 7], []]
+    if suffix == ".csv":
+        path.write_text("\n" + "\n".join(",".join(map(str, r)) for r in rows) + "\n\n")
+        bad = 6  # the blank first line shifts every row by one
+    else:
+        book = openpyxl.Workbook()
+        for r in rows:
+            book.active.append(r)
+        book.save(path)
+        bad = 5
+    with pytest.raises(LabelError, match=rf"1 bad row\(s\):\n  row {bad} \(b.jpg\): target 7(\.0)? is not 0, 1$"):
         read_labels(path, images_dir=images)
-    assert str(err.value).splitlines()[1:] == ["  row 3: img_name is empty", "  row 4 (b.jpg): target 7.0 is not 0, 1"]
-    path.write_text("img_name,target\na.jpg,1\nb.jpg,0\n\n")
-    assert read_labels(path, images_dir=images)["target"].tolist() == [1, 0]
+    text = path.read_text() if suffix == ".csv" else None
+    if text:
+        path.write_text(text.replace("b.jpg,7", "b.jpg,0"))
+        assert read_labels(path, images_dir=images)["target"].tolist() == [1, 0]
+
+
+def test_blank_lines_in_annotations_and_out_of_fold_files_are_skipped(tmp_path):
+    from eye_clf.audit import read_oof
+    (tmp_path / "EyesDataset").mkdir()
+    (tmp_path / "other_annotations.csv").write_text("img_name,annotator_a\na.jpg,1\n\n\nb.jpg,0\n\n")
+    assert data.read_annotations(["b.jpg", "a.jpg"], tmp_path).tolist() == [[0.0], [1.0]]
+    (tmp_path / "oof.csv").write_text("img_name,p_open\na.jpg,0.2\n\n\nb.jpg,7\n")
+    with pytest.raises(ValueError, match=r"row 5 \(b.jpg\): 7"):
+        read_oof(tmp_path / "oof.csv", ["a.jpg", "b.jpg"])
 
 
 def test_latin1_csv_is_refused_as_not_utf8_and_a_bom_is_fine(tmp_path):

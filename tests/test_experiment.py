@@ -204,7 +204,7 @@ def test_cv_resumes_from_fold_files_and_refuses_another_config(monkeypatch, tmp_
     assert row["key"]["device"] == "cpu"  # the device type trained on (CUDA trains in bfloat16)
     row["key"]["device"] = "cuda"
     (tmp_path / "fold0.json").write_text(json.dumps(row))
-    with pytest.raises(ValueError, match="fold0.json was made with another config or data"):
+    with pytest.raises(ValueError, match="fold0.json was made with another config, data or device"):
         cv.cross_val_predict(images, targets, SMALL, folds=3, progress=False, fold_dir=tmp_path)
     del row["key"]["device"]  # folds from before the field ran on the CPU
     (tmp_path / "fold0.json").write_text(json.dumps(row))
@@ -605,7 +605,7 @@ def test_untrainable_images_leave_only_the_training_parts(monkeypatch, tmp_path)
     cv.cross_val_predict(images, targets, SMALL, folds=2, progress=False, fold_dir=tmp_path / "some",
                          trainable=trainable)  # resumed: read, not retrained
     assert len(splits) == 4
-    with pytest.raises(ValueError, match="another config or data"):  # another mask, same count of left-out images
+    with pytest.raises(ValueError, match="another config, data or device"):  # another mask, same count of left-out images
         cv.cross_val_predict(images, targets, SMALL, folds=2, progress=False, fold_dir=tmp_path / "some",
                              trainable=np.roll(trainable, 1))
 
@@ -781,7 +781,7 @@ def test_fold_files_belong_to_their_data(tmp_path):
     images, targets = synthetic(60)
     cv.cross_val_predict(images, targets, SMALL, folds=3, progress=False, fold_dir=tmp_path)
     order = np.r_[1, 0, 2:60]  # the same images and counts, two of them swapped
-    with pytest.raises(ValueError, match="another config or data"):
+    with pytest.raises(ValueError, match="another config, data or device"):
         cv.cross_val_predict(images[order], targets[order], SMALL, folds=3, progress=False, fold_dir=tmp_path)
     rows = [json.loads((tmp_path / f"fold{k}.json").read_text()) for k in range(3)]
     cv.check_data(rows, targets, cv.data_id(images, targets), "run")
