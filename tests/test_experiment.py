@@ -82,6 +82,9 @@ def test_a_refit_run_trains_its_model_on_every_image_and_reports_the_validated_f
     res = experiment.train_run(cfg, real_root, out_dir=tmp_path, limit=200, progress=False)
     run, ckpt = json.loads((tmp_path / "run.json").read_text()), torch.load(tmp_path / "eye_clf.pt", weights_only=True)
     assert run["n_train"] == 200 and run["n_val"] == 20 and ckpt["best_epoch"] == 2
+    # the refit's weights learnt all 200 images, the validation part included
+    assert len(ckpt["training_images"]) == 200 and len(ckpt["validation_images"]) == 20
+    assert set(ckpt["validation_images"]) <= set(ckpt["training_images"])
     assert ckpt["threshold"] == res["val"]["eer_threshold"]
     assert len(res["history"]) == 2 and "val_loss" in res["history"][0]  # the validated fit's curves
     va = res["split"][1]  # the validation figures are the validated fit's, not those of the refit that saw va
