@@ -4,6 +4,7 @@ without torch, whichever backend runs."""
 import importlib.util
 import os
 import sys
+import threading
 from collections import OrderedDict
 from importlib import resources
 from pathlib import Path
@@ -20,17 +21,19 @@ BACKENDS = ("onnx", "torch")
 CHANNELS = (1, 3, 4)
 CACHE_SIZE = 4  # loaded models kept, most recently used first
 _cache = OrderedDict()
+_cache_lock = threading.Lock()  # callers on several threads (a service) load each model once
 
 
 def _cached(backend, path, load):
     key = (backend, path, path.stat().st_mtime_ns)  # backend: "onnx", ("shipped onnx", .pt mtime), ("torch", device)
-    if key in _cache:
-        _cache.move_to_end(key)
-    else:
-        _cache[key] = load(path)
-        while len(_cache) > CACHE_SIZE:
-            _cache.popitem(last=False)
-    return _cache[key]
+    with _cache_lock:
+        if key in _cache:
+            _cache.move_to_end(key)
+        else:
+            _cache[key] = load(path)
+            while len(_cache) > CACHE_SIZE:
+                _cache.popitem(last=False)
+        return _cache[key]
 
 
 def _model_path(checkpoint, default, how):
@@ -56,7 +59,8 @@ def load_model(checkpoint=None, device=None):
     CPU), with each BatchNorm that torch.fx can fold folded into the convolution before it (all of them in EyeNet
     and ResNet18; same outputs, faster inference). Returns
     ``(model, tta)``, tta (also ``model.tta``): whether the checkpoint predicts with mirror averaging. The last
-    CACHE_SIZE models loaded are kept and shared between callers: do not move or train them."""
+    CACHE_SIZE models loaded are kept and shared between callers, threads included (each loads once): do not move
+    or train them."""
     import torch
 
     try:

@@ -260,6 +260,29 @@ def test_the_model_cache_is_bounded(tiny_ckpt, tmp_path):
     assert any(key[1] == copy.resolve() for key in predict._cache)
 
 
+def test_threads_that_predict_at_once_load_a_model_once(tiny_ckpt, tmp_path, monkeypatch):
+    """A service calling predict_proba from several threads: the first calls share one load of the model."""
+    import threading
+    import time
+    model = tmp_path / "shared.pt"
+    model.write_bytes(tiny_ckpt.read_bytes())
+    loads, real = [], predict._load_torch
+
+    def slow_load(path, device):
+        loads.append(path)
+        time.sleep(0.3)
+        return real(path, device)
+    monkeypatch.setattr(predict, "_load_torch", slow_load)
+    results = []
+    threads = [threading.Thread(target=lambda: results.append(predict_proba(BRIGHT, checkpoint=model)))
+               for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(loads) == 1 and len(results) == 4 and len(set(results)) == 1
+
+
 def test_missing_default_checkpoint_is_a_helpful_error(tmp_path, monkeypatch):
     monkeypatch.setattr(predict, "DEFAULT_CHECKPOINT", tmp_path / "nowhere" / "eye_clf.pt")
     monkeypatch.setattr(predict, "DEFAULT_ONNX", tmp_path / "nowhere" / "eye_clf.onnx")
