@@ -18,6 +18,7 @@ from dataclasses import asdict, replace
 from datetime import datetime
 from pathlib import Path
 
+import matplotlib.pyplot as plt
 import numpy as np
 import torch
 from sklearn.model_selection import train_test_split
@@ -167,8 +168,8 @@ def train_run(cfg=None, root=None, labels=None, out_dir=None, limit=None, progre
     ckpt["teachers"] = [dict(file=str(t), sha256=hashlib.sha256(Path(t).read_bytes()).hexdigest()) for t in teachers]
     save_checkpoint(ckpt, out / "eye_clf.pt")
     save_history(history, out / "history")
-    plot_history(history, out / "train_val_loss_metrics_history.png",
-                 title=f"{cfg.arch} / {cfg.method} / weights: {cfg.weights or 'random init'}")
+    plt.close(plot_history(history, out / "train_val_loss_metrics_history.png",
+                           title=f"{cfg.arch} / {cfg.method} / weights: {cfg.weights or 'random init'}"))  # a file
     write_json(out / "run.json", dict(config=ckpt["config"], val=val, shipped_on_same_val=shipped,
                                       best_epoch=ckpt["best_epoch"], train_seconds=seconds,
                                       n_train=len(train_idx) + cfg.refit * len(val_idx), n_val=len(val_idx),

@@ -1,15 +1,12 @@
 """Figures: training curves, method comparison, image grids and the reliability diagram (written atomically
 as PNG). Rates are labelled in percent, log axes at 1-2-5 steps."""
-import matplotlib
+import matplotlib.pyplot as plt  # the caller's backend (a notebook's inline one; headless: Agg)
+import numpy as np
+import pandas as pd
+from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import pandas as pd  # noqa: E402
-from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter  # noqa: E402
-
-from .files import atomic_write  # noqa: E402
-from .metrics import calibration_bins  # noqa: E402
+from .files import atomic_write
+from .metrics import calibration_bins
 
 PANELS = (("loss", "BCE loss"), ("accuracy", "accuracy (threshold 0.5)"), ("eer", "EER"))
 

@@ -89,8 +89,12 @@ class TrainConfig:
 
     def __post_init__(self):
         from .models import ARCHS, METHODS
+        eyenet = self.arch.endswith("eyenet")
         checks = dict(arch=(self.arch in ARCHS, f"one of {ARCHS}"),
-                      method=(self.method in METHODS, f"one of {METHODS}"),
+                      method=(self.method in METHODS and (self.method == "finetune" or self.weights is not None),
+                              f"one of {METHODS} (feature_extraction only with --weights: a frozen random "
+                              "backbone learns nothing)"),
+                      weights=(self.weights is None or not eyenet, "none for EyeNet (it has no pretrained weights)"),
                       width=(self.width >= 1, ">= 1"), dropout=(0 <= self.dropout < 1, "in [0, 1)"),
                       input_size=(self.input_size is None or self.input_size >= 8, ">= 8 or None"),
                       epochs=(self.epochs >= 1, ">= 1"), batch_size=(self.batch_size >= 1, ">= 1"),
@@ -344,6 +348,8 @@ def fit(images, targets, train_idx, val_idx, cfg=None, progress=True, teachers=(
             ys.append(yb.cpu().numpy())
             ps.append(torch.sigmoid(z.detach()).cpu().numpy())
         y_tr, p_tr = np.concatenate(ys).round(), np.concatenate(ps)
+        if not (np.isfinite(total) and np.isfinite(p_tr).all()):
+            raise ValueError(f"training diverged in epoch {epoch + 1} (the loss is not finite); lower --lr")
         row = dict(epoch=epoch + 1, lr=sched.get_last_lr()[0], **_epoch_metrics("train", total / len(y_tr), y_tr, p_tr))
         val_loss = -float(epoch)  # without a validation part the last epoch is the one kept
         if len(val_idx):

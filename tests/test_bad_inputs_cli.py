@@ -34,6 +34,10 @@ def refused(argv, capsys):
     (["--zoom", "1"], "error: --zoom: must be in [0, 1), got 1.0"),
     (["--pad", "border", "--no-batch-augment"], "error: --pad: must be one of ('zeros', 'border') (border only"),
     (["--device", "gpu"], "error: --device: must be auto or a torch device"),
+    (["--method", "feature_extraction"], "error: --method: must be one of ('finetune', 'feature_extraction') "
+                                         "(feature_extraction only with --weights"),
+    (["--weights", "imagenet"], "error: --weights: must be none for EyeNet"),
+    (["--arch", "res_eyenet", "--weights", "imagenet"], "error: --weights: must be none for EyeNet"),
     pytest.param(["--device", "cuda"], "error: --device: cuda asked for, but torch sees 0 CUDA device(s)",
                  marks=pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has CUDA")),
 ])

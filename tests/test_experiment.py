@@ -78,8 +78,11 @@ def test_train_refuses_a_teacher_that_trained_on_the_students_validation_images(
 
 
 def test_a_refit_run_trains_its_model_on_every_image_and_reports_the_validated_fit(real_root, tmp_path):
+    import matplotlib.pyplot as plt
     cfg = TrainConfig(width=8, epochs=2)  # the shipped recipe refits
+    figures = plt.get_fignums()
     res = experiment.train_run(cfg, real_root, out_dir=tmp_path, limit=200, progress=False)
+    assert plt.get_fignums() == figures  # the curves went to their PNG, not into the caller's open figures
     run, ckpt = json.loads((tmp_path / "run.json").read_text()), torch.load(tmp_path / "eye_clf.pt", weights_only=True)
     assert run["n_train"] == 200 and run["n_val"] == 20 and ckpt["best_epoch"] == 2
     # the refit's weights learnt all 200 images, the validation part included

@@ -1,3 +1,6 @@
+import subprocess
+import sys
+
 import numpy as np
 import pytest
 from scipy.optimize import brentq
@@ -206,3 +209,10 @@ def test_learning_curve_plots_each_point_with_its_interval_and_the_goal():
     assert np.allclose(low.get_ydata(), [0.035, 0.016]) and np.allclose(high.get_ydata(), [0.045, 0.024])
     assert any(np.allclose(line.get_ydata(), 0.015) for line in ax.lines if line not in (a, b))
     assert [t.get_text() for t in ax.get_xticklabels()] == ["720", "2,880"]
+
+
+def test_importing_the_plots_keeps_the_callers_matplotlib_backend():
+    """A notebook's inline backend (here: svg) survives ``import eye_clf.plots`` (and eye_clf.experiment)."""
+    code = "import matplotlib; matplotlib.use('svg'); import eye_clf.experiment; print(matplotlib.get_backend())"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "svg"

@@ -301,3 +301,9 @@ def test_zoom_pad_and_affine_p_reach_the_training_augmentation(monkeypatch):
     fit(images, targets, tr, va, cfg, progress=False)
     train.augmented_views(images[:4], replace(cfg, teacher_views=2, distill=0.5))
     assert [a[4:] for a in seen] == [(0.2, "border", 1.0)] * 2
+
+
+def test_a_diverging_fit_says_so(toy):
+    images, targets, tr, va = toy
+    with pytest.raises(ValueError, match=r"training diverged in epoch 1 \(the loss is not finite\); lower --lr"):
+        train.fit(images, targets, tr, va, replace(CFG, lr=1e6, epochs=2), progress=False)
