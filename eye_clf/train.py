@@ -89,7 +89,7 @@ class TrainConfig:
 
     def __post_init__(self):
         from .models import ARCHS, METHODS
-        eyenet = self.arch.endswith("eyenet")
+        eyenet = self.arch in ("eyenet", "res_eyenet", "dw_eyenet", "cn_eyenet")
         checks = dict(arch=(self.arch in ARCHS, f"one of {ARCHS}"),
                       method=(self.method in METHODS and (self.method == "finetune" or self.weights is not None),
                               f"one of {METHODS} (feature_extraction only with --weights: a frozen random "
