@@ -4,6 +4,7 @@ torchvision ResNet18 (3x3 stride-1 stem) on torch for scale.
     python scripts/benchmark.py [--threads 1] [--repeats 3] [--batch-size N]
 
 Prints, side by side: images/s on a batch of 4000 in-memory images and on a folder of 4000 JPEG files (best of
+``--repeats``), the milliseconds of one call on one image (a webcam loop: SINGLE images one call each, best of
 ``--repeats``), then for each backend the cold start (a fresh interpreter: import eye_clf, load the model, predict
 one file) and the peak memory (max RSS) of that process. ``--threads`` sets torch's threads and, through
 $OMP_NUM_THREADS, onnxruntime's; ``--batch-size`` is predict_proba's (default: its own). The ResNet18's
@@ -29,6 +30,9 @@ eye_clf.predict_proba({image!r}, backend={backend!r})
 seconds = time.perf_counter() - t
 print(seconds, re.search(r"VmHWM:\\s+(\\d+) kB", open("/proc/self/status").read()).group(1))
 """  # VmHWM: this process's own peak RSS (ru_maxrss would include the forking parent's)
+
+
+SINGLE = 500  # images predicted one call each, for the latency of one call
 
 
 def best_rate(fn, n, repeats):
@@ -87,6 +91,10 @@ def main():
     for label, x in (("in-memory batch (images/s)", images), ("folder of JPEGs (images/s)", folder)):
         rates = [best_rate(lambda kw=kw: predict_proba(x, **kw), len(files), args.repeats) for kw in runs.values()]
         print(f"{label:30s}" + "".join(f"{r:20.0f}" for r in rates), flush=True)
+    one = images[:SINGLE]
+    rates = [best_rate(lambda kw=kw: [predict_proba(im, **kw) for im in one], len(one), args.repeats)
+             for kw in runs.values()]
+    print(f"{'one image per call (ms)':30s}" + "".join(f"{1e3 / r:20.2f}" for r in rates), flush=True)
     parity = np.abs(predict_proba(images, backend="onnx") - predict_proba(images, model=shipped, tta=tta)).max()
     print(f"max |P(onnxruntime) - P(torch)| over the {len(files)} images: {parity:.1e}")
     print(f"{'cold start (s)':30s}" + "".join(f"{s:20.2f}" for s, _ in cold))
