@@ -3,6 +3,7 @@
 Image reading and normalisation live in ``preprocess`` (shared with prediction) and are re-exported here.
 """
 import hashlib
+import io
 import os
 from pathlib import Path, PurePosixPath, PureWindowsPath
 
@@ -85,9 +86,9 @@ def read_sheet(path, what="labels file"):
     options = dict(dtype={"img_name": str}, keep_default_na=False, na_values=[""])
     try:
         if csv:  # blank lines are kept as empty rows, then dropped, so that the index counts them
-            lines = path.read_text(encoding="utf-8-sig").splitlines()
-            lead = next((i for i, line in enumerate(lines) if line.strip()), 0)  # blank lines above the header
-            df = pd.read_csv(path, encoding="utf-8-sig", skiprows=lead, skip_blank_lines=False, **options)
+            text = path.read_text(encoding="utf-8-sig")
+            lead = next((i for i, line in enumerate(text.splitlines()) if line.strip()), 0)  # above the header
+            df = pd.read_csv(io.StringIO(text), skiprows=lead, skip_blank_lines=False, **options)
             df.index += lead
         else:
             df = pd.read_excel(path, **options)

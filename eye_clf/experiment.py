@@ -79,9 +79,9 @@ def cv_rows(name, results=CV_RESULTS):
 
 
 def cv_of(cfg, results=CV_RESULTS, images=None, targets=None):
-    """The finished CV of exactly this config (whatever its ``device`` field) on all its training images (not a learning-curve, pruned or
-    undisputed-only run) as (run name, per-fold rows), or None; given ``images`` and ``targets``, only a CV of
-    that data (cv.check_data)."""
+    """The finished CV of exactly this config (whatever its ``device`` field) on all its training images (not a
+    learning-curve, pruned or undisputed-only run) as (run name, per-fold rows), or None; given ``images`` and
+    ``targets``, only a CV of that data (cv.check_data)."""
     here = None if targets is None else cv.data_id(images, targets)
     for folder in sorted(Path(results).glob("*/")):
         rows = cv_rows(folder.name, results)

@@ -17,8 +17,8 @@ from torch import nn
 
 from .preprocess import IMG_SIZE, MEAN, MODE, STD, normalize
 
-ARCHS = ("eyenet", "res_eyenet", "dw_eyenet", "cn_eyenet", "resnet18", "resnet34", "resnet50", "efficientnet_lite0",
-         "efficientnet_lite2")
+EYENETS = ("eyenet", "res_eyenet", "dw_eyenet", "cn_eyenet")  # small nets for 24x24 eyes, no pretrained weights
+ARCHS = (*EYENETS, "resnet18", "resnet34", "resnet50", "efficientnet_lite0", "efficientnet_lite2")
 METHODS = ("finetune", "feature_extraction")
 CHECKPOINT_FORMAT = "eye_clf/1"
 # Pretrained backbones expect their own input scaling; ours is (p - MEAN) / STD with p in 0..1.
@@ -157,7 +157,7 @@ def build_model(arch="eyenet", method="finetune", weights=None, width=16, dropou
         raise ValueError(f"unknown arch {arch!r}; choose one of {ARCHS}")
     if method not in METHODS:
         raise ValueError(f"unknown method {method!r}; choose one of {METHODS}")
-    if arch in ("eyenet", "res_eyenet", "dw_eyenet", "cn_eyenet"):
+    if arch in EYENETS:
         if weights is not None:
             raise ValueError(f"{arch} has no pretrained weights; use weights=None")
         trunk = res_eyenet(width) if arch == "res_eyenet" else eyenet(width, separable=arch == "dw_eyenet")

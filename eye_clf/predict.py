@@ -248,10 +248,11 @@ def predict_proba(x, model=None, checkpoint=None, batch_size=64, tta=None, backe
 
     ``backend``: ``"onnx"`` (onnxruntime, no torch needed) or ``"torch"``. The default is onnx when onnxruntime
     is installed and no torch-only argument is given (``model``, ``tta`` or a ``.pt`` checkpoint), else torch:
-    both give the same P(open) to 1e-4 on CPU (CUDA may use TF32), onnxruntime starts faster and needs far less memory.
-    ``checkpoint``: a ``.pt`` (torch) or ``.onnx`` file replacing the shipped model; ``model``: an eye_clf torch
-    model (``load_model(path)[0]``, or one ``eye_clf.models.build_model`` made) in its place, predicting with its
-    checkpoint's mirror averaging (``model.tta``; none for a model without that attribute); ``tta``: override the checkpoint's mirror averaging (torch only);
+    both give the same P(open) to 1e-4 on CPU (CUDA may use TF32); onnxruntime starts faster and needs far less
+    memory. ``checkpoint``: a ``.pt`` (torch) or ``.onnx`` file replacing the shipped model; ``model``: an eye_clf
+    torch model (``load_model(path)[0]``, or one ``eye_clf.models.build_model`` made) in its place, predicting
+    with its checkpoint's mirror averaging (``model.tta``); ``tta``: override the checkpoint's mirror averaging
+    (torch only);
     ``batch_size``: images per forward pass (on CPU, 64 runs torch about 1.5x faster than 1024, whose activations
     overflow the cache; onnxruntime is level: ``scripts/benchmark.py --batch-size``).
     """

@@ -1,7 +1,8 @@
 """Preprocessing shared by training and both prediction backends (numpy + Pillow only, no torch).
 
 Every image becomes a 24x24 grayscale uint8 array: turned upright as its EXIF orientation says, PIL
-``convert("L")`` (luminance; alpha is ignored), then an antialiased bilinear resize. The model sees ``(pixel / 255 - MEAN) / STD`` as float32 N x 1 x 24 x 24.
+``convert("L")`` (luminance; alpha is ignored), then an antialiased bilinear resize. The model sees
+``(pixel / 255 - MEAN) / STD`` as float32 N x 1 x 24 x 24.
 
 PIL modes and their scaling to 0..255: ``1`` (0/1 -> 0/255), ``L``, ``LA``, ``La``, ``P``, ``PA``, ``RGB``,
 ``RGBA``, ``RGBa``, ``RGBX``, ``CMYK``, ``YCbCr`` (through ``convert("L")``); ``I;16*`` and ``I`` as 16-bit

@@ -88,8 +88,8 @@ class TrainConfig:
     device: str = option("auto", "torch device: auto (CUDA when present, else CPU), cpu, cuda, cuda:1, ...")
 
     def __post_init__(self):
-        from .models import ARCHS, METHODS
-        eyenet = self.arch in ("eyenet", "res_eyenet", "dw_eyenet", "cn_eyenet")
+        from .models import ARCHS, EYENETS, METHODS
+        eyenet = self.arch in EYENETS
         checks = dict(arch=(self.arch in ARCHS, f"one of {ARCHS}"),
                       method=(self.method in METHODS and (self.method == "finetune" or self.weights is not None),
                               f"one of {METHODS} (feature_extraction only with --weights: a frozen random "
