@@ -46,6 +46,15 @@ def auto_threads():
     return max(1, cores - round(os.getloadavg()[0]))
 
 
+def smoke_mode():
+    """The notebooks' smoke switch: ``EYE_CLF_SMOKE`` "1" is a smoke run, unset, empty or "0" a full one. Any other
+    value is refused, so that a typo cannot start a full run that rewrites the committed figures and weights."""
+    value = os.environ.get("EYE_CLF_SMOKE", "").strip()
+    if value not in ("", "0", "1"):
+        raise ValueError(f'EYE_CLF_SMOKE={value!r}: set it to "1" for a smoke run, or "0" or nothing for a full run')
+    return value == "1"
+
+
 def split(targets, cfg):
     """The run's (train, validation) indices: a stratified ``cfg.val_fraction`` held out, seed ``cfg.seed``."""
     return train_test_split(np.arange(len(targets)), test_size=cfg.val_fraction, stratify=targets,

@@ -545,6 +545,22 @@ def test_auto_threads_leaves_busy_cores_alone(monkeypatch):
     assert experiment.auto_threads() == 1
 
 
+@pytest.mark.parametrize("value, smoke", [(None, False), ("", False), ("0", False), ("1", True), (" 1 ", True)])
+def test_smoke_mode_reads_the_switch(monkeypatch, value, smoke):
+    if value is None:
+        monkeypatch.delenv("EYE_CLF_SMOKE", raising=False)
+    else:
+        monkeypatch.setenv("EYE_CLF_SMOKE", value)
+    assert experiment.smoke_mode() is smoke
+
+
+@pytest.mark.parametrize("typo", ["true", "yes", "l", "2"])
+def test_smoke_mode_refuses_a_typo_instead_of_starting_a_full_run(monkeypatch, typo):
+    monkeypatch.setenv("EYE_CLF_SMOKE", typo)
+    with pytest.raises(ValueError, match=f"EYE_CLF_SMOKE='{typo}'.*\"1\" for a smoke run"):
+        experiment.smoke_mode()
+
+
 def test_distillation_trains_towards_the_teachers_on_the_same_views():
     images, targets = synthetic(200)
     tr, va, _ = data.split(targets, seed=0)
