@@ -188,7 +188,7 @@ def expand(paths):
     """Image files of the arguments: files as given, folders' image files sorted by name."""
     files = []
     for p in map(Path, paths):
-        files.extend(list_images(p) if p.is_dir() else [p])
+        files.extend(list_images(p, links_out=True) if p.is_dir() else [p])
     return files
 
 
@@ -232,11 +232,13 @@ def read_images(files, skip_bad=False):
 
 
 def cmd_predict(args):
-    from .predict import predict_proba
+    from .predict import DEFAULT_CHECKPOINT, DEFAULT_ONNX, predict_proba
     files = expand(args.paths)
     if not files:
         raise ValueError(f"no image files found in {', '.join(args.paths)}")
-    refuse_overwrite({"--out": None if args.out == "-" else args.out}, [("one of the input images", f) for f in files])
+    models = [args.checkpoint] if args.checkpoint else [DEFAULT_CHECKPOINT, DEFAULT_ONNX]
+    refuse_overwrite({"--out": None if args.out == "-" else args.out},
+                     [("one of the input images", f) for f in files] + [("the model", m) for m in models])
     threshold, origin = decision_threshold(checkpoint_info(args.checkpoint))
     images, files = read_images(files, args.skip_bad)
     if not images:
@@ -250,6 +252,7 @@ def cmd_predict(args):
     write = lambda out: df.to_csv(out, index=False, float_format=f"%.{DECIMALS}f")  # noqa: E731
     if args.out == "-":
         write(sys.stdout)
+        sys.stdout.flush()  # a closed pipe fails here, inside main's handling, not at exit
     else:
         atomic_write(args.out, write)
         print(f"wrote {len(df)} predictions to {args.out}", file=sys.stderr)
@@ -445,6 +448,9 @@ def main(argv=None):
         if getattr(args, "limit", None):
             check_limit(args)
         args.run(args)
+    except BrokenPipeError:  # the reader stopped early (`eye-clf predict DIR | head`): not an error
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # so that Python's final flush is silent
+        sys.exit(1)
     except (ValueError, OSError, ImportError) as err:  # FileNotFoundError is an OSError; ImportError: an extra
         sys.exit(f"error: {err}")
 

@@ -7,7 +7,6 @@ linear head that gives one logit (P(open) = sigmoid(logit)). Two training method
 - ``finetune``: every layer trains.
 - ``feature_extraction``: the backbone is frozen (weights and BatchNorm statistics); only the head trains.
 """
-import pickle
 from pathlib import Path
 
 import numpy as np
@@ -187,7 +186,7 @@ def load_checkpoint(path):
     """
     try:
         ckpt = torch.load(Path(path), map_location="cpu", weights_only=True)
-    except (RuntimeError, EOFError, pickle.UnpicklingError) as err:
+    except Exception as err:  # torch's unpickler raises many types (IndexError, KeyError, ...) on foreign files
         raise ValueError(f"{path} is not a readable eye_clf checkpoint ({type(err).__name__})") from None
     if not isinstance(ckpt, dict) or ckpt.get("format") != CHECKPOINT_FORMAT:
         raise ValueError(f"{path} is not an eye_clf checkpoint (format {CHECKPOINT_FORMAT})")

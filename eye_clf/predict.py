@@ -21,7 +21,9 @@ BACKENDS = ("onnx", "torch")
 CHANNELS = (1, 3, 4)
 CACHE_SIZE = 4  # loaded models kept, most recently used first
 _cache = OrderedDict()
-_cache_lock = threading.Lock()  # callers on several threads (a service) load each model once
+_cache_lock = threading.Lock()  # guards _cache and _loading, never held while a model loads
+_loading = {}  # one lock per model being loaded: threads (a service) load each model once, and the callers of
+# models already loaded do not wait for it
 
 
 def _cached(backend, path, load):
@@ -29,11 +31,22 @@ def _cached(backend, path, load):
     with _cache_lock:
         if key in _cache:
             _cache.move_to_end(key)
-        else:
-            _cache[key] = load(path)
+            return _cache[key]
+        loading = _loading.setdefault(key, threading.Lock())
+    with loading:
+        with _cache_lock:
+            if key in _cache:  # loaded by the thread this one waited for
+                return _cache[key]
+        try:
+            model = load(path)
+        finally:
+            with _cache_lock:
+                _loading.pop(key, None)
+        with _cache_lock:
+            _cache[key] = model
             while len(_cache) > CACHE_SIZE:
                 _cache.popitem(last=False)
-        return _cache[key]
+        return model
 
 
 def _model_path(checkpoint, default, how):
@@ -122,16 +135,16 @@ def load_session(checkpoint=None):
 
 def _is_torch(x):
     """A torch tensor (subclasses too, e.g. torchvision's tv_tensors), told without importing torch."""
-    torch = sys.modules.get("torch")
-    return torch is not None and isinstance(x, torch.Tensor)
+    tensor = getattr(sys.modules.get("torch"), "Tensor", None)  # None while another thread is importing torch
+    return tensor is not None and isinstance(x, tensor)
 
 
 def _choose_backend(backend, model, checkpoint, tta):
     if backend not in (None, *BACKENDS):
         raise ValueError(f"backend: expected one of {BACKENDS} or None, got {backend!r}")
     if model is not None:
-        torch = sys.modules.get("torch")
-        if torch is None or not isinstance(model, torch.nn.Module) or not hasattr(model, "temperature"):
+        module = getattr(getattr(sys.modules.get("torch"), "nn", None), "Module", None)
+        if module is None or not isinstance(model, module) or not hasattr(model, "temperature"):
             raise TypeError(f"model: expected an eye_clf model (eye_clf.load_model(path)[0], or one that "
                             f"eye_clf.models.build_model made), got a {type(model).__name__}; pass a checkpoint "
                             "file as checkpoint=")
@@ -211,7 +224,7 @@ def _to_images(x, name="input"):
             raise ValueError(f"{name}: empty path")
         path = Path(x)
         if path.is_dir():
-            files = list_images(path)
+            files = list_images(path, links_out=True)
             if not files:
                 raise ValueError(f"{name}: no image files in folder {path}")
             return [np.stack([load_image(f) for f in files])], False
@@ -237,8 +250,8 @@ def _onnx_scores(session, images, batch_size):
 def predict_proba(x, model=None, checkpoint=None, batch_size=64, tta=None, backend=None):
     """P(open) of eye image(s): a float for one image, else a numpy array (float32) of one value per image.
 
-    ``x``: an image path; a folder (its image files sorted by name; hidden files are skipped); a PIL image; a
-    numpy array or torch tensor; or a list of these. Arrays and tensors follow one rule: **H x W is one image,
+    ``x``: an image path; a folder (its image files sorted by name, symlinks followed; hidden files are skipped);
+    a PIL image; a numpy array or torch tensor; or a list of these. Arrays and tensors follow one rule: **H x W is one image,
     N x H x W is a batch of gray images** (a 3 x 24 x 24 tensor is three eyes, never one colour image), and
     colour batches are 4-D: numpy N x H x W x C, torch N x C x H x W (C = 1, 3, 4). A 3-D input whose last axis
     has 1, 3 or 4 entries is refused as ambiguous: pass one colour image as a PIL image or a batch of one.
@@ -259,12 +272,17 @@ def predict_proba(x, model=None, checkpoint=None, batch_size=64, tta=None, backe
     backend = _choose_backend(backend, model, checkpoint, tta)
     if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
         raise ValueError(f"batch_size: expected a positive integer, got {batch_size!r}")
+    batch_size = int(batch_size)  # numpy integers overflow (uint8) or are refused by torch.split
     arrays, single = _to_images(x)
     images = np.ascontiguousarray(np.concatenate(arrays))
     if backend == "onnx":
         p = _onnx_scores(load_session(checkpoint), images, batch_size)
     else:
-        from .models import scores
+        try:
+            from .models import scores
+        except ImportError as err:  # the backend chosen when onnxruntime is missing
+            raise ModuleNotFoundError(f"predicting needs onnxruntime or torch ({err}): pip install 'eye-clf[onnx]' "
+                                      "(small, CPU only) or 'eye-clf[torch]'") from None
         if model is None:
             model, _ = load_model(checkpoint)
         tta = getattr(model, "tta", False) if tta is None else tta

@@ -15,7 +15,7 @@ import warnings
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import Image, ImageOps, JpegImagePlugin, UnidentifiedImageError
 
 IMG_SIZE = 24
 MODE = "L"
@@ -40,6 +40,8 @@ def to_gray24(image, name="image"):
         image.load()
     except (ValueError, OSError, SyntaxError) as err:  # a closed image, a truncated or corrupt file
         raise ValueError(f"{name}: cannot read the PIL image ({err})") from None
+    if 0 in image.size:
+        raise ValueError(f"{name}: empty image of {image.size[0]} x {image.size[1]} pixels")
     image = ImageOps.exif_transpose(image)
     mode = image.mode
     if mode == "La":  # premultiplied alpha, which Pillow converts to L only through LA
@@ -69,7 +71,7 @@ def _check_file(path):
 def _reduce_large(image, path):
     """Decode JPEGs above MAX_PIXELS at a reduced scale; refuse anything that stays above it."""
     w, h = image.size
-    for k in (1, 2, 4, 8) if image.format == "JPEG" else (1,):
+    for k in (1, 2, 4, 8) if isinstance(image, JpegImagePlugin.JpegImageFile) else (1,):  # MPO (cameras) too
         if (w // k) * (h // k) <= MAX_PIXELS:
             if k > 1:
                 image.draft(image.mode, (-(-w // k), -(-h // k)))
@@ -97,16 +99,17 @@ def load_image(path):
         raise ValueError(f"corrupt image {path}: {err}") from None
 
 
-def list_images(folder):
+def list_images(folder, links_out=False):
     """Image files in a folder, sorted by name. Hidden files (``.name``, which includes macOS ``._name.jpg``
-    companions) are skipped, and so are symlinks that point out of the folder."""
+    companions) are skipped, and so are symlinks that point out of the folder unless ``links_out`` (prediction
+    follows them, as in model caches and DVC folders; the studio, which serves the files, does not)."""
     folder = Path(folder)
     if not folder.is_dir():
         raise FileNotFoundError(f"image folder not found: {folder}")
     inside = folder.resolve()
     return sorted(p for p in folder.iterdir()
                   if p.suffix.lower() in IMAGE_SUFFIXES and not p.name.startswith(".") and p.is_file()
-                  and p.resolve().is_relative_to(inside))
+                  and (links_out or p.resolve().is_relative_to(inside)))
 
 
 def normalize(images):

@@ -122,6 +122,30 @@ def test_predict_never_overwrites_an_input(labelled_folder, tiny_ckpt, capsys):
     assert image.read_bytes() == before
 
 
+def test_predict_never_overwrites_its_model(labelled_folder, tiny_ckpt, tmp_path, monkeypatch, capsys):
+    from eye_clf import predict
+    image = str(labelled_folder[0] / "003.png")
+    before = tiny_ckpt.read_bytes()
+    msg = refused(["predict", image, "--checkpoint", str(tiny_ckpt), "--out", str(tiny_ckpt)], capsys)
+    assert msg == f"error: --out: {tiny_ckpt} is the model; write it elsewhere"
+    shipped, onnx = tmp_path / "shipped.pt", tmp_path / "shipped.onnx"  # stand-ins for the default model's files
+    shipped.write_bytes(before)
+    monkeypatch.setattr(predict, "DEFAULT_CHECKPOINT", shipped)
+    monkeypatch.setattr(predict, "DEFAULT_ONNX", onnx)
+    for out in (shipped, onnx):
+        assert refused(["predict", image, "--out", str(out)], capsys) == f"error: --out: {out} is the model; write it elsewhere"
+    assert tiny_ckpt.read_bytes() == before and shipped.read_bytes() == before and not onnx.exists()
+
+
+def test_predict_into_a_closed_pipe_ends_quietly(labelled_folder, tiny_ckpt):
+    cmd = [sys.executable, "-m", "eye_clf", "predict", str(labelled_folder[0]), "--checkpoint", str(tiny_ckpt)]
+    run = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    run.stdout.close()  # the reader (`| head`) has gone before any row is written
+    err = run.stderr.read()
+    assert run.wait() == 1
+    assert "Broken pipe" not in err and "Traceback" not in err and "Exception ignored" not in err, err
+
+
 def test_export_never_overwrites_its_checkpoint(tiny_ckpt, capsys):
     before = tiny_ckpt.read_bytes()
     msg = refused(["export", "--checkpoint", str(tiny_ckpt), "--out", str(tiny_ckpt)], capsys)

@@ -191,6 +191,21 @@ def test_large_jpegs_are_decoded_at_a_reduced_scale(tmp_path, monkeypatch):
         preprocess.load_image(tmp_path / "big.png")
 
 
+def test_large_camera_jpegs_with_multi_picture_data_are_decoded_reduced_too(tmp_path, monkeypatch):
+    monkeypatch.setattr(preprocess, "MAX_PIXELS", 100 * 100)
+    big = Image.fromarray(EYE).resize((300, 300), Image.Resampling.BICUBIC)
+    big.save(tmp_path / "camera.jpg", format="MPO", save_all=True, append_images=[big], quality=95)  # 2 pictures
+    assert Image.open(tmp_path / "camera.jpg").format == "MPO"
+    assert np.abs(preprocess.load_image(tmp_path / "camera.jpg").astype(int) - preprocess.to_gray24(big)).max() <= 8
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("size", [(0, 15), (15, 0), (0, 0)])
+def test_an_empty_pil_image_is_refused(backend, size):
+    with pytest.raises(ValueError, match=rf"input\[1\]: empty image of {size[0]} x {size[1]} pixels"):
+        predict_proba([EYE, Image.new("L", size)], backend=backend)
+
+
 def test_non_regular_files_are_named(tmp_path):
     fifo = tmp_path / "pipe.png"
     os.mkfifo(fifo)  # opening it would block forever
@@ -250,9 +265,10 @@ def test_bad_checkpoint_at_the_command_line_is_one_line(tiny_ckpt, tmp_path, cap
     assert str(err.value.code) == f"error: {bad}: weight head.weight holds NaN or infinite values"
 
 
-def test_unreadable_checkpoint_is_named(tmp_path):
+@pytest.mark.parametrize("text", ["not a checkpoint", "error: could not download model\n", "hello", "."])
+def test_unreadable_checkpoint_is_named(tmp_path, text):
     bad = tmp_path / "bad.pt"
-    bad.write_text("not a checkpoint")
+    bad.write_text(text)  # torch's unpickler fails with RuntimeError, IndexError, KeyError, ... on such files
     with pytest.raises(ValueError, match="bad.pt is not a readable eye_clf checkpoint"):
         predict_proba(EYE, checkpoint=bad)
     onnx = tmp_path / "bad.onnx"

@@ -73,7 +73,7 @@ def test_paths_and_folders(ck, reference, tmp_path):
     assert np.allclose(ck(str(tmp_path)), p)
 
 
-def test_folders_skip_hidden_files_and_links_out_of_the_folder(ck, tmp_path):
+def test_folders_skip_hidden_files_and_follow_links(ck, tmp_path):
     folder, outside = tmp_path / "eyes", tmp_path / "elsewhere"
     folder.mkdir()
     outside.mkdir()
@@ -83,8 +83,9 @@ def test_folders_skip_hidden_files_and_links_out_of_the_folder(ck, tmp_path):
     Image.fromarray(DARK).save(outside / "dark.png")
     (folder / "link_out.png").symlink_to(outside / "dark.png")
     (folder / "link_in.png").symlink_to(folder / "eye.png")
-    assert [p.name for p in data.list_images(folder)] == ["eye.png", "link_in.png"]
-    assert np.allclose(ck(folder), ck(folder / "eye.png"))
+    assert [p.name for p in data.list_images(folder)] == ["eye.png", "link_in.png"]  # the studio serves these
+    assert [p.name for p in data.list_images(folder, links_out=True)] == ["eye.png", "link_in.png", "link_out.png"]
+    assert np.allclose(ck(folder), ck([folder / "eye.png", folder / "eye.png", outside / "dark.png"]))
 
 
 def test_pil_images(ck, reference):
@@ -166,6 +167,15 @@ def test_same_eye_any_form_same_answer(ck, tmp_path):
 def test_batching(ck):
     images, _ = synthetic(50, seed=7)
     assert np.allclose(ck(images, batch_size=7), ck(images), atol=ATOL)
+    assert np.allclose(ck(images, batch_size=np.int64(7)), ck(images), atol=ATOL)
+    assert np.allclose(ck(np.concatenate([images] * 6), batch_size=np.uint8(200))[-50:], ck(images), atol=ATOL)
+
+
+def test_prediction_while_another_thread_imports_torch(monkeypatch):
+    """Half-way through ``import torch`` (another thread) sys.modules holds a torch without Tensor or nn yet."""
+    import types
+    monkeypatch.setitem(sys.modules, "torch", types.ModuleType("torch"))
+    assert 0 <= predict_proba(BRIGHT, backend="onnx") <= 1
 
 
 def test_tta_averages_the_mirror_image(tiny_ckpt, unfused):
@@ -283,6 +293,41 @@ def test_threads_that_predict_at_once_load_a_model_once(tiny_ckpt, tmp_path, mon
     assert len(loads) == 1 and len(results) == 4 and len(set(results)) == 1
 
 
+def test_loading_a_model_holds_up_no_prediction_with_another(tiny_ckpt, tmp_path, monkeypatch):
+    import threading
+    first, second = tmp_path / "first.pt", tmp_path / "second.pt"
+    for path in (first, second):
+        path.write_bytes(tiny_ckpt.read_bytes())
+    expected = predict_proba(BRIGHT, checkpoint=first)  # loaded and cached
+    loading, release, done, real = threading.Event(), threading.Event(), threading.Event(), predict._load_torch
+
+    def held_load(path, device):
+        loading.set()
+        release.wait(timeout=5)
+        return real(path, device)
+    monkeypatch.setattr(predict, "_load_torch", held_load)
+    slow = threading.Thread(target=predict_proba, args=(BRIGHT,), kwargs=dict(checkpoint=second))
+    slow.start()
+    assert loading.wait(timeout=5)
+    results = []
+    fast = threading.Thread(target=lambda: (results.append(predict_proba(BRIGHT, checkpoint=first)), done.set()))
+    fast.start()
+    finished_during_the_load = done.wait(timeout=5)
+    release.set()
+    slow.join()
+    fast.join()
+    assert finished_during_the_load and results == [expected]
+
+
+def test_a_failed_load_is_tried_again(tiny_ckpt, tmp_path):
+    path = tmp_path / "later.pt"
+    path.write_text("not yet")
+    with pytest.raises(ValueError, match="not a readable eye_clf checkpoint"):
+        predict.load_model(path)
+    path.write_bytes(tiny_ckpt.read_bytes())
+    assert predict_proba(BRIGHT, checkpoint=path) == pytest.approx(predict_proba(BRIGHT, checkpoint=tiny_ckpt))
+
+
 def test_missing_default_checkpoint_is_a_helpful_error(tmp_path, monkeypatch):
     monkeypatch.setattr(predict, "DEFAULT_CHECKPOINT", tmp_path / "nowhere" / "eye_clf.pt")
     monkeypatch.setattr(predict, "DEFAULT_ONNX", tmp_path / "nowhere" / "eye_clf.onnx")
@@ -347,6 +392,20 @@ except ImportError as err:
                              backend="onnx")
     assert np.allclose(eval(out[0]), expected, atol=1e-7)
     assert out[1] == "blocked: torch"
+
+
+def test_prediction_without_any_backend_says_what_to_install():
+    out = subprocess.run([sys.executable, "-c", BLOCK_TORCH + """
+sys.modules["onnxruntime"] = None  # not installed, as importlib sees it
+import numpy as np
+import eye_clf
+try:
+    eye_clf.predict_proba(np.zeros((24, 24), np.uint8))
+except ModuleNotFoundError as err:
+    print(err)
+"""], capture_output=True, text=True, cwd=data.REPO_ROOT)
+    assert out.stdout.strip() == ("predicting needs onnxruntime or torch (blocked: torch): pip install "
+                                  "'eye-clf[onnx]' (small, CPU only) or 'eye-clf[torch]'"), out.stderr
 
 
 def test_the_command_without_the_training_libraries_says_what_to_install(tmp_path):
