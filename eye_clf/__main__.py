@@ -144,6 +144,7 @@ def cmd_train(args):
     print(f"trained {cfg.arch}/{cfg.method} (weights: {cfg.weights or 'random init'}) in {res['seconds']:.0f} s"
           f"{' for both fits' if cfg.refit else ''} (torch threads: {threads}): {len(res['history'])} epochs on "
           f"{len(res['split'][0])} images, best validation loss at epoch {best}"
+          + (" (the last epoch kept)" if cfg.keep_last else "")
           + (f"; then a refit on all {sum(map(len, res['split']))} images for {cfg.epochs} epochs (the last one "
              "kept)" if cfg.refit else ""))
     v = res["val"]
@@ -303,7 +304,8 @@ def cmd_cv(args):
     images, targets, names = data.load_dataset(args.data, args.labels, limit=args.limit)
     soft = data.soft_targets(targets, names, args.data) if cfg.soft_labels else None
     use_threads(args)
-    oof, per_fold = cross_val_predict(images, targets, cfg, args.folds, seed=0, soft=soft)  # --seed: not the folds
+    oof, per_fold = cross_val_predict(images, targets, cfg, args.folds, seed=0, soft=soft,  # --seed: not the folds
+                                      fold_dir=args.fold_dir)
     print(per_fold.round(4).to_string(index=False))
     print(f"{args.folds}-fold CV ({cfg.arch}, weights: {cfg.weights or 'random init'}): {report(per_fold)}")
     if args.out:
@@ -413,6 +415,9 @@ def main(argv=None):
     p.add_argument("--limit", type=int_at_least(MIN_LIMIT),
                    help=f"use a stratified subset of this many images, {MIN_LIMIT} or more")
     p.add_argument("--out", type=output_file, help="write the per-fold results as JSON here")
+    p.add_argument("--fold-dir", type=output_folder,
+                   help="write each fold's result (foldK.json) and model (foldK.pt) here as it finishes; a rerun with "
+                        "the same folder resumes, retraining only the missing folds")
     p.set_defaults(run=cmd_cv)
 
     p = sub.add_parser("label", help="labeling studio: a local web page to label images with the keyboard")

@@ -44,9 +44,9 @@ def _view_proba(teacher, views):
 
 
 def _fold(images, targets, rest, test, cfg, progress, teachers, train_fraction, soft, trainable, prune_folds):
-    """Train on ``rest`` (minus its validation part), score the test fold; returns (row, model). ``teachers``:
-    checkpoint files to distil from."""
-    train, val = train_test_split(rest, test_size=cfg.val_fraction, stratify=targets[rest], random_state=cfg.seed)
+    """Train on ``rest`` (minus its validation part), score the test fold; returns (row, checkpoint dict of the fold's
+    model, with its threshold and the images it saw). ``teachers``: checkpoint files to distil from."""
+    train, val = data.validation_split(rest, targets, cfg.val_fraction, cfg.seed)
     if train_fraction < 1:  # learning curves: a stratified part of the training images, the same validation part
         train = train_test_split(train, train_size=train_fraction, stratify=targets[train], random_state=cfg.seed)[0]
     if trainable is not None:
@@ -78,7 +78,10 @@ def _fold(images, targets, rest, test, cfg, progress, teachers, train_fraction, 
                eer_tta=metrics.eer(targets[test], p_tta)[0], test_idx=test.tolist(), p=p.tolist(),
                p_tta=p_tta.tolist(), **({"pruned": pruned.tolist(), "prune_seconds": prune_seconds}
                                         if prune_folds else {}))
-    return row, model
+    ckpt = {**checkpoint(model, cfg, history=history), "threshold": val_threshold,
+            "training_images": data.image_hashes(images[np.r_[train, val]]),
+            "validation_images": data.image_hashes(images[val])}
+    return row, ckpt
 
 
 # TrainConfig fields added after some folds ran, with the behaviour those folds had (for later fields the default).
@@ -161,6 +164,21 @@ def check_teachers(teacher_dirs, student):
                              f"({'; '.join(wrong)})")
 
 
+def check_fold_model(fold_json, images):
+    """Refuse a fold's model (``foldK.pt`` beside ``foldK.json``; untracked, so possibly missing or from another
+    run) that does not reproduce the out-of-fold P(open) its fold file records."""
+    fold_json = Path(fold_json)
+    pt = fold_json.with_suffix(".pt")
+    if not pt.is_file():
+        raise ValueError(f"{pt}: fold model missing (only the fold files are committed); rerun that fold")
+    row = json.loads(fold_json.read_text())
+    model, _ = load_checkpoint(pt)
+    gap = np.abs(scores(model, images[row["test_idx"]], tta=model.tta) - np.asarray(predicted(row))).max()
+    if gap > 1e-3:  # another training differs by far more; CUDA's TF32 convolutions by less
+        raise ValueError(f"{pt} does not reproduce {fold_json.name}'s P(open) (max difference {gap:.2g}); rerun "
+                         "that fold")
+
+
 def cross_val_predict(images, targets, cfg=None, folds=5, seed=0, progress=True, fold_dir=None, teacher_dirs=(),
                       train_fraction=1.0, soft=None, trainable=None, only=None, prune_folds=0):
     """Train one model per fold; each test fold is predicted by the model that never saw it.
@@ -207,7 +225,10 @@ def cross_val_predict(images, targets, cfg=None, folds=5, seed=0, progress=True,
     rows, prov = [], provenance(device_of(cfg.device))
     if only is not None and not set(only) <= set(range(folds)):
         raise ValueError(f"only: fold indices in 0..{folds - 1} expected, got {sorted(only)}")
-    for k, (rest, test) in enumerate(data.kfold(targets, folds, seed)):
+    splits = data.kfold(targets, folds, seed)
+    for rest, _ in splits:  # refused before any fold trains
+        data.validation_split(rest, targets, cfg.val_fraction, cfg.seed)
+    for k, (rest, test) in enumerate(splits):
         path = Path(fold_dir) / f"fold{k}.json" if fold_dir else None
         row = json.loads(path.read_text()) if path and path.exists() else None
         inputs = inputs_id(teacher_dirs, soft, trainable, k)
@@ -216,16 +237,20 @@ def cross_val_predict(images, targets, cfg=None, folds=5, seed=0, progress=True,
         old = {f: key[f] for f in ("data", "inputs") if f in key}
         if row is not None and {**old, **same_key(row["key"])} != key:
             raise ValueError(f"{path} was made with another config, data or device; move it away to rerun")
+        if row is not None and "data" not in row["key"]:
+            check_data([row], targets, key["data"], fold_dir)
         if row is None and only is not None and k not in only:
             continue
         if row is None:
             check_teachers(teacher_dirs, key)
+            for d in teacher_dirs:
+                check_fold_model(Path(d) / f"fold{k}.json", images)
             teachers = [Path(d) / f"fold{k}.pt" for d in teacher_dirs]
-            row, model = _fold(images, targets, rest, test, cfg, progress, teachers, train_fraction, soft, trainable,
-                               prune_folds)
+            row, ckpt = _fold(images, targets, rest, test, cfg, progress, teachers, train_fraction, soft, trainable,
+                              prune_folds)
             row = dict(fold=k, key=key, **row, provenance=prov)
             if path:
-                save_checkpoint({**checkpoint(model, cfg), "threshold": row["val_threshold"]}, path.with_suffix(".pt"))
+                save_checkpoint(ckpt, path.with_suffix(".pt"))
                 write_json(path, row)
         oof[test] = predicted(row)
         rows.append({c: v for c, v in row.items() if c not in ("key", "test_idx", "p", "p_tta", "provenance",
@@ -241,9 +266,11 @@ def interval(values, level=0.95):
 
 
 def report(per_fold):
-    """One-line summary: mean ± 95% half-interval of EER, accuracy, AUC and ECE over folds."""
+    """One-line summary: mean ± 95% half-interval over folds of the EER, the accuracy at each fold's validation
+    threshold, AUC and ECE."""
     parts = []
-    for col in ("eer", "accuracy", "auc", "ece"):
+    for col, name in (("eer", "EER"), ("accuracy_at_val_threshold", "accuracy at the validation threshold"),
+                      ("auc", "AUC"), ("ece", "ECE")):
         m, h = interval(per_fold[col])
-        parts.append(f"{col} {100 * m:.2f} ± {100 * h:.2f}%" if col != "auc" else f"auc {m:.4f} ± {h:.4f}")
+        parts.append(f"{name} {100 * m:.2f} ± {100 * h:.2f}%" if col != "auc" else f"AUC {m:.4f} ± {h:.4f}")
     return ", ".join(parts)

@@ -186,7 +186,10 @@ def load_dataset(root=None, labels=None, limit=None):
     root = data_dir(root)
     df = read_labels(labels, images_dir=root / "EyesDataset")
     if limit and limit < len(df):
-        df, _ = train_test_split(df, train_size=limit, stratify=df["target"], random_state=0)
+        try:
+            df, _ = train_test_split(df, train_size=limit, stratify=df["target"], random_state=0)
+        except ValueError as err:  # sklearn: the images left out must hold one of each class
+            raise ValueError(f"limit {limit} of {len(df)} images: {err}; use {len(df)} for all of them") from None
     images = np.stack([load_image(root / "EyesDataset" / n) for n in df["img_name"]])
     return images, df["target"].to_numpy(), df["img_name"].tolist()
 
@@ -228,6 +231,22 @@ def split(targets, seed=0, val=0.15, test=0.15):
     return train_idx, val_idx, test_idx
 
 
+def validation_split(idx, targets, fraction, seed):
+    """Stratified (train, validation) parts of the indices ``idx``. Refuses parts without both classes: the
+    validation part picks the epoch, the temperature and the threshold, which need an image of each."""
+    idx, y = np.asarray(idx), np.asarray(targets)[idx]
+    counts = f"{int(np.sum(y == 1))} open and {int(np.sum(y == 0))} closed images"
+    try:
+        train, val = train_test_split(idx, test_size=fraction, stratify=y, random_state=seed)
+    except ValueError as err:  # sklearn: too few images for a stratified part
+        raise ValueError(f"val_fraction {fraction} of {counts}: {err}") from None
+    for part, name in ((val, "validation"), (train, "training")):
+        if len(np.unique(np.asarray(targets)[part])) < 2:
+            raise ValueError(f"val_fraction {fraction} of {counts} leaves the {name} part without an image of "
+                             "each class; label more images of the smaller class or change the fraction")
+    return train, val
+
+
 def kfold(targets, folds=5, seed=0):
     """Stratified k-fold (train_idx, test_idx) pairs."""
     smaller = int(min(np.sum(np.asarray(targets) == c) for c in (0, 1)))
@@ -240,6 +259,11 @@ def kfold(targets, folds=5, seed=0):
 def image_hash(image):
     """A short content hash of a 24x24 uint8 image (what the model sees), to recognise training images."""
     return hashlib.sha256(np.ascontiguousarray(image, dtype=np.uint8).tobytes()).hexdigest()[:16]
+
+
+def image_hashes(images):
+    """The sorted image_hash of each image: what a checkpoint lists as its training or validation images."""
+    return sorted({image_hash(im) for im in images})
 
 
 def to_tensor(images):

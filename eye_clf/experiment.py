@@ -21,7 +21,6 @@ from pathlib import Path
 import matplotlib.pyplot as plt
 import numpy as np
 import torch
-from sklearn.model_selection import train_test_split
 
 from . import cv, data, metrics
 from .files import atomic_write, provenance, save_history, write_json
@@ -57,8 +56,7 @@ def smoke_mode():
 
 def split(targets, cfg):
     """The run's (train, validation) indices: a stratified ``cfg.val_fraction`` held out, seed ``cfg.seed``."""
-    return train_test_split(np.arange(len(targets)), test_size=cfg.val_fraction, stratify=targets,
-                            random_state=cfg.seed)
+    return data.validation_split(np.arange(len(targets)), targets, cfg.val_fraction, cfg.seed)
 
 
 def compare_with_shipped(images, targets, val_idx):
@@ -88,15 +86,16 @@ def cv_rows(name, results=CV_RESULTS):
 
 
 def cv_of(cfg, results=CV_RESULTS, images=None, targets=None):
-    """The finished CV of exactly this config (whatever its ``device`` field) on all its training images (not a
-    learning-curve, pruned or undisputed-only run) as (run name, per-fold rows), or None; given ``images`` and
-    ``targets``, only a CV of that data (cv.check_data)."""
+    """The finished CV of exactly this config (whatever its ``device`` field) on all its training images and without
+    teachers (not a learning-curve, pruned, undisputed-only or distilled run: a distilled run's teachers are its
+    own) as (run name, per-fold rows), or None; given ``images`` and ``targets``, only a CV of that data
+    (cv.check_data)."""
     here = None if targets is None else cv.data_id(images, targets)
     for folder in sorted(Path(results).glob("*/")):
         rows = cv_rows(folder.name, results)
         keys = [cv.same_key(r["key"]) for r in rows] if rows else []
         if rows and all(recipe(k["config"]) == recipe(asdict(cfg))
-                        and not {"train_fraction", "untrainable", "prune_folds"} & set(k)
+                        and not {"train_fraction", "untrainable", "prune_folds", "teachers"} & set(k)
                         for k in keys) and (here is None or _of_data(rows, targets, here)):
             return folder.name, rows
     return None
@@ -172,13 +171,14 @@ def train_run(cfg=None, root=None, labels=None, out_dir=None, limit=None, progre
     ckpt = checkpoint(model, cfg, dict(val=val, train_seconds=seconds, torch_threads=torch.get_num_threads()),
                       history)
     ckpt["threshold"] = val["eer_threshold"]  # recommended decision threshold: the validation EER point
-    ckpt["training_images"] = sorted({data.image_hash(images[i]) for i in np.r_[train_idx, val_idx]})
-    ckpt["validation_images"] = sorted({data.image_hash(images[i]) for i in val_idx})  # (refit: trained on too)
+    ckpt["training_images"] = data.image_hashes(images[np.r_[train_idx, val_idx]])
+    ckpt["validation_images"] = data.image_hashes(images[val_idx])  # (refit: trained on too)
     ckpt["teachers"] = [dict(file=str(t), sha256=hashlib.sha256(Path(t).read_bytes()).hexdigest()) for t in teachers]
     save_checkpoint(ckpt, out / "eye_clf.pt")
     save_history(history, out / "history")
     plt.close(plot_history(history, out / "train_val_loss_metrics_history.png",
-                           title=f"{cfg.arch} / {cfg.method} / weights: {cfg.weights or 'random init'}"))  # a file
+                           title=f"{cfg.arch} / {cfg.method} / weights: {cfg.weights or 'random init'}",
+                           keep_last=cfg.keep_last))  # a file
     write_json(out / "run.json", dict(config=ckpt["config"], val=val, shipped_on_same_val=shipped,
                                       best_epoch=ckpt["best_epoch"], train_seconds=seconds,
                                       n_train=len(train_idx) + cfg.refit * len(val_idx), n_val=len(val_idx),

@@ -13,9 +13,15 @@ PACKAGES = ("torch", "torchvision", "numpy", "scikit-learn", "pillow", "onnxrunt
 
 
 def _umask():
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
+    """The process umask, read without setting it where Linux allows (os.umask sets it for every thread at once,
+    so a file another thread creates meanwhile would get the wrong mode)."""
+    try:
+        with open("/proc/self/status") as f:
+            return next(int(line.split()[1], 8) for line in f if line.startswith("Umask:"))
+    except (OSError, StopIteration):  # not Linux, or a kernel before 4.7
+        mask = os.umask(0)
+        os.umask(mask)
+        return mask
 
 
 def _fsync_dir(path):

@@ -43,15 +43,17 @@ def _panels(title):
     return fig, axes
 
 
-def plot_history(history, path=None, title="training history"):
-    """Loss, accuracy and EER per epoch, train vs validation; the best-val-loss epoch is marked."""
+def plot_history(history, path=None, title="training history", keep_last=False):
+    """Loss, accuracy and EER per epoch, train vs validation; the epoch whose weights were kept is marked (the
+    best-val-loss one, or with ``keep_last`` the last)."""
     h = pd.DataFrame(history)
-    best = h.loc[h["val_loss"].idxmin(), "epoch"]
+    kept = h["epoch"].iloc[-1] if keep_last else h.loc[h["val_loss"].idxmin(), "epoch"]
     fig, axes = _panels(title)
     for ax, (key, _) in zip(axes, PANELS):
         ax.plot(h["epoch"], h[f"train_{key}"], label="train")
         ax.plot(h["epoch"], h[f"val_{key}"], label="validation")
-        ax.axvline(best, color="grey", ls=":", label=f"best val loss (epoch {best})")
+        ax.axvline(kept, color="grey", ls=":", label=f"kept: last epoch ({kept})" if keep_last
+                   else f"best val loss (epoch {kept})")
     axes[0].legend()
     if path:
         save(fig, path)

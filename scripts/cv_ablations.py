@@ -492,7 +492,7 @@ def paired_diff(f, ref):
 
 def cells(f, refs):
     """Mean ± 95% interval cells of one run's per-fold metrics, and its paired EER difference to each of ``refs``
-    (column title: per-fold rows, or None where the run is that reference)."""
+    (column title: per-fold rows; "self" where the run is that reference, None where the reference is unfinished)."""
     cell = {}
     for col, label in (("eer", "EER %"), ("eer_tta", "EER +mirror TTA %"),
                        ("accuracy_at_val_threshold", "accuracy @val threshold %"), ("ece", "ECE %")):
@@ -500,6 +500,8 @@ def cells(f, refs):
         cell[label] = f"{100 * m:.2f} ± {100 * h:.2f}" if np.isfinite(m) else "—"
     for title, ref in refs.items():  # on the folds the run has
         if ref is None:
+            cell[title] = "— (reference unfinished)"
+        elif ref == "self":
             cell[title] = "(reference)"
         else:
             m, h = interval(paired_diff(f, ref))
@@ -526,7 +528,7 @@ def table(targets):
         f = pd.DataFrame(r)
         tag = " (shipped)" if found and name == found[0] else ""
         tag += f" (unfinished: folds {f['fold'].tolist()} only)" if len(r) < 5 else ""
-        diffs = {titles[k]: None if k == name else ref for k, ref in refs.items()}
+        diffs = {titles[k]: "self" if k == name else ref for k, ref in refs.items()}
         rows.append(dict(run=name + tag, change=json.dumps(RUNS[name]), **cells(f, diffs),
                          **{"best epoch (mean)": best_epoch(name, f), "train s/fold": f"{f['seconds'].mean():.0f}"}))
     for names in ENSEMBLES:

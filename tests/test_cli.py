@@ -156,17 +156,23 @@ def test_cv(real_root, tmp_path, capsys, monkeypatch):
 
     real = cv.cross_val_predict
     monkeypatch.setattr(cv, "cross_val_predict", spy)
-    out = tmp_path / "cv.json"
-    main(["cv", "--data", str(real_root), "--folds", "2", "--limit", "100", "--epochs", "1", "--width", "4",
-          "--out", str(out)])
+    out, folds = tmp_path / "cv.json", tmp_path / "folds"
+    argv = ["cv", "--data", str(real_root), "--folds", "2", "--limit", "100", "--epochs", "1", "--width", "4",
+            "--out", str(out), "--fold-dir", str(folds)]
+    main(argv)
     printed = capsys.readouterr().out
-    assert "2-fold CV (eyenet, weights: random init): eer" in printed
+    assert "2-fold CV (eyenet, weights: random init): EER" in printed
     result = json.loads(out.read_text())
     assert len(result["folds"]) == 2 and result["config"]["epochs"] == 1 and len(seen["targets"]) == 100
     assert result["pooled"]["eer"] == pytest.approx(brute_force_eer(seen["targets"], seen["oof"]), abs=1e-12)
-    m, h = cv.interval([f["eer"] for f in result["folds"]])
-    assert f"eer {100 * m:.2f} ± {100 * h:.2f}%" in printed  # the mean over the folds written
+    for col, name in (("eer", "EER"), ("accuracy_at_val_threshold", "accuracy at the validation threshold")):
+        m, h = cv.interval([f[col] for f in result["folds"]])
+        assert f"{name} {100 * m:.2f} ± {100 * h:.2f}%" in printed  # the mean over the folds written
     assert result["data"] == dict(n=100, n_open=int(sum(seen["targets"]))) and result["provenance"]["git_commit"]
+    assert sorted(p.name for p in folds.iterdir()) == ["fold0.json", "fold0.pt", "fold1.json", "fold1.pt"]
+    monkeypatch.setattr(cv, "fit", lambda *a, **kw: pytest.fail("a finished fold trained again"))
+    main(argv)  # resumes from the fold folder
+    assert json.loads(out.read_text())["folds"] == result["folds"]
 
 
 @pytest.mark.parametrize("command", ["cv", "audit"])

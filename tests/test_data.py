@@ -287,6 +287,8 @@ def test_load_dataset_custom_labels_and_limit(labelled_folder):
     assert np.array_equal(x, images) and np.array_equal(y, targets) and names[0] == "000.png"
     x, y, names = data.load_dataset(root, labels=labels, limit=10)
     assert x.shape == (10, 24, 24) and y.sum() == 5 and len(set(names)) == 10
+    with pytest.raises(ValueError, match=r"limit 39 of 40 images: .*; use 40 for all of them"):
+        data.load_dataset(root, labels=labels, limit=39)  # the one image left out cannot be of both classes
 
 
 def test_load_dataset_real_limit(real_root):

@@ -108,6 +108,12 @@ def test_oof_predictions_never_come_from_a_model_that_saw_the_image(monkeypatch,
         test, p = r["test_idx"], np.asarray(cv.predicted(r))
         assert r["accuracy_at_val_threshold"] == metrics.accuracy(targets[test], p, r["val_threshold"])
         assert r["eer"] == metrics.eer(targets[test], p)[0]
+    for r, s in zip(rows, seen):  # each fold model records the epoch it kept and the images it saw
+        ckpt = torch.load(tmp_path / f"fold{r['fold']}.pt", weights_only=True)
+        assert ckpt["best_epoch"] == r["best_epoch"] and ckpt["threshold"] == r["val_threshold"]
+        assert ckpt["training_images"] == data.image_hashes(images[sorted(s)])
+        assert not set(ckpt["training_images"]) & set(data.image_hashes(images[r["test_idx"]]))
+        assert set(ckpt["validation_images"]) < set(ckpt["training_images"])
     assert [r["fold"] for r in experiment.cv_rows(tmp_path.name, tmp_path.parent)] == [0, 1, 2]  # its own fold count
     (tmp_path / "fold2.json").unlink()
     assert experiment.cv_rows(tmp_path.name, tmp_path.parent) is None  # unfinished
@@ -131,6 +137,52 @@ def test_cv_of_finds_a_cv_of_the_config_and_if_asked_of_the_same_data(tmp_path):
 def test_the_default_teacher_is_the_cross_validated_config():
     ablations = load_script("cv_ablations")
     assert experiment.TEACHERS["lite0_imagenet"] == ablations.config("lite0_imagenet_e12")
+
+
+def test_the_table_tells_the_reference_itself_from_an_unfinished_reference():
+    cells = load_script("cv_ablations").cells
+    f = pd.DataFrame(dict(fold=[0, 1], eer=[0.02, 0.03], eer_tta=[0.02, 0.03], accuracy_at_val_threshold=[0.9, 0.9],
+                          ece=[0.01, 0.01]))
+    ref = [dict(fold=0, eer=0.01), dict(fold=1, eer=0.01)]
+    assert cells(f, {"vs": "self"})["vs"] == "(reference)"
+    assert cells(f, {"vs": None})["vs"] == "— (reference unfinished)"
+    assert cells(f, {"vs": ref})["vs"].startswith("+1.50 ± ")
+
+
+def test_cv_of_never_answers_with_a_distilled_run(tmp_path):
+    images, targets = synthetic(60)
+    key = dict(config=asdict(SMALL), folds=2, seed=0, n=60, n_open=int(targets.sum()), teachers=["lite0_96px"])
+    (tmp_path / "student").mkdir()
+    for k in range(2):
+        (tmp_path / "student" / f"fold{k}.json").write_text(json.dumps(dict(fold=k, key=key)))
+    assert experiment.cv_of(SMALL, tmp_path) is None  # its teachers need not be the ones a training uses
+
+
+def test_resuming_folds_from_before_the_data_fingerprint_checks_their_scores(tmp_path):
+    images, targets = synthetic(60)
+    cv.cross_val_predict(images, targets, SMALL, folds=2, progress=False, fold_dir=tmp_path)
+    for k in range(2):
+        row = json.loads((tmp_path / f"fold{k}.json").read_text())
+        del row["key"]["data"]
+        (tmp_path / f"fold{k}.json").write_text(json.dumps(row))
+    _, per_fold = cv.cross_val_predict(images, targets, SMALL, folds=2, progress=False, fold_dir=tmp_path)
+    assert len(per_fold) == 2  # the same data: resumed
+    order = np.random.default_rng(1).permutation(60)  # the same counts, the images and labels reordered
+    with pytest.raises(ValueError, match="fold 0 was made on other data"):
+        cv.cross_val_predict(images[order], targets[order], SMALL, folds=2, progress=False, fold_dir=tmp_path)
+
+
+def test_a_validation_part_without_both_classes_is_refused_before_training(monkeypatch, tmp_path):
+    images, targets = synthetic(60)
+    targets = np.r_[np.zeros(3), np.ones(57)].astype(targets.dtype)
+    record_fits(monkeypatch, lambda tr, va, t: pytest.fail("trained"))
+    with pytest.raises(ValueError, match=r"val_fraction 0.1 of 57 open and 3 closed images leaves the validation "
+                                         r"part without an image of each class"):
+        experiment.split(targets, replace(SMALL, val_fraction=0.1))
+    with pytest.raises(ValueError, match=r"val_fraction 0.1 of \d+ open and 2 closed images"):
+        cv.cross_val_predict(images, targets, replace(SMALL, val_fraction=0.1), folds=3, progress=False)
+    with pytest.raises(ValueError, match=r"val_fraction 0.01 of 57 open and 3 closed images: .*test_size"):
+        experiment.split(targets, replace(SMALL, val_fraction=0.01))
 
 
 def test_cv_of_the_same_data_refuses_one_with_the_same_counts_but_other_labels(tmp_path):
@@ -819,13 +871,34 @@ def test_fold_files_belong_to_their_data(tmp_path):
         cv.check_data(rows, targets[:59], "", "run")  # one image fewer
 
 
-def test_robustness_refuses_fold_models_that_do_not_reproduce_their_fold_files(monkeypatch, tmp_path):
-    robustness = load_script("robustness")
+def test_fold_models_that_do_not_reproduce_their_fold_files_are_refused(tmp_path):
     images, targets = synthetic(60)
-    cv.cross_val_predict(images, targets, SMALL, folds=2, progress=False, fold_dir=tmp_path / "run")
-    monkeypatch.setattr(robustness, "CV", tmp_path)
-    rows = experiment.cv_rows("run", tmp_path)
-    robustness.check_models("run", rows, images)
-    rows[1]["p"] = rows[1]["p_tta"] = (1 - np.asarray(rows[1]["p_tta"])).tolist()  # fold1.pt of another training
+    cv.cross_val_predict(images, targets, SMALL, folds=2, progress=False, fold_dir=tmp_path)
+    cv.check_fold_model(tmp_path / "fold1.json", images)
+    row = json.loads((tmp_path / "fold1.json").read_text())
+    row["p"] = row["p_tta"] = (1 - np.asarray(row["p_tta"])).tolist()  # as if fold1.pt came from another training
+    (tmp_path / "fold1.json").write_text(json.dumps(row))
     with pytest.raises(ValueError, match=r"fold1.pt does not reproduce fold1.json's P\(open\)"):
-        robustness.check_models("run", rows, images)
+        cv.check_fold_model(tmp_path / "fold1.json", images)
+    (tmp_path / "fold0.pt").unlink()
+    with pytest.raises(ValueError, match=r"fold0.pt: fold model missing"):
+        cv.check_fold_model(tmp_path / "fold0.json", images)
+
+
+def test_a_student_refuses_a_missing_or_foreign_teacher_model_before_training(monkeypatch, tmp_path):
+    images, targets = synthetic(60)
+    cv.cross_val_predict(images, targets, replace(SMALL, refit=False), folds=3, progress=False,
+                         fold_dir=tmp_path / "teacher")
+    other = tmp_path / "other"
+    cv.cross_val_predict(images, targets, replace(SMALL, refit=False, seed=5), folds=3, progress=False,
+                         fold_dir=other)
+    student = TrainConfig(**{**asdict(SMALL), "distill": 0.5})
+    record_fits(monkeypatch, lambda tr, va, t: pytest.fail("trained with a bad teacher"))
+    (tmp_path / "teacher" / "fold1.pt").write_bytes((other / "fold1.pt").read_bytes())  # a stale model of a rerun
+    with pytest.raises(ValueError, match=r"teacher/fold1.pt does not reproduce fold1.json"):
+        cv.cross_val_predict(images, targets, student, folds=3, progress=False, only=[1],
+                             fold_dir=tmp_path / "student", teacher_dirs=[tmp_path / "teacher"])
+    (tmp_path / "teacher" / "fold1.pt").unlink()
+    with pytest.raises(ValueError, match=r"teacher/fold1.pt: fold model missing"):
+        cv.cross_val_predict(images, targets, student, folds=3, progress=False, only=[1],
+                             fold_dir=tmp_path / "student", teacher_dirs=[tmp_path / "teacher"])

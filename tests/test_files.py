@@ -30,6 +30,20 @@ def test_atomic_write_through_a_symlink_replaces_the_file_it_points_to(tmp_path)
     assert link.is_symlink() and real.read_text() == "new"
 
 
+def test_a_new_file_gets_the_umask_mode_without_the_umask_being_changed(tmp_path, monkeypatch):
+    import os
+    import sys
+    old = os.umask(0o027)
+    try:
+        if sys.platform == "linux":  # elsewhere reading the umask has to set it for a moment
+            monkeypatch.setattr(os, "umask", lambda mask: pytest.fail("the umask was set"))
+        files.atomic_write(tmp_path / "new.txt", lambda tmp: open(tmp, "w").close())
+    finally:
+        monkeypatch.undo()
+        os.umask(old)
+    assert (tmp_path / "new.txt").stat().st_mode & 0o777 == 0o640
+
+
 def test_save_history(tmp_path):
     history = [dict(epoch=1, train_loss=0.5, val_loss=0.4), dict(epoch=2, train_loss=0.3, val_loss=0.45)]
     files.save_history(history, tmp_path / "h")

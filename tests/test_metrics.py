@@ -173,6 +173,15 @@ def test_history_plot_labels_rates_in_percent():
     assert not [t for t in eer.get_yticklabels(minor=True) if t.get_text()]  # no "4x10^-1" minor labels
 
 
+def test_history_plot_marks_the_epoch_kept():
+    from eye_clf import plots
+    history = [dict(epoch=e, train_loss=1 / e, val_loss=abs(e - 7) + 1, train_accuracy=0.8, val_accuracy=0.9,
+                    train_eer=0.1, val_eer=0.1) for e in range(1, 11)]
+    for keep_last, epoch, label in ((False, 7, "best val loss (epoch 7)"), (True, 10, "kept: last epoch (10)")):
+        mark = plots.plot_history(history, keep_last=keep_last).axes[0].lines[2]
+        assert mark.get_xdata()[0] == epoch and mark.get_label() == label
+
+
 def test_labeller_errors_recovers_independent_flip_rates():
     rng = np.random.default_rng(0)
     truth = rng.integers(0, 2, 200_000)
