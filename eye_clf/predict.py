@@ -39,13 +39,13 @@ def _cached(backend, path, load):
                 return _cache[key]
         try:
             model = load(path)
-        finally:
+            with _cache_lock:
+                _cache[key] = model
+                while len(_cache) > CACHE_SIZE:
+                    _cache.popitem(last=False)
+        finally:  # after the model is in the cache, so that no later caller loads it again
             with _cache_lock:
                 _loading.pop(key, None)
-        with _cache_lock:
-            _cache[key] = model
-            while len(_cache) > CACHE_SIZE:
-                _cache.popitem(last=False)
         return model
 
 
