@@ -8,7 +8,7 @@ import torch
 from torch import nn
 
 from .files import atomic_write
-from .models import load_checkpoint
+from .models import fold_batchnorm, load_checkpoint
 from .preprocess import IMG_SIZE, MEAN, STD
 
 OPSET = 18
@@ -43,10 +43,9 @@ def sha256(path):
 def export_onnx(checkpoint_path, out_path):
     """Write the ONNX graph of a checkpoint (see the module docstring) to ``out_path``; returns ``out_path``."""
     import onnx
-    from torch.fx.experimental.optimization import fuse
 
     model, ckpt = load_checkpoint(checkpoint_path)
-    model.backbone = fuse(model.backbone)
+    fold_batchnorm(model)
     graph = ProbabilityGraph(model, model.tta).eval()
     example = torch.zeros(2, IMG_SIZE, IMG_SIZE, dtype=torch.uint8)
     program = torch.onnx.export(graph, (example,), input_names=["images"], output_names=["p_open"],

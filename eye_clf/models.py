@@ -13,6 +13,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.nn.utils.fusion import fuse_conv_bn_eval
 
 from .preprocess import IMG_SIZE, MEAN, MODE, STD, normalize
 
@@ -174,6 +175,21 @@ def build_model(arch="eyenet", method="finetune", weights=None, width=16, dropou
         raise ValueError("feature_extraction needs pretrained weights: a frozen random backbone learns nothing")
     model = Classifier(backbone, n, frozen=method == "feature_extraction", dropout=dropout, **kw)
     return model.to(memory_format=torch.channels_last)
+
+
+def fold_batchnorm(model):
+    """Fold, in place, each BatchNorm2d into the Conv2d registered just before it in the same module (Sequential
+    layers, ResNet's convN/bnN, EfficientNet's conv/bn pairs: each convolution feeds the BatchNorm after it in these
+    models); same outputs, fewer layers. Returns the model in eval mode. (torch.fx's fuse would trace the model, and
+    tracing patches torch.nn.Module for every thread of the process, breaking predictions running meanwhile.)"""
+    model.eval()
+    for parent in list(model.modules()):
+        kids = list(parent.named_children())
+        for (conv_name, conv), (bn_name, bn) in zip(kids, kids[1:]):
+            if isinstance(conv, nn.Conv2d) and isinstance(bn, nn.BatchNorm2d) and conv.out_channels == bn.num_features:
+                setattr(parent, conv_name, fuse_conv_bn_eval(conv, bn))
+                setattr(parent, bn_name, nn.Identity())
+    return model
 
 
 def load_checkpoint(path):

@@ -59,18 +59,15 @@ def _model_path(checkpoint, default, how):
 
 
 def _load_torch(path, device):
-    from torch.fx.experimental.optimization import fuse
-
-    from .models import load_checkpoint
-    model, _ = load_checkpoint(path)
-    model.backbone = fuse(model.backbone)
+    from .models import fold_batchnorm, load_checkpoint
+    model = fold_batchnorm(load_checkpoint(path)[0])
     return model.to(device), model.tta
 
 
 def load_model(checkpoint=None, device=None):
     """The torch model of a checkpoint (default: the shipped one) on ``device`` (default: CUDA when present, else
-    CPU), with each BatchNorm that torch.fx can fold folded into the convolution before it (all of them in EyeNet
-    and ResNet18; same outputs, faster inference). Returns
+    CPU), with each BatchNorm folded into the convolution before it (``models.fold_batchnorm``; same outputs, faster
+    inference). Returns
     ``(model, tta)``, tta (also ``model.tta``): whether the checkpoint predicts with mirror averaging. The last
     CACHE_SIZE models loaded are kept and shared between callers, threads included (each loads once): do not move
     or train them."""

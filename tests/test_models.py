@@ -28,6 +28,23 @@ def test_random_init_gives_one_logit_per_image(arch):
     assert model.input_size == 24
 
 
+@pytest.mark.parametrize("arch", ["eyenet", "res_eyenet", "dw_eyenet", "cn_eyenet", "resnet18", "resnet50",
+                                  "efficientnet_lite0"])
+def test_batchnorm_folds_into_every_convolution_with_the_same_outputs(arch):
+    torch.manual_seed(0)
+    model = build_model(arch).eval()
+    for bn in (m for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d)):  # statistics as after training
+        bn.running_mean.uniform_(-0.5, 0.5)
+        bn.running_var.uniform_(0.5, 2)
+        bn.weight.data.uniform_(0.5, 1.5)
+        bn.bias.data.uniform_(-0.2, 0.2)
+    with torch.no_grad():
+        expected = model(X)
+        folded = models.fold_batchnorm(model)
+        assert not [m for m in folded.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+        assert torch.allclose(folded(X), expected, atol=1e-4, rtol=1e-4)
+
+
 def test_random_resnet_has_a_small_gray_stem():
     stem = build_model("resnet18").backbone.conv1
     assert stem.in_channels == 1 and stem.kernel_size == (3, 3) and stem.stride == (1, 1)

@@ -319,6 +319,34 @@ def test_loading_a_model_holds_up_no_prediction_with_another(tiny_ckpt, tmp_path
     assert finished_during_the_load and results == [expected]
 
 
+def test_predictions_run_safely_while_other_models_load(tiny_ckpt, tmp_path):
+    """Loading must not patch torch for the whole process (torch.fx tracing does): a service keeps predicting."""
+    import threading
+    expected = predict_proba(BRIGHT, checkpoint=tiny_ckpt, backend="torch")
+    errors, results, stop = [], [], threading.Event()
+
+    def predict_meanwhile():
+        while not stop.is_set():
+            try:
+                results.append(predict_proba(BRIGHT, checkpoint=tiny_ckpt, backend="torch"))
+            except Exception as err:  # noqa: BLE001 (any failure is the finding)
+                errors.append(repr(err))
+    interval = sys.getswitchinterval()
+    sys.setswitchinterval(1e-5)  # interleave the threads finely
+    worker = threading.Thread(target=predict_meanwhile)
+    worker.start()
+    try:
+        for i in range(20):
+            copy = tmp_path / f"m{i}.pt"
+            copy.write_bytes(tiny_ckpt.read_bytes())
+            predict.load_model(copy)
+    finally:
+        stop.set()
+        worker.join()
+        sys.setswitchinterval(interval)
+    assert errors == [] and results and set(results) == {expected}
+
+
 def test_a_failed_load_is_tried_again(tiny_ckpt, tmp_path):
     path = tmp_path / "later.pt"
     path.write_text("not yet")
