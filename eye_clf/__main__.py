@@ -301,6 +301,12 @@ def cmd_cv(args):
     if cfg.distill:
         sys.exit("error: --distill: cv trains no teachers; distil in CV with scripts/cv_ablations.py (teachers: "
                  "finished CV runs on the same folds) or train one student with `eye-clf train --distill`")
+    refuse_overwrite({"--out": args.out}, [("the labels file", data.labels_file(args.labels, args.data))])
+    if args.out and args.fold_dir:
+        out, fold_dir = Path(args.out).resolve(), Path(args.fold_dir).resolve()
+        if out == fold_dir or fold_dir in out.parents:
+            raise ValueError(f"--out: {args.out} is in --fold-dir {args.fold_dir}, whose files are the folds'; write "
+                             "it elsewhere")
     images, targets, names = data.load_dataset(args.data, args.labels, limit=args.limit)
     soft = data.soft_targets(targets, names, args.data) if cfg.soft_labels else None
     use_threads(args)

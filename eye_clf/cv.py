@@ -169,6 +169,8 @@ def check_fold_model(fold_json, images):
     run) that does not reproduce the out-of-fold P(open) its fold file records."""
     fold_json = Path(fold_json)
     pt = fold_json.with_suffix(".pt")
+    if not fold_json.is_file():
+        raise ValueError(f"{fold_json}: no such fold result; finish that CV run first")
     if not pt.is_file():
         raise ValueError(f"{pt}: fold model missing (only the fold files are committed); rerun that fold")
     row = json.loads(fold_json.read_text())

@@ -202,6 +202,8 @@ def load_checkpoint(path):
     """
     try:
         ckpt = torch.load(Path(path), map_location="cpu", weights_only=True)
+    except (OSError, MemoryError):  # a missing or unreadable file says so itself
+        raise
     except Exception as err:  # torch's unpickler raises many types (IndexError, KeyError, ...) on foreign files
         raise ValueError(f"{path} is not a readable eye_clf checkpoint ({type(err).__name__})") from None
     if not isinstance(ckpt, dict) or ckpt.get("format") != CHECKPOINT_FORMAT:

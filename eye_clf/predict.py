@@ -45,7 +45,8 @@ def _cached(backend, path, load):
                     _cache.popitem(last=False)
         finally:  # after the model is in the cache, so that no later caller loads it again
             with _cache_lock:
-                _loading.pop(key, None)
+                if _loading.get(key) is loading:  # (after a failed load a later caller may have made its own)
+                    del _loading[key]
         return model
 
 
@@ -277,9 +278,12 @@ def predict_proba(x, model=None, checkpoint=None, batch_size=64, tta=None, backe
     else:
         try:
             from .models import scores
-        except ImportError as err:  # the backend chosen when onnxruntime is missing
-            raise ModuleNotFoundError(f"predicting needs onnxruntime or torch ({err}): pip install 'eye-clf[onnx]' "
-                                      "(small, CPU only) or 'eye-clf[torch]'") from None
+        except ImportError as err:
+            if importlib.util.find_spec("onnxruntime") is None:  # torch was the fallback
+                raise ModuleNotFoundError(f"predicting needs onnxruntime or torch ({err}): pip install "
+                                          "'eye-clf[onnx]' (small, CPU only) or 'eye-clf[torch]'") from None
+            raise ModuleNotFoundError(f"backend='torch', a .pt checkpoint, model= and tta= need torch ({err}): pip "
+                                      "install 'eye-clf[torch]', or predict with the ONNX model") from None
         if model is None:
             model, _ = load_model(checkpoint)
         tta = getattr(model, "tta", False) if tta is None else tta

@@ -102,7 +102,8 @@ def load_image(path):
 def list_images(folder, links_out=False):
     """Image files in a folder, sorted by name. Hidden files (``.name``, which includes macOS ``._name.jpg``
     companions) are skipped, and so are symlinks that point out of the folder unless ``links_out`` (prediction
-    follows them, as in model caches and DVC folders; the studio, which serves the files, does not)."""
+    follows them; the studio, which serves the files, and labelled folders, whose labels name files in them, do
+    not)."""
     folder = Path(folder)
     if not folder.is_dir():
         raise FileNotFoundError(f"image folder not found: {folder}")

@@ -146,6 +146,18 @@ def test_predict_into_a_closed_pipe_ends_quietly(labelled_folder, tiny_ckpt):
     assert "Broken pipe" not in err and "Traceback" not in err and "Exception ignored" not in err, err
 
 
+def test_cv_never_writes_over_its_labels_or_into_its_fold_folder(labelled_folder, tmp_path, capsys):
+    labels = labelled_folder[1]
+    before = labels.read_bytes()
+    cv = ["cv", *NO_DATA, "--labels", str(labels)]
+    assert refused([*cv, "--out", str(labels)], capsys) == f"error: --out: {labels} is the labels file; write it elsewhere"
+    folds = tmp_path / "folds"
+    for out in (folds / "fold0.json", folds):
+        msg = refused([*cv, "--out", str(out), "--fold-dir", str(folds)], capsys)
+        assert msg == f"error: --out: {out} is in --fold-dir {folds}, whose files are the folds'; write it elsewhere"
+    assert labels.read_bytes() == before and not folds.exists()
+
+
 def test_export_never_overwrites_its_checkpoint(tiny_ckpt, capsys):
     before = tiny_ckpt.read_bytes()
     msg = refused(["export", "--checkpoint", str(tiny_ckpt), "--out", str(tiny_ckpt)], capsys)

@@ -265,6 +265,12 @@ def test_bad_checkpoint_at_the_command_line_is_one_line(tiny_ckpt, tmp_path, cap
     assert str(err.value.code) == f"error: {bad}: weight head.weight holds NaN or infinite values"
 
 
+def test_a_missing_checkpoint_file_says_so(tmp_path):
+    from eye_clf import models
+    with pytest.raises(FileNotFoundError, match="nope.pt"):
+        models.load_checkpoint(tmp_path / "nope.pt")
+
+
 @pytest.mark.parametrize("text", ["not a checkpoint", "error: could not download model\n", "hello", "."])
 def test_unreadable_checkpoint_is_named(tmp_path, text):
     bad = tmp_path / "bad.pt"

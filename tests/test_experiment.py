@@ -902,3 +902,7 @@ def test_a_student_refuses_a_missing_or_foreign_teacher_model_before_training(mo
     with pytest.raises(ValueError, match=r"teacher/fold1.pt: fold model missing"):
         cv.cross_val_predict(images, targets, student, folds=3, progress=False, only=[1],
                              fold_dir=tmp_path / "student", teacher_dirs=[tmp_path / "teacher"])
+    (tmp_path / "teacher" / "fold1.json").unlink()
+    with pytest.raises(ValueError, match=r"teacher/fold1.json: no such fold result"):
+        cv.cross_val_predict(images, targets, student, folds=3, progress=False, only=[1],
+                             fold_dir=tmp_path / "student", teacher_dirs=[tmp_path / "teacher"])

@@ -348,11 +348,14 @@ def test_predictions_run_safely_while_other_models_load(tiny_ckpt, tmp_path):
 
 
 def test_a_failed_load_is_tried_again(tiny_ckpt, tmp_path):
+    import os
     path = tmp_path / "later.pt"
     path.write_text("not yet")
     with pytest.raises(ValueError, match="not a readable eye_clf checkpoint"):
         predict.load_model(path)
+    stamp = path.stat().st_mtime_ns
     path.write_bytes(tiny_ckpt.read_bytes())
+    os.utime(path, ns=(stamp, stamp))  # the same cache key as the failed load
     assert predict_proba(BRIGHT, checkpoint=path) == pytest.approx(predict_proba(BRIGHT, checkpoint=tiny_ckpt))
 
 
@@ -434,6 +437,19 @@ except ModuleNotFoundError as err:
 """], capture_output=True, text=True, cwd=data.REPO_ROOT)
     assert out.stdout.strip() == ("predicting needs onnxruntime or torch (blocked: torch): pip install "
                                   "'eye-clf[onnx]' (small, CPU only) or 'eye-clf[torch]'"), out.stderr
+
+
+def test_torch_only_prediction_without_torch_says_to_install_torch():
+    out = subprocess.run([sys.executable, "-c", BLOCK_TORCH + """
+import numpy as np
+import eye_clf
+try:
+    eye_clf.predict_proba(np.zeros((24, 24), np.uint8), backend="torch")
+except ModuleNotFoundError as err:
+    print(err)
+"""], capture_output=True, text=True, cwd=data.REPO_ROOT)
+    assert out.stdout.strip() == ("backend='torch', a .pt checkpoint, model= and tta= need torch (blocked: torch): "
+                                  "pip install 'eye-clf[torch]', or predict with the ONNX model"), out.stderr
 
 
 def test_the_command_without_the_training_libraries_says_what_to_install(tmp_path):
