@@ -111,8 +111,17 @@ def output_file(text):
     return text
 
 
+def csv_file(text):
+    """argparse type: a CSV file to write (an output_file whose name ends in .csv: it is CSV text, whatever its
+    name, and a name like review.xlsx would not open where an xlsx is expected)."""
+    output_file(text)
+    if Path(text).suffix.lower() != ".csv":
+        raise argparse.ArgumentTypeError(f"{text}: the file is CSV text; give it a .csv name")
+    return text
+
+
 def csv_or_stdout(text):
-    return text if text == "-" else output_file(text)
+    return text if text == "-" else csv_file(text)
 
 
 def output_folder(text):
@@ -447,8 +456,8 @@ def main(argv=None):
     p.add_argument("--data", help=f"data folder (default: ${data.DATA_ENV} or ../shared/data)")
     p.add_argument("--oof", help="CSV of out-of-fold P(open) (img_name, p_open) instead of training")
     p.add_argument("--folds", type=int_at_least(2), default=5, help="number of folds (default: %(default)s)")
-    p.add_argument("--out", default="review.csv", type=output_file, help="review list CSV (default: review.csv)")
-    p.add_argument("--save-oof", type=output_file,
+    p.add_argument("--out", default="review.csv", type=csv_file, help="review list CSV (default: review.csv)")
+    p.add_argument("--save-oof", type=csv_file,
                    help="also write the out-of-fold P(open) as CSV here (reuse with --oof)")
     p.set_defaults(run=cmd_audit)
 

@@ -75,25 +75,24 @@ FLAGS = ("unsure", "reviewed") + TAGS  # 0/1 columns of a labels file still bein
 def read_sheet(path, what="labels file"):
     """A spreadsheet as a DataFrame: ``.csv`` as UTF-8 text (a BOM is allowed), anything else as xlsx.
 
-    ``img_name`` is read as exact text: never stripped, only an empty cell is missing. Blank rows (lines) are
-    left out, and the index is each row's number in the file (the header is row 1), for messages. A file that
-    cannot be parsed raises one LabelError naming it.
+    xlsx cells are read as stored (a text "007" stays text), so that a rewrite keeps the other columns as they were
+    (CSV cells that are numbers become numbers); ``img_name`` is exact text, never stripped. The header is the first row that is not
+    blank; blank rows (empty, or only spaces) are left out, and the index is each row's number in the file, for
+    messages. A file that cannot be parsed, or with a column named twice, raises one LabelError naming it.
     """
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"{what} not found: {path}")
     csv = path.suffix.lower() == ".csv"
-    options = dict(dtype={"img_name": str}, keep_default_na=False, na_values=[""])
+    options = dict(header=None, keep_default_na=False, na_values=[""])
     try:
-        if csv:  # blank lines are kept as empty rows, then dropped, so that the index counts them
+        if csv:
             text = path.read_text(encoding="utf-8-sig")
-            lead = next((i for i, line in enumerate(text.splitlines()) if line.strip()), 0)  # above the header
-            df = pd.read_csv(io.StringIO(text), skiprows=lead, skip_blank_lines=False, **options)
-            df.index += lead
+            lead = next((i for i, line in enumerate(text.splitlines()) if line.strip(" \t,")), 0)  # blank lines
+            cells = pd.read_csv(io.StringIO(text), skiprows=lead, skip_blank_lines=False, dtype=str, **options)
+            cells.index += lead
         else:
-            df = pd.read_excel(path, **options)
-        df.index += 2
-        return df[df.notna().any(axis=1)]
+            cells = pd.read_excel(path, dtype=object, **options)
     except UnicodeDecodeError as err:
         raise LabelError(f"{path}: not UTF-8 text (byte {err.object[err.start]:#04x} at offset {err.start}); "
                          "save it as UTF-8 CSV") from None
@@ -102,14 +101,42 @@ def read_sheet(path, what="labels file"):
     except Exception as err:  # zip, XML and CSV parsers fail in many ways; all mean the same to the user
         raise LabelError(f"{path}: not a readable {'CSV' if csv else 'xlsx'} file "
                          f"({type(err).__name__}: {err})") from None
+    cells.index += 1  # rows as a spreadsheet numbers them
+    blank = cells.map(lambda v: pd.isna(v) or (isinstance(v, str) and not v.strip())).all(axis=1)
+    if blank.all():
+        raise LabelError(f"{path}: empty file")
+    header = cells.loc[blank.idxmin()]
+    columns = [f"Unnamed: {i}" if pd.isna(h) else str(h) for i, h in enumerate(header)]
+    twice = sorted({c for c in columns if columns.count(c) > 1})
+    if twice:
+        raise LabelError(f"{path}: column(s) named twice in the header (row {header.name}): {twice}")
+    below = cells.loc[header.name + 1:]
+    df = below[~blank.loc[below.index]].set_axis(columns, axis=1)
+    if "img_name" in df:
+        df["img_name"] = df["img_name"].map(lambda v: v if pd.isna(v) else str(v))
+    for c in df.columns.drop("img_name", errors="ignore") if csv else ():  # no tool rewrites a CSV
+        df[c] = df[c].map(_number)
+    return df
+
+
+def _number(text):
+    """A CSV cell as the int or float it writes, else as it is ("2" -> 2, "1.5" -> 1.5, "yes" -> "yes")."""
+    for kind in (int, float):
+        try:
+            return kind(text)
+        except (TypeError, ValueError):
+            pass
+    return text
 
 
 def name_problem(name):
     """Why ``name`` is not a plain relative path that stays inside the images folder, else None."""
     if "\\" in name or "\0" in name:
         return "contains a backslash or NUL"
-    if PurePosixPath(name).is_absolute() or PureWindowsPath(name).drive:
+    if PurePosixPath(name).is_absolute():
         return "is an absolute path"
+    if PureWindowsPath(name).drive:  # labels files travel between systems
+        return f"starts with a Windows drive ({PureWindowsPath(name).drive}), which leaves the folder on Windows"
     if ".." in PurePosixPath(name).parts:
         return "contains a '..' part"
     return None
@@ -207,14 +234,19 @@ def read_annotations(names, root=None):
     if "img_name" not in df.columns or not cols:
         raise LabelError(f"{path}: needs an img_name column and one column per annotator; found {list(df.columns)}")
     values, names_ = df[cols].apply(pd.to_numeric, errors="coerce"), df["img_name"]
-    problems = [f"row {r}: img_name is empty" for r in df.index[names_.isna().to_numpy()]]
+    blank = names_.isna() | names_.map(lambda n: isinstance(n, str) and not n.strip())
+    problems = [f"row {r}: img_name is empty" for r in df.index[blank.to_numpy()]]
     problems += [f"row {df.index[i]} ({names_.iloc[i]}): {c} {df[c].iloc[i]!r} is not 0, 1 or blank"
                  for c in cols for i in np.flatnonzero(~(values[c].isin([0, 1]) | df[c].isna()))]
     problems += [f"row {df.index[i]} ({names_.iloc[i]}): duplicate img_name"
                  for i in np.flatnonzero(names_.duplicated(keep=False) & names_.notna())]
     if problems:
         raise LabelError.rows(path, problems)
-    return values.set_index(df["img_name"]).reindex(list(names)).to_numpy(float)
+    names = list(names)
+    if names and not set(names) & set(names_):
+        raise LabelError(f"{path}: lists none of the {len(names)} labelled images (e.g. {names[0]!r}; it lists "
+                         f"{names_.iloc[0] if len(names_) else 'no image'!r}): not the annotations of these images")
+    return values.set_index(df["img_name"]).reindex(names).to_numpy(float)
 
 
 def soft_targets(targets, names, root=None):

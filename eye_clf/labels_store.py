@@ -8,8 +8,8 @@ The file is read by the project's one labels reader, ``data.read_labels(path, pa
 as text cells, exactly as the image files are named (a name starting with ``=`` is text, never a formula), so a
 save and a load give back every name byte for byte.
 """
-import glob
 import os
+import re
 import reprlib
 import threading
 from pathlib import Path
@@ -71,11 +71,13 @@ def check_writable(path):
 
 def remove_stale_temporaries(path):
     """Delete the temporaries that an interrupted save of ``path`` (a symlink's target) left beside it
-    (``.<name>.*.tmp``); under the save lock, so never those of another studio's save in progress."""
+    (``.<name>.<random part>.tmp``, as files.atomic_write names them; not ``.<name>.csv.<random>.tmp``, another
+    file's); under the save lock, so never those of another studio's save in progress."""
     path = Path(os.path.realpath(path))
+    ours = re.compile(rf"\.{re.escape(path.name)}\.[A-Za-z0-9_]+\.tmp")
     with locked(path):
-        for tmp in path.parent.glob(f".{glob.escape(path.name)}.*.tmp"):
-            if tmp.is_file():
+        for tmp in path.parent.iterdir():
+            if ours.fullmatch(tmp.name) and tmp.is_file():
                 tmp.unlink()
 
 
@@ -114,22 +116,25 @@ class LabelStore:
         self.files = {p.name: p for p in data.list_images(images_dir)}
         if not self.files:
             raise ValueError(f"no image files in {images_dir}")
-        odd = [n for n in self.files if any(map(unwritable, n)) or data.name_problem(n)]
+        why = {n: "has control characters, U+FFFE, U+FFFF or bytes that are not UTF-8" if any(map(unwritable, n))
+               else data.name_problem(n) for n in self.files}
+        odd = [f"{n!r} {w}" for n, w in why.items() if w]
         if odd:
-            raise ValueError(f"{images_dir}: {len(odd)} image name(s) with control characters, a backslash, U+FFFE, "
-                             f"U+FFFF or bytes that are not UTF-8, which a labels file cannot hold, e.g. {odd[:3]!r}: "
-                             "rename them")
+            raise ValueError(f"{images_dir}: {len(odd)} image name(s) that a labels file cannot hold, e.g. "
+                             f"{'; '.join(odd[:3])}: rename them")
         check_writable(self.path)
         remove_stale_temporaries(self.path)
         created = not self.path.exists()
-        df = blank_table(self.files) if created else data.read_labels(self.path, partial=True)
-        if not created:
-            with pd.ExcelFile(self.path) as book:
-                if len(book.sheet_names) > 1:
-                    raise ValueError(f"{self.path} has {len(book.sheet_names)} sheets {book.sheet_names}; the studio "
-                                     "rewrites the file and would drop all but the first: give it a file with the "
-                                     "labels sheet only")
-        self.stamp = None if created else self.file_stamp()
+        with locked(self.path):  # no studio saves while this one reads; the stamp comes first, so that a change by
+            # another program during the read makes the first save refuse instead of overwriting it
+            self.stamp = None if created else self.file_stamp()
+            df = blank_table(self.files) if created else data.read_labels(self.path, partial=True)
+            if not created:
+                with pd.ExcelFile(self.path) as book:
+                    if len(book.sheet_names) > 1:
+                        raise ValueError(f"{self.path} has {len(book.sheet_names)} sheets {book.sheet_names}; the "
+                                         "studio rewrites the file and would drop all but the first: give it a file "
+                                         "with the labels sheet only")
         known = set(df["img_name"])
         df = pd.concat([df, blank_table([n for n in self.files if n not in known])], ignore_index=True)
         self.df = df.set_index("img_name")
@@ -157,7 +162,7 @@ class LabelStore:
 
     def file_stamp(self):
         st = self.path.stat()
-        return st.st_mtime_ns, st.st_size
+        return st.st_ino, st.st_mtime_ns, st.st_size  # every save replaces the file: a new inode
 
     def save(self):
         """Write the table, unless another program changed the file since it was read or saved here; under the

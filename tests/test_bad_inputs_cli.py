@@ -116,25 +116,40 @@ def test_predict_never_overwrites_an_input(labelled_folder, tiny_ckpt, capsys):
     folder = labelled_folder[0]
     image = folder / "003.png"
     before = image.read_bytes()
-    for inputs in ([str(image)], [str(folder)]):
+    for inputs in ([str(image)], [str(folder)]):  # not a .csv name: refused as such, before anything is read
         msg = refused(["predict", *inputs, "--checkpoint", str(tiny_ckpt), "--out", str(image)], capsys)
-        assert msg == f"error: --out: {image} is one of the input images; write it elsewhere"
-    assert image.read_bytes() == before
+        assert msg == (f"error: --out: {image}: the file is CSV text; give it a .csv name (see python -m eye_clf "
+                       "predict --help)")
+    odd = folder.parent / "eye.csv"  # an image, whatever its name
+    odd.write_bytes(before)
+    msg = refused(["predict", str(odd), "--checkpoint", str(tiny_ckpt), "--out", str(odd)], capsys)
+    assert msg == f"error: --out: {odd} is one of the input images; write it elsewhere"
+    assert image.read_bytes() == before and odd.read_bytes() == before
 
 
 def test_predict_never_overwrites_its_model(labelled_folder, tiny_ckpt, tmp_path, monkeypatch, capsys):
     from eye_clf import predict
     image = str(labelled_folder[0] / "003.png")
     before = tiny_ckpt.read_bytes()
-    msg = refused(["predict", image, "--checkpoint", str(tiny_ckpt), "--out", str(tiny_ckpt)], capsys)
-    assert msg == f"error: --out: {tiny_ckpt} is the model; write it elsewhere"
-    shipped, onnx = tmp_path / "shipped.pt", tmp_path / "shipped.onnx"  # stand-ins for the default model's files
+    model = tmp_path / "model.csv"  # a checkpoint, whatever its name
+    model.write_bytes(before)
+    msg = refused(["predict", image, "--checkpoint", str(model), "--out", str(model)], capsys)
+    assert msg == f"error: --out: {model} is the model; write it elsewhere"
+    shipped, onnx = tmp_path / "shipped.pt.csv", tmp_path / "shipped.onnx.csv"  # stand-ins for the default model
     shipped.write_bytes(before)
     monkeypatch.setattr(predict, "DEFAULT_CHECKPOINT", shipped)
     monkeypatch.setattr(predict, "DEFAULT_ONNX", onnx)
     for out in (shipped, onnx):
         assert refused(["predict", image, "--out", str(out)], capsys) == f"error: --out: {out} is the model; write it elsewhere"
-    assert tiny_ckpt.read_bytes() == before and shipped.read_bytes() == before and not onnx.exists()
+    assert model.read_bytes() == before and shipped.read_bytes() == before and not onnx.exists()
+
+
+@pytest.mark.parametrize("flag", ["--out", "--save-oof"])
+def test_csv_outputs_need_a_csv_name(flag, tmp_path, capsys):
+    out = tmp_path / "review.xlsx"
+    assert refused(["audit", *NO_DATA, flag, str(out)], capsys) == (
+        f"error: {flag}: {out}: the file is CSV text; give it a .csv name (see python -m eye_clf audit --help)")
+    assert not out.exists()
 
 
 def test_predict_into_a_closed_pipe_ends_quietly(labelled_folder, tiny_ckpt):

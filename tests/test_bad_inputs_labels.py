@@ -152,6 +152,31 @@ def test_blank_rows_are_skipped_and_rows_keep_their_numbers_in_the_file(tmp_path
         assert read_labels(path, images_dir=images)["target"].tolist() == [1, 0]
 
 
+@pytest.mark.parametrize("suffix", [".csv", ".xlsx"])
+def test_the_header_is_the_first_row_that_is_not_blank(tmp_path, images, suffix):
+    """Blank rows above the header (in Excel's CSV export ",,"), and rows of spaces, are skipped."""
+    path = tmp_path / f"labels{suffix}"
+    rows = [[None, None], [" ", None], ["img_name", "target"], ["a.jpg", 1], ["  ", " "], ["b.jpg", 7]]
+    if suffix == ".csv":
+        path.write_text("\n".join(",".join("" if v is None else str(v) for v in r) for r in rows) + "\n")
+    else:
+        book = openpyxl.Workbook()
+        for r in rows:
+            book.active.append(r)
+        book.save(path)
+    with pytest.raises(LabelError, match=r"1 bad row\(s\):\n  row 6 \(b.jpg\): target 7 is not 0, 1$"):
+        read_labels(path, images_dir=images)
+
+
+@pytest.mark.parametrize("suffix", [".csv", ".xlsx"])
+def test_a_column_named_twice_is_refused(tmp_path, suffix):
+    path = tmp_path / f"labels{suffix}"
+    df = pd.DataFrame([["a.jpg", 1, 0]], columns=["img_name", "target", "target"])
+    df.to_csv(path, index=False) if suffix == ".csv" else df.to_excel(path, index=False)
+    with pytest.raises(LabelError, match=r"column\(s\) named twice in the header \(row 1\): \['target'\]"):
+        read_labels(path)
+
+
 def test_blank_lines_in_annotations_and_out_of_fold_files_are_skipped(tmp_path):
     from eye_clf.audit import read_oof
     (tmp_path / "EyesDataset").mkdir()

@@ -319,9 +319,16 @@ def test_bad_annotations_name_every_row(tmp_path):
     root = annotations_root(tmp_path, "img_name,annotator_a\na.jpg,2\nb.jpg,yes\nc.jpg,1\nc.jpg,0\n")
     with pytest.raises(LabelError) as err:
         data.read_annotations(["a.jpg"], root)
-    for row in ("row 2 (a.jpg): annotator_a '2' is not 0, 1 or blank", "row 3 (b.jpg): annotator_a 'yes'",
+    for row in ("row 2 (a.jpg): annotator_a 2 is not 0, 1 or blank", "row 3 (b.jpg): annotator_a 'yes'",
                 "row 4 (c.jpg): duplicate", "row 5 (c.jpg): duplicate"):
         assert row in str(err.value)
+    (root / "other_annotations.csv").write_text("img_name,annotator_a\nEyesDataset/a.jpg,1\n  ,0\n")
+    with pytest.raises(LabelError, match=r"row 3: img_name is empty"):
+        data.read_annotations(["a.jpg"], root)
+    (root / "other_annotations.csv").write_text("img_name,annotator_a\nEyesDataset/a.jpg,1\n")
+    with pytest.raises(LabelError, match=r"lists none of the 1 labelled images \(e.g. 'a.jpg'; it lists "
+                                         r"'EyesDataset/a.jpg'\)"):
+        data.read_annotations(["a.jpg"], root)
     (root / "other_annotations.csv").write_text("img_name\na.jpg\n")
     with pytest.raises(LabelError, match="one column per annotator"):
         data.read_annotations(["a.jpg"], root)

@@ -153,6 +153,41 @@ def test_two_studios_on_one_file_never_both_save_over_the_same_version(folder, t
     assert LabelStore(path, folder).state("000.png")["target"] == 1 and second.state("001.png") == BLANK
 
 
+def test_a_studio_starting_while_another_saves_never_overwrites_that_save(folder, tmp_path, monkeypatch):
+    path = tmp_path / "labels.xlsx"
+    first = LabelStore(path, folder)
+    real = labels_store.data.read_labels
+
+    def read_then_let_the_other_save(*args, **kwargs):  # the other studio saves just after this one has read
+        table = real(*args, **kwargs)
+        saving = threading.Thread(target=first.apply, args=([change("000.png", BLANK, target=1)],))
+        saving.start()
+        saving.join(timeout=0.5)  # with the fix it waits for this read to finish
+        return table
+    monkeypatch.setattr(labels_store.data, "read_labels", read_then_let_the_other_save)
+    second = LabelStore(path, folder)
+    monkeypatch.setattr(labels_store.data, "read_labels", real)
+    deadline = time.time() + 10
+    while first.state("000.png")["target"] != 1 and time.time() < deadline:  # the first studio's save lands
+        time.sleep(0.01)
+    with pytest.raises(OSError, match="changed by another program"):
+        second.apply([change("001.png", BLANK, target=0)])
+    assert LabelStore(path, folder).state("000.png")["target"] == 1
+
+
+def test_other_columns_keep_their_cells_through_a_save(folder, tmp_path):
+    import openpyxl
+    path = tmp_path / "labels.xlsx"
+    book = openpyxl.Workbook()
+    book.active.append(["img_name", "target", "code", "flag", "count"])
+    book.active.append(["000.png", 1, "007", "TRUE", 3])
+    book.save(path)
+    LabelStore(path, folder).apply([change("001.png", BLANK, target=0)])
+    rows = list(openpyxl.load_workbook(path).active.values)
+    header, first = rows[0], dict(zip(rows[0], rows[1]))
+    assert first["code"] == "007" and first["flag"] == "TRUE" and first["count"] == 3, first
+
+
 def test_stale_temporaries_of_a_symlinked_labels_file_are_removed_beside_its_target(folder, tmp_path):
     real, link = tmp_path / "real" / "labels.xlsx", tmp_path / "links" / "labels.xlsx"
     real.parent.mkdir()
@@ -330,11 +365,14 @@ def test_names_round_trip_exactly_and_are_never_formulas(tmp_path):
     assert [restarted.state(n)["target"] for n in ODD_NAMES] == [i % 2 for i in range(len(ODD_NAMES))]
 
 
-@pytest.mark.parametrize("name", ["a\rb.png", "a\\b.png", "a\ufffe.png", "a\uffff.png", os.fsdecode(b"a\xff.png")])
-def test_image_names_a_labels_file_cannot_hold_are_refused(folder, tmp_path, name):
-    """Control characters, backslashes, and what XML cannot hold: U+FFFE, U+FFFF and a name that is not UTF-8."""
+@pytest.mark.parametrize("name, why", [("a\rb.png", "control characters"), ("a\\b.png", "backslash"),
+                                       ("a\ufffe.png", "U\\+FFFE"), ("a\uffff.png", "U\\+FFFF"),
+                                       (os.fsdecode(b"a\xff.png"), "not UTF-8"), ("c:eye.png", "Windows drive \\(c:\\)")])
+def test_image_names_a_labels_file_cannot_hold_are_refused(folder, tmp_path, name, why):
+    """Control characters, backslashes, what XML cannot hold (U+FFFE, U+FFFF, a name that is not UTF-8) and a
+    name that would leave the folder on Windows; the message says which."""
     eye(1).save(folder / name, "PNG")
-    with pytest.raises(ValueError, match="image name.* a labels file cannot hold"):
+    with pytest.raises(ValueError, match=f"image name.* a labels file cannot hold, e.g. .*{why}"):
         LabelStore(tmp_path / "labels.xlsx", folder)
     assert not (tmp_path / "labels.xlsx").exists()
 
@@ -389,7 +427,8 @@ def test_stale_temporaries_of_this_file_are_removed_at_start(folder, tmp_path):
     path = tmp_path / "labels.xlsx"
     LabelStore(path, folder)
     stale = [tmp_path / ".labels.xlsx.k3j2_x.tmp", tmp_path / ".labels.xlsx.9.tmp"]
-    others = [tmp_path / ".other.xlsx.k3j2_x.tmp", tmp_path / "labels.xlsx.tmp"]
+    others = [tmp_path / ".other.xlsx.k3j2_x.tmp", tmp_path / "labels.xlsx.tmp",
+              tmp_path / ".labels.xlsx.csv.k3j2_x.tmp"]  # the last: a temporary of labels.xlsx.csv
     for f in stale + others:
         f.write_bytes(b"PK half an xlsx")
     LabelStore(path, folder)
@@ -488,7 +527,7 @@ def test_bad_review_file_is_refused_at_start_naming_file_row_and_value(folder, t
     msg = str(err.value)
     assert msg.startswith(str(path))
     for part in ("row 3 (001.png): p_open 'abc' is not a number in 0..1", "row 3 (001.png): rank 2.5 is not an integer",
-                 "row 4 (002.png): target 2 is not 0 or 1", "row 4 (002.png): p_open '1.5'",
+                 "row 4 (002.png): target 2 is not 0 or 1", "row 4 (002.png): p_open 1.5 is not",
                  "row 4 (002.png): score 'x' is not a number", "row 5 (002.png): duplicate img_name"):
         assert part in msg
     assert "row 2 " not in msg
