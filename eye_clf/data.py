@@ -5,6 +5,7 @@ Image reading and normalisation live in ``preprocess`` (shared with prediction) 
 import hashlib
 import io
 import os
+import re
 from pathlib import Path, PurePosixPath, PureWindowsPath
 
 import numpy as np
@@ -72,6 +73,11 @@ TAGS = ("dark", "blurry", "glasses", "angle", "inverted", "other")
 FLAGS = ("unsure", "reviewed") + TAGS  # 0/1 columns of a labels file still being made (the studio's)
 
 
+def _filled(cell):
+    """Whether a cell holds something: not empty, not only spaces (a non-breaking one too)."""
+    return not (pd.isna(cell) or (isinstance(cell, str) and not cell.strip()))
+
+
 def read_sheet(path, what="labels file"):
     """A spreadsheet as a DataFrame: ``.csv`` as UTF-8 text (a BOM is allowed), anything else as xlsx.
 
@@ -88,7 +94,8 @@ def read_sheet(path, what="labels file"):
     try:
         if csv:
             text = path.read_text(encoding="utf-8-sig")
-            lead = next((i for i, line in enumerate(text.splitlines()) if line.strip(" \t,")), 0)  # blank lines
+            lines = text.replace("\r\n", "\n").replace("\r", "\n").split("\n")  # as pandas splits them
+            lead = next((i for i, line in enumerate(lines) if _filled(line.replace(",", "").replace('"', ""))), 0)
             cells = pd.read_csv(io.StringIO(text), skiprows=lead, skip_blank_lines=False, dtype=str, **options)
             cells.index += lead
         else:
@@ -102,7 +109,7 @@ def read_sheet(path, what="labels file"):
         raise LabelError(f"{path}: not a readable {'CSV' if csv else 'xlsx'} file "
                          f"({type(err).__name__}: {err})") from None
     cells.index += 1  # rows as a spreadsheet numbers them
-    blank = cells.map(lambda v: pd.isna(v) or (isinstance(v, str) and not v.strip())).all(axis=1)
+    blank = ~cells.map(_filled).any(axis=1)
     if blank.all():
         raise LabelError(f"{path}: empty file")
     header = cells.loc[blank.idxmin()]
@@ -119,14 +126,19 @@ def read_sheet(path, what="labels file"):
     return df
 
 
-def _number(text):
-    """A CSV cell as the int or float it writes, else as it is ("2" -> 2, "1.5" -> 1.5, "yes" -> "yes")."""
-    for kind in (int, float):
-        try:
-            return kind(text)
-        except (TypeError, ValueError):
-            pass
-    return text
+NUMBER = re.compile(r"\s*[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?\s*")  # ASCII decimals only: no "nan", "0_1"
+
+
+def _number(cell):
+    """A CSV cell as the number it writes ("2" -> 2, "1.5" -> 1.5; "true"/"false", as pandas and Excel write
+    booleans, -> 1/0), else as it is ("yes", "nan")."""
+    if not isinstance(cell, str):
+        return cell
+    if cell.strip().lower() in ("true", "false"):
+        return int(cell.strip().lower() == "true")
+    if NUMBER.fullmatch(cell):
+        return int(cell) if cell.strip().lstrip("+-").isdigit() else float(cell)
+    return cell
 
 
 def name_problem(name):
@@ -154,7 +166,7 @@ def read_labels(path, images_dir=None, partial=False):
     studio's): a target may be blank (nullable Int64), the 0/1 columns FLAGS are read (blank or missing: 0), an
     unsure row has no target, other columns are kept, an empty table is allowed and names must be in their plain
     form (``a.jpg``, not ``./a.jpg``).
-    Raises LabelError naming the bad rows (spreadsheet numbering: the header is row 1).
+    Raises LabelError naming the bad rows (numbered as in the file: the first line or row is 1).
     """
     path = Path(path)
     df = read_sheet(path)

@@ -124,9 +124,9 @@ class LabelStore:
                              f"{'; '.join(odd[:3])}: rename them")
         check_writable(self.path)
         remove_stale_temporaries(self.path)
-        created = not self.path.exists()
         with locked(self.path):  # no studio saves while this one reads; the stamp comes first, so that a change by
             # another program during the read makes the first save refuse instead of overwriting it
+            created = not self.path.exists()
             self.stamp = None if created else self.file_stamp()
             df = blank_table(self.files) if created else data.read_labels(self.path, partial=True)
             if not created:
@@ -162,13 +162,14 @@ class LabelStore:
 
     def file_stamp(self):
         st = self.path.stat()
-        return st.st_ino, st.st_mtime_ns, st.st_size  # every save replaces the file: a new inode
+        return st.st_mtime_ns, st.st_size
 
     def save(self):
         """Write the table, unless another program changed the file since it was read or saved here; under the
         save lock, so that two studios on one file cannot both pass that check and overwrite each other."""
         with locked(self.path):
-            if self.stamp is not None and self.file_stamp() != self.stamp:
+            changed = self.path.exists() if self.stamp is None else self.file_stamp() != self.stamp  # None: no file
+            if changed:  # when this store started
                 raise OSError(f"{self.path} was changed by another program; restart the studio to load that version")
             atomic_write(self.path, lambda tmp: write_xlsx(self.df.reset_index(), tmp))
             self.stamp = self.file_stamp()

@@ -168,6 +168,28 @@ def test_the_header_is_the_first_row_that_is_not_blank(tmp_path, images, suffix)
         read_labels(path, images_dir=images)
 
 
+def test_csv_cells_are_numbers_only_when_written_as_plain_decimals(tmp_path, images):
+    """Booleans as pandas and Excel write them count as 1/0; "nan", "0_1" and non-ASCII digits stay text."""
+    path = tmp_path / "labels.csv"
+    path.write_text("img_name,target\na.jpg,True\nb.jpg,FALSE\n")
+    assert read_labels(path, images_dir=images)["target"].tolist() == [1, 0]
+    path.write_text("img_name,target\na.jpg, 1.0 \nb.jpg,0e0\n")
+    assert read_labels(path, images_dir=images)["target"].tolist() == [1, 0]
+    path.write_text("img_name,target\na.jpg,nan\nb.jpg,0_1\n\u00a0,\n")
+    with pytest.raises(LabelError) as err:
+        read_labels(path, images_dir=images)
+    for part in ("row 2 (a.jpg): target 'nan' is not 0, 1", "row 3 (b.jpg): target '0_1' is not 0, 1"):
+        assert part in str(err.value)
+
+
+def test_a_leading_line_of_non_breaking_spaces_or_empty_quotes_is_blank(tmp_path, images):
+    path = tmp_path / "labels.csv"
+    for lead in ("\u00a0", '""', '"",""'):
+        path.write_text(f"{lead}\nimg_name,target\na.jpg,1\nb.jpg,7\n")
+        with pytest.raises(LabelError, match=r"row 4 \(b.jpg\): target 7 is not 0, 1$"):
+            read_labels(path, images_dir=images)
+
+
 @pytest.mark.parametrize("suffix", [".csv", ".xlsx"])
 def test_a_column_named_twice_is_refused(tmp_path, suffix):
     path = tmp_path / f"labels{suffix}"

@@ -175,6 +175,23 @@ def test_a_studio_starting_while_another_saves_never_overwrites_that_save(folder
     assert LabelStore(path, folder).state("000.png")["target"] == 1
 
 
+def test_a_labels_file_created_by_another_studio_meanwhile_is_not_overwritten(folder, tmp_path, monkeypatch):
+    """This studio found no file and builds a blank one; another creates the file and saves a label meanwhile."""
+    path = tmp_path / "labels.xlsx"
+    real = labels_store.blank_table
+
+    def blank_table_while_another_creates_the_file(names):
+        table = real(names)
+        if len(table) and not path.exists():
+            labels_store.write_xlsx(table.assign(target=[1] + [None] * (len(table) - 1)), path)
+        return table
+    monkeypatch.setattr(labels_store, "blank_table", blank_table_while_another_creates_the_file)
+    with pytest.raises(OSError, match="changed by another program"):
+        LabelStore(path, folder)
+    monkeypatch.setattr(labels_store, "blank_table", real)
+    assert LabelStore(path, folder).state("000.png")["target"] == 1
+
+
 def test_other_columns_keep_their_cells_through_a_save(folder, tmp_path):
     import openpyxl
     path = tmp_path / "labels.xlsx"
