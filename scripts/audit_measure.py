@@ -10,15 +10,17 @@
    model that never saw an image says about it), the browser test's measured seconds per grid page and per label
    ($EYE_CLF_STUDIO_TIMING) and stated human-pace assumptions.
 
-Out-of-fold probabilities are cached in runs/audit/ (not committed), keyed by epochs, folds, seed and the data's
-fingerprint: delete them to retrain.
+Out-of-fold probabilities are cached in runs/audit/ (not committed), keyed by the recipe (every TrainConfig field),
+the folds and the data's fingerprint, with the provenance of the run that made them: delete them to retrain.
 """
 import argparse
+import hashlib
 import json
 import os
 import sys
 import tempfile
 import time
+from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
@@ -42,16 +44,17 @@ DECIDE_S = 1.5            # judging one uncertain image shown alone, then one ke
 
 
 def oof(images, targets, cfg, folds, seed, cache):
-    """Out-of-fold P(open), cached as CSV; returns (p, seconds spent training, from_cache)."""
+    """Out-of-fold P(open), cached as CSV; returns (p, run record: seconds spent training and the provenance of the
+    run that trained, from_cache)."""
     if cache.exists():
         return pd.read_csv(cache)["p_open"].to_numpy(), json.loads(cache.with_suffix(".json").read_text()), True
     t0 = time.perf_counter()
     p, _ = cross_val_predict(images, targets, cfg, folds, seed)
-    seconds = time.perf_counter() - t0
-    # the seconds first: the CSV is written last, so that a cache that exists is complete
-    atomic_write(cache.with_suffix(".json"), lambda tmp: Path(tmp).write_text(json.dumps(seconds)))
+    run = dict(seconds=time.perf_counter() - t0, provenance=provenance())
+    # the record first: the CSV is written last, so that a cache that exists is complete
+    atomic_write(cache.with_suffix(".json"), lambda tmp: Path(tmp).write_text(json.dumps(run)))
     atomic_write(cache, lambda tmp: pd.DataFrame({"p_open": p}).to_csv(tmp, index=False))
-    return p, seconds, False
+    return p, run, False
 
 
 def flipped_audit(images, targets, names, cfg, args):
@@ -59,7 +62,7 @@ def flipped_audit(images, targets, names, cfg, args):
     flip = rng.choice(len(targets), round(FLIP * len(targets)), replace=False)
     noisy = targets.copy()
     noisy[flip] ^= 1
-    p, seconds, cached = oof(images, noisy, cfg, args.folds, args.seed, args.work / f"oof_flipped_{args.tag}.csv")
+    p, run, cached = oof(images, noisy, cfg, args.folds, args.seed, args.work / f"oof_flipped_{args.tag}.csv")
     review = review_list(names, noisy, p)
     found = set(review["img_name"])
     flipped = {names[i] for i in flip}
@@ -67,7 +70,7 @@ def flipped_audit(images, targets, names, cfg, args):
     top_k = {names[i] for i in np.argsort(label_quality(noisy, p), kind="stable")[:k]}
     return dict(flipped=k, listed=len(found), hits=len(found & flipped),
                 precision=len(found & flipped) / max(len(found), 1), recall=len(found & flipped) / k,
-                precision_at_k=len(top_k & flipped) / k, others=found - flipped, seconds=seconds, cached=cached)
+                precision_at_k=len(top_k & flipped) / k, others=found - flipped, run=run, cached=cached)
 
 
 def disagreements(names, targets, root):
@@ -108,19 +111,42 @@ def save_seconds(n):
     return float(np.median(times))
 
 
+def at_least(low):
+    def parse(text):
+        if not text.lstrip("-").isdigit() or int(text) < low:
+            raise argparse.ArgumentTypeError(f"expected an integer >= {low}, got {text!r}")
+        return int(text)
+    return parse
+
+
+def cache_tag(cfg, folds, images, targets):
+    """The key of a cached out-of-fold run: the whole recipe, the folds and the data's fingerprint."""
+    recipe = hashlib.sha256(json.dumps(asdict(cfg), sort_keys=True).encode()).hexdigest()[:12]
+    return f"e{cfg.epochs}_f{folds}_s{cfg.seed}_{recipe}_{data_id(images, targets)}"
+
+
+def recipe_text(cfg):
+    """The fields of ``cfg`` that differ from TrainConfig's defaults, as field=value."""
+    default = asdict(TrainConfig())
+    return "eyenet defaults except " + ", ".join(f"{k}={v}" for k, v in asdict(cfg).items() if v != default[k])
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--epochs", type=int, default=25)
-    parser.add_argument("--folds", type=int, default=5)
+    parser.add_argument("--epochs", type=at_least(1), default=25)
+    parser.add_argument("--folds", type=at_least(2), default=5)
     parser.add_argument("--seed", type=int, default=0,
                         help="seed of the flipped labels, the folds and the training (default 0: results/audit.md)")
     parser.add_argument("--data", help="data folder (default: $EYE_CLF_DATA or ../shared/data)")
-    parser.add_argument("--threads", type=int, default=1, help="torch CPU threads (default 1: the machine is shared)")
+    parser.add_argument("--threads", type=at_least(1), default=1,
+                        help="torch CPU threads (default 1: the machine is shared)")
     parser.add_argument("--work", type=Path, default=ROOT / "runs" / "audit")
     parser.add_argument("--timing", type=Path, default=ROOT / "results" / "studio_timing.json",
                         help="timings from EYE_CLF_STUDIO_TIMING=... pytest tests/test_studio_browser.py")
     parser.add_argument("--out", type=Path, default=ROOT / "results" / "audit.md")
     args = parser.parse_args()
+    if args.out.is_dir() or not os.access(args.out.parent if args.out.parent.exists() else ROOT, os.W_OK):
+        parser.error(f"--out: {args.out} is a folder or not writable; name the report's file")
     if not args.timing.is_file():
         sys.exit(f"{args.timing} missing: run EYE_CLF_STUDIO_TIMING={args.timing} "
                  ".venv/bin/python -m pytest -q tests/test_studio_browser.py first")
@@ -130,16 +156,16 @@ def main():
     cfg = TrainConfig(epochs=args.epochs, seed=args.seed, label_smoothing=0.0, tta=False, calibrate=False, refit=False)
     try:
         root = data.data_dir(args.data)
-    except FileNotFoundError as err:
+        images, targets, names = data.load_dataset(root)
+    except (FileNotFoundError, ValueError) as err:
         parser.error(str(err))
-    images, targets, names = data.load_dataset(root)
-    args.tag = f"e{args.epochs}_f{args.folds}_s{args.seed}_{data_id(images, targets)}"  # the cache's key
+    args.tag = cache_tag(cfg, args.folds, images, targets)
 
     flipped = flipped_audit(images, targets, names, cfg, args)
     disagree, both = disagreements(names, targets, root)
     flipped["others_disagreed"] = len(flipped["others"] & disagree)
-    p, clean_s, clean_cached = oof(images, targets, cfg, args.folds, args.seed,
-                                   args.work / f"oof_reference_{args.tag}.csv")
+    p, clean_run, clean_cached = oof(images, targets, cfg, args.folds, args.seed,
+                                     args.work / f"oof_reference_{args.tag}.csv")
     listed = set(review_list(names, targets, p)["img_name"])
     top = {names[i] for i in np.argsort(label_quality(targets, p), kind="stable")[:len(disagree)]}
     save_s = save_seconds(len(names))
@@ -154,17 +180,16 @@ def main():
         f"Provenance: commit {prov['git_commit']} (uncommitted changes: {prov['git_dirty']}), {prov['versions']}, "
         f"{prov['machine']}.",
         "",
-        f"Command: `python scripts/audit_measure.py --epochs {args.epochs} --folds {args.folds} --seed {args.seed} "
-        f"--threads {args.threads}` "
-        f"on the {len(names)} images of ../shared/data. Each audit trains {args.folds} eyenet models (width 16, "
-        f"augmentation 1.0, no label smoothing, no mirror TTA, no temperature scaling, lr 3e-3, epochs={args.epochs}, "
-        "the epoch of lowest loss on the fold's validation split kept) and scores every image with the model that "
-        "did not train "
+        f"Command: `python scripts/audit_measure.py {' '.join(sys.argv[1:])}` on the {len(names)} images of {root}. "
+        f"Each audit trains {args.folds} models of the recipe {recipe_text(cfg)} (the epoch of lowest loss on the "
+        "fold's validation split kept) and scores every image with the model that did not train "
         "on it; cleanlab's `find_label_issues` on those out-of-fold P(open) makes the review list (ranked by "
         "cleanlab's self-confidence score, the out-of-fold probability of the given label). "
-        f"Training time: {f['seconds']:.0f} s + {clean_s:.0f} s wall on CPU ({args.threads} torch thread(s) on "
-        f"{os.cpu_count()} cores)"
-        + (". These numbers were re-rendered from the out-of-fold probabilities that run cached in runs/audit/"
+        f"Training time: {f['run']['seconds']:.0f} s + {clean_run['seconds']:.0f} s wall on CPU ({args.threads} "
+        f"torch thread(s) on {os.cpu_count()} cores)"
+        + (f". These numbers were re-rendered from the out-of-fold probabilities cached in runs/audit/ by the run at "
+           f"commit {f['run']['provenance']['git_commit']} (uncommitted changes: "
+           f"{f['run']['provenance']['git_dirty']}) and {clean_run['provenance']['git_commit']}"
            if f["cached"] or clean_cached else "") + ".",
         "",
         f"## Finding {f['flipped']} flipped labels ({FLIP:.0%}, seed {args.seed})",

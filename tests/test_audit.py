@@ -1,4 +1,6 @@
 """Label audit: cleanlab ranking on out-of-fold P(open), the review list, and the CLI (with and without training)."""
+import json
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -139,7 +141,19 @@ def test_audit_measure_cache_is_complete_or_absent(tmp_path, monkeypatch):
     with pytest.raises(KeyboardInterrupt):
         measure.oof(None, None, None, 2, 0, tmp_path / "oof.csv")
     monkeypatch.setattr(measure, "atomic_write", real)
-    p, _, cached = measure.oof(None, None, None, 2, 0, tmp_path / "oof.csv")
+    p, run, cached = measure.oof(None, None, None, 2, 0, tmp_path / "oof.csv")
     assert not cached and p.tolist() == [0.2, 0.8]
-    assert measure.oof(None, None, None, 2, 0, tmp_path / "oof.csv")[2]  # now read from the cache
+    _, again, cached = measure.oof(None, None, None, 2, 0, tmp_path / "oof.csv")
+    assert cached and again == json.loads(json.dumps(run)) and again["provenance"]["git_commit"]  # who made it
+
+
+def test_audit_measure_cache_is_keyed_by_the_whole_recipe():
+    from dataclasses import replace
+
+    from test_experiment import load_script
+    tag = load_script("audit_measure").cache_tag
+    images, targets = np.zeros((4, 24, 24), np.uint8), np.array([0, 1, 0, 1])
+    cfg = TrainConfig(epochs=25, refit=False)
+    assert tag(cfg, 5, images, targets) == tag(replace(cfg), 5, images, targets)
+    assert tag(cfg, 5, images, targets) != tag(replace(cfg, batch_augment=not cfg.batch_augment), 5, images, targets)
 
