@@ -85,8 +85,8 @@ def cv_rows(name, results=CV_RESULTS):
     return [json.loads(p.read_text()) for p in paths] if all(p.exists() for p in paths) else None
 
 
-def cv_of(cfg, results=CV_RESULTS, images=None, targets=None):
-    """The finished CV of exactly this config (whatever its ``device`` field) on all its training images and without
+def cv_of(cfg, results=CV_RESULTS, images=None, targets=None, folds=5):
+    """The finished ``folds``-fold CV (fold seed 0, as every committed run) of exactly this config (whatever its ``device`` field) on all its training images and without
     teachers (not a learning-curve, pruned, undisputed-only or distilled run: a distilled run's teachers are its
     own) as (run name, per-fold rows), or None; given ``images`` and ``targets``, only a CV of that data
     (cv.check_data)."""
@@ -95,6 +95,7 @@ def cv_of(cfg, results=CV_RESULTS, images=None, targets=None):
         rows = cv_rows(folder.name, results)
         keys = [cv.same_key(r["key"]) for r in rows] if rows else []
         if rows and all(recipe(k["config"]) == recipe(asdict(cfg))
+                        and (k["folds"], k["seed"]) == (folds, 0)
                         and not {"train_fraction", "untrainable", "prune_folds", "teachers"} & set(k)
                         for k in keys) and (here is None or _of_data(rows, targets, here)):
             return folder.name, rows
@@ -193,6 +194,9 @@ def ship(run_dir):
     curves into plots_checkpoints/."""
     from .export import export_onnx
 
+    if not (SHIPPED.parent.parent / "pyproject.toml").is_file():
+        raise ValueError(f"ship replaces the model of an eye_clf checkout; this eye_clf is installed ({SHIPPED}), "
+                         "so its shipped model stays as installed: predict with --checkpoint (or checkpoint=) instead")
     run_dir = Path(run_dir)
     copies = [(run_dir / "eye_clf.pt", SHIPPED / "eye_clf.pt")] + [
         (run_dir / name, FIGURES / name) for name in ("history.csv", "history.json",

@@ -9,7 +9,7 @@ from contextlib import contextmanager
 from importlib import metadata
 from pathlib import Path
 
-PACKAGES = ("torch", "torchvision", "numpy", "scikit-learn", "pillow", "onnxruntime", "efficientnet-lite-pytorch")
+PACKAGES = ("eye-clf", "torch", "torchvision", "numpy", "scikit-learn", "pillow", "onnxruntime", "efficientnet-lite-pytorch")
 
 
 def _umask():
@@ -85,9 +85,15 @@ def save_history(history, stem):
 
 
 def _git(*args):
+    """git's answer about the eye_clf checkout, or None: no git, or this package is not a checkout's (installed into
+    site-packages or vendored inside another repository, whose commit would say nothing about this code)."""
+    package = Path(__file__).resolve().parent
     try:
-        out = subprocess.run(["git", *args], cwd=Path(__file__).resolve().parent, capture_output=True, text=True,
+        top = subprocess.run(["git", "rev-parse", "--show-toplevel"], cwd=package, capture_output=True, text=True,
                              timeout=10)
+        if top.returncode != 0 or Path(top.stdout.strip()).resolve() != package.parent:
+            return None
+        out = subprocess.run(["git", *args], cwd=package, capture_output=True, text=True, timeout=10)
     except (OSError, subprocess.TimeoutExpired):
         return None
     return out.stdout.strip() if out.returncode == 0 else None

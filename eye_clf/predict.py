@@ -72,7 +72,11 @@ def load_model(checkpoint=None, device=None):
     ``(model, tta)``, tta (also ``model.tta``): whether the checkpoint predicts with mirror averaging. The last
     CACHE_SIZE models loaded are kept and shared between callers, threads included (each loads once): do not move
     or train them."""
-    import torch
+    try:
+        import torch
+    except ImportError as err:
+        raise ModuleNotFoundError(f"load_model needs torch ({err}): pip install 'eye-clf[torch]'; load_session and "
+                                  "predict_proba predict with onnxruntime alone") from None
 
     try:
         device = torch.device(device if device is not None else "cuda" if torch.cuda.is_available() else "cpu")
@@ -137,6 +141,13 @@ def _is_torch(x):
     return tensor is not None and isinstance(x, tensor)
 
 
+def torch_only(model, checkpoint, tta):
+    """The arguments given that only the torch backend takes."""
+    onnx_file = checkpoint is not None and Path(checkpoint).suffix.lower() == ".onnx"
+    return [name for name, given in (("model", model is not None), ("tta", tta is not None),
+                                     ("checkpoint", checkpoint is not None and not onnx_file)) if given]
+
+
 def _choose_backend(backend, model, checkpoint, tta):
     if backend not in (None, *BACKENDS):
         raise ValueError(f"backend: expected one of {BACKENDS} or None, got {backend!r}")
@@ -149,13 +160,12 @@ def _choose_backend(backend, model, checkpoint, tta):
         if checkpoint is not None:
             raise ValueError("model and checkpoint: pass one of them (the model would be used, the checkpoint not)")
     onnx_file = checkpoint is not None and Path(checkpoint).suffix.lower() == ".onnx"
-    torch_only = [name for name, given in (("model", model is not None), ("tta", tta is not None),
-                                           ("checkpoint", checkpoint is not None and not onnx_file)) if given]
+    only = torch_only(model, checkpoint, tta)
     if backend is None:
         onnx_ok = onnx_file or importlib.util.find_spec("onnxruntime") is not None
-        backend = "onnx" if onnx_ok and not torch_only else "torch"
-    if backend == "onnx" and torch_only:
-        raise ValueError(f"{torch_only[0]}: needs backend='torch' (the ONNX graph carries the checkpoint's "
+        backend = "onnx" if onnx_ok and not only else "torch"
+    if backend == "onnx" and only:
+        raise ValueError(f"{only[0]}: needs backend='torch' (the ONNX graph carries the checkpoint's "
                          "mirror averaging; convert a .pt checkpoint with `python -m eye_clf export`)")
     if backend == "torch" and onnx_file:
         raise ValueError(f"checkpoint: {checkpoint} is an ONNX model; use backend='onnx' or a .pt checkpoint")
@@ -279,7 +289,7 @@ def predict_proba(x, model=None, checkpoint=None, batch_size=64, tta=None, backe
         try:
             from .models import scores
         except ImportError as err:
-            if importlib.util.find_spec("onnxruntime") is None:  # torch was the fallback
+            if importlib.util.find_spec("onnxruntime") is None and not torch_only(model, checkpoint, tta):
                 raise ModuleNotFoundError(f"predicting needs onnxruntime or torch ({err}): pip install "
                                           "'eye-clf[onnx]' (small, CPU only) or 'eye-clf[torch]'") from None
             raise ModuleNotFoundError(f"backend='torch', a .pt checkpoint, model= and tta= need torch ({err}): pip "

@@ -515,9 +515,9 @@ def best_epoch(name, folds):
     return f"{config(name).epochs} (refit; validated fit {best})" if config(name).refit else best
 
 
-def table(targets):
+def table(images, targets):
     base = asdict(TrainConfig(**BASE))
-    found = experiment.cv_of(TrainConfig(), OUT / "cv")
+    found = experiment.cv_of(TrainConfig(), OUT / "cv", images, targets)  # a 5-fold CV of this data only
     refs = {REFERENCE: load(REFERENCE), **({found[0]: found[1]} if found else {})}
     titles = {name: f"ΔEER vs {'the shipped recipe' if name != REFERENCE else name} (paired)" for name in refs}
     rows = []
@@ -563,6 +563,12 @@ def table(targets):
     print(md)
 
 
+def positive(text):
+    if not text.isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+    return int(text)
+
+
 if __name__ == "__main__":
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("names", nargs="*", help=f"runs among: {', '.join(RUNS)}")
@@ -578,7 +584,7 @@ if __name__ == "__main__":
                     "calibrated model with the same scores would show on as many images")
     ap.add_argument("--seeds", nargs="+", metavar="RUN", help="finished runs of one recipe with different seeds: "
                     "the mean ± 95%% t-interval and range of their 5-fold means")
-    ap.add_argument("--threads", type=int, default=1, help="torch threads (default 1: one job per core)")
+    ap.add_argument("--threads", type=positive, default=1, help="torch threads (default 1: one job per core)")
     ap.add_argument("--only", type=int, nargs="+", metavar="K", help="train just these folds (a second process "
                     "can then run the others of the same run on another core)")
     args = ap.parse_args()
@@ -599,8 +605,15 @@ if __name__ == "__main__":
             ap.error(f"--{flag.replace('_', '-')}: a run named twice would count twice, got {given}")
     if args.seeds and len({recipe(n) for n in args.seeds}) > 1:
         ap.error(f"--seeds: {args.seeds} are not all one recipe (their configs differ in more than the seed)")
+    if not (args.names or args.ensemble or args.average_curve or args.table or args.learning_curve or args.ece_floor
+            or args.seeds):
+        ap.error("nothing to do: name runs to train, or one of --table, --ensemble, --average-curve, "
+                 "--learning-curve, --ece-floor, --seeds")
     args.against = args.against or REFERENCE
-    images, targets, names = data.load_dataset()
+    try:
+        images, targets, names = data.load_dataset()
+    except (FileNotFoundError, ValueError) as err:
+        ap.error(str(err))
     DATA[:] = [(targets, data_id(images, targets))]  # from here on, fold files made on other data are refused (load)
     try:
         for name in args.names:
@@ -625,6 +638,6 @@ if __name__ == "__main__":
     if args.seeds:
         over_seeds(args.seeds)
     if args.table:
-        table(targets)
+        table(images, targets)
     if args.learning_curve:
         learning_curves()

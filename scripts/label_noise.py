@@ -25,8 +25,12 @@ RESULTS = Path(__file__).resolve().parent.parent / "results"
 ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
 ap.add_argument("run", nargs="?", help="a run in results/cv/ (default: the shipped recipe's)")
 args = ap.parse_args()
+try:
+    images, targets, names = data.load_dataset()
+except (FileNotFoundError, ValueError) as err:
+    raise SystemExit(f"error: {err}") from None
 if args.run is None:
-    found = experiment.cv_of(TrainConfig(), RESULTS / "cv")
+    found = experiment.cv_of(TrainConfig(), RESULTS / "cv", images, targets)
     if found is None:
         raise SystemExit("error: results/cv/ has no complete CV of the shipped recipe; run scripts/cv_ablations.py "
                          "or name a run")
@@ -34,7 +38,6 @@ if args.run is None:
 rows = experiment.cv_rows(args.run, RESULTS / "cv")
 if rows is None:
     raise SystemExit(f"error: results/cv/{args.run} has no complete CV")
-images, targets, names = data.load_dataset()
 try:
     check_data(rows, targets, data_id(images, targets), args.run)
 except ValueError as err:

@@ -93,7 +93,7 @@ def main():
         ap.error(f"--out: {args.out} is a folder; name the table's file")
     try:
         images, targets, _ = data.load_dataset(args.data)
-    except FileNotFoundError as err:
+    except (FileNotFoundError, ValueError) as err:
         ap.error(str(err))
     here = data_id(images, targets)
     for run, rows in runs.items():

@@ -126,17 +126,26 @@ def test_cv_of_finds_a_cv_of_the_config_and_if_asked_of_the_same_data(tmp_path):
         (tmp_path / name).mkdir()
         for k in range(2):
             (tmp_path / name / f"fold{k}.json").write_text(json.dumps(dict(fold=k, key=dict(key, **extra))))
-    assert experiment.cv_of(SMALL, tmp_path)[0] == "old"  # the first of the config, whatever its data
+    assert experiment.cv_of(SMALL, tmp_path) is None  # 2 folds: not the 5-fold CV the figures quote
+    assert experiment.cv_of(SMALL, tmp_path, folds=2)[0] == "old"  # the first of the config, whatever its data
     (tmp_path / "old" / "fold1.json").unlink()
-    assert experiment.cv_of(SMALL, tmp_path)[0] == "other"
-    assert experiment.cv_of(SMALL, tmp_path, images, targets) is None  # made on other data
-    assert experiment.cv_of(replace(SMALL, epochs=SMALL.epochs + 1), tmp_path) is None
-    assert experiment.cv_of(replace(SMALL, device="cpu"), tmp_path)[0] == "other"  # the device is not the recipe
+    assert experiment.cv_of(SMALL, tmp_path, folds=2)[0] == "other"
+    assert experiment.cv_of(SMALL, tmp_path, images, targets, folds=2) is None  # made on other data
+    assert experiment.cv_of(replace(SMALL, epochs=SMALL.epochs + 1), tmp_path, folds=2) is None
+    assert experiment.cv_of(replace(SMALL, device="cpu"), tmp_path, folds=2)[0] == "other"  # the device: no recipe
 
 
 def test_the_default_teacher_is_the_cross_validated_config():
     ablations = load_script("cv_ablations")
     assert experiment.TEACHERS["lite0_imagenet"] == ablations.config("lite0_imagenet_e12")
+
+
+@pytest.mark.parametrize("argv, message", [([], "nothing to do: name runs to train"),
+                                           (["--table", "--threads", "0"], "expected a positive integer, got '0'")])
+def test_cv_ablations_refuses_an_empty_or_bad_command_line(argv, message):
+    out = subprocess.run([sys.executable, str(data.REPO_ROOT / "scripts" / "cv_ablations.py"), *argv],
+                         capture_output=True, text=True)
+    assert out.returncode == 2 and message in out.stderr
 
 
 def test_the_table_tells_the_reference_itself_from_an_unfinished_reference():
@@ -155,7 +164,7 @@ def test_cv_of_never_answers_with_a_distilled_run(tmp_path):
     (tmp_path / "student").mkdir()
     for k in range(2):
         (tmp_path / "student" / f"fold{k}.json").write_text(json.dumps(dict(fold=k, key=key)))
-    assert experiment.cv_of(SMALL, tmp_path) is None  # its teachers need not be the ones a training uses
+    assert experiment.cv_of(SMALL, tmp_path, folds=2) is None  # its teachers need not be the ones a training uses
 
 
 def test_resuming_folds_from_before_the_data_fingerprint_checks_their_scores(tmp_path):
@@ -192,10 +201,10 @@ def test_cv_of_the_same_data_refuses_one_with_the_same_counts_but_other_labels(t
         row = json.loads((tmp_path / "run" / f"fold{k}.json").read_text())
         del row["key"]["data"]
         (tmp_path / "run" / f"fold{k}.json").write_text(json.dumps(row))
-    assert experiment.cv_of(SMALL, tmp_path, images, targets)[0] == "run"
+    assert experiment.cv_of(SMALL, tmp_path, images, targets, folds=2)[0] == "run"
     swapped = targets.copy()
     swapped[[np.argmax(targets), np.argmin(targets)]] = swapped[[np.argmin(targets), np.argmax(targets)]]
-    assert experiment.cv_of(SMALL, tmp_path, images, swapped) is None  # one open and one closed label swapped
+    assert experiment.cv_of(SMALL, tmp_path, images, swapped, folds=2) is None  # one open and one closed label swapped
 
 
 def test_inputs_fingerprint_is_per_fold(tmp_path):
@@ -317,7 +326,7 @@ def test_ablation_table_shows_paired_differences(monkeypatch, tmp_path):
                        key=dict(config={}, folds=5))
             (tmp_path / "cv" / name).mkdir(parents=True, exist_ok=True)
             (tmp_path / "cv" / name / f"fold{k}.json").write_text(json.dumps(row))
-    ablations.table(None)
+    ablations.table(None, None)
     md = (tmp_path / "cv_ablations.md").read_text()
     line = next(l for l in md.splitlines() if l.startswith("| eyenet16_e60"))
     diff = np.array([0.04, 0.03, 0.04, 0.05, 0.04]) - np.array([0.03, 0.02, 0.04, 0.03, 0.03])
@@ -334,9 +343,9 @@ def test_ablation_table_pairs_each_run_with_the_shipped_recipe_too(monkeypatch, 
                                ("eyenet16_e100_refit_tta", [0.02, 0.01, 0.02, 0.03, 0.02], shipped)):
         (tmp_path / "cv" / name).mkdir(parents=True)
         for k, e in enumerate(eers):
-            row = dict(fold=k, eer=e, eer_tta=e, ece=0.01, best_epoch=10, seconds=5.0, key=dict(config=config, folds=5))
+            row = dict(fold=k, eer=e, eer_tta=e, ece=0.01, best_epoch=10, seconds=5.0, key=dict(config=config, folds=5, seed=0))
             (tmp_path / "cv" / name / f"fold{k}.json").write_text(json.dumps(row))
-    ablations.table(None)
+    ablations.table(None, None)
     lines = {l.split("|")[1].strip(): [c.strip() for c in l.split("|")[1:-1]]
              for l in (tmp_path / "cv_ablations.md").read_text().splitlines() if l.startswith("| eyenet16")}
     header = next(l for l in (tmp_path / "cv_ablations.md").read_text().splitlines() if l.startswith("| run"))
@@ -738,11 +747,21 @@ def test_shipped_model_is_compared_only_on_images_it_never_saw(monkeypatch, tmp_
         assert (res and res["images"]) == expected
 
 
+def test_ship_refuses_to_replace_an_installed_packages_model(monkeypatch, tmp_path, tiny_ckpt):
+    shipped = tmp_path / "site-packages" / "eye_clf" / "shipped"
+    shipped.mkdir(parents=True)
+    monkeypatch.setattr(experiment, "SHIPPED", shipped)
+    with pytest.raises(ValueError, match="ship replaces the model of an eye_clf checkout; this eye_clf is installed"):
+        experiment.ship(tmp_path)
+    assert not any(shipped.iterdir())
+
+
 def test_ship_command_promotes_a_complete_run_and_refuses_a_partial_one(monkeypatch, tmp_path, tiny_ckpt):
     from eye_clf.__main__ import main
-    shipped, figures, run = tmp_path / "shipped", tmp_path / "figures", tmp_path / "run"
+    shipped, figures, run = tmp_path / "checkout" / "eye_clf" / "shipped", tmp_path / "figures", tmp_path / "run"
     for d in (shipped, figures, run):
-        d.mkdir()
+        d.mkdir(parents=True)
+    (tmp_path / "checkout" / "pyproject.toml").touch()
     monkeypatch.setattr(experiment, "SHIPPED", shipped)
     monkeypatch.setattr(experiment, "FIGURES", figures)
     (run / "eye_clf.pt").write_bytes(tiny_ckpt.read_bytes())

@@ -1,4 +1,6 @@
 import json
+import os
+from pathlib import Path
 
 import pandas as pd
 import pytest
@@ -55,6 +57,23 @@ def test_provenance_names_the_commit_versions_and_machine():
     prov = files.provenance()
     assert len(prov["git_commit"]) == 40 and isinstance(prov["git_dirty"], bool)
     assert prov["versions"]["numpy"] and prov["machine"]["cpu_count"] >= 1
+
+
+def test_provenance_names_no_commit_for_a_copy_inside_another_repository(tmp_path):
+    """Vendored into another project's git tree, the package's results must not claim that project's commit."""
+    import shutil
+    import subprocess
+    import sys
+    shutil.copytree(Path(files.__file__).parent, tmp_path / "vendor" / "eye_clf")
+    git = ["git", "-c", "user.name=t", "-c", "user.email=t@t", "-C", str(tmp_path)]
+    subprocess.run([*git, "init", "-q"], check=True)
+    subprocess.run([*git, "add", "."], check=True)
+    subprocess.run([*git, "commit", "-qm", "other project"], check=True)
+    out = subprocess.run([sys.executable, "-c", "from eye_clf import files; p = files.provenance(); "
+                          "print(p['git_commit'], 'eye-clf' in p['versions'])"],
+                         cwd=tmp_path, env={**os.environ, "PYTHONPATH": str(tmp_path / "vendor")},
+                         capture_output=True, text=True)
+    assert out.stdout.split() == ["None", "True"], out.stderr
 
 
 def test_provenance_records_the_device_a_result_was_computed_on(monkeypatch):

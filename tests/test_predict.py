@@ -452,6 +452,17 @@ except ModuleNotFoundError as err:
                                   "pip install 'eye-clf[torch]', or predict with the ONNX model"), out.stderr
 
 
+def test_load_model_without_torch_says_what_to_install():
+    out = subprocess.run([sys.executable, "-c", BLOCK_TORCH + """
+import eye_clf
+try:
+    eye_clf.load_model()
+except ModuleNotFoundError as err:
+    print(err)
+"""], capture_output=True, text=True, cwd=data.REPO_ROOT)
+    assert out.stdout.strip().startswith("load_model needs torch (blocked: torch): pip install 'eye-clf[torch]'")
+
+
 def test_the_command_without_the_training_libraries_says_what_to_install(tmp_path):
     script = tmp_path / "cli.py"
     script.write_text(BLOCK_TORCH + "from eye_clf.__main__ import main\nmain(['--help'])\n")
