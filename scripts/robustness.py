@@ -9,6 +9,7 @@ through ``predict_proba``, which converts and resizes it as in training. Writes 
 """
 import argparse
 import io
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -118,10 +119,10 @@ def main():
     table = table.map(lambda v: f"{v:.2f}" if isinstance(v, float) else v)  # "+0.10" and "97.50" as written
     prov = provenance()
     md = ("# Robustness: out-of-fold EER under input changes\n\n"
-          f"Command: `python scripts/robustness.py {' '.join(args.runs)}"
-          f"{'' if Path(args.out) == CV.parent / 'robustness.md' else ' --out ' + args.out}` "
+          f"Command: `python scripts/robustness.py {' '.join(sys.argv[1:])}` "
           f"(commit {prov['git_commit']}, "
-          f"dirty: {prov['git_dirty']}; {prov['versions']}; {prov['machine']}). Each of the 4000 images is scored by the fold model of `results/cv/RUN/` "
+          f"dirty: {prov['git_dirty']}; {prov['versions']}; {prov['machine']}). Each of the {len(targets)} images is "
+          "scored by the fold model of `results/cv/RUN/` "
           "that never saw it; the EER is that of these pooled out-of-fold scores (the CV tables report the mean of the "
           "per-fold EERs, which differs); accuracy at each fold's validation threshold.\n\n"
           + table.to_markdown(index=False, disable_numparse=True) + "\n")

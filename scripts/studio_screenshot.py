@@ -31,6 +31,11 @@ def main():
     parser.add_argument("--chromium", default=os.environ.get("EYE_CLF_CHROMIUM", "/usr/bin/chromium"),
                         help="Chromium executable (default: $EYE_CLF_CHROMIUM or /usr/bin/chromium)")
     args = parser.parse_args()
+    if args.out.is_dir() or not os.access(args.out.parent if args.out.parent.exists() else ROOT, os.W_OK):
+        parser.error(f"--out: {args.out} is a folder or not writable; name the screenshot's file")
+    if not (os.path.isfile(args.chromium) and os.access(args.chromium, os.X_OK)):
+        parser.error(f"--chromium: {args.chromium} is not an executable; install Chromium (`make browser`) or set "
+                     "$EYE_CLF_CHROMIUM")
     try:
         images = data.data_dir(args.data) / "EyesDataset"
     except FileNotFoundError as err:
