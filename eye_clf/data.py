@@ -82,9 +82,9 @@ def read_sheet(path, what="labels file"):
     """A spreadsheet as a DataFrame: ``.csv`` as UTF-8 text (a BOM is allowed), anything else as xlsx.
 
     xlsx cells are read as stored (a text "007" stays text), so that a rewrite keeps the other columns as they were
-    (CSV cells that are numbers become numbers); ``img_name`` is exact text, never stripped. The header is the first row that is not
-    blank; blank rows (empty, or only spaces) are left out, and the index is each row's number in the file, for
-    messages. A file that cannot be parsed, or with a column named twice, raises one LabelError naming it.
+    (CSV cells that are numbers become numbers); ``img_name`` is exact text, never stripped. The header is the first
+    row that is not blank; blank rows (empty, or only spaces) are left out, and the index is each row's number in
+    the file, for messages. A file that cannot be parsed, or with a column named twice, raises one LabelError naming it.
     """
     path = Path(path)
     if not path.is_file():

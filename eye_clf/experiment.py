@@ -23,7 +23,7 @@ import numpy as np
 import torch
 
 from . import cv, data, metrics
-from .files import atomic_write, provenance, save_history, write_json
+from .files import atomic_write, is_checkout, provenance, save_history, write_json
 from .models import load_checkpoint, scores
 from .plots import plot_history
 from .predict import SHIPPED
@@ -86,10 +86,10 @@ def cv_rows(name, results=CV_RESULTS):
 
 
 def cv_of(cfg, results=CV_RESULTS, images=None, targets=None, folds=5):
-    """The finished ``folds``-fold CV (fold seed 0, as every committed run) of exactly this config (whatever its ``device`` field) on all its training images and without
-    teachers (not a learning-curve, pruned, undisputed-only or distilled run: a distilled run's teachers are its
-    own) as (run name, per-fold rows), or None; given ``images`` and ``targets``, only a CV of that data
-    (cv.check_data)."""
+    """The finished ``folds``-fold CV (fold seed 0, as every committed run) of exactly this config (whatever its
+    ``device`` field) on all its training images and without teachers (not a learning-curve, pruned,
+    undisputed-only or distilled run: a distilled run's teachers are its own) as (run name, per-fold rows), or None;
+    given ``images`` and ``targets``, only a CV of that data (cv.check_data)."""
     here = None if targets is None else cv.data_id(images, targets)
     for folder in sorted(Path(results).glob("*/")):
         rows = cv_rows(folder.name, results)
@@ -194,7 +194,7 @@ def ship(run_dir):
     curves into plots_checkpoints/."""
     from .export import export_onnx
 
-    if not (SHIPPED.parent.parent / "pyproject.toml").is_file():
+    if not is_checkout(SHIPPED.resolve().parent.parent):
         raise ValueError(f"ship replaces the model of an eye_clf checkout; this eye_clf is installed ({SHIPPED}), "
                          "so its shipped model stays as installed: predict with --checkpoint (or checkpoint=) instead")
     run_dir = Path(run_dir)

@@ -2,6 +2,7 @@
 import json
 import os
 import platform
+import re
 import subprocess
 import sys
 import tempfile
@@ -9,7 +10,8 @@ from contextlib import contextmanager
 from importlib import metadata
 from pathlib import Path
 
-PACKAGES = ("eye-clf", "torch", "torchvision", "numpy", "scikit-learn", "pillow", "onnxruntime", "efficientnet-lite-pytorch")
+PACKAGES = ("eye-clf", "torch", "torchvision", "numpy", "scikit-learn", "pillow", "onnxruntime",
+            "efficientnet-lite-pytorch")
 
 
 def _umask():
@@ -84,16 +86,31 @@ def save_history(history, stem):
     write_json(f"{stem}.json", history, indent=1)
 
 
-def _git(*args):
-    """git's answer about the eye_clf checkout, or None: no git, or this package is not a checkout's (installed into
-    site-packages or vendored inside another repository, whose commit would say nothing about this code)."""
-    package = Path(__file__).resolve().parent
+def is_checkout(folder):
+    """Whether ``folder`` is an eye_clf checkout: its pyproject.toml names the eye-clf project."""
     try:
-        top = subprocess.run(["git", "rev-parse", "--show-toplevel"], cwd=package, capture_output=True, text=True,
-                             timeout=10)
-        if top.returncode != 0 or Path(top.stdout.strip()).resolve() != package.parent:
+        return re.search(r'(?m)^name\s*=\s*"eye-clf"', (Path(folder) / "pyproject.toml").read_text()) is not None
+    except OSError:
+        return False
+
+
+def checkout():
+    """The eye_clf checkout this package belongs to, or None when it is installed (site-packages) or vendored into
+    another project."""
+    root = Path(__file__).resolve().parent.parent
+    return root if is_checkout(root) else None
+
+
+def _git(*args):
+    """git's answer about the eye_clf checkout, or None: no git, or no checkout (installed, or vendored into another
+    repository, whose commit would say nothing about this code)."""
+    root = checkout()
+    try:
+        top = subprocess.run(["git", "rev-parse", "--show-toplevel"], cwd=root, capture_output=True, text=True,
+                             timeout=10) if root else None
+        if top is None or top.returncode != 0 or Path(top.stdout.strip()).resolve() != root:
             return None
-        out = subprocess.run(["git", *args], cwd=package, capture_output=True, text=True, timeout=10)
+        out = subprocess.run(["git", *args], cwd=root, capture_output=True, text=True, timeout=10)
     except (OSError, subprocess.TimeoutExpired):
         return None
     return out.stdout.strip() if out.returncode == 0 else None

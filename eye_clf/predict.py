@@ -259,8 +259,8 @@ def predict_proba(x, model=None, checkpoint=None, batch_size=64, tta=None, backe
     """P(open) of eye image(s): a float for one image, else a numpy array (float32) of one value per image.
 
     ``x``: an image path; a folder (its image files sorted by name, symlinks followed; hidden files are skipped);
-    a PIL image; a numpy array or torch tensor; or a list of these. Arrays and tensors follow one rule: **H x W is one image,
-    N x H x W is a batch of gray images** (a 3 x 24 x 24 tensor is three eyes, never one colour image), and
+    a PIL image; a numpy array or torch tensor; or a list of these. Arrays and tensors follow one rule: **H x W is
+    one image, N x H x W is a batch of gray images** (a 3 x 24 x 24 tensor is three eyes, never one colour image), and
     colour batches are 4-D: numpy N x H x W x C, torch N x C x H x W (C = 1, 3, 4). A 3-D input whose last axis
     has 1, 3 or 4 entries is refused as ambiguous: pass one colour image as a PIL image or a batch of one.
     Values: uint8 0..255 or float 0..1 (bfloat16 and float16 too). Any size and colour: images become 24x24

@@ -135,7 +135,7 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--epochs", type=at_least(1), default=25)
     parser.add_argument("--folds", type=at_least(2), default=5)
-    parser.add_argument("--seed", type=int, default=0,
+    parser.add_argument("--seed", type=at_least(0), default=0,
                         help="seed of the flipped labels, the folds and the training (default 0: results/audit.md)")
     parser.add_argument("--data", help="data folder (default: $EYE_CLF_DATA or ../shared/data)")
     parser.add_argument("--threads", type=at_least(1), default=1,
@@ -145,8 +145,12 @@ def main():
                         help="timings from EYE_CLF_STUDIO_TIMING=... pytest tests/test_studio_browser.py")
     parser.add_argument("--out", type=Path, default=ROOT / "results" / "audit.md")
     args = parser.parse_args()
-    if args.out.is_dir() or not os.access(args.out.parent if args.out.parent.exists() else ROOT, os.W_OK):
-        parser.error(f"--out: {args.out} is a folder or not writable; name the report's file")
+    try:
+        args.out.parent.mkdir(parents=True, exist_ok=True)  # before any work: a bad --out is refused first
+    except OSError as err:
+        parser.error(f"--out: {args.out}: {err}")
+    if args.out.is_dir() or not os.access(args.out.parent, os.W_OK):
+        parser.error(f"--out: {args.out} is a folder or cannot be written; name the report's file")
     if not args.timing.is_file():
         sys.exit(f"{args.timing} missing: run EYE_CLF_STUDIO_TIMING={args.timing} "
                  ".venv/bin/python -m pytest -q tests/test_studio_browser.py first")
@@ -157,6 +161,7 @@ def main():
     try:
         root = data.data_dir(args.data)
         images, targets, names = data.load_dataset(root)
+        data.kfold(targets, args.folds, args.seed)
     except (FileNotFoundError, ValueError) as err:
         parser.error(str(err))
     args.tag = cache_tag(cfg, args.folds, images, targets)
@@ -174,22 +179,25 @@ def main():
 
     f = flipped
     prov = provenance()
+    made = clean_run["provenance"]["command"].split(" ", 1)  # the command of the run that trained (cached or now)
+    command = "python scripts/audit_measure.py" + (f" {made[1]}" if len(made) > 1 else "")
     lines = [
         "# Label audit and labeling studio: measured",
         "",
         f"Provenance: commit {prov['git_commit']} (uncommitted changes: {prov['git_dirty']}), {prov['versions']}, "
         f"{prov['machine']}.",
         "",
-        f"Command: `python scripts/audit_measure.py {' '.join(sys.argv[1:])}` on the {len(names)} images of {root}. "
+        f"Command: `{command}` on the {len(names)} images of {os.path.relpath(root, ROOT)}. "
         f"Each audit trains {args.folds} models of the recipe {recipe_text(cfg)} (the epoch of lowest loss on the "
         "fold's validation split kept) and scores every image with the model that did not train "
         "on it; cleanlab's `find_label_issues` on those out-of-fold P(open) makes the review list (ranked by "
         "cleanlab's self-confidence score, the out-of-fold probability of the given label). "
-        f"Training time: {f['run']['seconds']:.0f} s + {clean_run['seconds']:.0f} s wall on CPU ({args.threads} "
-        f"torch thread(s) on {os.cpu_count()} cores)"
-        + (f". These numbers were re-rendered from the out-of-fold probabilities cached in runs/audit/ by the run at "
-           f"commit {f['run']['provenance']['git_commit']} (uncommitted changes: "
-           f"{f['run']['provenance']['git_dirty']}) and {clean_run['provenance']['git_commit']}"
+        f"Training time: {f['run']['seconds']:.0f} s + {clean_run['seconds']:.0f} s wall on CPU "
+        f"({clean_run['provenance']['machine']['torch_threads']} torch thread(s) on {os.cpu_count()} cores)"
+        + (f". These numbers were re-rendered from the out-of-fold probabilities cached in "
+           f"{os.path.relpath(args.work, ROOT)} by the runs at commit {f['run']['provenance']['git_commit']} "
+           f"(uncommitted changes: {f['run']['provenance']['git_dirty']}) and "
+           f"{clean_run['provenance']['git_commit']} (uncommitted changes: {clean_run['provenance']['git_dirty']})"
            if f["cached"] or clean_cached else "") + ".",
         "",
         f"## Finding {f['flipped']} flipped labels ({FLIP:.0%}, seed {args.seed})",

@@ -140,7 +140,8 @@ def test_predict_never_overwrites_its_model(labelled_folder, tiny_ckpt, tmp_path
     monkeypatch.setattr(predict, "DEFAULT_CHECKPOINT", shipped)
     monkeypatch.setattr(predict, "DEFAULT_ONNX", onnx)
     for out in (shipped, onnx):
-        assert refused(["predict", image, "--out", str(out)], capsys) == f"error: --out: {out} is the model; write it elsewhere"
+        msg = refused(["predict", image, "--out", str(out)], capsys)
+        assert msg == f"error: --out: {out} is the model; write it elsewhere"
     assert model.read_bytes() == before and shipped.read_bytes() == before and not onnx.exists()
 
 
@@ -165,7 +166,8 @@ def test_cv_never_writes_over_its_labels_or_into_its_fold_folder(labelled_folder
     labels = labelled_folder[1]
     before = labels.read_bytes()
     cv = ["cv", *NO_DATA, "--labels", str(labels)]
-    assert refused([*cv, "--out", str(labels)], capsys) == f"error: --out: {labels} is the labels file; write it elsewhere"
+    msg = refused([*cv, "--out", str(labels)], capsys)
+    assert msg == f"error: --out: {labels} is the labels file; write it elsewhere"
     folds = tmp_path / "folds"
     for out in (folds / "fold0.json", folds):
         msg = refused([*cv, "--out", str(out), "--fold-dir", str(folds)], capsys)

@@ -9,6 +9,7 @@ import pandas as pd
 import pytest
 import torch
 
+import eye_clf.audit  # noqa: F401 (imported first, so that patching its names restores them afterwards)
 from eye_clf import cv, data, metrics
 from eye_clf.__main__ import main
 from eye_clf.export import export_onnx

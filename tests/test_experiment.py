@@ -127,6 +127,9 @@ def test_cv_of_finds_a_cv_of_the_config_and_if_asked_of_the_same_data(tmp_path):
         for k in range(2):
             (tmp_path / name / f"fold{k}.json").write_text(json.dumps(dict(fold=k, key=dict(key, **extra))))
     assert experiment.cv_of(SMALL, tmp_path) is None  # 2 folds: not the 5-fold CV the figures quote
+    (tmp_path / "a_seed1").mkdir()
+    for k in range(2):  # other folds (fold seed 1) of the same config: never the answer
+        (tmp_path / "a_seed1" / f"fold{k}.json").write_text(json.dumps(dict(fold=k, key=dict(key, seed=1))))
     assert experiment.cv_of(SMALL, tmp_path, folds=2)[0] == "old"  # the first of the config, whatever its data
     (tmp_path / "old" / "fold1.json").unlink()
     assert experiment.cv_of(SMALL, tmp_path, folds=2)[0] == "other"
@@ -343,7 +346,8 @@ def test_ablation_table_pairs_each_run_with_the_shipped_recipe_too(monkeypatch, 
                                ("eyenet16_e100_refit_tta", [0.02, 0.01, 0.02, 0.03, 0.02], shipped)):
         (tmp_path / "cv" / name).mkdir(parents=True)
         for k, e in enumerate(eers):
-            row = dict(fold=k, eer=e, eer_tta=e, ece=0.01, best_epoch=10, seconds=5.0, key=dict(config=config, folds=5, seed=0))
+            row = dict(fold=k, eer=e, eer_tta=e, ece=0.01, best_epoch=10, seconds=5.0,
+                       key=dict(config=config, folds=5, seed=0))
             (tmp_path / "cv" / name / f"fold{k}.json").write_text(json.dumps(row))
     ablations.table(None, None)
     lines = {l.split("|")[1].strip(): [c.strip() for c in l.split("|")[1:-1]]
@@ -761,7 +765,7 @@ def test_ship_command_promotes_a_complete_run_and_refuses_a_partial_one(monkeypa
     shipped, figures, run = tmp_path / "checkout" / "eye_clf" / "shipped", tmp_path / "figures", tmp_path / "run"
     for d in (shipped, figures, run):
         d.mkdir(parents=True)
-    (tmp_path / "checkout" / "pyproject.toml").touch()
+    (tmp_path / "checkout" / "pyproject.toml").write_text('[project]\nname = "eye-clf"\n')
     monkeypatch.setattr(experiment, "SHIPPED", shipped)
     monkeypatch.setattr(experiment, "FIGURES", figures)
     (run / "eye_clf.pt").write_bytes(tiny_ckpt.read_bytes())

@@ -437,6 +437,16 @@ except ModuleNotFoundError as err:
 """], capture_output=True, text=True, cwd=data.REPO_ROOT)
     assert out.stdout.strip() == ("predicting needs onnxruntime or torch (blocked: torch): pip install "
                                   "'eye-clf[onnx]' (small, CPU only) or 'eye-clf[torch]'"), out.stderr
+    out = subprocess.run([sys.executable, "-c", BLOCK_TORCH + """
+sys.modules["onnxruntime"] = None
+import numpy as np
+import eye_clf
+try:
+    eye_clf.predict_proba(np.zeros((24, 24), np.uint8), checkpoint="model.pt")  # onnxruntime could not serve it
+except ModuleNotFoundError as err:
+    print(err)
+"""], capture_output=True, text=True, cwd=data.REPO_ROOT)
+    assert out.stdout.startswith("backend='torch', a .pt checkpoint, model= and tta= need torch"), out.stderr
 
 
 def test_torch_only_prediction_without_torch_says_to_install_torch():

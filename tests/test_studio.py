@@ -384,7 +384,8 @@ def test_names_round_trip_exactly_and_are_never_formulas(tmp_path):
 
 @pytest.mark.parametrize("name, why", [("a\rb.png", "control characters"), ("a\\b.png", "backslash"),
                                        ("a\ufffe.png", "U\\+FFFE"), ("a\uffff.png", "U\\+FFFF"),
-                                       (os.fsdecode(b"a\xff.png"), "not UTF-8"), ("c:eye.png", "Windows drive \\(c:\\)")])
+                                       (os.fsdecode(b"a\xff.png"), "not UTF-8"),
+                                       ("c:eye.png", "Windows drive \\(c:\\)")])
 def test_image_names_a_labels_file_cannot_hold_are_refused(folder, tmp_path, name, why):
     """Control characters, backslashes, what XML cannot hold (U+FFFE, U+FFFF, a name that is not UTF-8) and a
     name that would leave the folder on Windows; the message says which."""
