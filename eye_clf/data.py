@@ -14,13 +14,12 @@ import torch
 from sklearn.model_selection import StratifiedKFold, train_test_split
 from torchvision.transforms import v2
 
+from .files import checkout
 from .preprocess import (IMAGE_SUFFIXES, IMG_SIZE, MEAN, STD, list_images,  # noqa: F401 (re-exported)
                          load_image, normalize, to_gray24)
 
 DATA_ENV = "EYE_CLF_DATA"
-REPO_ROOT = Path(__file__).resolve().parent.parent  # the checkout; installed as a package: the current folder
-if not (REPO_ROOT / "pyproject.toml").is_file():
-    REPO_ROOT = Path.cwd()
+REPO_ROOT = checkout() or Path.cwd()  # the checkout; installed as a package: the current folder
 LABELS_NAME = "img_name_target.xlsx"
 
 

@@ -12,12 +12,12 @@ from .models import fold_batchnorm, load_checkpoint
 from .preprocess import IMG_SIZE, MEAN, STD
 
 OPSET = 18
-GRAPH_DOC = ("The graph (opset OPSET) has one input ``images``, uint8 N x 24 x 24 (N dynamic, grayscale 0..255, "
+GRAPH_DOC = (f"The graph (opset {OPSET}) has one input ``images``, uint8 N x 24 x 24 (N dynamic, grayscale 0..255, "
              "already resized: see ``eye_clf.preprocess``), and one output ``p_open``, float32 N. Normalisation, the "
              "network, mirror averaging (when the checkpoint's preprocessing says tta), the temperature and the "
              "sigmoid are all inside. The model's metadata_props hold ``eye_clf.*`` entries: the checkpoint's "
              "sha256, format, model, preprocessing, config, metrics (JSON) and, when the checkpoint has one, the "
-             "recommended ``threshold`` on P(open). ")  # the graph's doc_string (kept here: python -OO drops __doc__)
+             "recommended ``threshold`` on P(open).")  # the graph's doc_string (kept here: python -OO drops __doc__)
 META_KEYS = ("format", "model", "preprocessing", "config", "metrics", "threshold")
 
 
@@ -41,7 +41,7 @@ def sha256(path):
 
 
 def export_onnx(checkpoint_path, out_path):
-    """Write the ONNX graph of a checkpoint (see the module docstring) to ``out_path``; returns ``out_path``."""
+    """Write the ONNX graph of a checkpoint (see GRAPH_DOC) to ``out_path``; returns ``out_path``."""
     import onnx
 
     model, ckpt = load_checkpoint(checkpoint_path)

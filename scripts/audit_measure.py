@@ -28,6 +28,7 @@ import pandas as pd
 import torch
 
 from eye_clf import data
+from eye_clf.__main__ import int_at_least
 from eye_clf.audit import label_quality, review_list
 from eye_clf.cv import cross_val_predict, data_id
 from eye_clf.files import atomic_write, provenance
@@ -111,14 +112,6 @@ def save_seconds(n):
     return float(np.median(times))
 
 
-def at_least(low):
-    def parse(text):
-        if not text.lstrip("-").isdigit() or int(text) < low:
-            raise argparse.ArgumentTypeError(f"expected an integer >= {low}, got {text!r}")
-        return int(text)
-    return parse
-
-
 def cache_tag(cfg, folds, images, targets):
     """The key of a cached out-of-fold run: the whole recipe, the folds and the data's fingerprint."""
     recipe = hashlib.sha256(json.dumps(asdict(cfg), sort_keys=True).encode()).hexdigest()[:12]
@@ -133,12 +126,12 @@ def recipe_text(cfg):
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--epochs", type=at_least(1), default=25)
-    parser.add_argument("--folds", type=at_least(2), default=5)
-    parser.add_argument("--seed", type=at_least(0), default=0,
+    parser.add_argument("--epochs", type=int_at_least(1), default=25)
+    parser.add_argument("--folds", type=int_at_least(2), default=5)
+    parser.add_argument("--seed", type=int_at_least(0), default=0,
                         help="seed of the flipped labels, the folds and the training (default 0: results/audit.md)")
     parser.add_argument("--data", help="data folder (default: $EYE_CLF_DATA or ../shared/data)")
-    parser.add_argument("--threads", type=at_least(1), default=1,
+    parser.add_argument("--threads", type=int_at_least(1), default=1,
                         help="torch CPU threads (default 1: the machine is shared)")
     parser.add_argument("--work", type=Path, default=ROOT / "runs" / "audit")
     parser.add_argument("--timing", type=Path, default=ROOT / "results" / "studio_timing.json",

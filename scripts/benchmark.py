@@ -20,6 +20,7 @@ import numpy as np
 import torch
 
 from eye_clf import data, load_model, load_session, predict_proba
+from eye_clf.__main__ import int_at_least
 from eye_clf.files import provenance
 from eye_clf.models import build_model
 
@@ -52,18 +53,11 @@ def cold_start(backend, image):
     return float(out[0]), float(out[1]) / 1024
 
 
-def positive(text):
-    """argparse type: an integer >= 1."""
-    if not text.isdigit() or int(text) < 1:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {text!r}")
-    return int(text)
-
-
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--threads", type=positive, default=2)
-    ap.add_argument("--repeats", type=positive, default=3, help="timed passes per case; the fastest counts")
-    ap.add_argument("--batch-size", type=positive, help="predict_proba's batch_size (default: predict_proba's default)")
+    ap.add_argument("--threads", type=int_at_least(1), default=2)
+    ap.add_argument("--repeats", type=int_at_least(1), default=3, help="timed passes per case; the fastest counts")
+    ap.add_argument("--batch-size", type=int_at_least(1), help="predict_proba's batch_size (default: predict_proba's default)")
     ap.add_argument("--data", help="data folder (default: $EYE_CLF_DATA or ../shared/data)")
     args = ap.parse_args()
     os.environ["OMP_NUM_THREADS"] = str(args.threads)  # onnxruntime sessions and the cold-start processes

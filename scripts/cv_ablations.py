@@ -29,6 +29,7 @@ import pandas as pd
 import torch
 
 from eye_clf import data, experiment, metrics, plots
+from eye_clf.__main__ import int_at_least
 from eye_clf.cv import check_data, cross_val_predict, data_id, interval, predicted, same_key
 from eye_clf.files import atomic_write, provenance
 from eye_clf.train import TrainConfig
@@ -563,12 +564,6 @@ def table(images, targets):
     print(md)
 
 
-def positive(text):
-    if not text.isdigit() or int(text) < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
-    return int(text)
-
-
 if __name__ == "__main__":
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("names", nargs="*", help=f"runs among: {', '.join(RUNS)}")
@@ -584,7 +579,7 @@ if __name__ == "__main__":
                     "calibrated model with the same scores would show on as many images")
     ap.add_argument("--seeds", nargs="+", metavar="RUN", help="finished runs of one recipe with different seeds: "
                     "the mean ± 95%% t-interval and range of their 5-fold means")
-    ap.add_argument("--threads", type=positive, default=1, help="torch threads (default 1: one job per core)")
+    ap.add_argument("--threads", type=int_at_least(1), default=1, help="torch threads (default 1: one job per core)")
     ap.add_argument("--only", type=int, nargs="+", metavar="K", help="train just these folds (a second process "
                     "can then run the others of the same run on another core)")
     args = ap.parse_args()
