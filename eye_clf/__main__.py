@@ -1,8 +1,10 @@
 """Command line: ``python -m eye_clf COMMAND --help`` (or ``eye-clf COMMAND --help``).
 
-Bad input exits with one ``error: ...`` line naming the flag or file, checked before any long work.
+Bad input exits with one ``error: ...`` line naming the flag or file, checked before any long work. Without the
+training libraries (``pip install 'eye-clf[onnx]'`` or ``[torch]``) only ``predict`` runs.
 """
 import argparse
+import csv
 import json
 import os
 import sys
@@ -11,15 +13,6 @@ from pathlib import Path
 
 import numpy as np
 
-try:
-    import pandas as pd
-
-    from . import data, metrics
-    from .models import ARCHS, METHODS
-    from .train import ConfigError, TrainConfig, device_of
-except ImportError as err:  # pip install ".[onnx]" or ".[torch]": predict_proba from Python only
-    sys.exit(f"error: the eye-clf command needs the training libraries ({err}): "
-             "pip install 'eye-clf[train]'; without them, call eye_clf.predict_proba from Python")
 from .files import atomic_write
 from .preprocess import list_images, load_image
 
@@ -27,6 +20,17 @@ DESCRIPTION = ("Is the eye in a 24x24 grayscale patch open? Train a model, predi
                "cross-validate, label images in a local web page, audit labels.")
 DECIMALS = 6  # of P(open) and the threshold in predict's output
 MIN_LIMIT = 20  # the smallest --limit whose stratified train/validation/test split holds both classes in each part
+COMMANDS = ("train", "ship", "export", "predict", "evaluate", "cv", "label", "audit")
+
+try:
+    import pandas as pd
+
+    from . import data, metrics
+    from .models import ARCHS, METHODS
+    from .train import ConfigError, TrainConfig, device_of
+    TRAINING_MISSING = None
+except ImportError as err:  # pip install ".[onnx]" or ".[torch]": the predict command (and predict_proba) only
+    TRAINING_MISSING = err
 
 
 class Parser(argparse.ArgumentParser):
@@ -41,16 +45,12 @@ def _optional(kind):
 
 
 OPTIONAL = {"weights": _optional(str), "input_size": _optional(int)}
-CHOICES = {"arch": ARCHS, "method": METHODS}
-
-
-LABELS_HELP = (f"labels xlsx/csv (default: the reference {data.LABELS_NAME} at the top of the checkout; a --data "
-               "folder whose own copy differs must choose with --labels)")
 
 
 def add_config_args(p):
     """One --flag per TrainConfig field; its help (the field's metadata), default and choices come from the
     config, so they cannot drift. Values the config refuses are checked before any work (see main)."""
+    choices = {"arch": ARCHS, "method": METHODS}
     for f in fields(TrainConfig):
         flag, help = f"--{f.name.replace('_', '-')}", f.metadata["help"].replace("%", "%%")
         help += " (default: %(default)s)"
@@ -58,7 +58,7 @@ def add_config_args(p):
             p.add_argument(flag, action=argparse.BooleanOptionalAction, default=f.default, help=help)
         else:
             p.add_argument(flag, type=OPTIONAL.get(f.name, type(f.default)), default=f.default,
-                           choices=CHOICES.get(f.name), metavar=None if f.name in CHOICES else f.name.upper(),
+                           choices=choices.get(f.name), metavar=None if f.name in choices else f.name.upper(),
                            help=help)
     p.add_argument("--threads", type=int_at_least(1),
                    help="torch CPU threads (default: the cores other processes leave idle)")
@@ -204,14 +204,20 @@ def expand(paths):
 
 def checkpoint_info(checkpoint):
     """What a checkpoint records (the dict of a .pt file, the eye_clf metadata of an .onnx one; default: the
-    shipped checkpoint), loading it first so that an unusable file is refused, by name, before any other work."""
+    shipped checkpoint, or without torch the shipped ONNX graph exported from it), loading it first so that an
+    unusable file is refused, by name, before any other work."""
     from . import predict
     path = Path(checkpoint or predict.DEFAULT_CHECKPOINT)
+    try:
+        from .models import load_checkpoint
+    except ImportError as err:
+        if checkpoint is None:  # predict_proba runs the shipped ONNX graph then
+            path = predict.DEFAULT_ONNX
+        elif path.suffix.lower() != ".onnx":
+            raise ModuleNotFoundError(f"--checkpoint {checkpoint}: a .pt checkpoint needs torch ({err}): pip install "
+                                      "'eye-clf[torch]', or pass its .onnx export") from None
     if path.suffix.lower() == ".onnx":
-        from .export import metadata
-        predict.load_session(path)
-        return metadata(path)
-    from .models import load_checkpoint
+        return predict.onnx_metadata(path)
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint not found: {path}")
     return load_checkpoint(path)[1]
@@ -256,16 +262,18 @@ def cmd_predict(args):
     # decided on the values as written, so that every row agrees with the threshold printed beside it
     p = np.round(predict_proba(np.stack(images), checkpoint=args.checkpoint).astype(np.float64), DECIMALS)
     threshold = round(threshold, DECIMALS)
-    df = pd.DataFrame({"file": [str(f) for f in files], "p_open": p,
-                       "decision": np.where(p >= threshold, "open", "closed")})
+    table = [("file", "p_open", "decision")] + [(str(f), f"{v:.{DECIMALS}f}", "open" if v >= threshold else "closed")
+                                                for f, v in zip(files, p)]
     print(f"decision: open when P(open) >= {threshold:.{DECIMALS}f} ({origin})", file=sys.stderr)
-    write = lambda out: df.to_csv(out, index=False, float_format=f"%.{DECIMALS}f")  # noqa: E731
     if args.out == "-":
-        write(sys.stdout)
+        csv.writer(sys.stdout, lineterminator="\n").writerows(table)
         sys.stdout.flush()  # a closed pipe fails here, inside main's handling, not at exit
     else:
+        def write(tmp):
+            with open(tmp, "w", newline="", encoding="utf-8") as f:
+                csv.writer(f, lineterminator="\n").writerows(table)
         atomic_write(args.out, write)
-        print(f"wrote {len(df)} predictions to {args.out}", file=sys.stderr)
+        print(f"wrote {len(table) - 1} predictions to {args.out}", file=sys.stderr)
 
 
 def scores_line(targets, p, threshold):
@@ -376,15 +384,41 @@ def cmd_audit(args):
           f"(COPY.xlsx: a copy of {labels} as .xlsx; the studio saves every change into it)")
 
 
+def add_predict(sub):
+    p = sub.add_parser("predict", help="write a CSV (file, p_open, decision) for image files and folders",
+                       description="CSV columns: file, p_open (6 decimals), decision (open when p_open >= the "
+                                   "checkpoint's recommended threshold, 0.5 when it records none; named on stderr; "
+                                   "both compared as written)")
+    p.add_argument("paths", nargs="+", help="image files or folders (their image files, sorted by name)")
+    p.add_argument("--checkpoint", help="checkpoint, .pt or .onnx (default: the shipped model)")
+    p.add_argument("--out", default="-", type=csv_or_stdout, help="CSV file (default: -, standard output)")
+    p.add_argument("--skip-bad", action="store_true",
+                   help="leave out unreadable files and list them on stderr (default: the first one is an error)")
+    p.set_defaults(run=cmd_predict)
+
+
 def main(argv=None):
-    parser = Parser(prog="python -m eye_clf", description=DESCRIPTION,
-                    epilog="Bad input exits with one 'error: ...' line before any long work.")
+    argv = sys.argv[1:] if argv is None else argv
+    epilog = "Bad input exits with one 'error: ...' line before any long work."
+    if TRAINING_MISSING is not None:
+        needs = (f"{', '.join(c for c in COMMANDS if c != 'predict')} need the training libraries "
+                 f"({TRAINING_MISSING}): pip install 'eye-clf[train]'")
+        command = next((a for a in argv if not a.startswith("-")), None)
+        if command in COMMANDS and command != "predict":
+            sys.exit(f"error: {command}: {needs}")
+        epilog += f" Only predict runs here: {needs}."
+    parser = Parser(prog="python -m eye_clf", description=DESCRIPTION, epilog=epilog)
     sub = parser.add_subparsers(dest="command", required=True)
+    if TRAINING_MISSING is not None:
+        add_predict(sub)
+        return run(parser.parse_args(argv))
+    labels_help = (f"labels xlsx/csv (default: the reference {data.LABELS_NAME} at the top of the checkout; a --data "
+                   "folder whose own copy differs must choose with --labels)")
 
     p = sub.add_parser("train", help="train on the labelled data, evaluate, write checkpoint and plots")
     add_config_args(p)
     p.add_argument("--data", help=f"data folder (default: ${data.DATA_ENV} or ../shared/data)")
-    p.add_argument("--labels", help=LABELS_HELP)
+    p.add_argument("--labels", help=labels_help)
     p.add_argument("--out", type=output_folder,
                    help="run folder (default: runs/train-<date>-<time>); the shipped model is not touched")
     p.add_argument("--limit", type=int_at_least(MIN_LIMIT),
@@ -403,21 +437,12 @@ def main(argv=None):
     p.add_argument("--out", default="eye_clf.onnx", type=output_file, help="ONNX file to write (default: eye_clf.onnx)")
     p.set_defaults(run=cmd_export)
 
-    p = sub.add_parser("predict", help="write a CSV (file, p_open, decision) for image files and folders",
-                       description="CSV columns: file, p_open (6 decimals), decision (open when p_open >= the "
-                                   "checkpoint's recommended threshold, 0.5 when it records none; named on stderr; "
-                                   "both compared as written)")
-    p.add_argument("paths", nargs="+", help="image files or folders (their image files, sorted by name)")
-    p.add_argument("--checkpoint", help="checkpoint, .pt or .onnx (default: the shipped model)")
-    p.add_argument("--out", default="-", type=csv_or_stdout, help="CSV file (default: -, standard output)")
-    p.add_argument("--skip-bad", action="store_true",
-                   help="leave out unreadable files and list them on stderr (default: the first one is an error)")
-    p.set_defaults(run=cmd_predict)
+    add_predict(sub)
 
     p = sub.add_parser("evaluate", help="EER, accuracy, AUC and ECE of a checkpoint on a labelled folder, "
                                         "separately on the images it was trained on and the others")
     p.add_argument("--images", help="image folder (default: <data>/EyesDataset)")
-    p.add_argument("--labels", help=LABELS_HELP)
+    p.add_argument("--labels", help=labels_help)
     p.add_argument("--data", help=f"data folder (default: ${data.DATA_ENV} or ../shared/data)")
     p.add_argument("--checkpoint", help="checkpoint, .pt or .onnx (default: the shipped model)")
     p.set_defaults(run=cmd_evaluate)
@@ -425,7 +450,7 @@ def main(argv=None):
     p = sub.add_parser("cv", help="stratified k-fold cross-validation of a training config")
     add_config_args(p)
     p.add_argument("--data", help=f"data folder (default: ${data.DATA_ENV} or ../shared/data)")
-    p.add_argument("--labels", help=LABELS_HELP)
+    p.add_argument("--labels", help=labels_help)
     p.add_argument("--folds", type=int_at_least(2), default=5, help="number of folds (default: %(default)s)")
     p.add_argument("--limit", type=int_at_least(MIN_LIMIT),
                    help=f"use a stratified subset of this many images, {MIN_LIMIT} or more")
@@ -452,7 +477,7 @@ def main(argv=None):
     p = sub.add_parser("audit", help="rank likely label errors (k-fold out-of-fold P(open) + cleanlab)")
     add_config_args(p)
     p.add_argument("--images", help="image folder (default: <data>/EyesDataset)")
-    p.add_argument("--labels", help=LABELS_HELP + "; rows without a target are left out")
+    p.add_argument("--labels", help=labels_help + "; rows without a target are left out")
     p.add_argument("--data", help=f"data folder (default: ${data.DATA_ENV} or ../shared/data)")
     p.add_argument("--oof", help="CSV of out-of-fold P(open) (img_name, p_open) instead of training")
     p.add_argument("--folds", type=int_at_least(2), default=5, help="number of folds (default: %(default)s)")
@@ -461,7 +486,10 @@ def main(argv=None):
                    help="also write the out-of-fold P(open) as CSV here (reuse with --oof)")
     p.set_defaults(run=cmd_audit)
 
-    args = parser.parse_args(argv)
+    return run(parser.parse_args(argv))
+
+
+def run(args):
     try:
         if getattr(args, "config_flags", False):
             config_from(args)  # refuse a bad recipe flag before reading any data

@@ -63,10 +63,3 @@ def export_onnx(checkpoint_path, out_path):
     atomic_write(out_path, lambda tmp: onnx.save(proto, tmp))
     return Path(out_path)
 
-
-def metadata(onnx_path):
-    """The ``eye_clf.*`` metadata of an exported graph, JSON values decoded (sha256 stays a string)."""
-    import onnx
-    props = {p.key: p.value for p in onnx.load(str(onnx_path), load_external_data=False).metadata_props}
-    return {k.removeprefix("eye_clf."): v if k.endswith("sha256") else json.loads(v)
-            for k, v in props.items() if k.startswith("eye_clf.")}

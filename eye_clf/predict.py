@@ -2,6 +2,7 @@
 by onnxruntime (numpy + Pillow + onnxruntime, no torch) or by torch. Inputs are read and checked the same way,
 without torch, whichever backend runs."""
 import importlib.util
+import json
 import os
 import sys
 import threading
@@ -133,6 +134,14 @@ def load_session(checkpoint=None):
         return _cached("onnx", path, _load_onnx)
     pair = DEFAULT_CHECKPOINT.stat().st_mtime_ns if DEFAULT_CHECKPOINT.is_file() else None
     return _cached(("shipped onnx", pair), path, _load_shipped_onnx)  # checked again when either file changes
+
+
+def onnx_metadata(checkpoint=None):
+    """The ``eye_clf.*`` metadata of an exported graph (default: the shipped one), keys without the prefix, JSON
+    values decoded (``checkpoint_sha256`` stays a string); the file is loaded and checked first (``load_session``)."""
+    props = load_session(checkpoint).get_modelmeta().custom_metadata_map
+    return {k.removeprefix("eye_clf."): v if k.endswith("sha256") else json.loads(v)
+            for k, v in props.items() if k.startswith("eye_clf.")}
 
 
 def _is_torch(x):

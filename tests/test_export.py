@@ -9,7 +9,7 @@ import torch
 
 from eye_clf import data, export, models
 from eye_clf.__main__ import main
-from eye_clf.predict import DEFAULT_CHECKPOINT, DEFAULT_ONNX, predict_proba
+from eye_clf.predict import DEFAULT_CHECKPOINT, DEFAULT_ONNX, onnx_metadata, predict_proba
 
 from conftest import synthetic
 
@@ -39,7 +39,7 @@ def test_export_is_the_whole_prediction(tta_ckpt, tmp_path):
     assert [i.name for i in proto.graph.input] == ["images"] and [o.name for o in proto.graph.output] == ["p_open"]
     assert proto.graph.input[0].type.tensor_type.elem_type == onnx.TensorProto.UINT8
     assert proto.opset_import[0].version == export.OPSET
-    meta = export.metadata(out)
+    meta = onnx_metadata(out)
     assert meta["checkpoint_sha256"] == export.sha256(tta_ckpt)
     assert meta["threshold"] == 0.42 and meta["preprocessing"]["tta"] is True
     assert meta["config"]["width"] == 4 and "metrics" in meta and meta["format"] == models.CHECKPOINT_FORMAT
@@ -49,7 +49,7 @@ def test_export_command(tiny_ckpt, tmp_path, capsys):
     out = tmp_path / "cli.onnx"
     main(["export", "--checkpoint", str(tiny_ckpt), "--out", str(out)])
     assert f"wrote {out} (ONNX opset {export.OPSET})" in capsys.readouterr().out
-    assert "threshold" not in export.metadata(out)  # only when the checkpoint has one
+    assert "threshold" not in onnx_metadata(out)  # only when the checkpoint has one
     images, _ = synthetic(20, seed=6)
     assert np.abs(predict_proba(images, checkpoint=out) - predict_proba(images, checkpoint=tiny_ckpt)).max() <= PARITY
 
@@ -74,7 +74,7 @@ def test_export_refuses_a_bad_checkpoint(tiny_ckpt, tmp_path):
 # ---- the shipped ONNX model --------------------------------------------------------------------------------
 
 def test_shipped_onnx_comes_from_the_shipped_checkpoint():
-    meta = export.metadata(DEFAULT_ONNX)
+    meta = onnx_metadata(DEFAULT_ONNX)
     ckpt = torch.load(DEFAULT_CHECKPOINT, weights_only=True)
     assert meta["checkpoint_sha256"] == export.sha256(DEFAULT_CHECKPOINT), \
         "re-export: python -c 'from eye_clf.export import export_onnx; from eye_clf.predict import " \

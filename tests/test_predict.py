@@ -1,3 +1,4 @@
+import re
 import subprocess
 import sys
 import textwrap
@@ -9,8 +10,9 @@ from PIL import Image
 
 import eye_clf
 from eye_clf import data, models, predict
+from eye_clf.__main__ import main
 from eye_clf.export import export_onnx
-from eye_clf.predict import predict_proba
+from eye_clf.predict import DEFAULT_CHECKPOINT, predict_proba
 
 from conftest import ATOL, smooth_image, synthetic
 
@@ -473,10 +475,47 @@ except ModuleNotFoundError as err:
     assert out.stdout.strip().startswith("load_model needs torch (blocked: torch): pip install 'eye-clf[torch]'")
 
 
-def test_the_command_without_the_training_libraries_says_what_to_install(tmp_path):
+RUNTIME_ONLY = """
+import sys
+class Block:  # what pip install 'eye-clf[onnx]' lacks
+    def find_spec(self, name, path=None, target=None):
+        if name.split(".")[0] in ("torch", "torchvision", "onnx", "onnxscript", *%r):
+            raise ImportError(f"blocked: {name}")
+sys.meta_path.insert(0, Block())
+from eye_clf.__main__ import main
+main(sys.argv[1:])
+""" % (HEAVY,)
+
+
+def run_runtime_cli(tmp_path, *argv):
     script = tmp_path / "cli.py"
-    script.write_text(BLOCK_TORCH + "from eye_clf.__main__ import main\nmain(['--help'])\n")
-    out = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, cwd=data.REPO_ROOT)
+    script.write_text(RUNTIME_ONLY)
+    return subprocess.run([sys.executable, str(script), *map(str, argv)], capture_output=True, text=True,
+                          cwd=data.REPO_ROOT)
+
+
+def test_predict_command_runs_with_the_runtime_alone(tmp_path, capsys):
+    (tmp_path / "eyes").mkdir()
+    Image.fromarray(BRIGHT).save(tmp_path / "eyes" / "b.png")
+    Image.fromarray(DARK).save(tmp_path / "eyes" / "d,1.png")  # a comma: the CSV quotes the name
+    out = run_runtime_cli(tmp_path, "predict", tmp_path / "eyes")
+    assert out.returncode == 0, out.stderr
+    main(["predict", str(tmp_path / "eyes")])  # every library installed: the shipped .pt gives the threshold
+    full = capsys.readouterr()
+    assert out.stdout == full.out and out.stderr == full.err  # the same rows and "decision: ... (threshold)" line
+    assert out.stdout.splitlines()[2].startswith(f'"{tmp_path / "eyes" / "d,1.png"}",')
+    out = run_runtime_cli(tmp_path, "predict", tmp_path / "eyes", "--out", tmp_path / "p.csv")
+    assert out.returncode == 0 and (tmp_path / "p.csv").read_text() == full.out
+
+
+def test_the_command_without_the_training_libraries_names_what_to_install(tmp_path):
+    out = run_runtime_cli(tmp_path, "--help")
+    assert out.returncode == 0 and "{predict}" in out.stdout
+    assert ("Only predict runs here: train, ship, export, evaluate, cv, label, audit need the training libraries "
+            "(blocked: ") in " ".join(out.stdout.split())
+    out = run_runtime_cli(tmp_path, "train", "--epochs", "3")
     assert out.returncode == 1
-    assert out.stderr.strip() == ("error: the eye-clf command needs the training libraries (blocked: torch): "
-                                  "pip install 'eye-clf[train]'; without them, call eye_clf.predict_proba from Python")
+    assert re.fullmatch(r"error: train: train, ship, export, evaluate, cv, label, audit need the training libraries "
+                        r"\(blocked: \w+\): pip install 'eye-clf\[train\]'\n", out.stderr)
+    out = run_runtime_cli(tmp_path, "predict", tmp_path / "x.png", "--checkpoint", DEFAULT_CHECKPOINT)
+    assert out.returncode == 1 and "torch" in out.stderr and "pip install 'eye-clf[torch]'" in out.stderr
