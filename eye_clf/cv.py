@@ -152,16 +152,17 @@ def check_teachers(teacher_dirs, student):
         rows = sorted(d.glob("fold*.json"))
         if not rows:
             raise ValueError(f"{d}: no fold results; a teacher is a finished CV run")
-        t = same_key(json.loads(rows[0].read_text())["key"])
-        pairs = [("folds", t["folds"], student["folds"]), ("fold seed", t["seed"], student["seed"]),
-                 ("images", t["n"], student["n"]), ("open images", t["n_open"], student["n_open"]),
-                 ("data", t.get("data", student["data"]), student["data"])]  # older folds: no fingerprint
-        pairs += [(f, t["config"][f], student["config"][f]) for f in ("seed", "val_fraction")]
-        wrong = [f"{what} {got!r}, the student's {want!r}" for what, got, want in pairs if got != want]
-        wrong += ["refit, which trains on the validation part"] if t["config"]["refit"] else []
-        if wrong:
-            raise ValueError(f"{d}: its fold models may have seen the student's validation or test images "
-                             f"({'; '.join(wrong)})")
+        for row in rows:  # every fold: one made by another run would reach the student as well
+            t = same_key(json.loads(row.read_text())["key"])
+            pairs = [("folds", t["folds"], student["folds"]), ("fold seed", t["seed"], student["seed"]),
+                     ("images", t["n"], student["n"]), ("open images", t["n_open"], student["n_open"]),
+                     ("data", t.get("data", student["data"]), student["data"])]  # older folds: no fingerprint
+            pairs += [(f, t["config"][f], student["config"][f]) for f in ("seed", "val_fraction")]
+            wrong = [f"{what} {got!r}, the student's {want!r}" for what, got, want in pairs if got != want]
+            wrong += ["refit, which trains on the validation part"] if t["config"]["refit"] else []
+            if wrong:
+                raise ValueError(f"{row}: its fold model may have seen the student's validation or test images "
+                                 f"({'; '.join(wrong)})")
 
 
 def check_fold_model(fold_json, images):
@@ -241,6 +242,9 @@ def cross_val_predict(images, targets, cfg=None, folds=5, seed=0, progress=True,
             raise ValueError(f"{path} was made with another config, data or device; move it away to rerun")
         if row is not None and "data" not in row["key"]:
             check_data([row], targets, key["data"], fold_dir)
+        if row is not None and row["test_idx"] != test.tolist():
+            raise ValueError(f"{path}: its test fold is not fold {k} of this split (made by another scikit-learn?); "
+                             "move it away to rerun")
         if row is None and only is not None and k not in only:
             continue
         if row is None:

@@ -15,8 +15,12 @@ def eer(targets, scores):
         raise ValueError("EER needs both open (1) and closed (0) targets")
     fpr, tpr, thr = roc_curve(targets, scores, drop_intermediate=False)  # thr[i] next to the crossing
     fnr = 1 - tpr
-    i = np.nonzero(fnr <= fpr)[0][0]  # first point at or past the crossing (fpr rises, fnr falls)
-    if fnr[i] == fpr[i]:  # never the first point (fpr 0, fnr 1)
+    pos = int(np.sum(np.asarray(targets) == 1))
+    neg = len(targets) - pos
+    # fnr <= fpr compared on the counts (fn / pos <= fp / neg), which float rates can get wrong at an exact tie
+    fn_neg, fp_pos = (pos - np.rint(tpr * pos)) * neg, np.rint(fpr * neg) * pos
+    i = np.nonzero(fn_neg <= fp_pos)[0][0]  # first point at or past the crossing (fpr rises, fnr falls)
+    if fn_neg[i] == fp_pos[i]:  # never the first point (fpr 0, fnr 1)
         return float(fpr[i]), float(thr[i])
     # segment (i-1, i): fnr - fpr goes from > 0 to < 0
     d0, d1 = fnr[i - 1] - fpr[i - 1], fnr[i] - fpr[i]

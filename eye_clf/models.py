@@ -243,7 +243,7 @@ def logits(model, x, batch_size=64, tta=False):
     dev = next(model.parameters()).device
     out = []
     for xb in torch.split(x, batch_size):
-        xb = xb.to(dev, non_blocking=True)
+        xb = xb.to(dev, non_blocking=xb.device.type == "cpu")  # device to CPU without waiting would race the model
         z = model(xb)
         if tta:
             z = (z + model(xb.flip(-1))) / 2

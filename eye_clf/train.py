@@ -115,7 +115,9 @@ class TrainConfig:
                       ema=(0 <= self.ema < 1, "in [0, 1)"), sam=(self.sam >= 0, ">= 0"),
                       teacher_views=(self.teacher_views >= 0 and (self.teacher_views == 0 or self.distill > 0),
                                      ">= 0 (above 0 only with distill)"),
-                      patience=(self.patience >= 1, ">= 1"))
+                      patience=(self.patience >= 1 and (self.patience >= self.epochs or not self.refit),
+                                ">= 1, and with refit >= epochs (the refit trains every epoch: no validation part "
+                                "stops it)"))
         for name, (ok, rule) in checks.items():
             if not ok:
                 raise ConfigError(name, f"must be {rule}, got {getattr(self, name)!r}")
@@ -169,8 +171,9 @@ def _bce(z, y, smoothing):
 
 
 def teacher_proba(teachers, x):
-    """Mean calibrated P(open) of the teachers on a normalized batch, each averaged with the mirror image's: the
-    student learns the mirror averaging and needs no TTA."""
+    """Mean P(open) of the teachers on a normalized batch, each teacher's logits averaged with the mirror image's
+    and divided by its temperature (fit on mirror-averaged logits only if its recipe used TTA): the student learns
+    the mirror averaging and needs no TTA."""
     return torch.stack([torch.sigmoid(logits(t, x, tta=True)) for t in teachers]).mean(0).to(x.device)
 
 
@@ -186,17 +189,15 @@ def augmentation_of(cfg):
 def augmented_views(images, cfg):
     """``cfg.teacher_views`` copies of uint8 N x 24 x 24 images, each augmented as in training (K x N x 24 x 24
     uint8), reproducible from ``cfg.seed``."""
-    gen_state = torch.random.get_rng_state()
-    torch.manual_seed(cfg.seed)
     x = torch.as_tensor(np.asarray(images), dtype=torch.uint8).unsqueeze(1)
     aug = augmentation_of(cfg) or (lambda im: im)
-    if cfg.batch_augment:
-        views = torch.stack([(aug(x / 255) * 255).round().to(torch.uint8) for _ in range(cfg.teacher_views)])
-    else:
-        views = torch.stack([torch.stack([aug(im) for im in x]) for _ in range(cfg.teacher_views)])
-    views = views.squeeze(2)
-    torch.random.set_rng_state(gen_state)
-    return views
+    with torch.random.fork_rng():  # torch.manual_seed reseeds CUDA too: every generator is restored after
+        torch.manual_seed(cfg.seed)
+        if cfg.batch_augment:
+            views = torch.stack([(aug(x / 255) * 255).round().to(torch.uint8) for _ in range(cfg.teacher_views)])
+        else:
+            views = torch.stack([torch.stack([aug(im) for im in x]) for _ in range(cfg.teacher_views)])
+    return views.squeeze(2)
 
 
 def view_proba(teachers, views):
@@ -298,6 +299,7 @@ def fit(images, targets, train_idx, val_idx, cfg=None, progress=True, teachers=(
         train_set = data.EyeDataset(images[train_idx], y_train, augmentation_of(cfg))
     seed_everything(cfg.seed)
     dev = device_of(cfg.device)
+    teachers = [t.to(dev) for t in teachers]  # online teachers score each batch where it is
     model = build_model(cfg.arch, cfg.method, cfg.weights, cfg.width, cfg.dropout, cfg.input_size)
     model.to(dev)
     loader = torch.utils.data.DataLoader(train_set, cfg.batch_size, shuffle=True,
@@ -385,7 +387,13 @@ def refit(images, targets, train_idx, val_idx, cfg, first, progress=True, soft=N
 def checkpoint(model, cfg, metrics_=None, history=None):
     """A plain-types dict (loadable with ``torch.load(weights_only=True)``) describing a trained model; ``history``:
     that of the validated fit (with ``cfg.refit`` the kept weights are those of the refit's last epoch)."""
-    best = min(history, key=lambda r: r["val_loss"]) if history else None
+    scored = [r for r in history or () if "val_loss" in r]
+    if cfg.refit:  # the refit's last epoch
+        kept = cfg.epochs
+    elif scored and not cfg.keep_last:  # the best-validation-loss one
+        kept = min(scored, key=lambda r: r["val_loss"])["epoch"]
+    else:  # the last (without a validation part too); unknown without a history
+        kept = len(history) if history else None
     return {
         "format": CHECKPOINT_FORMAT,
         "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
@@ -394,7 +402,7 @@ def checkpoint(model, cfg, metrics_=None, history=None):
                               mean=data.MEAN, std=data.STD, tta=cfg.tta),
         "weights": cfg.weights or "random init",
         "metrics": metrics_ or {},
-        "best_epoch": cfg.epochs if cfg.refit or cfg.keep_last else best["epoch"] if best else None,  # the kept one
+        "best_epoch": kept,
         "config": asdict(cfg),
         "provenance": provenance(next(model.parameters()).device),
     }

@@ -33,7 +33,7 @@ def smooth_image(size=24, seed=0):
 
 
 TINY = train.TrainConfig(arch="eyenet", width=4, epochs=2, batch_size=32, lr=1e-2, augment=0, patience=5,
-                         tta=False)
+                         tta=False, device="cpu")
 
 
 @pytest.fixture(scope="session")

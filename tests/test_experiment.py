@@ -17,7 +17,7 @@ from eye_clf.train import ConfigError, TrainConfig
 
 from conftest import synthetic
 
-SMALL = TrainConfig(width=4, epochs=2, batch_size=32, augment=0)
+SMALL = TrainConfig(width=4, epochs=2, batch_size=32, augment=0, device="cpu")  # CUDA trains in bf16
 
 
 def record_fits(monkeypatch, what):
@@ -135,7 +135,7 @@ def test_cv_of_finds_a_cv_of_the_config_and_if_asked_of_the_same_data(tmp_path):
     assert experiment.cv_of(SMALL, tmp_path, folds=2)[0] == "other"
     assert experiment.cv_of(SMALL, tmp_path, images, targets, folds=2) is None  # made on other data
     assert experiment.cv_of(replace(SMALL, epochs=SMALL.epochs + 1), tmp_path, folds=2) is None
-    assert experiment.cv_of(replace(SMALL, device="cpu"), tmp_path, folds=2)[0] == "other"  # the device: no recipe
+    assert experiment.cv_of(replace(SMALL, device="auto"), tmp_path, folds=2)[0] == "other"  # the device: no recipe
 
 
 def test_the_default_teacher_is_the_cross_validated_config():
@@ -280,6 +280,10 @@ def test_cv_resumes_from_fold_files_and_refuses_another_config(monkeypatch, tmp_
     (tmp_path / "fold0.json").write_text(json.dumps(row))
     np.testing.assert_array_equal(first, cv.cross_val_predict(images, targets, SMALL, folds=3, progress=False,
                                                               fold_dir=tmp_path)[0])
+    row["test_idx"] = row["test_idx"][::-1]  # the same key, but not this split's fold (another scikit-learn)
+    (tmp_path / "fold0.json").write_text(json.dumps(row))
+    with pytest.raises(ValueError, match="fold0.json: its test fold is not fold 0 of this split"):
+        cv.cross_val_predict(images, targets, SMALL, folds=3, progress=False, fold_dir=tmp_path)
 
 
 def test_cv_only_trains_the_named_folds_and_reads_the_others(monkeypatch, tmp_path):
@@ -857,12 +861,15 @@ def test_check_teachers_refuses_fold_models_that_saw_the_students_validation_par
         return dict(config=asdict(TrainConfig(**{"refit": False, **change})), folds=5, seed=0, n=10, n_open=5,
                     data="abc")
 
-    def teacher(name, key):
+    def teacher(name, *keys):
         (tmp_path / name).mkdir()
-        (tmp_path / name / "fold0.json").write_text(json.dumps(dict(fold=0, key=key)))
+        for k, key in enumerate(keys):
+            (tmp_path / name / f"fold{k}.json").write_text(json.dumps(dict(fold=k, key=key)))
         return tmp_path / name
     student = key(distill=0.5)
-    cv.check_teachers([teacher("same_split", key())], student)  # the student's data and split, no refit: fine
+    cv.check_teachers([teacher("same_split", key(), key())], student)  # the student's data and split, no refit: fine
+    with pytest.raises(ValueError, match=r"fold1.json: its fold model may have seen .*refit"):  # not fold 0's alone
+        cv.check_teachers([teacher("second_fold", key(), key(refit=True))], student)
     for name, k, says in (("seed1", key(seed=1), "seed 1, the student's 0"),
                           ("refit", key(refit=True), "refit, which trains on the validation part"),
                           ("val", key(val_fraction=0.2), "val_fraction 0.2"),

@@ -1,5 +1,6 @@
 import subprocess
 import sys
+from fractions import Fraction
 
 import numpy as np
 import pytest
@@ -16,14 +17,18 @@ def rates(targets, scores, t):
 
 
 def brute_force_eer(targets, scores):
-    """Sweep every threshold; the EER is where FPR and FNR cross (linear between neighbouring thresholds)."""
+    """Sweep every threshold, counting the errors exactly (fractions); the EER is where FPR and FNR cross (linear
+    between neighbouring thresholds). Returns (EER, the threshold at or just past the crossing)."""
+    targets, scores = np.asarray(targets), np.asarray(scores)
     ts = np.concatenate([[np.inf], np.unique(scores)[::-1]])
-    fpr, fnr = np.array([rates(targets, scores, t) for t in ts]).T
-    k = np.argmax(fnr <= fpr)
+    neg, pos = scores[targets == 0], scores[targets == 1]
+    fpr = [Fraction(int(np.sum(neg >= t)), len(neg)) for t in ts]
+    fnr = [Fraction(int(np.sum(pos < t)), len(pos)) for t in ts]
+    k = next(i for i in range(len(ts)) if fnr[i] <= fpr[i])
     if fnr[k] == fpr[k]:
-        return fpr[k]
+        return float(fpr[k]), ts[k]
     d0, d1 = fnr[k - 1] - fpr[k - 1], fnr[k] - fpr[k]
-    return fpr[k - 1] + d0 / (d0 - d1) * (fpr[k] - fpr[k - 1])
+    return float(fpr[k - 1] + d0 / (d0 - d1) * (fpr[k] - fpr[k - 1])), ts[k]
 
 
 def sklearn_roc_eer(targets, scores):
@@ -80,7 +85,8 @@ def test_eer_matches_brute_force_and_sklearn_on_random_data(seed):
     if seed % 2:
         scores = np.round(scores, 1)  # many ties
     rate, thr = metrics.eer(targets, scores)
-    assert rate == pytest.approx(brute_force_eer(targets, scores), abs=1e-12)
+    expected = brute_force_eer(targets, scores)
+    assert (rate, thr) == (pytest.approx(expected[0], abs=1e-12), expected[1])
     assert rate == pytest.approx(sklearn_roc_eer(targets, scores), abs=1e-9)
     ts = np.unique(scores)
     fpr, fnr = np.array([rates(targets, scores, t) for t in ts]).T
@@ -89,6 +95,23 @@ def test_eer_matches_brute_force_and_sklearn_on_random_data(seed):
         fpr_t, fnr_t = rates(targets, scores, thr)
         assert abs(fpr_t - rate) <= 1 / np.sum(targets == 0) + 1e-12
         assert abs(fnr_t - rate) <= 1 / np.sum(targets == 1) + 1e-12
+
+
+def test_eer_threshold_at_an_exact_crossing_of_the_rates():
+    # at 0.7 one of three closed eyes is called open and one of three open eyes closed: FPR = FNR = 1/3 exactly,
+    # which 1 - TPR (0.33333333333333337) and FPR (0.3333333333333333) miss as floats
+    assert metrics.eer([1, 1, 0, 1, 0, 0], [0.9, 0.8, 0.7, 0.6, 0.5, 0.4]) == (pytest.approx(1 / 3), 0.7)
+
+
+@pytest.mark.parametrize("seed", range(20))
+def test_eer_threshold_matches_exact_counting_on_balanced_tied_data(seed):
+    rng = np.random.default_rng(seed)
+    n = 2 * int(rng.integers(3, 60))  # as many open as closed eyes and few distinct scores: exact crossings
+    targets = rng.permutation(np.repeat([0, 1], n // 2))
+    scores = np.round(rng.normal(targets, 1), 0)
+    rate, thr = metrics.eer(targets, scores)
+    expected = brute_force_eer(targets, scores)
+    assert (rate, thr) == (pytest.approx(expected[0], abs=1e-12), expected[1])
 
 
 def test_accuracy():

@@ -11,7 +11,7 @@ from eye_clf.train import TrainConfig, fit
 from conftest import ATOL, synthetic
 
 CFG = TrainConfig(arch="eyenet", width=8, epochs=4, batch_size=16, lr=3e-3, augment=0, patience=100, label_smoothing=0,
-                  refit=False, tta=False)
+                  refit=False, tta=False, device="cpu")  # CUDA (bf16, cuDNN) is not bit-exact between runs
 
 
 @pytest.fixture(scope="module")
@@ -176,6 +176,14 @@ def test_fit_without_a_validation_part_keeps_the_last_epoch_uncalibrated(toy):
                                                          "train_eer"} for r in history)
     assert model.temperature.item() == 1
     assert metrics.eer(targets[va], models.scores(model, images[va]))[0] < 0.1
+    assert train.checkpoint(model, CFG, history=history)["best_epoch"] == CFG.epochs  # the last, kept
+
+
+def test_refit_refuses_early_stopping():
+    """The refit trains every epoch (no validation part can stop it), so it cannot follow an early-stopped fit."""
+    with pytest.raises(train.ConfigError, match=r"patience: must be >= 1, and with refit >= epochs .* got 2"):
+        replace(CFG, refit=True, epochs=20, patience=2)
+    replace(CFG, refit=False, epochs=20, patience=2)  # the validated fit alone may stop early
 
 
 def test_refit_trains_on_training_and_validation_images_to_the_last_epoch(toy, monkeypatch):
