@@ -2,7 +2,7 @@
 
 Importing the package loads only numpy and Pillow; onnxruntime or torch are imported by the first prediction.
 """
-from .predict import load_model, load_session, predict_proba
+from .predict import load_model, load_session, predict_proba, recommended_threshold
 
-__all__ = ["predict_proba", "load_model", "load_session"]
+__all__ = ["predict_proba", "recommended_threshold", "load_model", "load_session"]
 __version__ = "0.2.0"

@@ -204,29 +204,22 @@ def expand(paths):
 
 def checkpoint_info(checkpoint):
     """What a checkpoint records (the dict of a .pt file, the eye_clf metadata of an .onnx one; default: the
-    shipped checkpoint, or without torch the shipped ONNX graph exported from it), loading it first so that an
-    unusable file is refused, by name, before any other work."""
+    shipped checkpoint), loading it first so that an unusable file is refused, by name, before any other work."""
     from . import predict
     path = Path(checkpoint or predict.DEFAULT_CHECKPOINT)
-    try:
-        from .models import load_checkpoint
-    except ImportError as err:
-        if checkpoint is None:  # predict_proba runs the shipped ONNX graph then
-            path = predict.DEFAULT_ONNX
-        elif path.suffix.lower() != ".onnx":
-            raise ModuleNotFoundError(f"--checkpoint {checkpoint}: a .pt checkpoint needs torch ({err}): pip install "
-                                      "'eye-clf[torch]', or pass its .onnx export") from None
     if path.suffix.lower() == ".onnx":
         return predict.onnx_metadata(path)
+    from .models import load_checkpoint
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint not found: {path}")
     return load_checkpoint(path)[1]
 
 
-def decision_threshold(info):
-    """The threshold on P(open) above which an eye is called open, and where it comes from."""
-    if info.get("threshold") is not None:
-        return float(info["threshold"]), "the checkpoint's recommended threshold"
+def decision_threshold(recommended):
+    """The threshold on P(open) above which an eye is called open (a model's recommended one, else 0.5), and where
+    it comes from."""
+    if recommended is not None:
+        return float(recommended), "the checkpoint's recommended threshold"
     return 0.5, "0.5: the checkpoint records no threshold"
 
 
@@ -248,14 +241,14 @@ def read_images(files, skip_bad=False):
 
 
 def cmd_predict(args):
-    from .predict import DEFAULT_CHECKPOINT, DEFAULT_ONNX, predict_proba
+    from .predict import DEFAULT_CHECKPOINT, DEFAULT_ONNX, predict_proba, recommended_threshold
     files = expand(args.paths)
     if not files:
         raise ValueError(f"no image files found in {', '.join(args.paths)}")
     models = [args.checkpoint] if args.checkpoint else [DEFAULT_CHECKPOINT, DEFAULT_ONNX]
     refuse_overwrite({"--out": None if args.out == "-" else args.out},
                      [("one of the input images", f) for f in files] + [("the model", m) for m in models])
-    threshold, origin = decision_threshold(checkpoint_info(args.checkpoint))
+    threshold, origin = decision_threshold(recommended_threshold(args.checkpoint))  # the model loads, or is refused
     images, files = read_images(files, args.skip_bad)
     if not images:
         raise ValueError(f"no readable image in {', '.join(args.paths)}")
@@ -293,7 +286,7 @@ def cmd_evaluate(args):
         raise FileNotFoundError(f"--images {images_dir}: folder not found")
     labels = data.read_labels(data.labels_file(args.labels, args.data), images_dir=images_dir)
     info = checkpoint_info(args.checkpoint)
-    threshold, origin = decision_threshold(info)
+    threshold, origin = decision_threshold(info.get("threshold"))
     images, _ = read_images([images_dir / n for n in labels["img_name"]])
     images, targets = np.stack(images), labels["target"].to_numpy()
     p = predict_proba(images, checkpoint=args.checkpoint)
@@ -407,7 +400,8 @@ def main(argv=None):
         if command in COMMANDS and command != "predict":
             sys.exit(f"error: {command}: {needs}")
         epilog += f" Only predict runs here: {needs}."
-    parser = Parser(prog="python -m eye_clf", description=DESCRIPTION, epilog=epilog)
+    prog = "eye-clf" if Path(sys.argv[0]).name == "eye-clf" else "python -m eye_clf"  # the console script or -m
+    parser = Parser(prog=prog, description=DESCRIPTION, epilog=epilog)
     sub = parser.add_subparsers(dest="command", required=True)
     if TRAINING_MISSING is not None:
         add_predict(sub)

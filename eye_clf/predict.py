@@ -144,6 +144,26 @@ def onnx_metadata(checkpoint=None):
             for k, v in props.items() if k.startswith("eye_clf.")}
 
 
+def recommended_threshold(checkpoint=None):
+    """The threshold on P(open) that a model recommends (an eye is open when P(open) >= it): the EER point of its
+    run's validation images, 0.349 for the shipped model. None when the model records none; 0.5 is then the
+    natural choice, as the models are calibrated (in cross-validation either gives the same accuracy to a tenth of
+    a point: README section 5). ``checkpoint``: a .pt or .onnx file; by default the shipped model, read from its ONNX
+    graph when onnxruntime is installed (the model predict_proba runs then), else from its .pt checkpoint."""
+    onnx_file = checkpoint is not None and Path(checkpoint).suffix.lower() == ".onnx"
+    if onnx_file or checkpoint is None and importlib.util.find_spec("onnxruntime") is not None:
+        value = onnx_metadata(checkpoint).get("threshold")
+    else:
+        try:
+            from .models import load_checkpoint
+        except ImportError as err:
+            raise ModuleNotFoundError(f"checkpoint: a .pt checkpoint needs torch ({err}): pip install "
+                                      "'eye-clf[torch]', or pass its .onnx export") from None
+        path = _model_path(checkpoint, DEFAULT_CHECKPOINT, "train one with `python -m eye_clf train`")
+        value = load_checkpoint(path)[1].get("threshold")
+    return None if value is None else float(value)
+
+
 def _is_torch(x):
     """A torch tensor (subclasses too, e.g. torchvision's tv_tensors), told without importing torch."""
     tensor = getattr(sys.modules.get("torch"), "Tensor", None)  # None while another thread is importing torch
@@ -255,8 +275,9 @@ def _to_images(x, name="input"):
         if not x:
             raise ValueError(f"{name}: empty list")
         return [a for i, item in enumerate(x) for a in _to_images(item, f"{name}[{i}]")[0]], False
+    iterable = " (for an iterator such as a generator, pass list(...) of it)" if hasattr(x, "__next__") else ""
     raise TypeError(f"{name}: cannot read a {type(x).__name__} as an image; pass a path, folder, PIL image, "
-                    "numpy array, torch tensor or a list of these")
+                    f"numpy array, torch tensor or a list of these{iterable}")
 
 
 def _onnx_scores(session, images, batch_size):
@@ -265,7 +286,9 @@ def _onnx_scores(session, images, batch_size):
 
 
 def predict_proba(x, model=None, checkpoint=None, batch_size=64, tta=None, backend=None):
-    """P(open) of eye image(s): a float for one image, else a numpy array (float32) of one value per image.
+    """P(open) of eye image(s): a float for a single image (a path to a file, a PIL image, an H x W array), else a
+    numpy array (float32) of one value per image (a folder, a batch, a list, even of one image; empty for an empty
+    list). Open or closed: compare with ``recommended_threshold()``.
 
     ``x``: an image path; a folder (its image files sorted by name, symlinks followed; hidden files are skipped);
     a PIL image; a numpy array or torch tensor; or a list of these. Arrays and tensors follow one rule: **H x W is
@@ -290,6 +313,8 @@ def predict_proba(x, model=None, checkpoint=None, batch_size=64, tta=None, backe
     if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
         raise ValueError(f"batch_size: expected a positive integer, got {batch_size!r}")
     batch_size = int(batch_size)  # numpy integers overflow (uint8) or are refused by torch.split
+    if isinstance(x, (list, tuple)) and not x:  # no eye in this frame: nothing to score
+        return np.empty(0, np.float32)
     arrays, single = _to_images(x)
     images = np.ascontiguousarray(np.concatenate(arrays))
     if backend == "onnx":

@@ -465,15 +465,17 @@ def learning_curves(path=OUT / "learning_curve.png"):
 
 def over_seeds(names):
     """Runs of one recipe with different seeds: each run's 5-fold mean of EER, accuracy at the validation threshold
-    and ECE, their mean ± 95% t-interval over the runs and their range; and the range of the fold temperatures."""
+    and at 0.5, and ECE, their mean ± 95% t-interval over the runs and their range; and the range of the fold
+    temperatures and validation thresholds."""
     runs = [pd.DataFrame(load(n)) for n in names]
-    for col in ("eer", "accuracy_at_val_threshold", "ece"):
+    for col in ("eer", "accuracy_at_val_threshold", "accuracy", "ece"):
         v = np.array([100 * f[col].mean() for f in runs])
         m, h = interval(v)
-        print(f"{col}: per run {', '.join(f'{x:.2f}' for x in v)}; over the {len(v)} runs {m:.2f} ± {h:.2f}% "
-              f"(from {v.min():.2f} to {v.max():.2f})")
-    t = np.concatenate([f["temperature"] for f in runs])
-    print(f"fold temperatures: from {t.min():.3f} to {t.max():.3f}")
+        print(f"{col}{' (at 0.5)' if col == 'accuracy' else ''}: per run {', '.join(f'{x:.2f}' for x in v)}; over "
+              f"the {len(v)} runs {m:.2f} ± {h:.2f}% (from {v.min():.2f} to {v.max():.2f})")
+    for col in ("temperature", "val_threshold"):
+        t = np.concatenate([f[col] for f in runs])
+        print(f"fold {col.replace('val_', 'validation ')}s: from {t.min():.3f} to {t.max():.3f}")
 
 
 def ece_floors(names):

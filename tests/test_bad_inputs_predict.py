@@ -62,7 +62,7 @@ BAD_INPUTS = [
     (torch.full((2, 24, 24), float("inf")), r"input: float images must hold finite values in 0..1, got 1152 NaN"),
     ([EYE, np.full((24, 24), 2.0)], r"input\[1\]: float images"),
     ([EYE, [np.zeros((24, 24), np.int16)]], r"input\[1\]\[0\]: dtype int16"),
-    ([], r"input: empty list"),
+    ([EYE, []], r"input\[1\]: empty list"),
     # PIL images
     (Image.fromarray(np.full((24, 24), 70000, np.int32)), r"input: PIL mode I images must hold values in 0..65535"),
     (Image.fromarray(np.full((24, 24), 2.0, np.float32)), r"input: PIL mode F images must hold values in 0..1"),
@@ -92,6 +92,15 @@ def test_unsupported_types(backend, bad):
         predict_proba(bad, backend=backend)
     with pytest.raises(TypeError, match=rf"input\[1\]: cannot read a {type(bad).__name__}"):
         predict_proba([EYE, bad], backend=backend)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_an_empty_list_gives_no_scores_and_a_generator_is_told_to_be_a_list(backend):
+    for empty in ([], ()):  # a frame without a detected eye
+        p = predict_proba(empty, backend=backend)
+        assert p.shape == (0,) and p.dtype == np.float32
+    with pytest.raises(TypeError, match=r"input: cannot read a generator as an image; .*pass list\(\.\.\.\) of it"):
+        predict_proba((e for e in [EYE]), backend=backend)
 
 
 BAD_ARGUMENTS = [

@@ -1,8 +1,10 @@
 import json
 import re
 import runpy
+import subprocess
 import sys
 from dataclasses import fields
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -217,3 +219,10 @@ def test_module_entry_point(tmp_path, tiny_ckpt, monkeypatch):
     with pytest.raises(SystemExit) as err:
         runpy.run_module("eye_clf", run_name="__main__")
     assert isinstance(err.value.code, str) and err.value.code.startswith("error:") and "gone.png" in err.value.code
+
+
+def test_usage_names_the_program_as_called():
+    for argv, prog in (([str(Path(sys.executable).parent / "eye-clf")], "eye-clf"),
+                       ([sys.executable, "-m", "eye_clf"], "python -m eye_clf")):
+        out = subprocess.run([*argv, "predict"], capture_output=True, text=True, cwd=data.REPO_ROOT)
+        assert out.returncode == 2 and out.stderr.endswith(f"(see {prog} predict --help)\n"), out.stderr

@@ -9,7 +9,7 @@ import torch
 
 from eye_clf import data, export, models
 from eye_clf.__main__ import main
-from eye_clf.predict import DEFAULT_CHECKPOINT, DEFAULT_ONNX, onnx_metadata, predict_proba
+from eye_clf.predict import DEFAULT_CHECKPOINT, DEFAULT_ONNX, onnx_metadata, predict_proba, recommended_threshold
 
 from conftest import synthetic
 
@@ -43,6 +43,16 @@ def test_export_is_the_whole_prediction(tta_ckpt, tmp_path):
     assert meta["checkpoint_sha256"] == export.sha256(tta_ckpt)
     assert meta["threshold"] == 0.42 and meta["preprocessing"]["tta"] is True
     assert meta["config"]["width"] == 4 and "metrics" in meta and meta["format"] == models.CHECKPOINT_FORMAT
+
+
+def test_recommended_threshold_reads_the_checkpoint_or_its_export(tta_ckpt, tiny_ckpt, tmp_path):
+    out = export.export_onnx(tta_ckpt, tmp_path / "m.onnx")
+    assert recommended_threshold(tta_ckpt) == recommended_threshold(out) == 0.42
+    assert recommended_threshold(tiny_ckpt) is None  # it records none: the caller decides (0.5)
+    shipped = torch.load(DEFAULT_CHECKPOINT, weights_only=True)["threshold"]
+    assert recommended_threshold() == recommended_threshold(DEFAULT_CHECKPOINT) == pytest.approx(shipped, abs=1e-12)
+    with pytest.raises(FileNotFoundError, match="checkpoint not found: .*nowhere.pt"):
+        recommended_threshold(tmp_path / "nowhere.pt")
 
 
 def test_export_command(tiny_ckpt, tmp_path, capsys):
