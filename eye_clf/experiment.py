@@ -179,7 +179,7 @@ def train_run(cfg=None, root=None, labels=None, out_dir=None, limit=None, progre
     save_history(history, out / "history")
     plt.close(plot_history(history, out / "train_val_loss_metrics_history.png",
                            title=f"{cfg.arch} / {cfg.method} / weights: {cfg.weights or 'random init'}",
-                           keep_last=cfg.keep_last))  # a file
+                           keep_last=cfg.keep_last, smoothing=cfg.label_smoothing))  # a file
     write_json(out / "run.json", dict(config=ckpt["config"], val=val, shipped_on_same_val=shipped,
                                       best_epoch=ckpt["best_epoch"], train_seconds=seconds,
                                       n_train=len(train_idx) + cfg.refit * len(val_idx), n_val=len(val_idx),

@@ -29,11 +29,13 @@ def log_ticks(ax, label=lambda v, _: f"{v:g}"):
     ax.yaxis.set_minor_formatter(NullFormatter())
 
 
-def _panels(title):
-    """One row of the three PANELS with the figure title above the panel titles (constrained layout)."""
+def _panels(title, smoothing=0):
+    """One row of the three PANELS with the figure title above the panel titles (constrained layout); the loss is
+    against labels smoothed by ``smoothing`` (targets s/2 and 1 - s/2), as the recipe trains and validates."""
     fig, axes = plt.subplots(1, 3, figsize=(14, 4.2), layout="constrained")
     for ax, (key, label) in zip(axes, PANELS):
-        ax.set(xlabel="epoch", title=label)
+        ax.set(xlabel="epoch", title=f"{label} (labels smoothed by {smoothing:g})" if key == "loss" and smoothing
+               else label)
         if key == "accuracy":
             ax.yaxis.set_major_formatter(FuncFormatter(percent))
         elif key == "eer":
@@ -43,12 +45,12 @@ def _panels(title):
     return fig, axes
 
 
-def plot_history(history, path=None, title="training history", keep_last=False):
+def plot_history(history, path=None, title="training history", keep_last=False, smoothing=0):
     """Loss, accuracy and EER per epoch, train vs validation; the epoch whose weights were kept is marked (the
     best-val-loss one, or with ``keep_last`` the last)."""
     h = pd.DataFrame(history)
     kept = h["epoch"].iloc[-1] if keep_last else h.loc[h["val_loss"].idxmin(), "epoch"]
-    fig, axes = _panels(title)
+    fig, axes = _panels(title, smoothing)
     for ax, (key, _) in zip(axes, PANELS):
         ax.plot(h["epoch"], h[f"train_{key}"], label="train")
         ax.plot(h["epoch"], h[f"val_{key}"], label="validation")

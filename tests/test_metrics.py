@@ -205,6 +205,14 @@ def test_history_plot_marks_the_epoch_kept():
         assert mark.get_xdata()[0] == epoch and mark.get_label() == label
 
 
+def test_history_plot_says_when_the_loss_is_against_smoothed_labels():
+    from eye_clf import plots
+    history = [dict(epoch=e, train_loss=1 / e, val_loss=1 / e, train_accuracy=0.8, val_accuracy=0.9, train_eer=0.1,
+                    val_eer=0.1) for e in range(1, 4)]
+    assert plots.plot_history(history).axes[0].get_title() == "BCE loss"
+    assert plots.plot_history(history, smoothing=0.1).axes[0].get_title() == "BCE loss (labels smoothed by 0.1)"
+
+
 def test_labeller_errors_recovers_independent_flip_rates():
     rng = np.random.default_rng(0)
     truth = rng.integers(0, 2, 200_000)

@@ -56,6 +56,14 @@ def test_committed_outputs_hold_no_machine_paths_or_widget_warnings(name):
 
 
 @pytest.mark.parametrize("name", list(OUTPUTS))
+def test_committed_outputs_are_of_a_full_run_of_committed_code(name):
+    nb = nbformat.read(ROOT / name, as_version=4)
+    text = "\n".join(o.get("text", "") for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", []))
+    assert "smoke mode: False" in text, f"{name}: the committed outputs are not those of a full run"
+    assert "'git_dirty': False" in text, f"{name}: the committed outputs come from a tree with uncommitted changes"
+
+
+@pytest.mark.parametrize("name", list(OUTPUTS))
 def test_notebook_runs_in_smoke_mode(name, kernel):
     path = ROOT / name
     nb = nbformat.read(path, as_version=4)
