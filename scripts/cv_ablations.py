@@ -321,6 +321,12 @@ RUNS = {
     "eyenet16_e100_refit_tta_affine0_seed1": dict(epochs=100, refit=True, tta=True, affine_p=0.0, seed=1),
     # ... not met: EER 2.80 and 2.40 % (2.60 %), accuracy 97.30 and 97.32 %, ECE 1.68 and 1.92 %, crops cost
     # +1.03 / +1.02 and +0.59 / +0.89 points (mean +0.88: results/robustness_affine0.md)
+    # label smoothing 0.2 gave the base recipe the largest mirror-TTA gain of the cheap single changes (2.34 against
+    # 2.64 % with TTA, seed 0 only), and every run since has used 0.1: the shipped recipe with 0.2. Rule set before
+    # its folds: shipped if over seeds 0 and 1 its EER is at least 0.1 points below the shipped recipe's (2.42 %),
+    # its ECE at most 1.5 % and its accuracy at the validation threshold no more than 0.1 points below (97.60 %)
+    "eyenet16_e100_refit_tta_ls02": dict(epochs=100, refit=True, tta=True, label_smoothing=0.2),
+    "eyenet16_e100_refit_tta_ls02_seed1": dict(epochs=100, refit=True, tta=True, label_smoothing=0.2, seed=1),
 }
 EXTRA = ("teachers", "train_fraction", "undisputed_only", "prune_folds")  # RUNS keys that are not TrainConfig fields
 BASE = dict(refit=False, tta=False)
