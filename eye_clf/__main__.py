@@ -394,12 +394,11 @@ def main(argv=None):
     argv = sys.argv[1:] if argv is None else argv
     epilog = "Bad input exits with one 'error: ...' line before any long work."
     if TRAINING_MISSING is not None:
-        needs = (f"{', '.join(c for c in COMMANDS if c != 'predict')} need the training libraries "
-                 f"({TRAINING_MISSING}): pip install 'eye-clf[train]'")
+        install = f"the training libraries ({TRAINING_MISSING}): pip install 'eye-clf[train]'"
         command = next((a for a in argv if not a.startswith("-")), None)
         if command in COMMANDS and command != "predict":
-            sys.exit(f"error: {command}: {needs}")
-        epilog += f" Only predict runs here: {needs}."
+            sys.exit(f"error: {command} needs {install}")
+        epilog += f" Only predict runs here: {', '.join(c for c in COMMANDS if c != 'predict')} need {install}."
     prog = "eye-clf" if Path(sys.argv[0]).name == "eye-clf" else "python -m eye_clf"  # the console script or -m
     parser = Parser(prog=prog, description=DESCRIPTION, epilog=epilog)
     sub = parser.add_subparsers(dest="command", required=True)

@@ -165,9 +165,10 @@ def check_teachers(teacher_dirs, student):
                                  f"({'; '.join(wrong)})")
 
 
-def check_fold_model(fold_json, images):
+def check_fold_model(fold_json, images, test=None):
     """Refuse a fold's model (``foldK.pt`` beside ``foldK.json``; untracked, so possibly missing or from another
-    run) that does not reproduce the out-of-fold P(open) its fold file records."""
+    run) that does not reproduce the out-of-fold P(open) its fold file records, or (``test``: the test fold it must
+    have held out) whose fold is another one."""
     fold_json = Path(fold_json)
     pt = fold_json.with_suffix(".pt")
     if not fold_json.is_file():
@@ -175,6 +176,9 @@ def check_fold_model(fold_json, images):
     if not pt.is_file():
         raise ValueError(f"{pt}: fold model missing (only the fold files are committed); rerun that fold")
     row = json.loads(fold_json.read_text())
+    if test is not None and row["test_idx"] != list(test):
+        raise ValueError(f"{fold_json}: its test fold is not this split's (made by another scikit-learn?), so its "
+                         "model may have trained on these test images; rerun that CV")
     model, _ = load_checkpoint(pt)
     gap = np.abs(scores(model, images[row["test_idx"]], tta=model.tta) - np.asarray(predicted(row))).max()
     if gap > 1e-3:  # another training differs by far more; CUDA's TF32 convolutions by less
@@ -250,7 +254,7 @@ def cross_val_predict(images, targets, cfg=None, folds=5, seed=0, progress=True,
         if row is None:
             check_teachers(teacher_dirs, key)
             for d in teacher_dirs:
-                check_fold_model(Path(d) / f"fold{k}.json", images)
+                check_fold_model(Path(d) / f"fold{k}.json", images, test.tolist())
             teachers = [Path(d) / f"fold{k}.pt" for d in teacher_dirs]
             row, ckpt = _fold(images, targets, rest, test, cfg, progress, teachers, train_fraction, soft, trainable,
                               prune_folds)

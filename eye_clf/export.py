@@ -62,4 +62,3 @@ def export_onnx(checkpoint_path, out_path):
     onnx.checker.check_model(proto)
     atomic_write(out_path, lambda tmp: onnx.save(proto, tmp))
     return Path(out_path)
-

@@ -18,6 +18,7 @@ from .preprocess import IMG_SIZE, list_images, load_image, to_gray24
 SHIPPED = Path(str(resources.files("eye_clf") / "shipped"))  # package data; plots_checkpoints/ links to its files
 DEFAULT_CHECKPOINT = SHIPPED / "eye_clf.pt"
 DEFAULT_ONNX = SHIPPED / "eye_clf.onnx"
+TRAIN_ONE, EXPORT_ONE = "train one with `python -m eye_clf train`", "export one with `python -m eye_clf export`"
 BACKENDS = ("onnx", "torch")
 CHANNELS = (1, 3, 4)
 CACHE_SIZE = 4  # loaded models kept, most recently used first
@@ -85,7 +86,7 @@ def load_model(checkpoint=None, device=None):
         raise ValueError(f"device: {device!r} is not a torch device (cpu, cuda, cuda:1, ...)") from None
     if device.type == "cuda" and (device.index or 0) >= torch.cuda.device_count():
         raise ValueError(f"device: {device} asked for, but torch sees {torch.cuda.device_count()} CUDA device(s)")
-    path = _model_path(checkpoint, DEFAULT_CHECKPOINT, "train one with `python -m eye_clf train`")
+    path = _model_path(checkpoint, DEFAULT_CHECKPOINT, TRAIN_ONE)
     return _cached(("torch", str(device)), path, lambda p: _load_torch(p, device))
 
 
@@ -113,8 +114,7 @@ def _load_onnx(path):
 
 
 def _load_shipped_onnx(path):
-    """The shipped session, refused when the shipped checkpoint beside it (whose threshold the command line uses)
-    is not the one it was exported from."""
+    """The shipped session, refused when the shipped checkpoint beside it is not the one it was exported from."""
     import hashlib
 
     session = _load_onnx(path)
@@ -129,7 +129,7 @@ def _load_shipped_onnx(path):
 def load_session(checkpoint=None):
     """The onnxruntime session of an ``.onnx`` file (default: the shipped ``eye_clf.onnx``, checked against the
     shipped checkpoint), on CPU; it honours $OMP_NUM_THREADS. The last CACHE_SIZE models loaded are kept."""
-    path = _model_path(checkpoint, DEFAULT_ONNX, "export one with `python -m eye_clf export`")
+    path = _model_path(checkpoint, DEFAULT_ONNX, EXPORT_ONE)
     if checkpoint is not None:
         return _cached("onnx", path, _load_onnx)
     pair = DEFAULT_CHECKPOINT.stat().st_mtime_ns if DEFAULT_CHECKPOINT.is_file() else None
@@ -146,7 +146,7 @@ def onnx_metadata(checkpoint=None):
 
 def recommended_threshold(checkpoint=None):
     """The threshold on P(open) that a model recommends (an eye is open when P(open) >= it): the EER point of its
-    run's validation images, 0.349 for the shipped model. None when the model records none; 0.5 is then the
+    run's validation images. None when the model records none; 0.5 is then the
     natural choice, as the models are calibrated (in cross-validation either gives the same accuracy to a tenth of
     a point: README section 5). ``checkpoint``: a .pt or .onnx file; by default the shipped model, read from its ONNX
     graph when onnxruntime is installed (the model predict_proba runs then), else from its .pt checkpoint."""
@@ -157,11 +157,18 @@ def recommended_threshold(checkpoint=None):
         try:
             from .models import load_checkpoint
         except ImportError as err:
+            if checkpoint is None:
+                raise ModuleNotFoundError(_no_backend(err)) from None
             raise ModuleNotFoundError(f"checkpoint: a .pt checkpoint needs torch ({err}): pip install "
                                       "'eye-clf[torch]', or pass its .onnx export") from None
-        path = _model_path(checkpoint, DEFAULT_CHECKPOINT, "train one with `python -m eye_clf train`")
+        path = _model_path(checkpoint, DEFAULT_CHECKPOINT, TRAIN_ONE)
         value = load_checkpoint(path)[1].get("threshold")
     return None if value is None else float(value)
+
+
+def _no_backend(err):
+    return (f"predicting needs onnxruntime or torch ({err}): pip install 'eye-clf[onnx]' (small, CPU only) or "
+            "'eye-clf[torch]'")
 
 
 def _is_torch(x):
@@ -280,6 +287,13 @@ def _to_images(x, name="input"):
                     f"numpy array, torch tensor or a list of these{iterable}")
 
 
+def _no_images(x):
+    """An empty list or tuple, or an empty batch (N = 0) of a numpy array or torch tensor."""
+    if isinstance(x, (list, tuple)):
+        return not x
+    return (isinstance(x, np.ndarray) or _is_torch(x)) and x.ndim in (3, 4) and x.shape[0] == 0
+
+
 def _onnx_scores(session, images, batch_size):
     return np.concatenate([session.run(["p_open"], {"images": images[i:i + batch_size]})[0]
                            for i in range(0, len(images), batch_size)])
@@ -288,7 +302,7 @@ def _onnx_scores(session, images, batch_size):
 def predict_proba(x, model=None, checkpoint=None, batch_size=64, tta=None, backend=None):
     """P(open) of eye image(s): a float for a single image (a path to a file, a PIL image, an H x W array), else a
     numpy array (float32) of one value per image (a folder, a batch, a list, even of one image; empty for an empty
-    list). Open or closed: compare with ``recommended_threshold()``.
+    list or batch). Open or closed: compare with ``recommended_threshold()``.
 
     ``x``: an image path; a folder (its image files sorted by name, symlinks followed; hidden files are skipped);
     a PIL image; a numpy array or torch tensor; or a list of these. Arrays and tensors follow one rule: **H x W is
@@ -313,7 +327,10 @@ def predict_proba(x, model=None, checkpoint=None, batch_size=64, tta=None, backe
     if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
         raise ValueError(f"batch_size: expected a positive integer, got {batch_size!r}")
     batch_size = int(batch_size)  # numpy integers overflow (uint8) or are refused by torch.split
-    if isinstance(x, (list, tuple)) and not x:  # no eye in this frame: nothing to score
+    if _no_images(x):  # no eye in this frame: nothing to score, but a missing model is still an error
+        if model is None:
+            _model_path(checkpoint, *((DEFAULT_ONNX, EXPORT_ONE) if backend == "onnx"
+                                      else (DEFAULT_CHECKPOINT, TRAIN_ONE)))
         return np.empty(0, np.float32)
     arrays, single = _to_images(x)
     images = np.ascontiguousarray(np.concatenate(arrays))
@@ -324,8 +341,7 @@ def predict_proba(x, model=None, checkpoint=None, batch_size=64, tta=None, backe
             from .models import scores
         except ImportError as err:
             if importlib.util.find_spec("onnxruntime") is None and not torch_only(model, checkpoint, tta):
-                raise ModuleNotFoundError(f"predicting needs onnxruntime or torch ({err}): pip install "
-                                          "'eye-clf[onnx]' (small, CPU only) or 'eye-clf[torch]'") from None
+                raise ModuleNotFoundError(_no_backend(err)) from None
             raise ModuleNotFoundError(f"backend='torch', a .pt checkpoint, model= and tta= need torch ({err}): pip "
                                       "install 'eye-clf[torch]', or predict with the ONNX model") from None
         if model is None:

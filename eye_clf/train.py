@@ -75,7 +75,8 @@ class TrainConfig:
                                     "never stop early; with refit the validated fit then calibrates the state the "
                                     "refit ships")
     patience: int = option(100, "early stopping: epochs without a better validation loss (one-cycle LR peaks at "
-                                   "30% and its best epochs come at the end: the shipped recipe does not stop early)")
+                                   "30% and its best epochs come at the end: the shipped recipe does not stop early; "
+                                   "with refit the refit trains every epoch all the same: no validation part stops it)")
     tta: bool = option(True, "average the logits of the image and its mirror at prediction time (the temperature and "
                              "threshold are fit on those averaged logits)")
     calibrate: bool = option(True, "temperature scaling on the validation split after training")
@@ -115,9 +116,7 @@ class TrainConfig:
                       ema=(0 <= self.ema < 1, "in [0, 1)"), sam=(self.sam >= 0, ">= 0"),
                       teacher_views=(self.teacher_views >= 0 and (self.teacher_views == 0 or self.distill > 0),
                                      ">= 0 (above 0 only with distill)"),
-                      patience=(self.patience >= 1 and (self.patience >= self.epochs or not self.refit),
-                                ">= 1, and with refit >= epochs (the refit trains every epoch: no validation part "
-                                "stops it)"))
+                      patience=(self.patience >= 1, ">= 1"))
         for name, (ok, rule) in checks.items():
             if not ok:
                 raise ConfigError(name, f"must be {rule}, got {getattr(self, name)!r}")

@@ -47,8 +47,8 @@ BAD_INPUTS = [
     (np.zeros((1, 1, 2, 24, 24), np.uint8), r"input: expected an image H x W or a batch .*\(1, 1, 2, 24, 24\)"),
     (np.zeros(24, np.uint8), r"input: expected an image H x W or a batch.*\(24,\)"),
     (np.zeros((24, 0), np.uint8), r"input: empty image"),
-    (np.zeros((0, 24, 24), np.uint8), r"input: empty batch"),
-    (torch.zeros(0, 1, 24, 24), r"input: empty batch"),
+    ([EYE, np.zeros((0, 24, 24), np.uint8)], r"input\[1\]: empty batch"),
+    ([EYE, torch.zeros(0, 1, 24, 24)], r"input\[1\]: empty batch"),
     # values
     (np.zeros((24, 24), np.int32), r"input: dtype int32 is not supported"),
     (np.zeros((24, 24), np.complex128), r"input: dtype complex128 is not supported"),
@@ -95,10 +95,12 @@ def test_unsupported_types(backend, bad):
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
-def test_an_empty_list_gives_no_scores_and_a_generator_is_told_to_be_a_list(backend):
-    for empty in ([], ()):  # a frame without a detected eye
+def test_an_empty_list_gives_no_scores_and_a_generator_is_told_to_be_a_list(backend, tmp_path):
+    for empty in ([], (), np.zeros((0, 24, 24), np.uint8), torch.zeros(0, 1, 24, 24)):  # a frame without an eye
         p = predict_proba(empty, backend=backend)
         assert p.shape == (0,) and p.dtype == np.float32
+    with pytest.raises(FileNotFoundError, match="checkpoint not found: .*nowhere"):  # still no missing model
+        predict_proba([], backend=backend, checkpoint=tmp_path / f"nowhere.{'onnx' if backend == 'onnx' else 'pt'}")
     with pytest.raises(TypeError, match=r"input: cannot read a generator as an image; .*pass list\(\.\.\.\) of it"):
         predict_proba((e for e in [EYE]), backend=backend)
 

@@ -226,3 +226,11 @@ def test_usage_names_the_program_as_called():
                        ([sys.executable, "-m", "eye_clf"], "python -m eye_clf")):
         out = subprocess.run([*argv, "predict"], capture_output=True, text=True, cwd=data.REPO_ROOT)
         assert out.returncode == 2 and out.stderr.endswith(f"(see {prog} predict --help)\n"), out.stderr
+
+
+def test_commands_names_every_subcommand(capsys):
+    """COMMANDS (what the command line says without the training libraries) is the parser's list of commands."""
+    from eye_clf.__main__ import COMMANDS
+    with pytest.raises(SystemExit):
+        main(["--help"])
+    assert "{" + ",".join(COMMANDS) + "}" in capsys.readouterr().out

@@ -906,6 +906,9 @@ def test_fold_models_that_do_not_reproduce_their_fold_files_are_refused(tmp_path
     cv.cross_val_predict(images, targets, SMALL, folds=2, progress=False, fold_dir=tmp_path)
     cv.check_fold_model(tmp_path / "fold1.json", images)
     row = json.loads((tmp_path / "fold1.json").read_text())
+    cv.check_fold_model(tmp_path / "fold1.json", images, row["test_idx"])
+    with pytest.raises(ValueError, match=r"fold1.json: its test fold is not this split's .* may have trained on"):
+        cv.check_fold_model(tmp_path / "fold1.json", images, row["test_idx"][1:])  # a teacher of other folds
     row["p"] = row["p_tta"] = (1 - np.asarray(row["p_tta"])).tolist()  # as if fold1.pt came from another training
     (tmp_path / "fold1.json").write_text(json.dumps(row))
     with pytest.raises(ValueError, match=r"fold1.pt does not reproduce fold1.json's P\(open\)"):

@@ -56,7 +56,7 @@ def test_committed_outputs_hold_no_machine_paths_or_widget_warnings(name):
 
 
 @pytest.mark.parametrize("name", list(OUTPUTS))
-def test_committed_outputs_are_of_a_full_run_of_committed_code(name):
+def test_committed_outputs_are_of_a_full_run_on_a_committed_tree(name):
     nb = nbformat.read(ROOT / name, as_version=4)
     text = "\n".join(o.get("text", "") for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", []))
     assert "smoke mode: False" in text, f"{name}: the committed outputs are not those of a full run"

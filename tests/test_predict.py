@@ -451,6 +451,19 @@ except ModuleNotFoundError as err:
     assert out.stdout.startswith("backend='torch', a .pt checkpoint, model= and tta= need torch"), out.stderr
 
 
+def test_the_threshold_without_any_backend_says_what_to_install():
+    out = subprocess.run([sys.executable, "-c", BLOCK_TORCH + """
+sys.modules["onnxruntime"] = None
+import eye_clf
+try:
+    eye_clf.recommended_threshold()
+except ModuleNotFoundError as err:
+    print(err)
+"""], capture_output=True, text=True, cwd=data.REPO_ROOT)
+    assert out.stdout.strip() == ("predicting needs onnxruntime or torch (blocked: torch): pip install "
+                                  "'eye-clf[onnx]' (small, CPU only) or 'eye-clf[torch]'"), out.stderr
+
+
 def test_torch_only_prediction_without_torch_says_to_install_torch():
     out = subprocess.run([sys.executable, "-c", BLOCK_TORCH + """
 import numpy as np
@@ -500,7 +513,7 @@ def test_predict_command_runs_with_the_runtime_alone(tmp_path, capsys):
     Image.fromarray(DARK).save(tmp_path / "eyes" / "d,1.png")  # a comma: the CSV quotes the name
     out = run_runtime_cli(tmp_path, "predict", tmp_path / "eyes")
     assert out.returncode == 0, out.stderr
-    main(["predict", str(tmp_path / "eyes")])  # every library installed: the shipped .pt gives the threshold
+    main(["predict", str(tmp_path / "eyes")])  # every library installed
     full = capsys.readouterr()
     assert out.stdout == full.out and out.stderr == full.err  # the same rows and "decision: ... (threshold)" line
     assert out.stdout.splitlines()[2].startswith(f'"{tmp_path / "eyes" / "d,1.png"}",')
@@ -515,7 +528,7 @@ def test_the_command_without_the_training_libraries_names_what_to_install(tmp_pa
             "(blocked: ") in " ".join(out.stdout.split())
     out = run_runtime_cli(tmp_path, "train", "--epochs", "3")
     assert out.returncode == 1
-    assert re.fullmatch(r"error: train: train, ship, export, evaluate, cv, label, audit need the training libraries "
-                        r"\(blocked: \w+\): pip install 'eye-clf\[train\]'\n", out.stderr)
+    assert re.fullmatch(r"error: train needs the training libraries \(blocked: \w+\): pip install 'eye-clf\[train\]'"
+                        r"\n", out.stderr)
     out = run_runtime_cli(tmp_path, "predict", tmp_path / "x.png", "--checkpoint", DEFAULT_CHECKPOINT)
     assert out.returncode == 1 and "torch" in out.stderr and "pip install 'eye-clf[torch]'" in out.stderr

@@ -179,12 +179,6 @@ def test_fit_without_a_validation_part_keeps_the_last_epoch_uncalibrated(toy):
     assert train.checkpoint(model, CFG, history=history)["best_epoch"] == CFG.epochs  # the last, kept
 
 
-def test_refit_refuses_early_stopping():
-    """The refit trains every epoch (no validation part can stop it), so it cannot follow an early-stopped fit."""
-    with pytest.raises(train.ConfigError, match=r"patience: must be >= 1, and with refit >= epochs .* got 2"):
-        replace(CFG, refit=True, epochs=20, patience=2)
-    replace(CFG, refit=False, epochs=20, patience=2)  # the validated fit alone may stop early
-
 
 def test_refit_trains_on_training_and_validation_images_to_the_last_epoch(toy, monkeypatch):
     images, targets, tr, va = misleading(toy)
