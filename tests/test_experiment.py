@@ -547,14 +547,16 @@ def test_over_seeds_prints_the_spread_of_the_runs_means(monkeypatch, tmp_path, c
     for name, eer in (("eyenet16_e60", 0.02), ("eyenet16_e30", 0.03)):
         (tmp_path / "cv" / name).mkdir(parents=True)
         for k in range(5):
-            row = dict(fold=k, eer=eer + 0.001 * (k - 2), accuracy_at_val_threshold=0.97, ece=0.015,
-                       temperature=0.5 + 0.01 * k, key=dict(folds=5))
+            row = dict(fold=k, eer=eer + 0.001 * (k - 2), accuracy_at_val_threshold=0.97, accuracy=0.965, ece=0.015,
+                       temperature=0.5 + 0.01 * k, val_threshold=0.3 + 0.1 * k, key=dict(folds=5))
             (tmp_path / "cv" / name / f"fold{k}.json").write_text(json.dumps(row))
     ablations.over_seeds(["eyenet16_e60", "eyenet16_e30"])
     out = capsys.readouterr().out
     half = cv.interval([2.0, 3.0])[1]
     assert f"eer: per run 2.00, 3.00; over the 2 runs 2.50 ± {half:.2f}% (from 2.00 to 3.00)" in out
-    assert "ece: per run 1.50, 1.50; over the 2 runs 1.50 ± 0.00%" in out and "from 0.500 to 0.540" in out
+    assert "ece: per run 1.50, 1.50; over the 2 runs 1.50 ± 0.00%" in out
+    assert "accuracy (at 0.5): per run 96.50, 96.50; over the 2 runs 96.50 ± 0.00%" in out
+    assert "fold temperatures: from 0.500 to 0.540" in out and "fold validation thresholds: from 0.300 to 0.700" in out
 
 
 def test_ablation_against_without_ensemble_is_an_error():
