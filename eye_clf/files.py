@@ -6,6 +6,7 @@ import re
 import subprocess
 import sys
 import tempfile
+import time
 from contextlib import contextmanager
 from importlib import metadata
 from pathlib import Path
@@ -35,17 +36,28 @@ def _fsync_dir(path):
 
 
 @contextmanager
-def locked(path):
+def locked(path, timeout=None):
     """Hold an exclusive lock on ``path`` (through a ``.<name>.lock`` file beside it; symlinks followed) while the
-    block runs, so that processes updating the same file take turns (POSIX flock; elsewhere no lock)."""
+    block runs, so that processes updating the same file take turns (POSIX flock; elsewhere no lock). With
+    ``timeout`` (seconds) a lock still held by another after that long raises TimeoutError instead of waiting on."""
     try:
         import fcntl
     except ImportError:  # Windows
         yield
         return
     path = Path(os.path.realpath(path))
-    with open(path.parent / f".{path.name}.lock", "a") as f:
-        fcntl.flock(f, fcntl.LOCK_EX)
+    lock_file = path.parent / f".{path.name}.lock"
+    with open(lock_file, "a") as f:
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            try:
+                fcntl.flock(f, fcntl.LOCK_EX | (fcntl.LOCK_NB if deadline is not None else 0))
+                break
+            except BlockingIOError:
+                if time.monotonic() >= deadline:
+                    raise TimeoutError(f"{path} is being saved by another studio or program (it has held {lock_file} "
+                                       f"for over {timeout:g} s)") from None
+                time.sleep(0.05)
         try:
             yield
         finally:

@@ -23,6 +23,7 @@ from .data import FLAGS, TAGS
 from .files import atomic_write, locked
 
 STATE_KEYS = {"target", "unsure", "reviewed", "tags"}
+LOCK_WAIT_S = 10.0  # a save waits this long for another one's lock, then fails (the page keeps its changes, retries)
 
 
 def unwritable(ch):
@@ -167,7 +168,7 @@ class LabelStore:
     def save(self):
         """Write the table, unless another program changed the file since it was read or saved here; under the
         save lock, so that two studios on one file cannot both pass that check and overwrite each other."""
-        with locked(self.path):
+        with locked(self.path, LOCK_WAIT_S):
             changed = self.path.exists() if self.stamp is None else self.file_stamp() != self.stamp  # None: no file
             if changed:  # when this store started
                 raise OSError(f"{self.path} was changed by another program; restart the studio to load that version")

@@ -9,7 +9,8 @@ Requests must name this server in their Host header (no DNS rebinding). A POST i
 own page: its Origin header must be the studio's origin (browsers send Origin with every POST); without Origin,
 ``Sec-Fetch-Site: same-origin`` or a Referer from the studio will do, and a request with none of them is refused.
 Pages may not be framed (X-Frame-Options and CSP frame-ancestors). One POST carries at most MAX_BODY bytes and
-MAX_CHANGES changes (a grid page is 48): more is answered 413.
+MAX_CHANGES changes (a grid page is 48): more is answered 413. A save that waits over labels_store.LOCK_WAIT_S for
+another one's lock is answered 503, and the page keeps those changes and sends them again.
 """
 import io
 import json
@@ -125,7 +126,8 @@ class Studio:
             for row, r in zip(rows, self.review.itertuples()):
                 row.update(given=int(r.target), rank=int(r.rank), score=float(r.score))
         return dict(mode=self.mode, tags=list(TAGS), has_model=self.p_open is not None, source=self.source,
-                    items=rows, grid=self.grid, start=self.start(states), progress=self.progress(states))
+                    items=rows, grid=self.grid, start=self.start(states), progress=self.progress(states),
+                    max_changes=MAX_CHANGES)
 
     def progress(self, states=None):
         states = list((states or self.store.states(self.order)).values())
@@ -257,6 +259,8 @@ class Handler(BaseHTTPRequestHandler):
             status, answer = self.server.studio.change(changes)
         except ValueError as err:
             return self.error(HTTPStatus.BAD_REQUEST, f"bad change: {err}")
+        except TimeoutError as err:  # another save holds the file: nothing changed, the page sends them again
+            return self.error(HTTPStatus.SERVICE_UNAVAILABLE, str(err))
         except OSError as err:
             path = self.server.studio.store.path
             return self.error(HTTPStatus.INTERNAL_SERVER_ERROR, f"could not save {path}: {err}")

@@ -158,14 +158,18 @@ def test_a_studio_starting_while_another_saves_never_overwrites_that_save(folder
     first = LabelStore(path, folder)
     real = labels_store.data.read_labels
 
+    waited = []
+
     def read_then_let_the_other_save(*args, **kwargs):  # the other studio saves just after this one has read
         table = real(*args, **kwargs)
         saving = threading.Thread(target=first.apply, args=([change("000.png", BLANK, target=1)],))
         saving.start()
-        saving.join(timeout=0.5)  # with the fix it waits for this read to finish
+        saving.join(timeout=0.5)
+        waited.append(saving.is_alive())  # the save waits for this read to finish (the lock)
         return table
     monkeypatch.setattr(labels_store.data, "read_labels", read_then_let_the_other_save)
     second = LabelStore(path, folder)
+    assert waited == [True]
     monkeypatch.setattr(labels_store.data, "read_labels", real)
     deadline = time.time() + 10
     while first.state("000.png")["target"] != 1 and time.time() < deadline:  # the first studio's save lands
@@ -287,6 +291,28 @@ def test_checkpoint_predictions(folder, tmp_path, tiny_ckpt):
     (folder / "broken.jpg").unlink()
     p = studio.predictions(LabelStore(tmp_path / "labels.xlsx", folder).files, tiny_ckpt)
     assert sorted(p) == [f"{i:03d}.png" for i in range(6)] and all(0 <= v <= 1 for v in p.values())
+
+
+def test_a_save_held_up_by_another_lock_fails_with_a_timeout_and_changes_nothing(folder, tmp_path, monkeypatch):
+    """Another studio (or a stuck network disk) holds the save lock: the save gives up after LOCK_WAIT_S instead of
+    freezing the studio, the page is answered 503 (it keeps the changes and sends them again) and nothing changed."""
+    import fcntl
+    path = tmp_path / "labels.xlsx"
+    srv = make_server(Studio(LabelStore(path, folder)), port=0)
+    threading.Thread(target=srv.serve_forever, daemon=True).start()
+    monkeypatch.setattr(labels_store, "LOCK_WAIT_S", 0.3)
+    saved = path.read_bytes()
+    try:
+        with open(tmp_path / ".labels.xlsx.lock", "a") as held:
+            fcntl.flock(held, fcntl.LOCK_EX)
+            status, answer = post(srv, {"changes": [change("000.png", BLANK, target=1)]})
+            assert status == 503 and "is being saved by another studio or program" in answer["error"]
+            assert srv.studio.store.state("000.png") == BLANK and path.read_bytes() == saved
+        status, _ = post(srv, {"changes": [change("000.png", BLANK, target=1)]})  # sent again once it is free
+        assert status == 200 and LabelStore(path, folder).state("000.png")["target"] == 1
+    finally:
+        srv.shutdown()
+        srv.server_close()
 
 
 @pytest.fixture

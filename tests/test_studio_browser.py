@@ -177,6 +177,22 @@ def test_two_tabs_do_not_overwrite_each_other(browser, url, tmp_path):
     expect(a.locator("#label")).to_have_text("CLOSED")     # tab a now shows what tab b saved
 
 
+def test_labels_made_while_another_save_holds_the_file_are_sent_again(browser, url, tmp_path, monkeypatch):
+    import fcntl
+    from eye_clf import labels_store
+    monkeypatch.setattr(labels_store, "LOCK_WAIT_S", 0.3)
+    page = open_page(browser, url)
+    name = page.text_content("#name")
+    with open(tmp_path / ".labels.xlsx.lock", "a") as held:  # another studio saving, or a stuck network disk
+        fcntl.flock(held, fcntl.LOCK_EX)
+        page.keyboard.press("o")
+        expect(page.locator("#banner")).to_contain_text("Not saved yet: ")
+        expect(page.locator("#banner")).to_contain_text("is being saved by another studio or program")
+        assert pd.isna(read_table(tmp_path / "labels.xlsx").set_index("img_name").loc[name, "target"])
+    saved(page)  # the page kept the label and sent it again
+    assert read_table(tmp_path / "labels.xlsx").set_index("img_name").loc[name, "target"] == 1
+
+
 def test_review_queue(browser, dataset, tmp_path):
     labels, review = tmp_path / "labels.xlsx", tmp_path / "review.csv"
     pd.DataFrame({"img_name": ["0003.png", "0004.png", "0005.png"], "target": [1, 0, 1]}).to_excel(labels, index=False)
