@@ -39,12 +39,12 @@ class LabelError(ValueError):
 def data_dir(path=None):
     """The dataset folder: ``path`` if given, else $EYE_CLF_DATA, else ../shared/data beside the repository (for an
     installed eye_clf: beside the current folder, see REPO_ROOT)."""
-    chosen = path or os.environ.get(DATA_ENV) or REPO_ROOT.parent / "shared" / "data"
-    chosen = Path(chosen)
+    source = "--data" if path else f"${DATA_ENV}" if os.environ.get(DATA_ENV) else "the default"
+    chosen = Path(path or os.environ.get(DATA_ENV) or REPO_ROOT.parent / "shared" / "data")
     if not (chosen / "EyesDataset").is_dir():
         raise FileNotFoundError(
-            f"eye_clf dataset not found in {chosen}: put EyesDataset/ (the 24x24 eye patches) there, or point "
-            f"${DATA_ENV} or --data at the folder that holds it.")
+            f"eye_clf dataset not found in {chosen} ({source}): put EyesDataset/ (the 24x24 eye patches) there, or "
+            f"point ${DATA_ENV} or --data at the folder that holds it.")
     return chosen
 
 
@@ -125,7 +125,7 @@ def read_sheet(path, what="labels file"):
     return df
 
 
-NUMBER = re.compile(r"\s*[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?\s*")  # ASCII decimals only: no "nan", "0_1"
+NUMBER = re.compile(r"\s*[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?\s*", re.ASCII)  # no "nan", "0_1", "١", "０"
 
 
 def _number(cell):
@@ -190,7 +190,9 @@ def read_labels(path, images_dir=None, partial=False):
         where = f"row {rows[i]} ({name})"
         for c in cols:
             if not (values[c].iloc[i] in (0, 1) or (partial and pd.isna(raw[c][i]))):
-                problems.append(f"{where}: {c} {raw[c][i]!r} is not 0, 1" + (" or blank" if partial else ""))
+                got = ("is blank (or a formula or error cell with no saved value)" if pd.isna(raw[c][i])
+                       else f"{raw[c][i]!r} is not 0, 1" + (" or blank" if partial else ""))
+                problems.append(f"{where}: {c} {got}")
         if partial and values["unsure"].iloc[i] == 1 and pd.notna(values["target"].iloc[i]):
             problems.append(f"{where}: unsure is 1 but target is set")
         if duplicated.iloc[i]:

@@ -180,6 +180,19 @@ def test_csv_cells_are_numbers_only_when_written_as_plain_decimals(tmp_path, ima
         read_labels(path, images_dir=images)
     for part in ("row 2 (a.jpg): target 'nan' is not 0, 1", "row 3 (b.jpg): target '0_1' is not 0, 1"):
         assert part in str(err.value)
+    path.write_text("img_name,target\na.jpg,\u0661\nb.jpg,\uff10\n")  # Arabic-Indic one, fullwidth zero
+    with pytest.raises(LabelError) as err:
+        read_labels(path, images_dir=images)
+    for part in ("row 2 (a.jpg): target '\u0661' is not 0, 1", "row 3 (b.jpg): target '\uff10' is not 0, 1"):
+        assert part in str(err.value)
+
+
+def test_a_blank_target_is_named_blank_not_nan(tmp_path, images):
+    path = tmp_path / "labels.csv"
+    path.write_text("img_name,target\na.jpg,1\nb.jpg,\n")
+    with pytest.raises(LabelError, match=r"row 3 \(b.jpg\): target is blank \(or a formula or error cell with no "
+                                         r"saved value\)$"):
+        read_labels(path, images_dir=images)
 
 
 def test_a_leading_line_of_non_breaking_spaces_or_empty_quotes_is_blank(tmp_path, images):

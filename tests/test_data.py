@@ -36,9 +36,15 @@ def test_data_dir_argument_beats_env_beats_default(tmp_path, monkeypatch):
 def test_data_dir_missing_dataset_is_a_clear_error(tmp_path, monkeypatch):
     monkeypatch.setattr(data, "REPO_ROOT", tmp_path / "repo")
     monkeypatch.delenv(data.DATA_ENV, raising=False)
-    with pytest.raises(FileNotFoundError, match=re.escape(str(tmp_path / "shared" / "data"))) as err:
+    with pytest.raises(FileNotFoundError, match=re.escape(f"{tmp_path / 'shared' / 'data'} (the default)")) as err:
         data.data_dir()
     assert "EyesDataset" in str(err.value) and data.DATA_ENV in str(err.value)
+    monkeypatch.setenv(data.DATA_ENV, str(tmp_path / "stale"))  # which setting named the folder
+    with pytest.raises(FileNotFoundError, match=re.escape(f"{tmp_path / 'stale'} (${data.DATA_ENV})")):
+        data.data_dir()
+    with pytest.raises(FileNotFoundError, match=re.escape(f"{tmp_path / 'flag'} (--data)")):
+        data.data_dir(tmp_path / "flag")
+    monkeypatch.delenv(data.DATA_ENV)
     half = tmp_path / "half"
     (half / "EyesDataset").mkdir(parents=True)  # images but no labels, outside a checkout
     assert data.data_dir(half) == half
