@@ -1,11 +1,11 @@
 """Out-of-fold EER of cross-validated recipes under input changes that real eye crops bring.
 
-    python scripts/robustness.py eyenet16_e30 eyenet16_e60 ...   # runs of scripts/cv_ablations.py, fold models kept
+    python scripts/robustness.py eyenet16_e100_refit_tta eyenet16_e100_refit_tta_seed1 --out results/robustness_x.md
 
 Every image is scored by the fold model that never saw it (``results/cv/NAME/foldK.pt``), after being turned into
 a PIL image, changed (resized, colour-tinted, JPEG-recompressed, rotated, cropped, darkened, inverted) and passed
-through ``predict_proba``, which converts and resizes it as in training. Writes ``results/robustness.md`` (or
-``--out``).
+through ``predict_proba``, which converts and resizes it as in training. Writes the table to ``--out`` (no default,
+so that no committed table is replaced by surprise); the runs' fold models must be on disk.
 """
 import argparse
 import io
@@ -78,7 +78,7 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("runs", nargs="+", help="finished CV runs in results/cv/ (with their fold models)")
     ap.add_argument("--data", help="data folder (default: $EYE_CLF_DATA or ../shared/data)")
-    ap.add_argument("--out", default=str(CV.parent / "robustness.md"), help="the table's file (default: %(default)s)")
+    ap.add_argument("--out", required=True, help="the table's file (e.g. results/robustness_refit_tta.md)")
     args = ap.parse_args()
     if len(set(args.runs)) < len(args.runs):
         ap.error(f"a run named twice: {args.runs}")
@@ -89,7 +89,9 @@ def main():
     missing = [str(CV / run / f"fold{r['fold']}.pt") for run, rows in runs.items() for r in rows
                if not (CV / run / f"fold{r['fold']}.pt").is_file()]
     if missing:  # refused before any scoring
-        ap.error(f"fold models missing (rerun those folds with scripts/cv_ablations.py): {', '.join(missing)}")
+        ap.error(f"fold models missing: {', '.join(missing)} (only the fold files are committed; a finished fold "
+                 "is never retrained, so move its foldK.json out of results/cv/NAME/ and rerun scripts/cv_ablations.py "
+                 "NAME: a new training, whose scores may differ slightly from the committed ones)")
     if Path(args.out).is_dir():
         ap.error(f"--out: {args.out} is a folder; name the table's file")
     try:
