@@ -527,6 +527,12 @@ def best_epoch(name, folds):
     return f"{config(name).epochs} (refit; validated fit {best})" if config(name).refit else best
 
 
+def machines(rows):
+    """The platforms (kernel builds) a run's folds trained on, from their provenance."""
+    names = {(r.get("provenance") or {}).get("machine", {}).get("platform") or "?" for r in rows}
+    return ", ".join(sorted(n.removeprefix("Linux-").split("-x86_64")[0] for n in names))
+
+
 def table(images, targets):
     base = asdict(TrainConfig(**BASE))
     found = experiment.cv_of(TrainConfig(), OUT / "cv", images, targets)  # a 5-fold CV of this data only
@@ -542,7 +548,8 @@ def table(images, targets):
         tag += f" (unfinished: folds {f['fold'].tolist()} only)" if len(r) < 5 else ""
         diffs = {titles[k]: "self" if k == name else ref for k, ref in refs.items()}
         rows.append(dict(run=name + tag, change=json.dumps(RUNS[name]), **cells(f, diffs),
-                         **{"best epoch (mean)": best_epoch(name, f), "train s/fold": f"{f['seconds'].mean():.0f}"}))
+                         **{"best epoch (mean)": best_epoch(name, f), "train s/fold": f"{f['seconds'].mean():.0f}",
+                            "machine": machines(r)}))
     for names in ENSEMBLES:
         if all(load(n) for n in names):
             targets = data.load_dataset()[1] if targets is None else targets
@@ -550,7 +557,7 @@ def table(images, targets):
             f["eer_tta"] = ensemble(names, targets, tta=True)[1]["eer"]
             rows.append(dict(run="average of " + " + ".join(names), change="(no retraining: out-of-fold P(open))",
                              **cells(f, {titles[k]: ref for k, ref in refs.items()}),
-                             **{"best epoch (mean)": "—", "train s/fold": "—"}))
+                             **{"best epoch (mean)": "—", "train s/fold": "—", "machine": "—"}))
     prov = provenance()
     md = ("# 5-fold CV of recipe variants\n\nCommand: `python scripts/cv_ablations.py NAME...` then "
           f"`python scripts/cv_ablations.py --table` (the table at commit {prov['git_commit']}, uncommitted changes: "
@@ -566,10 +573,9 @@ def table(images, targets):
           "same folds, each scored as its checkpoint predicts (the shipped one with mirror TTA). Seconds "
           "are training wall-clock (online students: with the teachers' scoring of every batch; students of scored "
           "views: without the one-off, cached scoring of the views) on one thread of a 2-core CPU machine shared "
-          "with other jobs: compare them loosely (eyenet16_e100_bs32, eyenet16_e100_erase05, eyenet48_e100, "
-          "eyenet48_e100_seed1, every lite2_ run and their students ran on "
-          "a 2-core machine about three times as fast as the earlier runs': the platform is in each fold's "
-          "provenance).\n\n"
+          "with other jobs: compare them loosely, and only between runs on the same machine (the last column, "
+          "from the folds' provenance: the later machine, 6.18.44-fc-v657, trained about three times as fast as "
+          "the earlier 6.18.44-fc-v782).\n\n"
           + pd.DataFrame(rows).to_markdown(index=False) + "\n")
     atomic_write(OUT / "cv_ablations.md", lambda tmp: Path(tmp).write_text(md))
     print(md)
