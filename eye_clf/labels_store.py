@@ -203,8 +203,11 @@ class LabelStore:
             return applied, conflicts
 
     def write_rows(self, states):
-        """Set the rows of ``{name: state}`` and save; on a failed save the table is left as it was."""
+        """Set the rows of ``{name: state}`` and save; on a failed save the table is left as it was. A label that
+        replaces another (a review flipping it, or marking it unsure) keeps the first one in an ``original`` column,
+        cleared when the label comes back to it."""
         old, names = self.df.copy(), list(states)
+        self.keep_originals({n: states[n]["target"] for n in names})
         self.df.loc[names, "target"] = pd.array([states[n]["target"] for n in names], dtype="Int64")
         for flag in ("unsure", "reviewed"):
             self.df.loc[names, flag] = [int(states[n][flag]) for n in names]
@@ -215,3 +218,17 @@ class LabelStore:
         except BaseException:
             self.df = old
             raise
+
+    def keep_originals(self, targets):
+        """Before ``{name: new target}`` are set: record each row's label in ``original`` the first time it changes
+        (the column is added then), and clear it where the new target is that original again."""
+        first, now = self.df.get("original"), self.df["target"]
+        changed = [n for n, t in targets.items() if pd.notna(now[n]) and (first is None or pd.isna(first[n]))
+                   and (t is None or t != now[n])]
+        if changed and first is None:
+            self.df["original"] = pd.array([pd.NA] * len(self.df), dtype="Int64")
+        for n in changed:
+            self.df.at[n, "original"] = now[n]
+        for n, t in targets.items():
+            if first is not None and pd.notna(first[n]) and t is not None and t == first[n]:
+                self.df.at[n, "original"] = pd.NA

@@ -103,6 +103,26 @@ def test_labels_are_saved_and_resume_skips_done_rows(folder, tmp_path):
     assert resumed.store.state("000.png")["target"] == 1 and resumed.store.state("001.png")["unsure"]
 
 
+def test_a_changed_label_keeps_its_original(folder, tmp_path):
+    """Reviewing a copy of given labels: a flipped or unsure label keeps the given one in ``original``; labelling a
+    blank row or coming back to the original records nothing."""
+    path = tmp_path / "labels.xlsx"
+    pd.DataFrame({"img_name": ["000.png", "001.png"], "target": [1, 0]}).to_excel(path, index=False)
+    store = LabelStore(path, folder)
+    given = dict(BLANK, target=1)
+    store.apply([change("000.png", given, target=0, reviewed=True),
+                 change("001.png", dict(BLANK, target=0), target=None, unsure=True, reviewed=True),
+                 change("002.png", BLANK, target=1)])
+    table = read_table(path).set_index("img_name")
+    assert table.loc["000.png", ["target", "original"]].tolist() == [0, 1]
+    assert pd.isna(table.loc["001.png", "target"]) and table.loc["001.png", "original"] == 0
+    assert pd.isna(table.loc["002.png", "original"])  # first labelled here: nothing replaced
+    store.apply([change("000.png", dict(given, target=0, reviewed=True), target=1)])  # back to the given label
+    assert pd.isna(read_table(path).set_index("img_name").loc["000.png", "original"])
+    store.apply([change("002.png", dict(BLANK, target=1), target=0)])
+    assert LabelStore(path, folder).df.loc["002.png", "original"] == 1  # read back: the first label is kept
+
+
 def test_failed_save_keeps_the_old_file_and_state(folder, tmp_path, monkeypatch):
     path = tmp_path / "labels.xlsx"
     store = LabelStore(path, folder)

@@ -189,7 +189,7 @@ def test_labels_made_while_another_save_holds_the_file_are_sent_again(browser, u
         expect(page.locator("#banner")).to_contain_text("Not saved yet: ")
         expect(page.locator("#banner")).to_contain_text("is being saved by another studio or program")
         assert pd.isna(read_table(tmp_path / "labels.xlsx").set_index("img_name").loc[name, "target"])
-    saved(page)  # the page kept the label and sent it again
+    expect(page.locator("#save")).to_have_text("all saved", timeout=15_000)  # kept and sent again 5 s later
     assert read_table(tmp_path / "labels.xlsx").set_index("img_name").loc[name, "target"] == 1
 
 
