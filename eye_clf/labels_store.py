@@ -162,8 +162,10 @@ class LabelStore:
                 for name, r in zip(df.index, df.itertuples(index=False))}
 
     def file_stamp(self):
+        """What tells the file apart from a version another program wrote: a replacement is a new inode (or a new
+        change time, even when a copy keeps the modification time and size)."""
         st = self.path.stat()
-        return st.st_mtime_ns, st.st_size
+        return st.st_mtime_ns, st.st_size, st.st_ino, st.st_ctime_ns
 
     def save(self):
         """Write the table, unless another program changed the file since it was read or saved here; under the

@@ -151,6 +151,20 @@ def test_edits_by_another_program_are_not_overwritten(folder, tmp_path):
     assert path.read_bytes() == edited and store.state("001.png") == BLANK
 
 
+def test_a_replacement_with_the_same_size_and_modification_time_is_not_overwritten(folder, tmp_path):
+    """A copy that keeps the modification time (cp -p, rsync -t, a sync client) and happens to have the same size."""
+    path = tmp_path / "labels.xlsx"
+    store = LabelStore(path, folder)
+    other = tmp_path / "other.xlsx"
+    other.write_bytes(path.read_bytes())
+    st = path.stat()
+    os.utime(other, ns=(st.st_atime_ns, st.st_mtime_ns))
+    os.replace(other, path)
+    assert (path.stat().st_mtime_ns, path.stat().st_size) == (st.st_mtime_ns, st.st_size)
+    with pytest.raises(OSError, match="changed by another program"):
+        store.apply([change("001.png", BLANK, target=1)])
+
+
 def test_two_studios_on_one_file_never_both_save_over_the_same_version(folder, tmp_path, monkeypatch):
     """Two stores (as two studio processes) read the same version; while one is writing its save, the other's save
     waits for it and then refuses, instead of both replacing the file and one change silently vanishing."""
