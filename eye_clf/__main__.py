@@ -284,7 +284,7 @@ def cmd_evaluate(args):
     images_dir = Path(args.images) if args.images else data.data_dir(args.data) / "EyesDataset"
     if not images_dir.is_dir():
         raise FileNotFoundError(f"--images {images_dir}: folder not found")
-    labels = data.read_labels(data.labels_file(args.labels, args.data), images_dir=images_dir)
+    labels = data.read_labels(data.labels_file(args.labels, args.data, args.images), images_dir=images_dir)
     info = checkpoint_info(args.checkpoint)
     threshold, origin = decision_threshold(info.get("threshold"))
     images, _ = read_images([images_dir / n for n in labels["img_name"]])
@@ -362,7 +362,7 @@ def cmd_audit(args):
     if cfg.distill:
         sys.exit("error: --distill: the audit's CV trains no teachers")
     images_dir = Path(args.images) if args.images else data.data_dir(args.data) / "EyesDataset"
-    labels = data.labels_file(args.labels, args.data)
+    labels = data.labels_file(args.labels, args.data, args.images)
     refuse_overwrite({"--out": args.out, "--save-oof": args.save_oof},
                      [("the labels file", labels), ("--oof", args.oof)])
     if not args.oof:

@@ -48,11 +48,12 @@ def data_dir(path=None):
     return chosen
 
 
-def labels_file(path=None, root=None):
+def labels_file(path=None, root=None, images=None):
     """The labels spreadsheet: ``path`` if given, else the project's reference labels (``img_name_target.xlsx``
-    at the top of the checkout, beside the notebooks), else ``img_name_target.xlsx`` in the data folder. A data
-    folder chosen by ``root`` or $EYE_CLF_DATA whose own ``img_name_target.xlsx`` differs from the reference is
-    ambiguous (another dataset, or labels changed since the copy) and refused: ``path`` must choose."""
+    at the top of the checkout, beside the notebooks), else ``img_name_target.xlsx`` in the data folder. The
+    reference labels the CEW patches; other images never meet them silently, so ``path`` must choose for a data
+    folder chosen by ``root`` or $EYE_CLF_DATA without an identical copy of the reference (none, or one that differs:
+    another dataset, or labels changed since the copy), and for an ``images`` folder other than its EyesDataset/."""
     if path:
         return Path(path)
     reference, chosen = REPO_ROOT / LABELS_NAME, root or os.environ.get(DATA_ENV)
@@ -61,6 +62,14 @@ def labels_file(path=None, root=None):
         if own is not None and own.is_file() and own.read_bytes() != reference.read_bytes():
             raise ValueError(f"two labels files: {own} (the data folder's) differs from {reference} (the project's "
                              "reference); pass --labels with the one to use")
+        if own is not None and not own.is_file():
+            data_dir(chosen)  # a folder without the dataset: that error first
+            raise ValueError(f"{chosen} has no {LABELS_NAME}, and the project's reference labels {reference} are "
+                             "those of the CEW patches: pass --labels with its images' labels (or put a copy of the "
+                             "reference there if they are those patches)")
+        if images is not None and Path(images).resolve() != (data_dir(root) / "EyesDataset").resolve():
+            raise ValueError(f"--images {images}: the project's reference labels {reference} are those of the data "
+                             "folder's EyesDataset/; pass --labels with these images' labels")
         return reference
     found = data_dir(root) / LABELS_NAME
     if not found.is_file():

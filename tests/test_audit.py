@@ -111,7 +111,7 @@ def test_one_class_is_refused(tmp_path):
         labeled(tmp_path / "images", tmp_path / "l.xlsx")
 
 
-def test_audit_defaults_to_the_reference_labels_file(partly_labelled_xlsx, tmp_path, monkeypatch):
+def test_audit_defaults_to_the_reference_labels_file_for_the_data_folders_images(partly_labelled_xlsx, tmp_path, monkeypatch):
     monkeypatch.delenv(data.DATA_ENV, raising=False)
     images, _ = partly_labelled_xlsx
     seen = []
@@ -121,8 +121,10 @@ def test_audit_defaults_to_the_reference_labels_file(partly_labelled_xlsx, tmp_p
         return pd.DataFrame(), [], [], []
 
     monkeypatch.setattr("eye_clf.audit.audit", fake_audit)
-    main(["audit", "--images", str(images), "--out", str(tmp_path / "review.csv")])
+    main(["audit", "--out", str(tmp_path / "review.csv")])  # the data folder's EyesDataset
     assert seen == [data.labels_file()] and seen[0] == data.REPO_ROOT / "img_name_target.xlsx"
+    with pytest.raises(SystemExit, match=r"--images .*: the project's reference labels .* pass --labels"):
+        main(["audit", "--images", str(images), "--out", str(tmp_path / "review.csv")])  # other images: say which
 
 
 def test_audit_measure_cache_is_complete_or_absent(tmp_path, monkeypatch):

@@ -56,7 +56,8 @@ def test_audit_refuses_soft_labels(capsys):
 
 @pytest.mark.parametrize("command", ["train", "cv"])
 def test_soft_labels_without_the_annotations_file_name_it(command, real_root, tmp_path, capsys):
-    (tmp_path / "EyesDataset").symlink_to(real_root / "EyesDataset")
+    for name in ("EyesDataset", "img_name_target.xlsx"):  # the data folder without other_annotations.csv
+        (tmp_path / name).symlink_to(real_root / name)
     message = refused([command, "--soft-labels", "--data", str(tmp_path), "--limit", "20", "--epochs", "1"], capsys)
     assert message == f"error: annotations file not found: {tmp_path / 'other_annotations.csv'}"
 

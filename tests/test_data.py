@@ -63,7 +63,11 @@ def test_a_data_folder_with_other_labels_than_the_reference_must_choose(tmp_path
     (other / "EyesDataset").mkdir(parents=True)
     monkeypatch.delenv(data.DATA_ENV, raising=False)
     reference = data.REPO_ROOT / "img_name_target.xlsx"
-    assert data.labels_file(root=other) == reference  # none there: the reference
+    with pytest.raises(ValueError, match=r"other has no img_name_target.xlsx, and the project's reference labels"):
+        data.labels_file(root=other)  # none there: another dataset must name its labels
+    assert data.labels_file(root=data.REPO_ROOT.parent / "shared" / "data") == reference  # an identical copy there
+    with pytest.raises(ValueError, match=r"--images .*other.*EyesDataset/; pass --labels"):
+        data.labels_file(images=other / "EyesDataset")  # other images, the default data folder
     (other / "img_name_target.xlsx").write_bytes(reference.read_bytes())
     assert data.labels_file(root=other) == reference  # the same file: no ambiguity
     (other / "img_name_target.xlsx").write_bytes(b"other labels")
