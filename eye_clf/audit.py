@@ -32,8 +32,12 @@ def read_oof(path, names):
         raise ValueError(f"{path}: needs columns img_name and p_open; found {list(df.columns)}")
     if df["img_name"].isna().any():
         raise ValueError(f"{path}: row {df.index[df['img_name'].isna().to_numpy()][0]}: img_name is empty")
-    if df["img_name"].duplicated().any():
-        raise ValueError(f"{path}: duplicate img_name, e.g. {df['img_name'][df['img_name'].duplicated()].iloc[0]}")
+    twice = df["img_name"].duplicated(keep=False)
+    if twice.any():
+        name = df["img_name"][twice].iloc[0]
+        rows = ", ".join(map(str, df.index[(df["img_name"] == name).to_numpy()]))
+        raise ValueError(f"{path}: rows {rows}: the same img_name {name!r} ({twice.sum()} rows name an image twice "
+                         "or more)")
     p = df.set_index("img_name")["p_open"]
     missing = [n for n in names if n not in p.index]
     if missing:

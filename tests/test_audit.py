@@ -75,6 +75,9 @@ def test_read_oof_checks_its_input(tmp_path):
     pd.DataFrame({"img_name": ["a"], "p": [0.2]}).to_csv(path, index=False)
     with pytest.raises(ValueError, match="needs columns"):
         read_oof(path, ["a"])
+    pd.DataFrame({"img_name": ["a", "b", "a"], "p_open": [0.2, 0.5, 0.3]}).to_csv(path, index=False)
+    with pytest.raises(ValueError, match=r"oof.csv: rows 2, 4: the same img_name 'a' \(2 rows name"):
+        read_oof(path, ["a", "b"])
 
 
 def test_audit_cli_with_given_oof_feeds_the_studio(partly_labelled_xlsx, tmp_path, capsys):
