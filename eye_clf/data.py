@@ -63,11 +63,12 @@ def labels_file(path=None, root=None, images=None):
             raise ValueError(f"two labels files: {own} (the data folder's) differs from {reference} (the project's "
                              "reference); pass --labels with the one to use")
         if own is not None and not own.is_file():
-            data_dir(chosen)  # a folder without the dataset: that error first
+            data_dir(root)  # a folder without the dataset: that error first
             raise ValueError(f"{chosen} has no {LABELS_NAME}, and the project's reference labels {reference} are "
                              "those of the CEW patches: pass --labels with its images' labels (or put a copy of the "
                              "reference there if they are those patches)")
-        if images is not None and Path(images).resolve() != (data_dir(root) / "EyesDataset").resolve():
+        eyes = Path(chosen or REPO_ROOT.parent / "shared" / "data") / "EyesDataset"
+        if images is not None and not (eyes.is_dir() and Path(images).is_dir() and os.path.samefile(images, eyes)):
             raise ValueError(f"--images {images}: the project's reference labels {reference} are those of the data "
                              "folder's EyesDataset/; pass --labels with these images' labels")
         return reference
@@ -134,7 +135,7 @@ def read_sheet(path, what="labels file"):
     return df
 
 
-NUMBER = re.compile(r"\s*[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?\s*", re.ASCII)  # no "nan", "0_1", "١", "０"
+NUMBER = re.compile(r"\s*[+-]?([0-9]+\.?[0-9]*|\.[0-9]+)([eE][+-]?[0-9]+)?\s*")  # no "nan", "0_1", "١", "０"
 
 
 def _number(cell):

@@ -35,11 +35,15 @@ def _fsync_dir(path):
         os.close(fd)
 
 
+class LockTimeout(TimeoutError):
+    """Another process held the lock longer than ``locked``'s timeout; nothing was done."""
+
+
 @contextmanager
 def locked(path, timeout=None):
     """Hold an exclusive lock on ``path`` (through a ``.<name>.lock`` file beside it; symlinks followed) while the
     block runs, so that processes updating the same file take turns (POSIX flock; elsewhere no lock). With
-    ``timeout`` (seconds) a lock still held by another after that long raises TimeoutError instead of waiting on."""
+    ``timeout`` (seconds) a lock still held by another after that long raises LockTimeout instead of waiting on."""
     try:
         import fcntl
     except ImportError:  # Windows
@@ -55,7 +59,7 @@ def locked(path, timeout=None):
                 break
             except BlockingIOError:
                 if time.monotonic() >= deadline:
-                    raise TimeoutError(f"{path} is being saved by another studio or program (it has held {lock_file} "
+                    raise LockTimeout(f"{path} is being saved by another studio or program (it has held {lock_file} "
                                        f"for over {timeout:g} s)") from None
                 time.sleep(0.05)
         try:

@@ -8,6 +8,7 @@ The file is read by the project's one labels reader, ``data.read_labels(path, pa
 as text cells, exactly as the image files are named (a name starting with ``=`` is text, never a formula), so a
 save and a load give back every name byte for byte.
 """
+import hashlib
 import os
 import re
 import reprlib
@@ -139,6 +140,7 @@ class LabelStore:
         known = set(df["img_name"])
         df = pd.concat([df, blank_table([n for n in self.files if n not in known])], ignore_index=True)
         self.df = df.set_index("img_name")
+        self.given = self.df["target"].copy()  # the labels the file held when the studio opened it
         self.orphans = sorted(known - set(self.files))
         self.lock = threading.RLock()
         if created:
@@ -162,10 +164,9 @@ class LabelStore:
                 for name, r in zip(df.index, df.itertuples(index=False))}
 
     def file_stamp(self):
-        """What tells the file apart from a version another program wrote: a replacement is a new inode (or a new
-        change time, even when a copy keeps the modification time and size)."""
-        st = self.path.stat()
-        return st.st_mtime_ns, st.st_size, st.st_ino, st.st_ctime_ns
+        """What tells the file apart from a version another program wrote: its bytes (a copy can keep the
+        modification time and size; a chmod, a hard link or an extended attribute changes nothing that matters)."""
+        return hashlib.sha256(self.path.read_bytes()).hexdigest()
 
     def save(self):
         """Write the table, unless another program changed the file since it was read or saved here; under the
@@ -206,8 +207,8 @@ class LabelStore:
 
     def write_rows(self, states):
         """Set the rows of ``{name: state}`` and save; on a failed save the table is left as it was. A label that
-        replaces another (a review flipping it, or marking it unsure) keeps the first one in an ``original`` column,
-        cleared when the label comes back to it."""
+        replaces one the file held when the studio opened it (a review flipping it, or marking it unsure) keeps that
+        one in an ``original`` column, cleared when the label comes back to it."""
         old, names = self.df.copy(), list(states)
         self.keep_originals({n: states[n]["target"] for n in names})
         self.df.loc[names, "target"] = pd.array([states[n]["target"] for n in names], dtype="Int64")
@@ -222,15 +223,18 @@ class LabelStore:
             raise
 
     def keep_originals(self, targets):
-        """Before ``{name: new target}`` are set: record each row's label in ``original`` the first time it changes
-        (the column is added then), and clear it where the new target is that original again."""
-        first, now = self.df.get("original"), self.df["target"]
-        changed = [n for n, t in targets.items() if pd.notna(now[n]) and (first is None or pd.isna(first[n]))
-                   and (t is None or t != now[n])]
-        if changed and first is None:
-            self.df["original"] = pd.array([pd.NA] * len(self.df), dtype="Int64")
-        for n in changed:
-            self.df.at[n, "original"] = now[n]
+        """Before ``{name: new target}`` are set: where a row's original label (its ``original`` cell, else the
+        label the file held when the studio opened it) is replaced, record it in ``original`` (the column is added
+        then); where the new target is that label again, clear it. Labels first set here replace nothing."""
         for n, t in targets.items():
-            if first is not None and pd.notna(first[n]) and t is not None and t == first[n]:
-                self.df.at[n, "original"] = pd.NA
+            first = self.df["original"][n] if "original" in self.df else pd.NA
+            base = first if pd.notna(first) else self.given[n]
+            if pd.isna(base):
+                continue
+            if t is not None and t == base:
+                if pd.notna(first):
+                    self.df.at[n, "original"] = pd.NA
+                continue
+            if "original" not in self.df:
+                self.df["original"] = pd.array([pd.NA] * len(self.df), dtype="Int64")
+            self.df.at[n, "original"] = base

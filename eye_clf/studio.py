@@ -28,6 +28,7 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 
 from . import data
 from .data import LabelError
+from .files import LockTimeout
 from .labels_store import TAGS, LabelStore
 
 PAGE = Path(__file__).with_name("studio.html")
@@ -259,7 +260,7 @@ class Handler(BaseHTTPRequestHandler):
             status, answer = self.server.studio.change(changes)
         except ValueError as err:
             return self.error(HTTPStatus.BAD_REQUEST, f"bad change: {err}")
-        except TimeoutError as err:  # another save holds the file: nothing changed, the page sends them again
+        except LockTimeout as err:  # another save holds the file: nothing changed, the page sends them again
             return self.error(HTTPStatus.SERVICE_UNAVAILABLE, str(err))
         except OSError as err:
             path = self.server.studio.store.path

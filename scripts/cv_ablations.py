@@ -529,7 +529,7 @@ def best_epoch(name, folds):
 
 def machines(rows):
     """The platforms (kernel builds) a run's folds trained on, from their provenance."""
-    names = {(r.get("provenance") or {}).get("machine", {}).get("platform") or "?" for r in rows}
+    names = {((r.get("provenance") or {}).get("machine") or {}).get("platform") or "?" for r in rows}
     return ", ".join(sorted(n.removeprefix("Linux-").split("-x86_64")[0] for n in names))
 
 
@@ -573,9 +573,8 @@ def table(images, targets):
           "same folds, each scored as its checkpoint predicts (the shipped one with mirror TTA). Seconds "
           "are training wall-clock (online students: with the teachers' scoring of every batch; students of scored "
           "views: without the one-off, cached scoring of the views) on one thread of a 2-core CPU machine shared "
-          "with other jobs: compare them loosely, and only between runs on the same machine (the last column, "
-          "from the folds' provenance: the later machine, 6.18.44-fc-v657, trained about three times as fast as "
-          "the earlier 6.18.44-fc-v782).\n\n"
+          "with other jobs: compare them loosely, and only between runs on the same machine (the last column: "
+          "the platform in the folds' provenance; this project's machines differed up to threefold in speed).\n\n"
           + pd.DataFrame(rows).to_markdown(index=False) + "\n")
     atomic_write(OUT / "cv_ablations.md", lambda tmp: Path(tmp).write_text(md))
     print(md)

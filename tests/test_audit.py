@@ -114,7 +114,8 @@ def test_one_class_is_refused(tmp_path):
         labeled(tmp_path / "images", tmp_path / "l.xlsx")
 
 
-def test_audit_defaults_to_the_reference_labels_file_for_the_data_folders_images(partly_labelled_xlsx, tmp_path, monkeypatch):
+def test_audit_defaults_to_the_reference_labels_file_for_the_data_folders_images(partly_labelled_xlsx, real_root,
+                                                                                  tmp_path, monkeypatch):
     monkeypatch.delenv(data.DATA_ENV, raising=False)
     images, _ = partly_labelled_xlsx
     seen = []

@@ -175,6 +175,8 @@ def test_csv_cells_are_numbers_only_when_written_as_plain_decimals(tmp_path, ima
     assert read_labels(path, images_dir=images)["target"].tolist() == [1, 0]
     path.write_text("img_name,target\na.jpg, 1.0 \nb.jpg,0e0\n")
     assert read_labels(path, images_dir=images)["target"].tolist() == [1, 0]
+    path.write_text("img_name,target\na.jpg,1\u00a0\nb.jpg,\u20090\n")  # padded with (thin) non-breaking spaces
+    assert read_labels(path, images_dir=images)["target"].tolist() == [1, 0]
     path.write_text("img_name,target\na.jpg,nan\nb.jpg,0_1\n\u00a0,\n")
     with pytest.raises(LabelError) as err:
         read_labels(path, images_dir=images)

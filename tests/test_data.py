@@ -40,8 +40,9 @@ def test_data_dir_missing_dataset_is_a_clear_error(tmp_path, monkeypatch):
         data.data_dir()
     assert "EyesDataset" in str(err.value) and data.DATA_ENV in str(err.value)
     monkeypatch.setenv(data.DATA_ENV, str(tmp_path / "stale"))  # which setting named the folder
-    with pytest.raises(FileNotFoundError, match=re.escape(f"{tmp_path / 'stale'} (${data.DATA_ENV})")):
-        data.data_dir()
+    for call in (data.data_dir, data.labels_file):  # labels_file, as train and cv call it first
+        with pytest.raises(FileNotFoundError, match=re.escape(f"{tmp_path / 'stale'} (${data.DATA_ENV})")):
+            call()
     with pytest.raises(FileNotFoundError, match=re.escape(f"{tmp_path / 'flag'} (--data)")):
         data.data_dir(tmp_path / "flag")
     monkeypatch.delenv(data.DATA_ENV)
@@ -59,16 +60,17 @@ def test_labels_default_to_the_checkouts_reference_file(real_root, monkeypatch):
 
 
 def test_a_data_folder_with_other_labels_than_the_reference_must_choose(tmp_path, monkeypatch):
+    """Another data folder (no copy of the reference, or a different one) or other images must name --labels."""
     other = tmp_path / "other"
     (other / "EyesDataset").mkdir(parents=True)
     monkeypatch.delenv(data.DATA_ENV, raising=False)
     reference = data.REPO_ROOT / "img_name_target.xlsx"
     with pytest.raises(ValueError, match=r"other has no img_name_target.xlsx, and the project's reference labels"):
         data.labels_file(root=other)  # none there: another dataset must name its labels
-    assert data.labels_file(root=data.REPO_ROOT.parent / "shared" / "data") == reference  # an identical copy there
     with pytest.raises(ValueError, match=r"--images .*other.*EyesDataset/; pass --labels"):
         data.labels_file(images=other / "EyesDataset")  # other images, the default data folder
     (other / "img_name_target.xlsx").write_bytes(reference.read_bytes())
+    assert data.labels_file(root=other, images=tmp_path / "other" / ".." / "other" / "EyesDataset") == reference
     assert data.labels_file(root=other) == reference  # the same file: no ambiguity
     (other / "img_name_target.xlsx").write_bytes(b"other labels")
     for root, env in ((other, None), (None, other)):
