@@ -70,7 +70,8 @@ def labels_file(path=None, root=None, images=None):
         eyes = Path(chosen or REPO_ROOT.parent / "shared" / "data") / "EyesDataset"
         if images is not None and not (eyes.is_dir() and Path(images).is_dir() and os.path.samefile(images, eyes)):
             raise ValueError(f"--images {images}: the project's reference labels {reference} are those of the data "
-                             "folder's EyesDataset/; pass --labels with these images' labels")
+                             f"folder's EyesDataset/ ({eyes}); pass --labels with these images' labels, or --data "
+                             "with the folder that holds them")
         return reference
     found = data_dir(root) / LABELS_NAME
     if not found.is_file():

@@ -163,10 +163,10 @@ class LabelStore:
                            reviewed=bool(r.reviewed), tags=[t for t in TAGS if getattr(r, t)])
                 for name, r in zip(df.index, df.itertuples(index=False))}
 
-    def file_stamp(self):
+    def file_stamp(self, path=None):
         """What tells the file apart from a version another program wrote: its bytes (a copy can keep the
         modification time and size; a chmod, a hard link or an extended attribute changes nothing that matters)."""
-        return hashlib.sha256(self.path.read_bytes()).hexdigest()
+        return hashlib.sha256(Path(path or self.path).read_bytes()).hexdigest()
 
     def save(self):
         """Write the table, unless another program changed the file since it was read or saved here; under the
@@ -175,8 +175,13 @@ class LabelStore:
             changed = self.path.exists() if self.stamp is None else self.file_stamp() != self.stamp  # None: no file
             if changed:  # when this store started
                 raise OSError(f"{self.path} was changed by another program; restart the studio to load that version")
-            atomic_write(self.path, lambda tmp: write_xlsx(self.df.reset_index(), tmp))
-            self.stamp = self.file_stamp()
+            written = []
+
+            def write(tmp):  # stamped before it replaces the file: whatever comes after is another program's
+                write_xlsx(self.df.reset_index(), tmp)
+                written.append(self.file_stamp(tmp))
+            atomic_write(self.path, write)
+            self.stamp = written[0]
 
     def apply(self, changes):
         """Apply ``[{name, before, after}]`` in order and save once.
@@ -231,7 +236,7 @@ class LabelStore:
             base = first if pd.notna(first) else self.given[n]
             if pd.isna(base):
                 continue
-            if t is not None and t == base:
+            if t is not None and pd.to_numeric(base, errors="coerce") == t:  # a "1" typed as text is 1
                 if pd.notna(first):
                     self.df.at[n, "original"] = pd.NA
                 continue

@@ -126,6 +126,10 @@ def test_a_changed_label_keeps_its_original(folder, tmp_path):
     again = LabelStore(path, folder)  # reopened: what the file holds now is what a change replaces
     again.apply([change("002.png", dict(BLANK, target=0), target=1)])
     assert again.df.loc["002.png", "original"] == 0 and again.df.loc["001.png", "original"] == 0
+    again.df["original"] = again.df["original"].astype(object)
+    again.df.loc["001.png", "original"] = "0"  # typed as text in a spreadsheet
+    again.apply([change("001.png", dict(BLANK, unsure=True, reviewed=True), target=0, unsure=False)])
+    assert pd.isna(again.df.loc["001.png", "original"])  # back to its original, text or not
 
 
 def test_failed_save_keeps_the_old_file_and_state(folder, tmp_path, monkeypatch):
@@ -361,6 +365,12 @@ def test_a_save_held_up_by_another_lock_fails_with_a_timeout_and_changes_nothing
             assert srv.studio.store.state("000.png") == BLANK and path.read_bytes() == saved
         status, _ = post(srv, {"changes": [change("000.png", BLANK, target=1)]})  # sent again once it is free
         assert status == 200 and LabelStore(path, folder).state("000.png")["target"] == 1
+
+        def network_disk_timeout(*args):  # an OS timeout (ETIMEDOUT) is a failed save, not a busy lock
+            raise TimeoutError("timed out")
+        monkeypatch.setattr(srv.studio.store, "save", network_disk_timeout)
+        status, answer = post(srv, {"changes": [change("001.png", BLANK, target=1)]})
+        assert status == 500 and "could not save" in answer["error"]
     finally:
         srv.shutdown()
         srv.server_close()
