@@ -67,7 +67,7 @@ def test_a_data_folder_with_other_labels_than_the_reference_must_choose(tmp_path
     reference = data.REPO_ROOT / "img_name_target.xlsx"
     with pytest.raises(ValueError, match=r"other has no img_name_target.xlsx, and the project's reference labels"):
         data.labels_file(root=other)  # none there: another dataset must name its labels
-    with pytest.raises(ValueError, match=r"--images .*other.*EyesDataset/; pass --labels"):
+    with pytest.raises(ValueError, match=r"--images .*other.*EyesDataset/ \(.*\); pass --labels .*, or --data"):
         data.labels_file(images=other / "EyesDataset")  # other images, the default data folder
     (other / "img_name_target.xlsx").write_bytes(reference.read_bytes())
     assert data.labels_file(root=other, images=tmp_path / "other" / ".." / "other" / "EyesDataset") == reference
