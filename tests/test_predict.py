@@ -427,65 +427,43 @@ except ImportError as err:
     assert out[1] == "blocked: torch"
 
 
+def install_advice(call, onnxruntime=True):
+    """The ModuleNotFoundError message of ``call`` (Python source) with torch, and unless ``onnxruntime`` also
+    onnxruntime, not installed as importlib sees it."""
+    return run_python(BLOCK_TORCH + ("" if onnxruntime else 'sys.modules["onnxruntime"] = None\n') + f"""
+import numpy as np
+import eye_clf
+try:
+    {call}
+except ModuleNotFoundError as err:
+    print(err)
+""").strip()
+
+
+NO_BACKEND = ("predicting needs onnxruntime or torch (blocked: torch): pip install 'eye-clf[onnx]' (small, CPU only) "
+              "or 'eye-clf[torch]'")
+EYE = "np.zeros((24, 24), np.uint8)"
+
+
 def test_prediction_without_any_backend_says_what_to_install():
-    out = subprocess.run([sys.executable, "-c", BLOCK_TORCH + """
-sys.modules["onnxruntime"] = None  # not installed, as importlib sees it
-import numpy as np
-import eye_clf
-try:
-    eye_clf.predict_proba(np.zeros((24, 24), np.uint8))
-except ModuleNotFoundError as err:
-    print(err)
-"""], capture_output=True, text=True, cwd=data.REPO_ROOT)
-    assert out.stdout.strip() == ("predicting needs onnxruntime or torch (blocked: torch): pip install "
-                                  "'eye-clf[onnx]' (small, CPU only) or 'eye-clf[torch]'"), out.stderr
-    out = subprocess.run([sys.executable, "-c", BLOCK_TORCH + """
-sys.modules["onnxruntime"] = None
-import numpy as np
-import eye_clf
-try:
-    eye_clf.predict_proba(np.zeros((24, 24), np.uint8), checkpoint="model.pt")  # onnxruntime could not serve it
-except ModuleNotFoundError as err:
-    print(err)
-"""], capture_output=True, text=True, cwd=data.REPO_ROOT)
-    assert out.stdout.startswith("backend='torch', a .pt checkpoint, model= and tta= need torch"), out.stderr
+    assert install_advice(f"eye_clf.predict_proba({EYE})", onnxruntime=False) == NO_BACKEND
+    assert install_advice(f"eye_clf.predict_proba({EYE}, checkpoint='model.pt')", onnxruntime=False).startswith(
+        "backend='torch', a .pt checkpoint, model= and tta= need torch")  # onnxruntime could not serve it
 
 
 def test_the_threshold_without_any_backend_says_what_to_install():
-    out = subprocess.run([sys.executable, "-c", BLOCK_TORCH + """
-sys.modules["onnxruntime"] = None
-import eye_clf
-try:
-    eye_clf.recommended_threshold()
-except ModuleNotFoundError as err:
-    print(err)
-"""], capture_output=True, text=True, cwd=data.REPO_ROOT)
-    assert out.stdout.strip() == ("predicting needs onnxruntime or torch (blocked: torch): pip install "
-                                  "'eye-clf[onnx]' (small, CPU only) or 'eye-clf[torch]'"), out.stderr
+    assert install_advice("eye_clf.recommended_threshold()", onnxruntime=False) == NO_BACKEND
 
 
 def test_torch_only_prediction_without_torch_says_to_install_torch():
-    out = subprocess.run([sys.executable, "-c", BLOCK_TORCH + """
-import numpy as np
-import eye_clf
-try:
-    eye_clf.predict_proba(np.zeros((24, 24), np.uint8), backend="torch")
-except ModuleNotFoundError as err:
-    print(err)
-"""], capture_output=True, text=True, cwd=data.REPO_ROOT)
-    assert out.stdout.strip() == ("backend='torch', a .pt checkpoint, model= and tta= need torch (blocked: torch): "
-                                  "pip install 'eye-clf[torch]', or predict with the ONNX model"), out.stderr
+    assert install_advice(f"eye_clf.predict_proba({EYE}, backend='torch')") == (
+        "backend='torch', a .pt checkpoint, model= and tta= need torch (blocked: torch): pip install "
+        "'eye-clf[torch]', or predict with the ONNX model")
 
 
 def test_load_model_without_torch_says_what_to_install():
-    out = subprocess.run([sys.executable, "-c", BLOCK_TORCH + """
-import eye_clf
-try:
-    eye_clf.load_model()
-except ModuleNotFoundError as err:
-    print(err)
-"""], capture_output=True, text=True, cwd=data.REPO_ROOT)
-    assert out.stdout.strip().startswith("load_model needs torch (blocked: torch): pip install 'eye-clf[torch]'")
+    assert install_advice("eye_clf.load_model()").startswith(
+        "load_model needs torch (blocked: torch): pip install 'eye-clf[torch]'")
 
 
 RUNTIME_ONLY = """
