@@ -405,8 +405,9 @@ def main(argv=None):
     if TRAINING_MISSING is not None:
         add_predict(sub)
         return run(parser.parse_args(argv))
-    labels_help = (f"labels xlsx/csv (default: the reference {data.LABELS_NAME} at the top of the checkout; a --data "
-                   "folder whose own copy differs must choose with --labels)")
+    labels_help = (f"labels xlsx/csv (default: the reference {data.LABELS_NAME} at the top of the checkout, for the "
+                   "default data folder's images; a --data folder without an identical copy of it, or --images "
+                   "elsewhere, must choose with --labels)")
 
     p = sub.add_parser("train", help="train on the labelled data, evaluate, write checkpoint and plots")
     add_config_args(p)

@@ -328,7 +328,7 @@ RUNS = {
     "eyenet16_e100_refit_tta_ls02": dict(epochs=100, refit=True, tta=True, label_smoothing=0.2),
     "eyenet16_e100_refit_tta_ls02_seed1": dict(epochs=100, refit=True, tta=True, label_smoothing=0.2, seed=1),
     # ... not met: EER 2.32 and 2.28 % (2.30 %, 0.12 below), accuracy 97.55 and 97.65 % (97.60 %), but ECE 1.51 and
-    # 1.50 % (1.51 %: 1.5085 over the ten folds, above 1.5 %)
+    # 1.50 % (1.51 %, above 1.5 %)
 }
 EXTRA = ("teachers", "train_fraction", "undisputed_only", "prune_folds")  # RUNS keys that are not TrainConfig fields
 BASE = dict(refit=False, tta=False)
