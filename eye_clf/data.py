@@ -36,11 +36,16 @@ class LabelError(ValueError):
                    + (f"\n  ... and {more} more" if more > 0 else ""))
 
 
+def chosen_data_dir(path=None):
+    """The folder that ``path``, else $EYE_CLF_DATA, else the default (../shared/data beside the repository) names."""
+    return Path(path or os.environ.get(DATA_ENV) or REPO_ROOT.parent / "shared" / "data")
+
+
 def data_dir(path=None):
     """The dataset folder: ``path`` if given, else $EYE_CLF_DATA, else ../shared/data beside the repository (for an
     installed eye_clf: beside the current folder, see REPO_ROOT)."""
     source = "--data" if path else f"${DATA_ENV}" if os.environ.get(DATA_ENV) else "the default"
-    chosen = Path(path or os.environ.get(DATA_ENV) or REPO_ROOT.parent / "shared" / "data")
+    chosen = chosen_data_dir(path)
     if not (chosen / "EyesDataset").is_dir():
         raise FileNotFoundError(
             f"eye_clf dataset not found in {chosen} ({source}): put EyesDataset/ (the 24x24 eye patches) there, or "
@@ -67,7 +72,7 @@ def labels_file(path=None, root=None, images=None):
             raise ValueError(f"{chosen} has no {LABELS_NAME}, and the project's reference labels {reference} are "
                              "those of the CEW patches: pass --labels with its images' labels (or put a copy of the "
                              "reference there if they are those patches)")
-        eyes = Path(chosen or REPO_ROOT.parent / "shared" / "data") / "EyesDataset"
+        eyes = chosen_data_dir(root) / "EyesDataset"
         if images is not None and not (eyes.is_dir() and Path(images).is_dir() and os.path.samefile(images, eyes)):
             raise ValueError(f"--images {images}: the project's reference labels {reference} are those of the data "
                              f"folder's EyesDataset/ ({eyes}); pass --labels with these images' labels, or --data "
