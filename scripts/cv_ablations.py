@@ -329,6 +329,14 @@ RUNS = {
     "eyenet16_e100_refit_tta_ls02_seed1": dict(epochs=100, refit=True, tta=True, label_smoothing=0.2, seed=1),
     # ... not met: EER 2.32 and 2.28 % (2.30 %, 0.12 below), accuracy 97.55 and 97.65 % (97.60 %), but ECE 1.51 and
     # 1.50 % (1.51 %, above 1.5 %)
+    # the two single changes that each lowered the shipped recipe's EER over seeds 0 and 1 (zoom 1 ± 0.2: 2.31 %;
+    # label smoothing 0.2: 2.30 %, against 2.42 %) but missed on ECE, together. Rule set before its folds: shipped if
+    # over seeds 0 and 1 its EER is at least 0.1 points below the shipped recipe's (2.42 %), its ECE at most 1.5 %,
+    # its accuracy at the validation threshold no more than 0.1 points below (97.60 %) and its mean crop cost
+    # (scripts/robustness.py) no worse than the shipped recipe's (+0.64)
+    "eyenet16_e100_refit_tta_zoom02_ls02": dict(epochs=100, refit=True, tta=True, zoom=0.2, label_smoothing=0.2),
+    "eyenet16_e100_refit_tta_zoom02_ls02_seed1": dict(epochs=100, refit=True, tta=True, zoom=0.2,
+                                                      label_smoothing=0.2, seed=1),
 }
 EXTRA = ("teachers", "train_fraction", "undisputed_only", "prune_folds")  # RUNS keys that are not TrainConfig fields
 BASE = dict(refit=False, tta=False)
