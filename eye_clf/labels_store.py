@@ -169,19 +169,24 @@ class LabelStore:
         return hashlib.sha256(Path(path or self.path).read_bytes()).hexdigest()
 
     def save(self):
-        """Write the table, unless another program changed the file since it was read or saved here; under the
-        save lock, so that two studios on one file cannot both pass that check and overwrite each other."""
+        """Write the table under the save lock, so that two studios on one file cannot both pass ``write``'s check
+        and overwrite each other."""
         with locked(self.path, LOCK_WAIT_S):
-            changed = self.path.exists() if self.stamp is None else self.file_stamp() != self.stamp  # None: no file
-            if changed:  # when this store started
-                raise OSError(f"{self.path} was changed by another program; restart the studio to load that version")
-            written = []
+            self.write()
 
-            def write(tmp):  # stamped before it replaces the file: whatever comes after is another program's
-                write_xlsx(self.df.reset_index(), tmp)
-                written.append(self.file_stamp(tmp))
-            atomic_write(self.path, write)
-            self.stamp = written[0]
+    def write(self):
+        """Write the table, unless another program changed the file since it was read or saved here; the caller
+        holds the save lock."""
+        changed = self.path.exists() if self.stamp is None else self.file_stamp() != self.stamp  # None: no file
+        if changed:  # when this store started
+            raise OSError(f"{self.path} was changed by another program; restart the studio to load that version")
+        written = []
+
+        def write(tmp):  # stamped before it replaces the file: whatever comes after is another program's
+            write_xlsx(self.df.reset_index(), tmp)
+            written.append(self.file_stamp(tmp))
+        atomic_write(self.path, write)
+        self.stamp = written[0]
 
     def apply(self, changes):
         """Apply ``[{name, before, after}]`` in order and save once.
@@ -197,7 +202,8 @@ class LabelStore:
                 raise ValueError(f"change {i}: {reprlib.repr(c['name'])} is not an image of this folder")
             parsed.append((c["name"], normalize(c["before"], f"change {i} before"),
                            normalize(c["after"], f"change {i} after")))
-        with self.lock:
+        # the save lock first: while another program holds it, the table stays readable (the page, a second tab)
+        with locked(self.path, LOCK_WAIT_S), self.lock:
             current = self.states({name for name, _, _ in parsed})
             applied, conflicts = [], []
             for name, before, after in parsed:
@@ -211,9 +217,9 @@ class LabelStore:
             return applied, conflicts
 
     def write_rows(self, states):
-        """Set the rows of ``{name: state}`` and save; on a failed save the table is left as it was. A label that
-        replaces one the file held when the studio opened it (a review flipping it, or marking it unsure) keeps that
-        one in an ``original`` column, cleared when the label comes back to it."""
+        """Set the rows of ``{name: state}`` and save (the caller holds the save lock); on a failed save the table
+        is left as it was. A label that replaces one the file held when the studio opened it (a review flipping it,
+        or marking it unsure) keeps that one in an ``original`` column, cleared when the label comes back to it."""
         old, names = self.df.copy(), list(states)
         self.keep_originals({n: states[n]["target"] for n in names})
         self.df.loc[names, "target"] = pd.array([states[n]["target"] for n in names], dtype="Int64")
@@ -222,7 +228,7 @@ class LabelStore:
         for tag in TAGS:
             self.df.loc[names, tag] = [int(tag in states[n]["tags"]) for n in names]
         try:
-            self.save()
+            self.write()
         except BaseException:
             self.df = old
             raise

@@ -12,7 +12,7 @@ import pandas as pd
 import pytest
 from PIL import Image, ImageDraw
 
-from eye_clf import labels_store, studio
+from eye_clf import files, labels_store, studio
 from eye_clf.__main__ import main
 from eye_clf.data import LabelError, read_labels
 from eye_clf.labels_store import LabelStore
@@ -368,12 +368,37 @@ def test_a_save_held_up_by_another_lock_fails_with_a_timeout_and_changes_nothing
 
         def network_disk_timeout(*args):  # an OS timeout (ETIMEDOUT) is a failed save, not a busy lock
             raise TimeoutError("timed out")
-        monkeypatch.setattr(srv.studio.store, "save", network_disk_timeout)
+        monkeypatch.setattr(srv.studio.store, "write", network_disk_timeout)
         status, answer = post(srv, {"changes": [change("001.png", BLANK, target=1)]})
         assert status == 500 and "could not save" in answer["error"]
     finally:
         srv.shutdown()
         srv.server_close()
+
+
+def test_the_labels_stay_readable_while_a_save_waits_for_another_lock(folder, tmp_path, monkeypatch):
+    """A save waiting for another program's save lock does not hold the table's lock meanwhile, so the page (and
+    a second tab) can still read the labels and progress."""
+    fcntl = pytest.importorskip("fcntl")
+    store = LabelStore(tmp_path / "labels.xlsx", folder)
+    waiting = threading.Event()
+
+    def locked(path, timeout=None):  # files.locked, telling the test when the save starts to wait
+        waiting.set()
+        return files.locked(path, timeout)
+    monkeypatch.setattr(labels_store, "locked", locked)
+    monkeypatch.setattr(labels_store, "LOCK_WAIT_S", 3.0)
+    with open(tmp_path / ".labels.xlsx.lock", "a") as held:
+        fcntl.flock(held, fcntl.LOCK_EX)
+        failed = []
+        saving = threading.Thread(target=lambda: failed.append(
+            pytest.raises(files.LockTimeout, store.apply, [change("000.png", BLANK, target=1)])))
+        saving.start()
+        assert waiting.wait(10)
+        assert store.state("000.png") == BLANK
+        assert saving.is_alive()  # read while the save still waits, not after it gave up
+        saving.join()
+    assert failed and store.state("000.png") == BLANK
 
 
 @pytest.fixture
@@ -571,7 +596,7 @@ def test_several_tags_do_not_make_a_false_conflict(folder, tmp_path):
 def test_a_batch_applies_in_order_and_saves_once(folder, tmp_path, monkeypatch):
     store = LabelStore(tmp_path / "labels.xlsx", folder)
     saves = []
-    monkeypatch.setattr(store, "save", lambda: saves.append(1))
+    monkeypatch.setattr(store, "write", lambda: saves.append(1))
     states = [dict(BLANK, target=i % 2) for i in range(MAX_CHANGES)]
     batch = [dict(name="000.png", before=a, after=b) for a, b in zip([BLANK] + states, states)]
     batch.append(change("001.png", BLANK, unsure=True))
