@@ -9,6 +9,7 @@ so that no committed table is replaced by surprise); the runs' fold models must 
 """
 import argparse
 import io
+import os
 import sys
 from pathlib import Path
 
@@ -80,6 +81,9 @@ def main():
     ap.add_argument("--data", help="data folder (default: $EYE_CLF_DATA or ../shared/data)")
     ap.add_argument("--out", required=True, help="the table's file (e.g. results/robustness_refit_tta.md)")
     args = ap.parse_args()
+    out = Path(args.out)
+    if out.is_dir() or not os.access(out.parent, os.W_OK):  # refused before any scoring
+        ap.error(f"--out: {args.out} is a folder or cannot be written; name the table's file in a writable folder")
     if len(set(args.runs)) < len(args.runs):
         ap.error(f"a run named twice: {args.runs}")
     runs = {run: cv_rows(run, CV) for run in args.runs}
@@ -92,8 +96,6 @@ def main():
         ap.error(f"fold models missing: {', '.join(missing)} (only the fold files are committed; a finished fold "
                  "is never retrained, so move its foldK.json out of results/cv/NAME/ and rerun scripts/cv_ablations.py "
                  "NAME: a new training, whose scores may differ slightly from the committed ones)")
-    if Path(args.out).is_dir():
-        ap.error(f"--out: {args.out} is a folder; name the table's file")
     try:
         images, targets, _ = data.load_dataset(args.data)
     except (FileNotFoundError, ValueError) as err:
@@ -128,8 +130,8 @@ def main():
           "that never saw it; the EER is that of these pooled out-of-fold scores (the CV tables report the mean of the "
           "per-fold EERs, which differs); accuracy at each fold's validation threshold.\n\n"
           + table.to_markdown(index=False, disable_numparse=True) + "\n")
+    print(md, flush=True)  # first: a failed write loses nothing
     atomic_write(args.out, lambda tmp: Path(tmp).write_text(md))
-    print(md)
 
 
 if __name__ == "__main__":

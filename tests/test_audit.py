@@ -163,3 +163,21 @@ def test_audit_measure_cache_is_keyed_by_the_whole_recipe():
     assert tag(cfg, 5, images, targets) == tag(replace(cfg), 5, images, targets)
     assert tag(cfg, 5, images, targets) != tag(replace(cfg, batch_augment=not cfg.batch_augment), 5, images, targets)
 
+
+
+def test_audit_measure_refuses_a_data_folder_without_the_other_annotations_before_training(tmp_path, monkeypatch,
+                                                                                          real_root, capsys):
+    from test_experiment import load_script
+    measure = load_script("audit_measure")
+    monkeypatch.setattr(measure, "flipped_audit", lambda *args: pytest.fail("trained before checking the data"))
+    root = tmp_path / "data"
+    root.mkdir()
+    (root / "EyesDataset").symlink_to(real_root / "EyesDataset")
+    (root / "img_name_target.xlsx").symlink_to(real_root / "img_name_target.xlsx")
+    timing = tmp_path / "timing.json"
+    timing.write_text("{}")
+    monkeypatch.setattr("sys.argv", ["audit_measure.py", "--data", str(root), "--timing", str(timing),
+                                     "--out", str(tmp_path / "report.md")])
+    with pytest.raises(SystemExit):
+        measure.main()
+    assert f"{root / 'other_annotations.csv'} missing" in capsys.readouterr().err

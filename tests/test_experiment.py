@@ -858,6 +858,16 @@ def test_robustness_crops_crop_and_resizes_resize():
     assert changes["upscaled to 28x28"](im).size == (28, 28)
 
 
+def test_robustness_refuses_an_unwritable_out_before_scoring(tmp_path, monkeypatch, capsys):
+    robustness = load_script("robustness")
+    monkeypatch.setattr(robustness, "cv_rows", lambda *args: pytest.fail("read the runs before checking --out"))
+    for out in (tmp_path, tmp_path / "missing folder" / "table.md"):
+        monkeypatch.setattr("sys.argv", ["robustness.py", "eyenet16_e100_refit_tta", "--out", str(out)])
+        with pytest.raises(SystemExit):
+            robustness.main()
+        assert f"--out: {out} is a folder or cannot be written" in capsys.readouterr().err
+
+
 def test_check_teachers_refuses_fold_models_that_saw_the_students_validation_part(tmp_path):
     def key(**change):
         return dict(config=asdict(TrainConfig(**{"refit": False, **change})), folds=5, seed=0, n=10, n_open=5,
