@@ -5,10 +5,11 @@ torchvision ResNet18 (3x3 stride-1 stem) on torch for scale.
 
 Prints, side by side: images/s on a batch of 4000 in-memory images and on a folder of 4000 JPEG files (best of
 ``--repeats``), the milliseconds of one call on one image (a webcam loop: SINGLE images one call each, best of
-``--repeats``), then for each backend the cold start (a fresh interpreter: import eye_clf, load the model, predict
-one file) and the peak memory (max RSS) of that process. ``--threads`` sets torch's threads and, through
-$OMP_NUM_THREADS, onnxruntime's; ``--batch-size`` is predict_proba's (default: its own). The ResNet18's
-throughput does not depend on its weights, so it is random init.
+``--repeats``), then for each backend the cold start (a fresh interpreter, timed from its launch: start Python,
+import eye_clf, load the model, predict one file) and the peak memory (max RSS) of that process. ``--threads`` sets
+torch's threads and, through $OMP_NUM_THREADS, onnxruntime's; ``--batch-size`` is predict_proba's (default: its
+own). The ResNet18's throughput does not depend on its weights, so it is random init, with its BatchNorm folded
+like the shipped model's.
 """
 import argparse
 import os
@@ -22,14 +23,12 @@ import torch
 from eye_clf import data, load_model, load_session, predict_proba
 from eye_clf.__main__ import int_at_least
 from eye_clf.files import provenance
-from eye_clf.models import build_model
+from eye_clf.models import build_model, fold_batchnorm
 
-COLD = """import re, time
-t = time.perf_counter()
+COLD = """import re
 import eye_clf
 eye_clf.predict_proba({image!r}, backend={backend!r})
-seconds = time.perf_counter() - t
-print(seconds, re.search(r"VmHWM:\\s+(\\d+) kB", open("/proc/self/status").read()).group(1))
+print(re.search(r"VmHWM:\\s+(\\d+) kB", open("/proc/self/status").read()).group(1))
 """  # VmHWM: this process's own peak RSS (ru_maxrss would include the forking parent's)
 
 
@@ -47,10 +46,12 @@ def best_rate(fn, n, repeats):
 
 
 def cold_start(backend, image):
-    """Seconds to import, load and predict one file in a fresh interpreter, and that process's peak RSS (MiB)."""
+    """Seconds from launching a fresh interpreter until it has imported, loaded and predicted one file and
+    exited, and that process's peak RSS (MiB)."""
+    t = time.perf_counter()
     out = subprocess.run([sys.executable, "-c", COLD.format(image=str(image), backend=backend)], check=True,
-                         capture_output=True, text=True, env={**os.environ, "CUDA_VISIBLE_DEVICES": ""}).stdout.split()
-    return float(out[0]), float(out[1]) / 1024
+                         capture_output=True, text=True, env={**os.environ, "CUDA_VISIBLE_DEVICES": ""}).stdout
+    return time.perf_counter() - t, float(out) / 1024
 
 
 def main():
@@ -71,7 +72,7 @@ def main():
     cold = [cold_start(b, files[0]) for b in ("onnx", "torch")]  # before this process grows
     shipped, tta = load_model(device="cpu")  # a CPU benchmark, also where CUDA is present
     load_session()
-    resnet = build_model("resnet18").eval()
+    resnet = fold_batchnorm(build_model("resnet18"))
     batch = {"batch_size": args.batch_size} if args.batch_size else {}
     runs = {"EyeNet onnxruntime": dict(backend="onnx", **batch),
             "EyeNet torch": dict(model=shipped, tta=tta, **batch),
