@@ -28,8 +28,15 @@ _loading = {}  # one lock per model being loaded: threads (a service) load each 
 # models already loaded do not wait for it
 
 
+def _stamp(path):
+    """What tells a model file from one that replaced it: modification and change times, inode and size (a copy
+    that keeps the modification time, as ``cp -p`` or an unpacked archive, still gets a new inode and ctime)."""
+    st = path.stat()
+    return st.st_mtime_ns, st.st_ctime_ns, st.st_ino, st.st_size
+
+
 def _cached(backend, path, load):
-    key = (backend, path, path.stat().st_mtime_ns)  # backend: "onnx", ("shipped onnx", .pt mtime), ("torch", device)
+    key = (backend, path, _stamp(path))  # backend: "onnx", ("shipped onnx", the .pt's stamp), ("torch", device)
     with _cache_lock:
         if key in _cache:
             _cache.move_to_end(key)
@@ -132,7 +139,7 @@ def load_session(checkpoint=None):
     path = _model_path(checkpoint, DEFAULT_ONNX, EXPORT_ONE)
     if checkpoint is not None:
         return _cached("onnx", path, _load_onnx)
-    pair = DEFAULT_CHECKPOINT.stat().st_mtime_ns if DEFAULT_CHECKPOINT.is_file() else None
+    pair = _stamp(DEFAULT_CHECKPOINT) if DEFAULT_CHECKPOINT.is_file() else None
     return _cached(("shipped onnx", pair), path, _load_shipped_onnx)  # checked again when either file changes
 
 
@@ -281,9 +288,11 @@ def _to_images(x, name="input"):
         if not x:
             raise ValueError(f"{name}: empty list")
         return [a for i, item in enumerate(x) for a in _to_images(item, f"{name}[{i}]")[0]], False
-    iterable = " (for an iterator such as a generator, pass list(...) of it)" if hasattr(x, "__next__") else ""
+    hint = (" (for a file object or bytes, pass PIL.Image.open(it), or PIL.Image.open(io.BytesIO(data)))"
+            if hasattr(x, "read") or isinstance(x, (bytes, bytearray, memoryview)) else
+            " (for an iterator such as a generator, pass list(...) of it)" if hasattr(x, "__next__") else "")
     raise TypeError(f"{name}: cannot read a {type(x).__name__} as an image; pass a path, folder, PIL image, "
-                    f"numpy array, torch tensor or a list of these{iterable}")
+                    f"numpy array, torch tensor or a list of these{hint}")
 
 
 def _no_images(x):
@@ -326,15 +335,9 @@ def predict_proba(x, model=None, checkpoint=None, batch_size=64, tta=None, backe
     if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
         raise ValueError(f"batch_size: expected a positive integer, got {batch_size!r}")
     batch_size = int(batch_size)  # numpy integers overflow (uint8) or are refused by torch.split
-    if _no_images(x):  # no eye in this frame: nothing to score, but a missing model is still an error
-        if model is None:
-            _model_path(checkpoint, *((DEFAULT_ONNX, EXPORT_ONE) if backend == "onnx"
-                                      else (DEFAULT_CHECKPOINT, TRAIN_ONE)))
-        return np.empty(0, np.float32)
-    arrays, single = _to_images(x)
-    images = np.ascontiguousarray(np.concatenate(arrays))
+    arrays, single = ([], False) if _no_images(x) else _to_images(x)
     if backend == "onnx":
-        p = _onnx_scores(load_session(checkpoint), images, batch_size)
+        session = load_session(checkpoint)
     else:
         try:
             from .models import scores
@@ -346,5 +349,8 @@ def predict_proba(x, model=None, checkpoint=None, batch_size=64, tta=None, backe
         if model is None:
             model, _ = load_model(checkpoint)
         tta = getattr(model, "tta", False) if tta is None else tta
-        p = scores(model, images, batch_size, bool(tta))
+    if not arrays:  # nothing to score (no eye in this frame); the model is loaded all the same, so that a missing
+        return np.empty(0, np.float32)  # file or backend fails now, not at the first eye
+    images = np.ascontiguousarray(np.concatenate(arrays))
+    p = _onnx_scores(session, images, batch_size) if backend == "onnx" else scores(model, images, batch_size, bool(tta))
     return float(p[0]) if single else p

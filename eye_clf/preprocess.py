@@ -11,7 +11,7 @@ arrays; values outside 0..1 are refused). Other modes (``LAB``, ``HSV``, ...) ar
 """
 import os
 import stat
-import warnings
+import struct
 from pathlib import Path
 
 import numpy as np
@@ -35,14 +35,17 @@ def _scaled(a, low, high, scale, name, mode):
 
 def to_gray24(image, name="image"):
     """A PIL image of any size and accepted mode (see the module docstring) as a 24x24 grayscale uint8 array,
-    turned upright as its EXIF orientation says (as viewers show phone photos)."""
+    turned upright as its EXIF orientation says (as viewers show phone photos; unreadable EXIF is ignored)."""
     try:
         image.load()
     except (ValueError, OSError, SyntaxError) as err:  # a closed image, a truncated or corrupt file
         raise ValueError(f"{name}: cannot read the PIL image ({err})") from None
     if 0 in image.size:
         raise ValueError(f"{name}: empty image of {image.size[0]} x {image.size[1]} pixels")
-    image = ImageOps.exif_transpose(image)
+    try:
+        image = ImageOps.exif_transpose(image)
+    except (SyntaxError, ValueError, OSError, struct.error):  # unreadable EXIF over readable pixels: as stored
+        pass
     mode = image.mode
     if mode == "La":  # premultiplied alpha, which Pillow converts to L only through LA
         image = image.convert("LA")
@@ -86,11 +89,9 @@ def load_image(path):
     path = Path(path)
     _check_file(path)
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # MAX_PIXELS is the limit here
-            with Image.open(path) as image:
-                _reduce_large(image, path).load()  # a truncated file fails here, as a corrupt image
-                return to_gray24(image, str(path))
+        with Image.open(path) as image:
+            _reduce_large(image, path).load()  # a truncated file fails here, as a corrupt image
+            return to_gray24(image, str(path))
     except Image.DecompressionBombError as err:
         raise ValueError(f"image too large: {path} ({err})") from None
     except UnidentifiedImageError:

@@ -1,4 +1,5 @@
 """Hostile inputs to ``predict_proba``: one clear error naming the argument, the same with either backend."""
+import io
 import os
 import struct
 import sys
@@ -103,6 +104,31 @@ def test_an_empty_list_gives_no_scores_and_a_generator_is_told_to_be_a_list(back
         predict_proba([], backend=backend, checkpoint=tmp_path / f"nowhere.{'onnx' if backend == 'onnx' else 'pt'}")
     with pytest.raises(TypeError, match=r"input: cannot read a generator as an image; .*pass list\(\.\.\.\) of it"):
         predict_proba((e for e in [EYE]), backend=backend)
+    for upload in (io.BytesIO(b"..."), b"..."):  # a file object is an iterator too, but list() of it is no image
+        with pytest.raises(TypeError, match=r"cannot read a (BytesIO|bytes) as an image; .*pass PIL.Image.open\(it\)"):
+            predict_proba(upload, backend=backend)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_an_image_with_unreadable_exif_is_scored_as_stored(backend, tmp_path):
+    Image.fromarray(EYE).save(tmp_path / "eye.png", exif=b"Exif\x00\x00not a TIFF header")
+    expected = predict_proba(EYE, backend=backend)
+    with Image.open(tmp_path / "eye.png") as image:
+        assert predict_proba(image, backend=backend) == expected
+    assert predict_proba(tmp_path / "eye.png", backend=backend) == expected
+
+
+def test_reading_an_image_leaves_the_callers_warnings_alone(tmp_path):
+    """No warnings.catch_warnings per image: it is not thread-safe (it drops filters other threads set meanwhile)
+    and it resets which warnings were shown, so that a caller's warning shown once is shown again every frame."""
+    import warnings
+    Image.fromarray(EYE).save(tmp_path / "eye.png")
+    with warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("default")  # each warning once per place it comes from
+        for _ in range(3):
+            warnings.warn("the caller's own warning")
+            preprocess.load_image(tmp_path / "eye.png")
+    assert len(seen) == 1
 
 
 BAD_ARGUMENTS = [

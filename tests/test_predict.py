@@ -1,3 +1,4 @@
+import os
 import re
 import subprocess
 import sys
@@ -272,6 +273,23 @@ def test_the_model_cache_is_bounded(tiny_ckpt, tmp_path):
     assert any(key[1] == copy.resolve() for key in predict._cache)
 
 
+@pytest.mark.parametrize("suffix", [".pt", ".onnx"])
+def test_a_model_file_replaced_with_the_same_modification_time_is_loaded_again(suffix, tiny_ckpt, tiny_onnx, tmp_path):
+    """``cp -p``, ``rsync -a`` or an unpacked archive keep the modification time of the file they put in place."""
+    model = tmp_path / f"model{suffix}"
+    model.write_bytes((tiny_ckpt if suffix == ".pt" else tiny_onnx).read_bytes())
+    first = predict_proba(BRIGHT, checkpoint=model)
+    ckpt = torch.load(tiny_ckpt, weights_only=False)
+    ckpt["state_dict"]["head.bias"] += 3  # another model
+    torch.save(ckpt, tmp_path / "other.pt")
+    other = tmp_path / "other.pt" if suffix == ".pt" else export_onnx(tmp_path / "other.pt", tmp_path / "other.onnx")
+    mtime = model.stat().st_mtime_ns
+    os.utime(other, ns=(mtime, mtime))
+    os.replace(other, model)
+    assert model.stat().st_mtime_ns == mtime
+    assert predict_proba(BRIGHT, checkpoint=model) != first
+
+
 def test_threads_that_predict_at_once_load_a_model_once(tiny_ckpt, tmp_path, monkeypatch):
     """A service calling predict_proba from several threads: the first calls share one load of the model."""
     import threading
@@ -447,6 +465,7 @@ EYE = "np.zeros((24, 24), np.uint8)"
 
 def test_prediction_without_any_backend_says_what_to_install():
     assert install_advice(f"eye_clf.predict_proba({EYE})", onnxruntime=False) == NO_BACKEND
+    assert install_advice("eye_clf.predict_proba([])", onnxruntime=False) == NO_BACKEND  # no eye yet: said all the same
     assert install_advice(f"eye_clf.predict_proba({EYE}, checkpoint='model.pt')", onnxruntime=False).startswith(
         "backend='torch', a .pt checkpoint, model= and tta= need torch")  # onnxruntime could not serve it
 
