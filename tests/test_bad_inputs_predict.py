@@ -203,6 +203,7 @@ def test_an_onnx_model_without_onnxruntime_says_what_to_install(monkeypatch, tmp
 # ---- files: size limits, non-regular files -----------------------------------------------------------------
 
 @pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.filterwarnings("ignore::PIL.Image.DecompressionBombWarning")  # Pillow's, before eye_clf refuses it
 def test_huge_images_are_refused_from_the_header(backend, tmp_path):
     huge = png_header(tmp_path / "huge.png", 13000, 13000)  # 4 GB decoded at 16 bits, a few bytes on disk
     with pytest.raises(ValueError, match=r"image too large: .*huge.png is 13000 x 13000 pixels"):
