@@ -177,6 +177,20 @@ def test_two_tabs_do_not_overwrite_each_other(browser, url, tmp_path):
     expect(a.locator("#label")).to_have_text("CLOSED")     # tab a now shows what tab b saved
 
 
+def test_undo_never_reverses_a_change_another_tab_saved_first(browser, url, tmp_path):
+    a, b = open_page(browser, url), open_page(browser, url)
+    name = a.text_content("#name")
+    b.keyboard.press("c")
+    saved(b)
+    a.keyboard.press("c")                                  # the same decision, refused: tab b made it first
+    expect(a.locator("#banner")).to_contain_text(f"changed in another tab first: {name}")
+    saved(a)
+    a.keyboard.press("u")                                  # tab a saved nothing, so there is nothing to undo
+    expect(a.locator("#banner")).to_have_text("Nothing to undo.")
+    saved(a)
+    assert read_table(tmp_path / "labels.xlsx").set_index("img_name").loc[name, "target"] == 0
+
+
 def test_labels_made_while_another_save_holds_the_file_are_sent_again(browser, url, tmp_path, monkeypatch):
     fcntl = pytest.importorskip("fcntl")  # POSIX: elsewhere saves take no lock
     from eye_clf import labels_store
