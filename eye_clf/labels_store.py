@@ -192,7 +192,8 @@ class LabelStore:
         """Apply ``[{name, before, after}]`` in order and save once.
 
         A change applies only if ``before`` equals the row's current state (else it is a conflict and skipped).
-        Returns ``(applied_names, conflict_names)``. If the save fails nothing changes, in memory or on disk.
+        Returns ``(applied_names, refused)``, refused: the indices in ``changes`` of the conflicts. If the save fails
+        nothing changes, in memory or on disk.
         """
         parsed = []
         for i, c in enumerate(changes):
@@ -202,19 +203,27 @@ class LabelStore:
                 raise ValueError(f"change {i}: {reprlib.repr(c['name'])} is not an image of this folder")
             parsed.append((c["name"], normalize(c["before"], f"change {i} before"),
                            normalize(c["after"], f"change {i} after")))
-        # the save lock first: while another program holds it, the table stays readable (the page, a second tab)
-        with locked(self.path, LOCK_WAIT_S), self.lock:
+
+        def sort():  # (the rows after the changes that apply, their names, the indices of the others)
             current = self.states({name for name, _, _ in parsed})
-            applied, conflicts = [], []
-            for name, before, after in parsed:
+            applied, refused = [], []
+            for i, (name, before, after) in enumerate(parsed):
                 if current[name] != before:
-                    conflicts.append(name)
+                    refused.append(i)
                     continue
                 current[name] = after
                 applied.append(name)
+            return current, applied, refused
+        with self.lock:
+            _, applied, refused = sort()
+        if not applied:  # nothing to save: answered at once, even while another program holds the file
+            return applied, refused
+        # the save lock before the table's: while another program holds it, the table stays readable (the page, a
+        with locked(self.path, LOCK_WAIT_S), self.lock:  # second tab); sorted again, as of now
+            current, applied, refused = sort()
             if applied:
                 self.write_rows({name: current[name] for name in applied})
-            return applied, conflicts
+            return applied, refused
 
     def write_rows(self, states):
         """Set the rows of ``{name: state}`` and save (the caller holds the save lock); on a failed save the table

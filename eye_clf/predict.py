@@ -49,6 +49,8 @@ def _cached(backend, path, load):
         try:
             model = load(path)
             with _cache_lock:
+                for stale in [k for k in _cache if k[:2] == key[:2]]:  # the file's earlier version, or a chmod
+                    del _cache[stale]
                 _cache[key] = model
                 while len(_cache) > CACHE_SIZE:
                     _cache.popitem(last=False)

@@ -1,7 +1,8 @@
 """Labeling studio: a local, keyboard-first web page to label eye images (``python -m eye_clf label``).
 
 The page (studio.html) talks to this stdlib HTTP server, bound to 127.0.0.1: GET /api/items (the queue), POST
-/api/changes (labels, saved to the xlsx before the answer; 409 when another tab changed the image first) and
+/api/changes (labels, saved to the xlsx before the answer; 409 when another tab changed the image first, with the
+indices of the refused changes) and
 GET /img/<name> (only the image files listed in the folder whose file resolves inside it, re-encoded as PNG; the
 page upscales them pixelated).
 
@@ -143,15 +144,16 @@ class Studio:
         """Apply and save changes; returns (http status, answer)."""
         with self.changing:
             before = self.progress()["done"]
-            applied, conflicts = self.store.apply(changes)
+            applied, refused = self.store.apply(changes)
             progress = self.progress()
             if progress["done"] > before:
                 with self.lock:
                     self.events.append((time.monotonic(), progress["done"] - before))
                 progress = self.progress()
-        current = self.store.states(conflicts)
-        answer = dict(applied=applied, conflicts=[self.item(n, s) for n, s in current.items()], progress=progress)
-        return (HTTPStatus.CONFLICT if conflicts else HTTPStatus.OK), answer
+        current = self.store.states(dict.fromkeys(changes[i]["name"] for i in refused))
+        answer = dict(applied=applied, refused=refused, conflicts=[self.item(n, s) for n, s in current.items()],
+                      progress=progress)
+        return (HTTPStatus.CONFLICT if refused else HTTPStatus.OK), answer
 
 
 def png(path):

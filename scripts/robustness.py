@@ -82,7 +82,11 @@ def main():
     ap.add_argument("--out", required=True, help="the table's file (e.g. results/robustness_refit_tta.md)")
     args = ap.parse_args()
     out = Path(args.out)
-    if out.is_dir() or not os.access(out.parent, os.W_OK):  # refused before any scoring
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)  # refused before any scoring
+    except OSError as err:
+        ap.error(f"--out: {args.out}: {err}")
+    if out.is_dir() or not os.access(out.parent, os.W_OK):
         ap.error(f"--out: {args.out} is a folder or cannot be written; name the table's file in a writable folder")
     if len(set(args.runs)) < len(args.runs):
         ap.error(f"a run named twice: {args.runs}")

@@ -861,11 +861,16 @@ def test_robustness_crops_crop_and_resizes_resize():
 def test_robustness_refuses_an_unwritable_out_before_scoring(tmp_path, monkeypatch, capsys):
     robustness = load_script("robustness")
     monkeypatch.setattr(robustness, "cv_rows", lambda *args: pytest.fail("read the runs before checking --out"))
-    for out in (tmp_path, tmp_path / "missing folder" / "table.md"):
+    (tmp_path / "a file").write_text("")
+    for out, says in ((tmp_path, "is a folder or cannot be written"), (tmp_path / "a file" / "table.md", "")):
         monkeypatch.setattr("sys.argv", ["robustness.py", "eyenet16_e100_refit_tta", "--out", str(out)])
         with pytest.raises(SystemExit):
             robustness.main()
-        assert f"--out: {out} is a folder or cannot be written" in capsys.readouterr().err
+        assert f"--out: {out}{' ' if says else ':'}{says}" in capsys.readouterr().err
+    new = tmp_path / "new folder" / "table.md"  # made, as the table's write would
+    monkeypatch.setattr("sys.argv", ["robustness.py", "eyenet16_e100_refit_tta", "--out", str(new)])
+    with pytest.raises(pytest.fail.Exception, match="read the runs"):
+        robustness.main()
 
 
 def test_check_teachers_refuses_fold_models_that_saw_the_students_validation_part(tmp_path):

@@ -288,6 +288,7 @@ def test_a_model_file_replaced_with_the_same_modification_time_is_loaded_again(s
     os.replace(other, model)
     assert model.stat().st_mtime_ns == mtime
     assert predict_proba(BRIGHT, checkpoint=model) != first
+    assert sum(key[1] == model.resolve() for key in predict._cache) == 1  # the replaced one is no longer kept
 
 
 def test_threads_that_predict_at_once_load_a_model_once(tiny_ckpt, tmp_path, monkeypatch):

@@ -293,10 +293,16 @@ def test_stale_change_is_a_conflict_not_an_overwrite(folder, tmp_path):
     server.change([change("002.png", BLANK, target=1)])  # tab a
     # tab b loaded the page earlier: it still shows 002.png unlabeled
     status, answer = server.change([change("002.png", BLANK, target=0), change("003.png", BLANK, target=0)])
-    assert status == 409 and answer["applied"] == ["003.png"]
+    assert status == 409 and answer["applied"] == ["003.png"] and answer["refused"] == [0]
     assert answer["conflicts"] == [dict(name="002.png", **dict(BLANK, target=1), p=None)]
     df = read_table(path).set_index("img_name")
     assert df.loc["002.png", "target"] == 1 and df.loc["003.png", "target"] == 0
+    # tab b's own label of 002.png, refused, then a tag on the label it found there, saved: the page is told which
+    # change was refused, so that undo reverses the saved one only
+    status, answer = server.change([change("002.png", BLANK, target=1), change("002.png", dict(BLANK, target=1),
+                                                                               tags=["dark"])])
+    assert status == 409 and answer["applied"] == ["002.png"] and answer["refused"] == [0]
+    assert answer["conflicts"] == [dict(name="002.png", **dict(BLANK, target=1, tags=["dark"]), p=None)]
 
 
 @pytest.mark.parametrize("bad", [
@@ -398,6 +404,7 @@ def test_the_labels_stay_readable_while_a_save_waits_for_another_lock(folder, tm
         assert store.state("000.png") == BLANK
         assert saving.is_alive()  # read while the save still waits, not after it gave up
         saving.join()
+        assert store.apply([change("000.png", dict(BLANK, target=0), target=1)]) == ([], [0])  # a conflict, at once
     assert failed and store.state("000.png") == BLANK
 
 
