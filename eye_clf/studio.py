@@ -2,9 +2,8 @@
 
 The page (studio.html) talks to this stdlib HTTP server, bound to 127.0.0.1: GET /api/items (the queue), POST
 /api/changes (labels, saved to the xlsx before the answer; 409 when another tab changed the image first, with the
-indices of the refused changes) and
-GET /img/<name> (only the image files listed in the folder whose file resolves inside it, re-encoded as PNG; the
-page upscales them pixelated).
+indices of the refused changes) and GET /img/<name> (only the image files listed in the folder whose file resolves
+inside it, re-encoded as PNG; the page upscales them pixelated).
 
 Requests must name this server in their Host header (no DNS rebinding). A POST is accepted only from the studio's
 own page: its Origin header must be the studio's origin (browsers send Origin with every POST); without Origin,
