@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .files import atomic_write
+from .files import atomic_write, checkout
 from .preprocess import list_images, load_image
 
 DESCRIPTION = ("Is the eye in a 24x24 grayscale patch open? Train a model, predict P(open), evaluate, "
@@ -175,8 +175,8 @@ def cmd_train(args):
               "threshold")
     else:
         print("this recipe has no CV of this data in results/cv/ (see scripts/cv_ablations.py): no unbiased figure")
-    print(f"wrote {res['out']}/ (eye_clf.pt, history.csv/json, curves, run.json); "
-          f"to make it the shipped model: eye-clf ship {res['out']}")
+    ship = f"; to make it the shipped model: eye-clf ship {res['out']}" if checkout() else ""
+    print(f"wrote {res['out']}/ (eye_clf.pt, history.csv/json, curves, run.json){ship}")
 
 
 def cmd_ship(args):
@@ -306,7 +306,7 @@ def cmd_evaluate(args):
 
 
 def cmd_cv(args):
-    from .cv import cross_val_predict, report
+    from .cv import cross_val_predict, read_fold, report
     cfg = config_from(args)
     if cfg.distill:
         sys.exit("error: --distill: cv trains no teachers; distil in CV with scripts/cv_ablations.py (teachers: "
@@ -326,9 +326,11 @@ def cmd_cv(args):
     print(f"{args.folds}-fold CV ({cfg.arch}, weights: {cfg.weights or 'random init'}): {report(per_fold)}")
     if args.out:
         from .files import provenance
+        resumed = {} if not args.fold_dir else dict(fold_provenance=[  # folds read back were made by their own code
+            read_fold(Path(args.fold_dir) / f"fold{k}.json")["provenance"] for k in range(args.folds)])
         result = dict(config=vars(cfg), folds=per_fold.to_dict("records"), pooled=metrics.summary(targets, oof),
                       data=dict(n=len(targets), n_open=int(targets.sum())),
-                      provenance=provenance(device_of(cfg.device)))
+                      provenance=provenance(device_of(cfg.device)), **resumed)
         atomic_write(args.out, lambda tmp: Path(tmp).write_text(json.dumps(result, indent=1)))
 
 

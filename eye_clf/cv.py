@@ -88,6 +88,17 @@ def _fold(images, targets, rest, test, cfg, progress, teachers, train_fraction, 
 BEFORE = dict(batch_augment=False, refit=False, tta=False)
 
 
+def read_fold(path):
+    """A fold file of ``cross_val_predict``; a ValueError names a damaged or foreign one."""
+    try:
+        row = json.loads(Path(path).read_text())
+        if not isinstance(row, dict) or not {"fold", "key", "test_idx", "p"} <= set(row):
+            raise ValueError("it lacks the fields fold, key, test_idx and p")
+    except (ValueError, UnicodeDecodeError) as err:
+        raise ValueError(f"{path} is not a fold file of eye_clf's CV ({err}); move it away to rerun") from None
+    return row
+
+
 def predicted(row):
     """A fold file's out-of-fold P(open) as its checkpoint predicts them: mirror-averaged if it uses TTA."""
     return row["p_tta"] if same_key(row["key"])["config"]["tta"] else row["p"]
@@ -237,7 +248,7 @@ def cross_val_predict(images, targets, cfg=None, folds=5, seed=0, progress=True,
         data.validation_split(rest, targets, cfg.val_fraction, cfg.seed)
     for k, (rest, test) in enumerate(splits):
         path = Path(fold_dir) / f"fold{k}.json" if fold_dir else None
-        row = json.loads(path.read_text()) if path and path.exists() else None
+        row = read_fold(path) if path and path.exists() else None
         inputs = inputs_id(teacher_dirs, soft, trainable, k)
         key = {**run_key, **({"inputs": inputs} if inputs else {})}
         # folds written before the data and inputs fingerprints are matched on the rest of their key

@@ -14,6 +14,7 @@ import os
 import shutil
 import tempfile
 import time
+import warnings
 from dataclasses import asdict, replace
 from datetime import datetime
 from pathlib import Path
@@ -64,7 +65,11 @@ def compare_with_shipped(images, targets, val_idx):
     path = SHIPPED / "eye_clf.pt"
     if not path.is_file():
         return None
-    model, ckpt = load_checkpoint(path)
+    try:
+        model, ckpt = load_checkpoint(path)
+    except (ValueError, OSError) as err:  # e.g. made by code with other preprocessing: the run is kept all the same
+        warnings.warn(f"not compared with the shipped model: {err}")
+        return None
     if "training_images" not in ckpt:  # an older checkpoint cannot tell which images it has seen
         return None
     seen = set(ckpt["training_images"])
@@ -152,7 +157,11 @@ def train_run(cfg=None, root=None, labels=None, out_dir=None, limit=None, progre
     validation images, indices, seconds and the run folder.
     """
     cfg = cfg or TrainConfig()
+    prov = provenance(device_of(cfg.device))  # the code this run loaded: later edits do not change a running process
     out = Path(out_dir or data.REPO_ROOT / "runs" / datetime.now().strftime("train-%Y%m%d-%H%M%S"))
+    if out.resolve() in (SHIPPED.resolve(), FIGURES.resolve()):
+        raise ValueError(f"out: {out} holds the shipped model and its curves, which change only through `eye-clf "
+                         "ship RUN_FOLDER`; write the run elsewhere")
     if cfg.distill and not teachers:
         teachers = [train_run(replace(t, seed=cfg.seed, val_fraction=cfg.val_fraction, refit=False), root, labels,
                               out / "teachers" / name, limit, progress)["out"] / "eye_clf.pt"
@@ -171,6 +180,7 @@ def train_run(cfg=None, root=None, labels=None, out_dir=None, limit=None, progre
     shipped = compare_with_shipped(images, targets, val_idx)
     ckpt = checkpoint(model, cfg, dict(val=val, train_seconds=seconds, torch_threads=torch.get_num_threads()),
                       history)
+    ckpt["provenance"] = prov
     ckpt["threshold"] = val["eer_threshold"]  # recommended decision threshold: the validation EER point
     ckpt["training_images"] = data.image_hashes(images[np.r_[train_idx, val_idx]])
     ckpt["validation_images"] = data.image_hashes(images[val_idx])  # (refit: trained on too)
@@ -183,7 +193,7 @@ def train_run(cfg=None, root=None, labels=None, out_dir=None, limit=None, progre
     write_json(out / "run.json", dict(config=ckpt["config"], val=val, shipped_on_same_val=shipped,
                                       best_epoch=ckpt["best_epoch"], train_seconds=seconds,
                                       n_train=len(train_idx) + cfg.refit * len(val_idx), n_val=len(val_idx),
-                                      provenance=provenance(device_of(cfg.device))),
+                                      provenance=prov),
                indent=1)
     return dict(model=model, history=history, val=val, shipped=shipped, seconds=seconds, images=images,
                 targets=targets, names=names, split=(train_idx, val_idx), out=out)

@@ -7,6 +7,7 @@ linear head that gives one logit (P(open) = sigmoid(logit)). Two training method
 - ``finetune``: every layer trains.
 - ``feature_extraction``: the backbone is frozen (weights and BatchNorm statistics); only the head trains.
 """
+import pickle
 from pathlib import Path
 
 import numpy as np
@@ -112,7 +113,7 @@ def resnet(arch="resnet18", weights=None, pretrained_layout=None):
     else:
         model = getattr(torchvision.models, arch)()
         if weights is not None:
-            model.load_state_dict(torch.load(Path(weights), map_location="cpu", weights_only=True))
+            load_weights(model, weights)
     n = model.fc.in_features
     model.fc = nn.Identity()
     if not (weights is not None if pretrained_layout is None else pretrained_layout):
@@ -122,6 +123,24 @@ def resnet(arch="resnet18", weights=None, pretrained_layout=None):
     _gray_stem(model.conv1)
     return model, n, dict(input_size=112, in_scale=STD / IMAGENET_GRAY_STD,
                           in_shift=(MEAN - IMAGENET_GRAY_MEAN) / IMAGENET_GRAY_STD)
+
+
+def load_weights(model, path):
+    """Load a state-dict file of ``model``'s architecture into it; a ValueError names a file that is not one."""
+    try:
+        state = torch.load(Path(path), map_location="cpu", weights_only=True)
+    except FileNotFoundError:
+        raise FileNotFoundError(f"weights: {path} not found") from None
+    except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError, OSError) as err:
+        raise ValueError(f"weights: {path} is not a readable state dict ({type(err).__name__}: {err})") from None
+    if isinstance(state, dict) and "format" in state and "state_dict" in state:
+        raise ValueError(f"weights: {path} is an eye_clf checkpoint, not the state dict of a {type(model).__name__}; "
+                         "--weights takes torchvision or EfficientNet-Lite weights")
+    try:
+        model.load_state_dict(state)
+    except (RuntimeError, TypeError, AttributeError) as err:
+        raise ValueError(f"weights: {path} does not fit a {type(model).__name__}: "
+                         f"{str(err).strip().splitlines()[0]}") from None
 
 
 def efficientnet_lite(k=0, weights=None, input_size=96):
@@ -141,7 +160,7 @@ def efficientnet_lite(k=0, weights=None, input_size=96):
                                       "afterwards)") from None
         weights = getattr(package, f"EfficientnetLite{k}ModelFile").get_model_file_path()
     if weights is not None:
-        model.load_state_dict(torch.load(Path(weights), map_location="cpu", weights_only=True))
+        load_weights(model, weights)
     _gray_stem(model._conv_stem)
     model._fc, model._dropout = nn.Identity(), nn.Identity()
     # the Lite models were trained on (p - 0.5) / 0.5, i.e. 2p - 1.

@@ -43,6 +43,35 @@ def test_train(real_root, tmp_path, capsys):
     assert 0 < ckpt["threshold"] < 1 and len(ckpt["training_images"]) == 120  # train + validation parts
     assert {"eye_clf.pt", "history.csv", "history.json", "train_val_loss_metrics_history.png"} <= {
         p.name for p in out.iterdir()}
+    assert f"to make it the shipped model: eye-clf ship {out}" in printed
+    run = json.loads((out / "run.json").read_text())
+    assert ckpt["provenance"] == run["provenance"]  # taken once, when the run started
+
+
+def test_train_outside_a_checkout_and_with_an_unreadable_shipped_model_keeps_the_run(real_root, tmp_path, capsys,
+                                                                                      monkeypatch):
+    """A shipped model that this code cannot read (older preprocessing, a damaged file) only skips the comparison;
+    installed (no checkout), the hint to ship is left out: ship would refuse."""
+    from eye_clf import __main__ as cli, experiment
+    (tmp_path / "shipped").mkdir()
+    (tmp_path / "shipped" / "eye_clf.pt").write_bytes(b"not a checkpoint")
+    monkeypatch.setattr(experiment, "SHIPPED", tmp_path / "shipped")
+    monkeypatch.setattr(cli, "checkout", lambda: None)
+    out = tmp_path / "run"
+    with pytest.warns(UserWarning, match="not compared with the shipped model: .*eye_clf.pt"):
+        main(["train", "--data", str(real_root), "--limit", "60", "--epochs", "1", "--width", "4", "--out", str(out)])
+    assert (out / "eye_clf.pt").is_file() and json.loads((out / "run.json").read_text())["shipped_on_same_val"] is None
+    assert "eye-clf ship" not in capsys.readouterr().out
+
+
+def test_train_never_writes_into_the_shipped_model_or_its_curves(real_root, tmp_path, monkeypatch):
+    from eye_clf import experiment
+    for name in ("SHIPPED", "FIGURES"):  # stand-ins: a regression must not replace the real shipped model
+        monkeypatch.setattr(experiment, name, tmp_path / name)
+        (tmp_path / name).mkdir()
+        assert f"out: {tmp_path / name} holds the shipped model" in exit_message(
+            ["train", "--data", str(real_root), "--limit", "60", "--epochs", "1", "--out", str(tmp_path / name)])
+        assert not any((tmp_path / name).iterdir())
 
 
 def test_train_keep_last_says_validation_picked_no_epoch(real_root, tmp_path, capsys):
@@ -175,7 +204,12 @@ def test_cv(real_root, tmp_path, capsys, monkeypatch):
     assert sorted(p.name for p in folds.iterdir()) == ["fold0.json", "fold0.pt", "fold1.json", "fold1.pt"]
     monkeypatch.setattr(cv, "fit", lambda *a, **kw: pytest.fail("a finished fold trained again"))
     main(argv)  # resumes from the fold folder
-    assert json.loads(out.read_text())["folds"] == result["folds"]
+    again = json.loads(out.read_text())
+    assert again["folds"] == result["folds"]
+    made = [json.loads((folds / f"fold{k}.json").read_text())["provenance"] for k in range(2)]
+    assert again["fold_provenance"] == result["fold_provenance"] == made  # each fold's own code, resumed or not
+    (folds / "fold1.json").write_text('{"fold": 1}')
+    assert f"{folds / 'fold1.json'} is not a fold file of eye_clf's CV" in exit_message(argv)
 
 
 @pytest.mark.parametrize("command", ["cv", "audit"])

