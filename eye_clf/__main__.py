@@ -327,7 +327,7 @@ def cmd_cv(args):
     if args.out:
         from .files import provenance
         resumed = {} if not args.fold_dir else dict(fold_provenance=[  # folds read back were made by their own code
-            read_fold(Path(args.fold_dir) / f"fold{k}.json")["provenance"] for k in range(args.folds)])
+            read_fold(Path(args.fold_dir) / f"fold{k}.json").get("provenance") for k in range(args.folds)])
         result = dict(config=vars(cfg), folds=per_fold.to_dict("records"), pooled=metrics.summary(targets, oof),
                       data=dict(n=len(targets), n_open=int(targets.sum())),
                       provenance=provenance(device_of(cfg.device)), **resumed)

@@ -92,8 +92,9 @@ def read_fold(path):
     """A fold file of ``cross_val_predict``; a ValueError names a damaged or foreign one."""
     try:
         row = json.loads(Path(path).read_text())
-        if not isinstance(row, dict) or not {"fold", "key", "test_idx", "p"} <= set(row):
-            raise ValueError("it lacks the fields fold, key, test_idx and p")
+        if not (isinstance(row, dict) and {"fold", "key", "test_idx", "p"} <= set(row)
+                and isinstance(row["key"], dict) and isinstance(row["key"].get("config"), dict)):
+            raise ValueError("it lacks the fields fold, key (with its config), test_idx and p")
     except (ValueError, UnicodeDecodeError) as err:
         raise ValueError(f"{path} is not a fold file of eye_clf's CV ({err}); move it away to rerun") from None
     return row

@@ -7,7 +7,6 @@ linear head that gives one logit (P(open) = sigmoid(logit)). Two training method
 - ``finetune``: every layer trains.
 - ``feature_extraction``: the backbone is frozen (weights and BatchNorm statistics); only the head trains.
 """
-import pickle
 from pathlib import Path
 
 import numpy as np
@@ -131,7 +130,9 @@ def load_weights(model, path):
         state = torch.load(Path(path), map_location="cpu", weights_only=True)
     except FileNotFoundError:
         raise FileNotFoundError(f"weights: {path} not found") from None
-    except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError, OSError) as err:
+    except MemoryError:
+        raise
+    except Exception as err:  # torch's unpickler raises many types (IndexError, KeyError, ...) on damaged files
         raise ValueError(f"weights: {path} is not a readable state dict ({type(err).__name__}: {err})") from None
     if isinstance(state, dict) and "format" in state and "state_dict" in state:
         raise ValueError(f"weights: {path} is an eye_clf checkpoint, not the state dict of a {type(model).__name__}; "

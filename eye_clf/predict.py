@@ -35,8 +35,10 @@ def _stamp(path):
     return st.st_mtime_ns, st.st_ctime_ns, st.st_ino, st.st_size
 
 
-def _cached(backend, path, load):
-    key = (backend, path, _stamp(path))  # backend: "onnx", ("shipped onnx", the .pt's stamp), ("torch", device)
+def _cached(backend, path, load, paired=None):
+    """The model of ``path`` from the cache, else ``load(path)`` cached; ``paired``: the stamp of another file the
+    model depends on (backend: "onnx", "shipped onnx", ("torch", device))."""
+    key = (backend, path, _stamp(path), paired)
     with _cache_lock:
         if key in _cache:
             _cache.move_to_end(key)
@@ -49,11 +51,12 @@ def _cached(backend, path, load):
         try:
             model = load(path)
             with _cache_lock:
-                for stale in [k for k in _cache if k[:2] == key[:2]]:  # the file's earlier version, or a chmod
-                    del _cache[stale]
-                _cache[key] = model
-                while len(_cache) > CACHE_SIZE:
-                    _cache.popitem(last=False)
+                if _stamp(path) == key[2]:  # still the file on disk, so no successor another thread loaded is dropped
+                    for stale in [k for k in _cache if k[:2] == key[:2]]:  # its earlier version, or a chmod
+                        del _cache[stale]
+                    _cache[key] = model
+                    while len(_cache) > CACHE_SIZE:
+                        _cache.popitem(last=False)
         finally:  # after the model is in the cache, so that no later caller loads it again
             with _cache_lock:
                 if _loading.get(key) is loading:  # (after a failed load a later caller may have made its own)
@@ -142,7 +145,7 @@ def load_session(checkpoint=None):
     if checkpoint is not None:
         return _cached("onnx", path, _load_onnx)
     pair = _stamp(DEFAULT_CHECKPOINT) if DEFAULT_CHECKPOINT.is_file() else None
-    return _cached(("shipped onnx", pair), path, _load_shipped_onnx)  # checked again when either file changes
+    return _cached("shipped onnx", path, _load_shipped_onnx, pair)  # checked again when either file changes
 
 
 def onnx_metadata(checkpoint=None):

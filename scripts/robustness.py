@@ -81,6 +81,8 @@ def main():
     ap.add_argument("--data", help="data folder (default: $EYE_CLF_DATA or ../shared/data)")
     ap.add_argument("--out", required=True, help="the table's file (e.g. results/robustness_refit_tta.md)")
     args = ap.parse_args()
+    if len(set(args.runs)) < len(args.runs):
+        ap.error(f"a run named twice: {args.runs}")
     out = Path(args.out)
     try:
         out.parent.mkdir(parents=True, exist_ok=True)  # refused before any scoring
@@ -88,8 +90,6 @@ def main():
         ap.error(f"--out: {args.out}: {err}")
     if out.is_dir() or not os.access(out.parent, os.W_OK):
         ap.error(f"--out: {args.out} is a folder or cannot be written; name the table's file in a writable folder")
-    if len(set(args.runs)) < len(args.runs):
-        ap.error(f"a run named twice: {args.runs}")
     runs = {run: cv_rows(run, CV) for run in args.runs}
     unfinished = [run for run, rows in runs.items() if rows is None]
     if unfinished:

@@ -30,7 +30,10 @@ def exit_message(argv):
     return str(err.value.code)
 
 
-def test_train(real_root, tmp_path, capsys):
+def test_train(real_root, tmp_path, capsys, monkeypatch):
+    from eye_clf import experiment
+    calls = iter(range(10))
+    monkeypatch.setattr(experiment, "provenance", lambda *args: dict(call=next(calls)))
     out = tmp_path / "run"
     main(["train", "--data", str(real_root), "--limit", "120", "--epochs", "1", "--width", "8",
           "--weights", "none", "--out", str(out)])
@@ -45,7 +48,7 @@ def test_train(real_root, tmp_path, capsys):
         p.name for p in out.iterdir()}
     assert f"to make it the shipped model: eye-clf ship {out}" in printed
     run = json.loads((out / "run.json").read_text())
-    assert ckpt["provenance"] == run["provenance"]  # taken once, when the run started
+    assert ckpt["provenance"] == run["provenance"] == dict(call=0)  # taken once, when the run started
 
 
 def test_train_outside_a_checkout_and_with_an_unreadable_shipped_model_keeps_the_run(real_root, tmp_path, capsys,
@@ -203,13 +206,17 @@ def test_cv(real_root, tmp_path, capsys, monkeypatch):
     assert result["data"] == dict(n=100, n_open=int(sum(seen["targets"]))) and result["provenance"]["git_commit"]
     assert sorted(p.name for p in folds.iterdir()) == ["fold0.json", "fold0.pt", "fold1.json", "fold1.pt"]
     monkeypatch.setattr(cv, "fit", lambda *a, **kw: pytest.fail("a finished fold trained again"))
+    fold1 = json.loads((folds / "fold1.json").read_text())
+    fold1["provenance"]["git_commit"] = "an older commit"  # as if it were made by other code
+    (folds / "fold1.json").write_text(json.dumps(fold1))
     main(argv)  # resumes from the fold folder
     again = json.loads(out.read_text())
     assert again["folds"] == result["folds"]
-    made = [json.loads((folds / f"fold{k}.json").read_text())["provenance"] for k in range(2)]
-    assert again["fold_provenance"] == result["fold_provenance"] == made  # each fold's own code, resumed or not
-    (folds / "fold1.json").write_text('{"fold": 1}')
-    assert f"{folds / 'fold1.json'} is not a fold file of eye_clf's CV" in exit_message(argv)
+    assert [p["git_commit"] for p in again["fold_provenance"]] == [result["provenance"]["git_commit"],
+                                                                    "an older commit"]  # each fold's own code
+    for damaged in ('{"fold": 1}', '{"fold": 1, "key": {}, "test_idx": [], "p": []}', "{not json"):
+        (folds / "fold1.json").write_text(damaged)
+        assert f"{folds / 'fold1.json'} is not a fold file of eye_clf's CV" in exit_message(argv)
 
 
 @pytest.mark.parametrize("command", ["cv", "audit"])

@@ -291,6 +291,22 @@ def test_a_model_file_replaced_with_the_same_modification_time_is_loaded_again(s
     assert sum(key[1] == model.resolve() for key in predict._cache) == 1  # the replaced one is no longer kept
 
 
+def test_a_shipped_pair_replaced_keeps_one_session(tiny_ckpt, tmp_path, monkeypatch):
+    """After a ship (both files replaced) the previous shipped session leaves the cache."""
+    pt, graph = tmp_path / "eye_clf.pt", tmp_path / "eye_clf.onnx"
+    monkeypatch.setattr(predict, "DEFAULT_CHECKPOINT", pt)
+    monkeypatch.setattr(predict, "DEFAULT_ONNX", graph)
+    for bias in (0, 3):
+        ckpt = torch.load(tiny_ckpt, weights_only=False)
+        ckpt["state_dict"]["head.bias"] += bias
+        torch.save(ckpt, tmp_path / "new.pt")
+        export_onnx(tmp_path / "new.pt", tmp_path / "new.onnx")
+        os.replace(tmp_path / "new.pt", pt)
+        os.replace(tmp_path / "new.onnx", graph)
+        predict.load_session()
+    assert sum(key[1] == graph.resolve() for key in predict._cache) == 1
+
+
 def test_threads_that_predict_at_once_load_a_model_once(tiny_ckpt, tmp_path, monkeypatch):
     """A service calling predict_proba from several threads: the first calls share one load of the model."""
     import threading
