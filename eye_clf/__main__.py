@@ -80,9 +80,15 @@ def config_from(args):
     try:
         cfg = TrainConfig(**{f.name: getattr(args, f.name) for f in fields(TrainConfig)})
         device_of(cfg.device)  # a CUDA device this machine lacks: refused before the data loads
-        return cfg
     except ConfigError as err:
         sys.exit(f"error: --{err.field.replace('_', '-')}: {str(err).removeprefix(f'{err.field}: ')}")
+    if cfg.weights not in (None, "imagenet"):  # a weights file that does not fit, too
+        from .models import build_model
+        try:
+            build_model(cfg.arch, cfg.method, cfg.weights, cfg.width, cfg.dropout, cfg.input_size)
+        except (ValueError, FileNotFoundError) as err:  # models.load_weights: "weights: <file> ..."
+            sys.exit(f"error: --{err}")
+    return cfg
 
 
 def int_at_least(low, high=None):

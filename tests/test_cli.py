@@ -67,6 +67,19 @@ def test_train_outside_a_checkout_and_with_an_unreadable_shipped_model_keeps_the
     assert "eye-clf ship" not in capsys.readouterr().out
 
 
+def test_a_weights_file_that_does_not_fit_is_refused_before_the_data_is_read(real_root, tmp_path, tiny_ckpt,
+                                                                             monkeypatch):
+    from eye_clf import data
+    monkeypatch.setattr(data, "load_dataset", lambda *args, **kw: pytest.fail("read the data first"))
+    (tmp_path / "bad.pt").write_bytes(b"not a state dict")
+    for weights, says in ((tmp_path / "bad.pt", "is not a readable state dict"),
+                          (tiny_ckpt, "is an eye_clf checkpoint, not the state dict of a ResNet"),
+                          (tmp_path / "missing.pt", "not found")):
+        for command in ("train", "cv"):
+            assert f"error: --weights: {weights} {says}" in exit_message(
+                [command, "--data", str(real_root), "--arch", "resnet18", "--weights", str(weights), "--epochs", "1"])
+
+
 def test_train_never_writes_into_the_shipped_model_or_its_curves(real_root, tmp_path, monkeypatch):
     from eye_clf import experiment
     for name in ("SHIPPED", "FIGURES"):  # stand-ins: a regression must not replace the real shipped model
