@@ -160,6 +160,8 @@ def name_problem(name):
     """Why ``name`` is not a plain relative path that stays inside the images folder, else None."""
     if "\\" in name or "\0" in name:
         return "contains a backslash or NUL"
+    if any(ord(ch) < 32 or ord(ch) == 127 for ch in name):  # a line break would also shift CSV row numbers
+        return "contains a control character (a line break, a tab, ...)"
     if PurePosixPath(name).is_absolute():
         return "is an absolute path"
     if PureWindowsPath(name).drive:  # labels files travel between systems

@@ -30,7 +30,10 @@ def eer(targets, scores):
 
 
 def accuracy(targets, scores, threshold=0.5):
-    return float(np.mean((np.asarray(scores) >= threshold) == np.asarray(targets)))
+    targets, scores = np.ravel(targets), np.ravel(scores)
+    if targets.shape != scores.shape:  # (broadcasting would compare every score with every target)
+        raise ValueError(f"{targets.size} targets and {scores.size} scores")
+    return float(np.mean((scores >= threshold) == targets))
 
 
 def auc(targets, scores):
@@ -43,6 +46,8 @@ def calibration_bins(targets, scores, bins=15):
     targets, scores = np.asarray(targets, dtype=float), np.asarray(scores, dtype=float)
     if not np.isfinite(scores).all():
         raise ValueError(f"calibration needs finite scores: {int((~np.isfinite(scores)).sum())} NaN or infinite")
+    if scores.size and (scores.min() < 0 or scores.max() > 1):  # e.g. logits passed by mistake
+        raise ValueError(f"calibration needs P(open) in 0..1, got {scores.min():.3g}..{scores.max():.3g}")
     which = np.clip(np.digitize(scores, np.linspace(0, 1, bins + 1)[1:-1]), 0, bins - 1)
     count = np.bincount(which, minlength=bins)
     with np.errstate(invalid="ignore", divide="ignore"):
@@ -80,6 +85,8 @@ def labeller_errors(x, y, z):
     x, y, z = (np.asarray(v) for v in (x, y, z))
     if not x.shape == y.shape == z.shape:
         raise ValueError(f"labellings of different shapes: {x.shape}, {y.shape}, {z.shape}")
+    if not all(np.isin(v, (0, 1)).all() for v in (x, y, z)):  # a blank (NaN) would count as a disagreement
+        raise ValueError("labellings must hold 0 or 1 only: keep the images all three labelled")
     c = {k: 1 - 2 * np.mean(u != v) for k, (u, v) in dict(xy=(x, y), xz=(x, z), yz=(y, z)).items()}
     if min(c.values()) <= 0:
         raise ValueError("two labellings disagree on half the images or more: no independent-error estimate")

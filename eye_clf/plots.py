@@ -46,8 +46,8 @@ def _panels(title, smoothing=0):
 
 
 def plot_history(history, path=None, title="training history", keep_last=False, smoothing=0):
-    """Loss, accuracy and EER per epoch, train vs validation; the epoch whose weights were kept is marked (the
-    best-val-loss one, or with ``keep_last`` the last)."""
+    """Loss, accuracy and EER per epoch, train vs validation; the epoch whose weights this fit kept is marked (the
+    best-val-loss one, or with ``keep_last`` the last; a refit after it keeps the weights of its own last epoch)."""
     h = pd.DataFrame(history)
     kept = h["epoch"].iloc[-1] if keep_last else h.loc[h["val_loss"].idxmin(), "epoch"]
     fig, axes = _panels(title, smoothing)

@@ -238,3 +238,11 @@ def test_studio_names_the_unreadable_labels_file(tmp_path, images):
     path.write_bytes(b"")
     with pytest.raises(LabelError, match=f"^{path}: not a readable xlsx file"):
         LabelStore(path, images)
+
+
+def test_a_name_with_a_line_break_is_refused_with_its_row(tmp_path, images):
+    """In a CSV a quoted cell across lines would also shift the row numbers of every later error."""
+    for suffix in (".csv", ".xlsx"):
+        path = labels(tmp_path, ["a.jpg", "b\n.jpg"], suffix)
+        with pytest.raises(LabelError, match=r"row 3 \(b\n.jpg\): img_name contains a control character"):
+            read_labels(path, images)

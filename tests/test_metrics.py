@@ -118,6 +118,9 @@ def test_accuracy():
     assert metrics.accuracy([1, 0, 1, 0], [0.9, 0.1, 0.4, 0.5]) == 0.5
     assert metrics.accuracy([1, 0, 1, 0], [0.9, 0.1, 0.4, 0.5], threshold=0.35) == 0.75
     assert metrics.accuracy(np.array([1, 1]), np.array([0.5, 0.49])) == 0.5
+    assert metrics.accuracy([1, 0, 1, 0], np.array([[0.9], [0.1], [0.8], [0.2]])) == 1.0  # a column is flattened
+    with pytest.raises(ValueError, match="2 targets and 1 scores"):
+        metrics.accuracy([1, 0], [0.9])
 
 
 def test_auc_hand_case_and_pair_counting():
@@ -138,6 +141,8 @@ def test_ece():
     truth = rng.uniform(0, 1, p.size) < 0.7  # 70% open, but the model says 99% / 1%
     over = np.where(rng.uniform(0, 1, p.size) < 0.7, 0.99, 0.01)
     assert metrics.ece(truth.astype(int), over) > 0.25
+    with pytest.raises(ValueError, match=r"calibration needs P\(open\) in 0..1, got -0.4..1.7"):
+        metrics.ece([1, 0], [1.7, -0.4])  # logits by mistake
     assert metrics.ece([1, 1, 1, 1, 0], [0.8] * 5) == pytest.approx(0)
     assert metrics.ece([1, 1], [0.8, 1.0]) == pytest.approx(0.1)
     assert metrics.ece([0, 1], [0.0, 1.0]) == 0
@@ -222,6 +227,8 @@ def test_labeller_errors_recovers_independent_flip_rates():
     assert metrics.labeller_errors(truth, truth, labels[2]) == pytest.approx((0, 0, np.mean(labels[2] != truth)))
     with pytest.raises(ValueError, match="different shapes"):
         metrics.labeller_errors(truth, truth, truth[:-1])
+    with pytest.raises(ValueError, match="0 or 1 only"):  # a blank annotation is no disagreement
+        metrics.labeller_errors(truth, truth, np.where(np.arange(truth.size) < 9, np.nan, truth))
     with pytest.raises(ValueError, match="half the images"):
         metrics.labeller_errors(truth, 1 - truth, truth)
     y, z = truth.copy(), truth.copy()
