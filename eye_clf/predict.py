@@ -50,8 +50,12 @@ def _cached(backend, path, load, paired=None):
                 return _cache[key]
         try:
             model = load(path)
+            try:
+                now = _stamp(path)
+            except OSError:  # removed meanwhile: served, not cached
+                now = None
             with _cache_lock:
-                if _stamp(path) == key[2]:  # still the file on disk, so no successor another thread loaded is dropped
+                if now == key[2]:  # still the file on disk, so no successor another thread loaded is dropped
                     for stale in [k for k in _cache if k[:2] == key[:2]]:  # its earlier version, or a chmod
                         del _cache[stale]
                     _cache[key] = model
