@@ -175,8 +175,8 @@ def read_labels(path, images_dir=None, partial=False):
     """Read a labels spreadsheet (xlsx, or UTF-8 csv) with columns ``img_name`` and ``target`` (1 open, 0 closed).
 
     Names are matched exactly as written (never stripped: `` a.jpg`` and ``a.jpg`` are two files) and must be
-    plain relative paths inside the images folder (no absolute path, no ``..`` part, no backslash); this is
-    checked before any file is touched. When ``images_dir`` is given, the image of every labelled row must be a
+    plain relative paths inside the images folder (no absolute path, no ``..`` part, no backslash, no control
+    character); this is checked before any file is touched. When ``images_dir`` is given, the image of every labelled row must be a
     file inside it (a symlink that resolves outside is refused).
 
     Returns ``img_name`` (str) and ``target`` (int). ``partial=True`` reads a file still being labelled (the
