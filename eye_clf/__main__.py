@@ -150,7 +150,7 @@ def check_limit(args):
 def cmd_train(args):
     from .cv import interval
     from .experiment import cv_of, train_run
-    cfg = config_from(args)
+    cfg = args.config
     threads = use_threads(args)
     if args.teacher and not cfg.distill:
         sys.exit("error: --teacher needs --distill > 0 (the weight of the teachers' P(open) in the target)")
@@ -313,7 +313,7 @@ def cmd_evaluate(args):
 
 def cmd_cv(args):
     from .cv import cross_val_predict, read_fold, report
-    cfg = config_from(args)
+    cfg = args.config
     if cfg.distill:
         sys.exit("error: --distill: cv trains no teachers; distil in CV with scripts/cv_ablations.py (teachers: "
                  "finished CV runs on the same folds) or train one student with `eye-clf train --distill`")
@@ -364,7 +364,7 @@ def refuse_overwrite(outputs, inputs):
 
 def cmd_audit(args):
     from .audit import audit
-    cfg = config_from(args)
+    cfg = args.config
     if cfg.soft_labels:
         sys.exit("error: --soft-labels: the audit judges the labels file alone, not the extra annotators' labels")
     if cfg.distill:
@@ -494,7 +494,7 @@ def main(argv=None):
 def run(args):
     try:
         if getattr(args, "config_flags", False):
-            config_from(args)  # refuse a bad recipe flag before reading any data
+            args.config = config_from(args)  # a bad recipe flag is refused before any data is read
         if getattr(args, "limit", None):
             check_limit(args)
         args.run(args)

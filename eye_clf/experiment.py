@@ -179,8 +179,7 @@ def train_run(cfg=None, root=None, labels=None, out_dir=None, limit=None, progre
     seconds = time.perf_counter() - t0
     shipped = compare_with_shipped(images, targets, val_idx)
     ckpt = checkpoint(model, cfg, dict(val=val, train_seconds=seconds, torch_threads=torch.get_num_threads()),
-                      history)
-    ckpt["provenance"] = prov
+                      history, prov)
     ckpt["threshold"] = val["eer_threshold"]  # recommended decision threshold: the validation EER point
     ckpt["training_images"] = data.image_hashes(images[np.r_[train_idx, val_idx]])
     ckpt["validation_images"] = data.image_hashes(images[val_idx])  # (refit: trained on too)

@@ -163,8 +163,9 @@ def onnx_metadata(checkpoint=None):
 def recommended_threshold(checkpoint=None):
     """The threshold on P(open) that a model recommends (an eye is open when P(open) >= it): the EER point of its
     run's validation images. None when the model records none; 0.5 is then the natural choice, as the models are
-    calibrated (in cross-validation either gives the same accuracy to a tenth of a point: README section 5). ``checkpoint``: a .pt or .onnx file; by default the shipped model, read from its ONNX
-    graph when onnxruntime is installed (the model predict_proba runs then), else from its .pt checkpoint."""
+    calibrated (in cross-validation either gives the same accuracy to a tenth of a point: README section 5).
+    ``checkpoint``: a .pt or .onnx file; by default the shipped model, read from its ONNX graph when onnxruntime is
+    installed (the model predict_proba runs then), else from its .pt checkpoint."""
     onnx_file = checkpoint is not None and Path(checkpoint).suffix.lower() == ".onnx"
     if onnx_file or checkpoint is None and importlib.util.find_spec("onnxruntime") is not None:
         value = onnx_metadata(checkpoint).get("threshold")

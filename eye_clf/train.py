@@ -383,9 +383,10 @@ def refit(images, targets, train_idx, val_idx, cfg, first, progress=True, soft=N
     return model, history
 
 
-def checkpoint(model, cfg, metrics_=None, history=None):
+def checkpoint(model, cfg, metrics_=None, history=None, prov=None):
     """A plain-types dict (loadable with ``torch.load(weights_only=True)``) describing a trained model; ``history``:
-    that of the validated fit (with ``cfg.refit`` the kept weights are those of the refit's last epoch)."""
+    that of the validated fit (with ``cfg.refit`` the kept weights are those of the refit's last epoch); ``prov``:
+    the run's provenance (default: taken now)."""
     scored = [r for r in history or () if "val_loss" in r]
     if cfg.refit:  # the refit's last epoch
         kept = cfg.epochs
@@ -403,7 +404,7 @@ def checkpoint(model, cfg, metrics_=None, history=None):
         "metrics": metrics_ or {},
         "best_epoch": kept,
         "config": asdict(cfg),
-        "provenance": provenance(next(model.parameters()).device),
+        "provenance": prov or provenance(next(model.parameters()).device),
     }
 
 

@@ -260,7 +260,7 @@ def test_other_columns_keep_their_cells_through_a_save(folder, tmp_path):
     book.save(path)
     LabelStore(path, folder).apply([change("001.png", BLANK, target=0)])
     rows = list(openpyxl.load_workbook(path).active.values)
-    header, first = rows[0], dict(zip(rows[0], rows[1]))
+    first = dict(zip(rows[0], rows[1]))
     assert first["code"] == "007" and first["flag"] == "TRUE" and first["count"] == 3, first
 
 
