@@ -28,7 +28,7 @@ import pandas as pd
 import torch
 
 from eye_clf import data
-from eye_clf.__main__ import int_at_least
+from eye_clf.__main__ import int_at_least, output_file
 from eye_clf.audit import label_quality, review_list
 from eye_clf.cv import cross_val_predict, data_id
 from eye_clf.files import atomic_write, provenance
@@ -136,14 +136,8 @@ def main():
     parser.add_argument("--work", type=Path, default=ROOT / "runs" / "audit")
     parser.add_argument("--timing", type=Path, default=ROOT / "results" / "studio_timing.json",
                         help="timings from EYE_CLF_STUDIO_TIMING=... pytest tests/test_studio_browser.py")
-    parser.add_argument("--out", type=Path, default=ROOT / "results" / "audit.md")
+    parser.add_argument("--out", type=lambda text: Path(output_file(text)), default=ROOT / "results" / "audit.md")
     args = parser.parse_args()
-    try:
-        args.out.parent.mkdir(parents=True, exist_ok=True)  # before any work: a bad --out is refused first
-    except OSError as err:
-        parser.error(f"--out: {args.out}: {err}")
-    if args.out.is_dir() or not os.access(args.out.parent, os.W_OK):
-        parser.error(f"--out: {args.out} is a folder or cannot be written; name the report's file")
     if not args.timing.is_file():
         sys.exit(f"{args.timing} missing: run EYE_CLF_STUDIO_TIMING={args.timing} "
                  ".venv/bin/python -m pytest -q tests/test_studio_browser.py first")

@@ -9,7 +9,6 @@ so that no committed table is replaced by surprise); the runs' fold models must 
 """
 import argparse
 import io
-import os
 import sys
 from pathlib import Path
 
@@ -18,6 +17,7 @@ import pandas as pd
 from PIL import Image, ImageOps
 
 from eye_clf import data, metrics, predict_proba
+from eye_clf.__main__ import output_file
 from eye_clf.cv import check_data, check_fold_model, data_id
 from eye_clf.experiment import cv_rows
 from eye_clf.files import atomic_write, provenance
@@ -79,17 +79,11 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("runs", nargs="+", help="finished CV runs in results/cv/ (with their fold models)")
     ap.add_argument("--data", help="data folder (default: $EYE_CLF_DATA or ../shared/data)")
-    ap.add_argument("--out", required=True, help="the table's file (e.g. results/robustness_refit_tta.md)")
+    ap.add_argument("--out", required=True, type=output_file,
+                    help="the table's file (e.g. results/robustness_refit_tta.md)")
     args = ap.parse_args()
     if len(set(args.runs)) < len(args.runs):
         ap.error(f"a run named twice: {args.runs}")
-    out = Path(args.out)
-    try:
-        out.parent.mkdir(parents=True, exist_ok=True)  # refused before any scoring
-    except OSError as err:
-        ap.error(f"--out: {args.out}: {err}")
-    if out.is_dir() or not os.access(out.parent, os.W_OK):
-        ap.error(f"--out: {args.out} is a folder or cannot be written; name the table's file in a writable folder")
     runs = {run: cv_rows(run, CV) for run in args.runs}
     unfinished = [run for run, rows in runs.items() if rows is None]
     if unfinished:

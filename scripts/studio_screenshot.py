@@ -15,6 +15,7 @@ from pathlib import Path
 from playwright.sync_api import expect, sync_playwright
 
 from eye_clf import data, studio
+from eye_clf.__main__ import output_file
 from eye_clf.files import atomic_write
 from eye_clf.labels_store import LabelStore
 from eye_clf.predict import DEFAULT_CHECKPOINT
@@ -27,12 +28,10 @@ ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-net
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data", help="data folder (default: $EYE_CLF_DATA or ../shared/data)")
-    parser.add_argument("--out", type=Path, default=ROOT / "for_readme" / "studio.png")
+    parser.add_argument("--out", type=lambda text: Path(output_file(text)), default=ROOT / "for_readme" / "studio.png")
     parser.add_argument("--chromium", default=os.environ.get("EYE_CLF_CHROMIUM", "/usr/bin/chromium"),
                         help="Chromium executable (default: $EYE_CLF_CHROMIUM or /usr/bin/chromium)")
     args = parser.parse_args()
-    if args.out.is_dir() or not os.access(args.out.parent if args.out.parent.exists() else ROOT, os.W_OK):
-        parser.error(f"--out: {args.out} is a folder or not writable; name the screenshot's file")
     if not (os.path.isfile(args.chromium) and os.access(args.chromium, os.X_OK)):
         parser.error(f"--chromium: {args.chromium} is not an executable; install Chromium (`make browser`) or set "
                      "$EYE_CLF_CHROMIUM")
