@@ -22,8 +22,9 @@ def percent(v, _=None):
 
 
 def log_ticks(ax, label=lambda v, _: f"{v:g}"):
-    """Log-scale y axis with ticks at 1-2-5 steps and plain labels (not the "4x10^-1" of unlabelled decades)."""
-    ax.set_yscale("log")
+    """Log-scale y axis with ticks at 1-2-5 steps and plain labels (not the "4x10^-1" of unlabelled decades). A
+    rate of 0 (a perfect epoch) is drawn falling off the bottom edge, not left out as a gap in the line."""
+    ax.set_yscale("log", nonpositive="clip")
     ax.yaxis.set_major_locator(LogLocator(subs=(1, 2, 5)))
     ax.yaxis.set_major_formatter(FuncFormatter(label))
     ax.yaxis.set_minor_formatter(NullFormatter())

@@ -201,6 +201,16 @@ def test_history_plot_labels_rates_in_percent():
     assert not [t for t in eer.get_yticklabels(minor=True) if t.get_text()]  # no "4x10^-1" minor labels
 
 
+def test_history_plot_draws_an_eer_of_zero_off_the_bottom_not_as_a_gap():
+    from eye_clf import plots
+    history = [dict(epoch=e, train_loss=1 / e, val_loss=1 / e, train_accuracy=0.8, val_accuracy=0.9,
+                    train_eer=0.1 if e < 3 else 0.0, val_eer=0.1) for e in range(1, 5)]
+    eer = plots.plot_history(history).axes[2]
+    bottom = eer.transData.transform((1, eer.get_ylim()[0]))[1]
+    ys = eer.transData.transform(np.c_[[3, 4], [0.0, 0.0]])[:, 1]  # where the two perfect epochs are drawn
+    assert np.isfinite(ys).all() and (ys < bottom).all()
+
+
 def test_history_plot_marks_the_epoch_kept():
     from eye_clf import plots
     history = [dict(epoch=e, train_loss=1 / e, val_loss=abs(e - 7) + 1, train_accuracy=0.8, val_accuracy=0.9,
