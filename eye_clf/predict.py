@@ -224,23 +224,28 @@ def _choose_backend(backend, model, checkpoint, tta):
     return backend
 
 
-def _gray(a, name):
-    """An N x H x W or N x H x W x C (C = 1, 3, 4) uint8 or float 0..1 array as N x 24 x 24 uint8."""
+def _gray(a, name, single):
+    """An N x H x W or N x H x W x C (C = 1, 3, 4) uint8 or float 0..1 array as N x 24 x 24 uint8; an error names
+    the first bad image of a batch (``name[i]``), or ``name`` for a ``single`` image."""
     if min(a.shape[1:3]) == 0:
         raise ValueError(f"{name}: empty image(s) of shape {a.shape}")
     if a.dtype != np.uint8:
         if not np.issubdtype(a.dtype, np.floating):
             raise ValueError(f"{name}: dtype {a.dtype} is not supported; use uint8 (0..255) or float (0..1)")
-        bad = (~np.isfinite(a)).sum()
-        if bad or a.min() < 0 or a.max() > 1:
-            got = f"{bad} NaN or infinite value(s)" if bad else f"{a.min():.3g}..{a.max():.3g}"
-            raise ValueError(f"{name}: float images must hold finite values in 0..1, got {got}")
+        flat = a.reshape(len(a), -1)
+        bad = ~((flat >= 0) & (flat <= 1)).all(1)  # NaN compares False: out of range too
+        if bad.any():
+            i = int(bad.argmax())
+            image, where = flat[i], name if single else f"{name}[{i}]"
+            nonfinite = (~np.isfinite(image)).sum()
+            got = f"{nonfinite} NaN or infinite value(s)" if nonfinite else f"{image.min():.3g}..{image.max():.3g}"
+            raise ValueError(f"{where}: float images must hold finite values in 0..1, got {got}")
         a = np.round(a * 255).astype(np.uint8)
     if a.ndim == 4 and a.shape[-1] == 1:
         a = a[..., 0]
     if a.shape[1:] == (IMG_SIZE, IMG_SIZE):
         return a
-    return np.stack([to_gray24(Image.fromarray(im), f"{name}[{i}]") for i, im in enumerate(a)])
+    return np.stack([to_gray24(Image.fromarray(im), name if single else f"{name}[{i}]") for i, im in enumerate(a)])
 
 
 def _from_array(x, name):
@@ -258,13 +263,13 @@ def _from_array(x, name):
         raise ValueError(f"{name}: a 4-D {kind} is a batch {batch4} with C = 1, 3 or 4, got shape {shape}")
     if x.ndim not in (2, 3, 4):
         raise ValueError(f"{name}: expected an image H x W or a batch N x H x W or {batch4}, got shape {shape}")
-    if x.ndim >= 3 and shape[0] == 0:
-        raise ValueError(f"{name}: empty batch of shape {shape}")
+    if x.ndim >= 3 and shape[0] == 0:  # no eye in this frame: no images
+        return np.empty((0, IMG_SIZE, IMG_SIZE), np.uint8), False
     if torch_layout:
         x = _torch_to_numpy(x, name)
         if x.ndim == 4:
             x = x.transpose(0, 2, 3, 1)
-    return _gray(x[None] if x.ndim == 2 else x, name), x.ndim == 2
+    return _gray(x[None] if x.ndim == 2 else x, name, x.ndim == 2), x.ndim == 2
 
 
 def _torch_to_numpy(t, name):
@@ -294,22 +299,13 @@ def _to_images(x, name="input"):
     if isinstance(x, np.ndarray) or _is_torch(x):
         a, single = _from_array(x, name)
         return [a], single
-    if isinstance(x, (list, tuple)):
-        if not x:
-            raise ValueError(f"{name}: empty list")
+    if isinstance(x, (list, tuple)):  # an empty one adds no images
         return [a for i, item in enumerate(x) for a in _to_images(item, f"{name}[{i}]")[0]], False
     hint = (" (for a file object or bytes, pass PIL.Image.open(it), or PIL.Image.open(io.BytesIO(data)))"
             if hasattr(x, "read") or isinstance(x, (bytes, bytearray, memoryview)) else
             " (for an iterator such as a generator, pass list(...) of it)" if hasattr(x, "__next__") else "")
     raise TypeError(f"{name}: cannot read a {type(x).__name__} as an image; pass a path, folder, PIL image, "
                     f"numpy array, torch tensor or a list of these{hint}")
-
-
-def _no_images(x):
-    """An empty list or tuple, or an empty batch (N = 0) of a numpy array or torch tensor."""
-    if isinstance(x, (list, tuple)):
-        return not x
-    return (isinstance(x, np.ndarray) or _is_torch(x)) and x.ndim in (3, 4) and x.shape[0] == 0
 
 
 def _onnx_scores(session, images, batch_size):
@@ -319,8 +315,8 @@ def _onnx_scores(session, images, batch_size):
 
 def predict_proba(x, model=None, checkpoint=None, batch_size=64, tta=None, backend=None):
     """P(open) of eye image(s): a float for a single image (a path to a file, a PIL image, an H x W array), else a
-    numpy array (float32) of one value per image (a folder, a batch, a list, even of one image; empty for an empty
-    list or batch). Open or closed: compare with ``recommended_threshold()``.
+    numpy array (float32) of one value per image (a folder, a batch, a list, even of one image; an empty list or
+    batch adds none, also inside a list). Open or closed: compare with ``recommended_threshold()``.
 
     ``x``: an image path; a folder (its image files sorted by name, symlinks followed; hidden files are skipped);
     a PIL image; a numpy array or torch tensor; or a list of these. Arrays and tensors follow one rule: **H x W is
@@ -345,7 +341,7 @@ def predict_proba(x, model=None, checkpoint=None, batch_size=64, tta=None, backe
     if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
         raise ValueError(f"batch_size: expected a positive integer, got {batch_size!r}")
     batch_size = int(batch_size)  # numpy integers overflow (uint8) or are refused by torch.split
-    arrays, single = ([], False) if _no_images(x) else _to_images(x)
+    arrays, single = _to_images(x)
     if backend == "onnx":
         session = load_session(checkpoint)
     else:
@@ -354,13 +350,16 @@ def predict_proba(x, model=None, checkpoint=None, batch_size=64, tta=None, backe
         except ImportError as err:
             if importlib.util.find_spec("onnxruntime") is None and not torch_only(model, checkpoint, tta):
                 raise ModuleNotFoundError(_no_backend(err)) from None
-            raise ModuleNotFoundError(f"backend='torch', a .pt checkpoint, model= and tta= need torch ({err}): pip "
-                                      "install 'eye-clf[torch]', or predict with the ONNX model") from None
+            only = torch_only(model, checkpoint, tta)
+            cause = (f"checkpoint='{checkpoint}' (not an .onnx file)" if only[:1] == ["checkpoint"] else
+                     f"{only[0]}=" if only else "backend='torch'")
+            raise ModuleNotFoundError(f"{cause} needs torch, which is missing ({err}): pip install "
+                                      "'eye-clf[torch]', or predict with the ONNX model") from None
         if model is None:
             model, _ = load_model(checkpoint)
         tta = getattr(model, "tta", False) if tta is None else tta
-    if not arrays:  # nothing to score (no eye in this frame); the model is loaded all the same, so that a missing
-        return np.empty(0, np.float32)  # file or backend fails now, not at the first eye
-    images = np.ascontiguousarray(np.concatenate(arrays))
+    images = np.ascontiguousarray(np.concatenate([np.empty((0, IMG_SIZE, IMG_SIZE), np.uint8), *arrays]))
+    if not len(images):  # nothing to score (no eye in this frame); the model is loaded all the same, so that a
+        return np.empty(0, np.float32)  # missing file or backend fails now, not at the first eye
     p = _onnx_scores(session, images, batch_size) if backend == "onnx" else scores(model, images, batch_size, bool(tta))
     return float(p[0]) if single else p

@@ -115,3 +115,12 @@ def test_readme_onnxruntime_example_runs_without_eye_clf_or_torch(real_root, tmp
     out = subprocess.run([sys.executable, "-c", blocker + code], capture_output=True, text=True, cwd=tmp_path)
     assert out.returncode == 0, out.stderr
     assert np.abs(np.array(eval(out.stdout)) - predict_proba(files, backend="onnx")).max() <= 1e-6
+
+
+def test_readme_figures_for_blank_and_noise_inputs_come_from_its_example():
+    readme = (data.REPO_ROOT / "README.md").read_text()
+    prose, code = re.search(r"gets P\(open\) (.*?)\n\n<!-- blank-example -->\n```python\n(.*?)```", readme, re.S).groups()
+    printed = []
+    exec(code, {"print": lambda p: printed.append(np.atleast_1d(p))})
+    said = [float(v) for v in re.findall(r"\d\.\d+", prose)]
+    assert said == [round(float(v), 3) for v in np.concatenate(printed)]  # uniform 0, 255, 128, then the noise maximum

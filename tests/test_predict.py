@@ -484,7 +484,7 @@ def test_prediction_without_any_backend_says_what_to_install():
     assert install_advice(f"eye_clf.predict_proba({EYE})", onnxruntime=False) == NO_BACKEND
     assert install_advice("eye_clf.predict_proba([])", onnxruntime=False) == NO_BACKEND  # no eye yet: said all the same
     assert install_advice(f"eye_clf.predict_proba({EYE}, checkpoint='model.pt')", onnxruntime=False).startswith(
-        "backend='torch', a .pt checkpoint, model= and tta= need torch")  # onnxruntime could not serve it
+        "checkpoint='model.pt' (not an .onnx file) needs torch, which is missing")  # not for onnx
 
 
 def test_the_threshold_without_any_backend_says_what_to_install():
@@ -493,8 +493,10 @@ def test_the_threshold_without_any_backend_says_what_to_install():
 
 def test_torch_only_prediction_without_torch_says_to_install_torch():
     assert install_advice(f"eye_clf.predict_proba({EYE}, backend='torch')") == (
-        "backend='torch', a .pt checkpoint, model= and tta= need torch (blocked: torch): pip install "
+        "backend='torch' needs torch, which is missing (blocked: torch): pip install "
         "'eye-clf[torch]', or predict with the ONNX model")
+    assert install_advice(f"eye_clf.predict_proba({EYE}, tta=False)").startswith(
+        "tta= needs torch, which is missing")
 
 
 def test_load_model_without_torch_says_what_to_install():
