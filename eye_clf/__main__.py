@@ -13,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
+from . import __version__
 from .files import atomic_write, checkout
 from .preprocess import list_images, load_image
 
@@ -409,6 +410,7 @@ def main(argv=None):
         epilog += f" Only predict runs here: {', '.join(c for c in COMMANDS if c != 'predict')} need {install}."
     prog = "eye-clf" if Path(sys.argv[0]).name == "eye-clf" else "python -m eye_clf"  # the console script or -m
     parser = Parser(prog=prog, description=DESCRIPTION, epilog=epilog)
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
     if TRAINING_MISSING is not None:
         add_predict(sub)

@@ -99,6 +99,15 @@ def test_train_keep_last_says_validation_picked_no_epoch(real_root, tmp_path, ca
     assert torch.load(tmp_path / "run" / "eye_clf.pt", weights_only=True)["best_epoch"] == 2
 
 
+def test_version_is_the_packages_one(capsys):
+    from importlib.metadata import version
+
+    import eye_clf
+    with pytest.raises(SystemExit):
+        main(["--version"])
+    assert capsys.readouterr().out.split()[-1] == eye_clf.__version__ == version("eye-clf")  # pyproject reads it
+
+
 def test_help_comes_from_the_config(capsys):
     with pytest.raises(SystemExit):
         main(["train", "--help"])
