@@ -150,11 +150,16 @@ def check_limit(args):
 
 def cmd_train(args):
     from .cv import interval
-    from .experiment import cv_of, train_run
+    from .experiment import check_run_folder, cv_of, train_run
     cfg = args.config
     threads = use_threads(args)
     if args.teacher and not cfg.distill:
         sys.exit("error: --teacher needs --distill > 0 (the weight of the teachers' P(open) in the target)")
+    if args.out:
+        try:
+            check_run_folder(args.out)
+        except ValueError as err:  # "out: ..."
+            sys.exit(f"error: --{err}")
     res = train_run(cfg, args.data, args.labels, args.out, args.limit, teachers=args.teacher or ())
     best = min(res["history"], key=lambda r: r["val_loss"])["epoch"]
     print(f"trained {cfg.arch}/{cfg.method} (weights: {cfg.weights or 'random init'}) in {res['seconds']:.0f} s"

@@ -4,6 +4,7 @@ Image reading and normalisation live in ``preprocess`` (shared with prediction) 
 """
 import hashlib
 import io
+import math
 import os
 import re
 from pathlib import Path, PurePosixPath, PureWindowsPath
@@ -299,14 +300,17 @@ def validation_split(idx, targets, fraction, seed):
     validation part picks the epoch, the temperature and the threshold, which need an image of each."""
     idx, y = np.asarray(idx), np.asarray(targets)[idx]
     counts = f"{int(np.sum(y == 1))} open and {int(np.sum(y == 0))} closed images"
+    def refuse(name, size):
+        raise ValueError(f"val_fraction {fraction} of {counts} leaves the {name} part ({size} images) without an "
+                         "image of each class; label more images of the smaller class or change the fraction")
     try:
         train, val = train_test_split(idx, test_size=fraction, stratify=y, random_state=seed)
-    except ValueError as err:  # sklearn: too few images for a stratified part
-        raise ValueError(f"val_fraction {fraction} of {counts}: {err}") from None
+    except ValueError:  # sklearn: a part smaller than the number of classes, or a class of one image
+        n_val = math.ceil(fraction * len(idx))  # sklearn's size of the test part
+        refuse(*min(("validation", n_val), ("training", len(idx) - n_val), key=lambda part: part[1]))
     for part, name in ((val, "validation"), (train, "training")):
         if len(np.unique(np.asarray(targets)[part])) < 2:
-            raise ValueError(f"val_fraction {fraction} of {counts} leaves the {name} part without an image of "
-                             "each class; label more images of the smaller class or change the fraction")
+            refuse(name, len(part))
     return train, val
 
 

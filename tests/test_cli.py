@@ -86,7 +86,7 @@ def test_train_never_writes_into_the_shipped_model_or_its_curves(real_root, tmp_
         monkeypatch.setattr(experiment, name, tmp_path / name)
         (tmp_path / name).mkdir()
         for out in (tmp_path / name, tmp_path / name / "run"):  # the folder itself or one inside it
-            assert f"out: {out} is in the folders of the shipped model" in exit_message(
+            assert f"error: --out: {out} is in the folders of the shipped model" in exit_message(
                 ["train", "--data", str(real_root), "--limit", "60", "--epochs", "1", "--out", str(out)])
         assert not any((tmp_path / name).iterdir())
 

@@ -189,12 +189,16 @@ def test_a_validation_part_without_both_classes_is_refused_before_training(monke
     targets = np.r_[np.zeros(3), np.ones(57)].astype(targets.dtype)
     record_fits(monkeypatch, lambda tr, va, t: pytest.fail("trained"))
     with pytest.raises(ValueError, match=r"val_fraction 0.1 of 57 open and 3 closed images leaves the validation "
-                                         r"part without an image of each class"):
+                                         r"part \(6 images\) without an image of each class"):
         experiment.split(targets, replace(SMALL, val_fraction=0.1))
     with pytest.raises(ValueError, match=r"val_fraction 0.1 of \d+ open and 2 closed images"):
         cv.cross_val_predict(images, targets, replace(SMALL, val_fraction=0.1), folds=3, progress=False)
-    with pytest.raises(ValueError, match=r"val_fraction 0.01 of 57 open and 3 closed images: .*test_size"):
+    with pytest.raises(ValueError, match=r"val_fraction 0.01 of 57 open and 3 closed images leaves the validation "
+                                         r"part \(1 images\)"):  # sklearn refuses a part of one image
         experiment.split(targets, replace(SMALL, val_fraction=0.01))
+    with pytest.raises(ValueError, match=r"val_fraction 0.9 of 8 open and 2 closed images leaves the training part "
+                                         r"\(1 images\)"):  # (the config refuses fractions from 0.5 up)
+        data.validation_split(np.arange(10), np.r_[0, 0, np.ones(8)], 0.9, 0)
 
 
 def test_cv_of_the_same_data_refuses_one_with_the_same_counts_but_other_labels(tmp_path):
