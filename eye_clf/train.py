@@ -32,7 +32,8 @@ class TrainConfig:
     """A training recipe; the defaults are the shipped model's (see results/cv_ablations.md)."""
     arch: str = option("eyenet", "architecture")
     method: str = option("finetune", "finetune: every layer trains; feature_extraction: frozen backbone, only the head")
-    weights: str | None = option(None, 'initial weights: none (random init), "imagenet" or a state-dict path')
+    weights: str | None = option(None, 'initial weights: none (random init), or for the ResNets and Lite0/2 '
+                                       '"imagenet" or a state-dict path')
     width: int = option(16, "EyeNet width (all four kinds): channels of its first stage (x2, x4 in the next ones)")
     dropout: float = option(0.0, "dropout before the final linear layer")
     input_size: int | None = option(None, "resize inside the model to this size (none: the architecture's default)")
@@ -48,8 +49,8 @@ class TrainConfig:
                                "zeros (black) or border (the edge pixels repeated, as a looser crop shows more of "
                                "the face); border needs batch_augment")
     affine_p: float = option(0.5, "batch augmentation: the probability that an image is shifted, rotated and zoomed "
-                                  "(kornia's default 0.5, which every batch-augmented run so far used; the image-by-"
-                                  "image path transforms every image); other than 0.5 needs batch_augment")
+                                  "(kornia's default 0.5, which the shipped recipe uses; the image-by-image path "
+                                  "transforms every image); other than 0.5 needs batch_augment")
     invert: float = option(0.0, "probability of inverting colours during training")
     erase: float = option(0.0, "probability of random erasing during training: a rectangle of 2-20% of the image "
                                "set to the mean grey")
