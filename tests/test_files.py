@@ -85,3 +85,36 @@ def test_provenance_records_the_device_a_result_was_computed_on(monkeypatch):
     monkeypatch.setattr(torch.cuda, "get_device_name", lambda d=None: "Some GPU")
     assert files.provenance(torch.device("cpu"))["machine"]["device"] == "cpu"
     assert files.provenance()["machine"]["device"] == "Some GPU"
+
+
+def test_provenance_says_whether_tracked_files_changed(tmp_path, monkeypatch):
+    import subprocess
+    git = ["git", "-c", "user.name=t", "-c", "user.email=t@t", "-C", str(tmp_path)]
+    (tmp_path / "code.py").write_text("x = 1\n")
+    subprocess.run([*git, "init", "-q"], check=True)
+    subprocess.run([*git, "add", "."], check=True)
+    subprocess.run([*git, "commit", "-qm", "first"], check=True)
+    monkeypatch.setattr(files, "checkout", lambda: tmp_path.resolve())
+    assert files.provenance()["git_dirty"] is False
+    (tmp_path / "notes.txt").write_text("untracked files do not count")
+    assert files.provenance()["git_dirty"] is False
+    (tmp_path / "code.py").write_text("x = 2\n")
+    assert files.provenance()["git_dirty"] is True
+
+
+def test_atomic_write_keeps_the_mode_of_the_file_it_replaces(tmp_path):
+    path = tmp_path / "labels.csv"
+    path.write_text("old")
+    path.chmod(0o600)  # private labels stay private after a save
+    files.atomic_write(path, lambda tmp: Path(tmp).write_text("new"))
+    assert path.read_text() == "new" and path.stat().st_mode & 0o777 == 0o600
+
+
+def test_a_lock_taken_through_a_symlink_is_the_real_files_lock(tmp_path):
+    real, link = tmp_path / "labels.xlsx", tmp_path / "link.xlsx"
+    real.write_text("x")
+    link.symlink_to(real)
+    with files.locked(link):
+        with pytest.raises(files.LockTimeout):
+            with files.locked(real, timeout=0.01):
+                pass

@@ -548,3 +548,42 @@ def test_the_command_without_the_training_libraries_names_what_to_install(tmp_pa
                         r"\n", out.stderr)
     out = run_runtime_cli(tmp_path, "predict", tmp_path / "x.png", "--checkpoint", DEFAULT_CHECKPOINT)
     assert out.returncode == 1 and "torch" in out.stderr and "pip install 'eye-clf[torch]'" in out.stderr
+
+
+def test_the_shipped_model_tells_open_from_closed_on_the_real_images(real_root):
+    """A sanity check of the shipped weights (not a quality figure: it trained on these images)."""
+    from eye_clf import metrics
+    labels = data.read_labels(data.REPO_ROOT / data.LABELS_NAME).iloc[::10]  # 400 of the 4000
+    files = [real_root / "EyesDataset" / name for name in labels["img_name"]]
+    for backend in ("onnx", "torch"):
+        p = predict_proba(files, backend=backend)
+        assert metrics.accuracy(labels["target"].to_numpy(), p, eye_clf.recommended_threshold()) > 0.95
+        assert metrics.eer(labels["target"].to_numpy(), p)[0] < 0.05
+
+
+def test_the_shipped_pair_is_checked_again_when_only_the_checkpoint_changes(tiny_ckpt, tmp_path, monkeypatch):
+    """An interrupted ship that replaced eye_clf.pt alone: a running process must not go on serving the old
+    graph as if it were the new checkpoint's."""
+    pt, graph = tmp_path / "eye_clf.pt", tmp_path / "eye_clf.onnx"
+    pt.write_bytes(tiny_ckpt.read_bytes())
+    export_onnx(pt, graph)
+    monkeypatch.setattr(predict, "DEFAULT_CHECKPOINT", pt)
+    monkeypatch.setattr(predict, "DEFAULT_ONNX", graph)
+    predict_proba(BRIGHT, backend="onnx")  # the pair matches: loaded and cached
+    ckpt = torch.load(pt, weights_only=False)
+    ckpt["threshold"] = 0.9
+    torch.save(ckpt, tmp_path / "new.pt")
+    os.replace(tmp_path / "new.pt", pt)
+    with pytest.raises(ValueError, match="was not exported from"):
+        predict_proba(BRIGHT, backend="onnx")
+
+
+def test_a_tensor_that_requires_grad_is_scored(tiny_ckpt):
+    """The output of a torch pipeline often still tracks gradients."""
+    t = torch.from_numpy(BRIGHT).float().div(255).requires_grad_()
+    assert predict_proba(t, checkpoint=tiny_ckpt) == predict_proba(BRIGHT, checkpoint=tiny_ckpt)
+
+
+def test_float_images_round_to_the_nearest_grey_level():
+    a = (BRIGHT / 255 - 0.4 / 255).astype(np.float32)  # just below each level
+    assert np.array_equal(predict._from_array(a, "x")[0][0], BRIGHT)

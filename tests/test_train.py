@@ -316,3 +316,29 @@ def test_an_unknown_arch_in_a_config_dict_is_a_config_error(arch):
     """A hand-edited or null config (``TrainConfig.from_dict``) is refused naming the field, as the CLI's choices are."""
     with pytest.raises(train.ConfigError, match=r"arch: must be one of \("):
         TrainConfig.from_dict({"arch": arch})
+
+
+def test_the_temperature_is_fit_on_the_logits_the_model_predicts_with(monkeypatch):
+    """With mirror TTA the temperature must be fit on mirror-averaged logits, as predictions average them."""
+    seen, real = [], train.fit_temperature
+    monkeypatch.setattr(train, "fit_temperature", lambda z, y: seen.append(z.clone()) or real(z, y))
+    images, targets = synthetic(200)
+    tr, va, _ = data.split(targets, seed=0)
+    model, _ = fit(images, targets, tr, va, TrainConfig(width=8, epochs=3, batch_size=16, augment=0, tta=True,
+                                                        device="cpu"), progress=False)
+    x = data.to_tensor(images[va])
+    torch.testing.assert_close(seen[0], models.logits(model, x, tta=True) * model.temperature)
+    assert not torch.allclose(seen[0], models.logits(model, x, tta=False) * model.temperature)
+
+
+def test_label_smoothing_reaches_the_training_and_validation_targets(monkeypatch):
+    seen, real = [], train.F.binary_cross_entropy_with_logits
+    monkeypatch.setattr(train.F, "binary_cross_entropy_with_logits",
+                        lambda z, y, *a, **k: seen.append(y.detach().clone()) or real(z, y, *a, **k))
+    images, targets = synthetic(64)
+    cfg = TrainConfig(width=4, epochs=1, batch_size=32, augment=0, refit=False, tta=False, calibrate=False,
+                      label_smoothing=0.2, device="cpu")
+    fit(images, targets, np.arange(48), np.arange(48, 64), cfg, progress=False)
+    assert len(seen) >= 2 and len(seen[-1]) == 16  # training batches, then the 16 validation images' loss
+    for y in seen:
+        assert y.unique().tolist() == pytest.approx([0.1, 0.9])
