@@ -1,12 +1,14 @@
 """Shared fixtures: synthetic eye-like images (open = bright, closed = dark), a labelled synthetic folder, a tiny
 trained checkpoint and the real dataset (../shared/data, read in place, never copied)."""
+import os
+
 import numpy as np
 import pandas as pd
 import pytest
 import torch
 from PIL import Image
 
-from eye_clf import data, predict, train
+from eye_clf import data, train
 
 torch.set_num_threads(1)  # tiny models and batches: on a busy machine extra threads only wait for each other
 # Same model, same input, different batch or device: bit-identical on CPU; CUDA convolutions may use TF32.
@@ -47,12 +49,6 @@ def tiny_ckpt(tmp_path_factory):
     return path
 
 
-@pytest.fixture(scope="session")
-def tiny_model(tiny_ckpt):
-    """The tiny checkpoint's model as predict_proba uses it (cached, on CUDA when present)."""
-    return predict.load_model(tiny_ckpt)[0]
-
-
 @pytest.fixture
 def labelled_folder(tmp_path):
     """A folder of 40 synthetic PNGs plus labels.csv; returns (folder, labels_csv, images, targets)."""
@@ -69,11 +65,12 @@ def labelled_folder(tmp_path):
 
 @pytest.fixture(scope="session")
 def real_root():
-    """The real dataset folder (../shared/data or $EYE_CLF_DATA)."""
+    """The real dataset folder (../shared/data or $EYE_CLF_DATA); missing, the tests that need it are skipped, but
+    fail under CI (``$CI`` set), which has the data."""
     try:
         return data.data_dir()
     except FileNotFoundError as err:
-        pytest.skip(str(err))
+        (pytest.fail if os.environ.get("CI") else pytest.skip)(str(err))
 
 
 @pytest.fixture(autouse=True)

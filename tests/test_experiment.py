@@ -850,6 +850,24 @@ def test_cv_scores_each_teacher_fold_on_the_views_once(monkeypatch, tmp_path):
                              teacher_dirs=[tmp_path / "teacher"])
 
 
+def test_cached_teacher_scores_follow_the_teacher_file_and_are_checked(tiny_ckpt, tmp_path, monkeypatch):
+    teacher = tmp_path / "fold0.pt"
+    teacher.write_bytes(tiny_ckpt.read_bytes())
+    views = torch.from_numpy(synthetic(6)[0]).reshape(2, 3, 24, 24)  # 2 views of 3 images
+    calls, real = [], cv.view_proba
+    monkeypatch.setattr(cv, "view_proba", lambda t, v: calls.append(1) or real(t, v))
+    first = cv._view_proba(teacher, views)
+    assert first.shape == (2, 3) and np.array_equal(cv._view_proba(teacher, views), first) and len(calls) == 1
+    ckpt = torch.load(teacher, weights_only=False)
+    ckpt["state_dict"]["head.bias"] += 3  # the teacher's CV was run again: other weights, same file name
+    torch.save(ckpt, teacher)
+    assert not np.allclose(cv._view_proba(teacher, views), first) and len(calls) == 2
+    for cached in tmp_path.glob("fold0.views-*.npy"):
+        np.save(cached, np.zeros(5))
+    with pytest.raises(ValueError, match=r"teacher scores of shape \(5,\), expected \(2, 3\); delete the file"):
+        cv._view_proba(teacher, views)
+
+
 def test_robustness_crops_crop_and_resizes_resize():
     changes = load_script("robustness").CHANGES
     a = np.random.default_rng(0).integers(0, 256, (24, 24), dtype=np.uint8)

@@ -5,7 +5,6 @@ folder (../shared/data or $EYE_CLF_DATA).
 """
 import json
 import sys
-import tempfile
 from pathlib import Path
 
 import nbformat
@@ -31,7 +30,8 @@ def snapshot(files):
 
 @pytest.fixture
 def kernel(tmp_path, monkeypatch):
-    """A kernel spec for this interpreter, found first through $JUPYTER_PATH."""
+    """A kernel spec for this interpreter, found first through $JUPYTER_PATH, whose temporary files go to this
+    test's own folder (``$TMPDIR``), so that another test session on the machine does not share them."""
     spec = tmp_path / "jupyter" / "kernels" / "eye_clf_test"
     spec.mkdir(parents=True)
     (spec / "kernel.json").write_text(json.dumps({
@@ -39,11 +39,9 @@ def kernel(tmp_path, monkeypatch):
         "display_name": "eye_clf test", "language": "python"}))
     monkeypatch.setenv("JUPYTER_PATH", str(tmp_path / "jupyter"))
     monkeypatch.setenv("EYE_CLF_SMOKE", "1")
+    (tmp_path / "tmp").mkdir()
+    monkeypatch.setenv("TMPDIR", str(tmp_path / "tmp"))
     return "eye_clf_test"
-
-
-def smoke_folders():
-    return set(Path(tempfile.gettempdir()).glob("eye_clf_smoke_*"))
 
 
 @pytest.mark.parametrize("name", list(OUTPUTS))
@@ -64,13 +62,13 @@ def test_committed_outputs_are_of_a_full_run_on_a_committed_tree(name):
 
 
 @pytest.mark.parametrize("name", list(OUTPUTS))
-def test_notebook_runs_in_smoke_mode(name, kernel):
+def test_notebook_runs_in_smoke_mode(name, kernel, tmp_path):
     path = ROOT / name
     nb = nbformat.read(path, as_version=4)
-    before, temporaries = snapshot(OUTPUTS[name]), smoke_folders()
+    before = snapshot(OUTPUTS[name])
     NotebookClient(nb, timeout=1200, kernel_name=kernel,
                    resources={"metadata": {"path": str(path.parent)}}).execute()  # raises on any cell error
     assert snapshot(OUTPUTS[name]) == before, "smoke mode must not touch committed outputs"
-    assert smoke_folders() == temporaries, "smoke mode must remove its temporary folder"
+    assert not list((tmp_path / "tmp").glob("eye_clf_smoke_*")), "smoke mode must remove its temporary folder"
     text = "\n".join(o.get("text", "") for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", []))
     assert "smoke mode: True" in text

@@ -340,17 +340,19 @@ def test_loading_a_model_holds_up_no_prediction_with_another(tiny_ckpt, tmp_path
 
     def held_load(path, device):
         loading.set()
-        release.wait(timeout=5)
+        release.wait()  # until the test has seen whether the other prediction finished meanwhile
         return real(path, device)
     monkeypatch.setattr(predict, "_load_torch", held_load)
     slow = threading.Thread(target=predict_proba, args=(BRIGHT,), kwargs=dict(checkpoint=second))
     slow.start()
-    assert loading.wait(timeout=5)
     results = []
     fast = threading.Thread(target=lambda: (results.append(predict_proba(BRIGHT, checkpoint=first)), done.set()))
-    fast.start()
-    finished_during_the_load = done.wait(timeout=5)
-    release.set()
+    try:
+        assert loading.wait(timeout=60)
+        fast.start()
+        finished_during_the_load = done.wait(timeout=60)  # a hang guard: it finishes in milliseconds
+    finally:
+        release.set()
     slow.join()
     fast.join()
     assert finished_during_the_load and results == [expected]

@@ -226,7 +226,7 @@ def test_a_studio_starting_while_another_saves_never_overwrites_that_save(folder
     second = LabelStore(path, folder)
     assert waited == [True]
     monkeypatch.setattr(labels_store.data, "read_labels", real)
-    deadline = time.time() + 10
+    deadline = time.time() + 60  # a hang guard: it lands in milliseconds
     while first.state("000.png")["target"] != 1 and time.time() < deadline:  # the first studio's save lands
         time.sleep(0.01)
     with pytest.raises(OSError, match="changed by another program"):
@@ -393,19 +393,20 @@ def test_the_labels_stay_readable_while_a_save_waits_for_another_lock(folder, tm
         waiting.set()
         return files.locked(path, timeout)
     monkeypatch.setattr(labels_store, "locked", locked)
-    monkeypatch.setattr(labels_store, "LOCK_WAIT_S", 3.0)
+    monkeypatch.setattr(labels_store, "LOCK_WAIT_S", 60.0)  # far longer than the test holds the lock
     with open(tmp_path / ".labels.xlsx.lock", "a") as held:
         fcntl.flock(held, fcntl.LOCK_EX)
-        failed = []
-        saving = threading.Thread(target=lambda: failed.append(
-            pytest.raises(files.LockTimeout, store.apply, [change("000.png", BLANK, target=1)])))
+        saving = threading.Thread(target=store.apply, args=([change("000.png", BLANK, target=1)],))
         saving.start()
-        assert waiting.wait(10)
-        assert store.state("000.png") == BLANK
-        assert saving.is_alive()  # read while the save still waits, not after it gave up
-        saving.join()
-        assert store.apply([change("000.png", dict(BLANK, target=0), target=1)]) == ([], [0])  # a conflict, at once
-    assert failed and store.state("000.png") == BLANK
+        try:
+            assert waiting.wait(60)
+            assert store.state("000.png") == BLANK
+            assert store.apply([change("000.png", dict(BLANK, target=0), target=1)]) == ([], [0])  # a conflict, at once
+            assert saving.is_alive()  # both answered while the save still waits, not after it gave up
+        finally:
+            fcntl.flock(held, fcntl.LOCK_UN)
+            saving.join()
+    assert store.state("000.png")["target"] == 1  # then the save lands
 
 
 @pytest.fixture
@@ -645,10 +646,13 @@ def test_label_command_suggests_with_the_shipped_model_by_default(folder, tmp_pa
         assert sorted(app.p_open) == [f"{i:03d}.png" for i in range(6)]
 
 
-def test_checkpoint_and_no_model_exclude_each_other(folder, tmp_path):
-    with pytest.raises(SystemExit):
+def test_checkpoint_and_no_model_exclude_each_other(folder, tmp_path, capsys, monkeypatch):
+    from eye_clf import studio
+    monkeypatch.setattr(studio, "serve", lambda *a, **k: pytest.fail("the studio started"))
+    with pytest.raises(SystemExit) as stop:
         main(["label", "--images", str(folder), "--labels", str(tmp_path / "l.xlsx"), "--no-model",
               "--checkpoint", "x.pt"])
+    assert stop.value.code == 2 and "--checkpoint: not allowed with argument --no-model" in capsys.readouterr().err
 
 
 # ---- review lists ----------------------------------------------------------------------------------------------

@@ -207,7 +207,7 @@ def test_labels_made_while_another_save_holds_the_file_are_sent_again(browser, u
         page.keyboard.press("c")
         expect(page.locator("#save")).to_have_text("3 waiting: file in use")
         assert pd.isna(read_table(tmp_path / "labels.xlsx").set_index("img_name").loc[name, "target"])
-    expect(page.locator("#save")).to_have_text("all saved", timeout=15_000)  # kept and sent again 5 s later
+    expect(page.locator("#save")).to_have_text("all saved", timeout=60_000)  # kept and sent again 5 s later
     expect(page.locator("#banner")).to_be_hidden()
     table = read_table(tmp_path / "labels.xlsx").set_index("img_name")
     assert table.loc[name, "target"] == 0 and table["target"].notna().sum() == 1
