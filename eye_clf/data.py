@@ -22,6 +22,7 @@ from .preprocess import (IMAGE_SUFFIXES, IMG_SIZE, MEAN, STD, list_images,  # no
 DATA_ENV = "EYE_CLF_DATA"
 REPO_ROOT = checkout() or Path.cwd()  # the checkout; installed as a package: the current folder
 LABELS_NAME = "img_name_target.xlsx"
+MAX_CELLS = 50_000_000  # of an xlsx sheet's extent: a million rows of 50 columns
 
 
 class LabelError(ValueError):
@@ -94,6 +95,23 @@ def _filled(cell):
     return not (pd.isna(cell) or (isinstance(cell, str) and not cell.strip()))
 
 
+def check_span(path):
+    """Refuse an xlsx whose first sheet spans more than MAX_CELLS (rows x columns up to its farthest cell): pandas
+    fills every cell of that rectangle, so one stray cell at XFD1048576 would take all the memory there is."""
+    import openpyxl
+    book = openpyxl.load_workbook(path, read_only=True)
+    try:
+        sheet = book.worksheets[0]
+        sheet.reset_dimensions()  # the extent of the cells themselves, not what the file's header claims
+        span = sheet.calculate_dimension(force=True)
+        rows, cols = sheet.max_row or 0, sheet.max_column or 0
+    finally:
+        book.close()
+    if rows * cols > MAX_CELLS:
+        raise LabelError(f"{path}: its first sheet spans {span} ({rows:,} rows x {cols:,} columns), far more than a "
+                         f"labels table: delete the stray cells around {span.split(':')[-1]} and save it again")
+
+
 def read_sheet(path, what="labels file"):
     """A spreadsheet as a DataFrame: ``.csv`` as UTF-8 text (a BOM is allowed), anything else as xlsx.
 
@@ -115,7 +133,10 @@ def read_sheet(path, what="labels file"):
             cells = pd.read_csv(io.StringIO(text), skiprows=lead, skip_blank_lines=False, dtype=str, **options)
             cells.index += lead
         else:
+            check_span(path)
             cells = pd.read_excel(path, dtype=object, **options)
+    except LabelError:
+        raise
     except UnicodeDecodeError as err:
         raise LabelError(f"{path}: not UTF-8 text (byte {err.object[err.start]:#04x} at offset {err.start}); "
                          "save it as UTF-8 CSV") from None
@@ -197,6 +218,7 @@ def read_labels(path, images_dir=None, partial=False):
     raw = {c: df[c] if c in df.columns else pd.Series(np.nan, index=df.index) for c in cols}
     values = {c: pd.to_numeric(raw[c], errors="coerce") for c in cols}
     raw = {c: raw[c].tolist() for c in cols}  # Python values, for the messages
+    unsure = pd.to_numeric(df.get("unsure", pd.Series(np.nan, index=df.index)), errors="coerce")
     names, root = df["img_name"], None if images_dir is None else Path(images_dir).resolve()
     rows = df.index
     same_file = names.map(lambda n: str(PurePosixPath(n)) if isinstance(n, str) else n)  # "./a.jpg" is "a.jpg"
@@ -209,8 +231,9 @@ def read_labels(path, images_dir=None, partial=False):
         where = f"row {rows[i]} ({name})"
         for c in cols:
             if not (values[c].iloc[i] in (0, 1) or (partial and pd.isna(raw[c][i]))):
-                got = ("is blank (or a formula or error cell with no saved value)" if pd.isna(raw[c][i])
-                       else f"{raw[c][i]!r} is not 0, 1" + (" or blank" if partial else ""))
+                got = (f"{raw[c][i]!r} is not 0, 1" + (" or blank" if partial else "") if pd.notna(raw[c][i]) else
+                       "is blank: the studio marked the image unsure" if unsure.iloc[i] == 1 else
+                       "is blank (not labelled yet, or a formula or error cell with no saved value)")
                 problems.append(f"{where}: {c} {got}")
         if partial and values["unsure"].iloc[i] == 1 and pd.notna(values["target"].iloc[i]):
             problems.append(f"{where}: unsure is 1 but target is set")

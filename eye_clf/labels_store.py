@@ -77,7 +77,7 @@ def remove_stale_temporaries(path):
     file's); under the save lock, so never those of another studio's save in progress."""
     path = Path(os.path.realpath(path))
     ours = re.compile(rf"\.{re.escape(path.name)}\.[A-Za-z0-9_]+\.tmp")
-    with locked(path):
+    with locked(path, LOCK_WAIT_S):
         for tmp in path.parent.iterdir():
             if ours.fullmatch(tmp.name) and tmp.is_file():
                 tmp.unlink()
@@ -99,6 +99,10 @@ def normalize(state, where="state"):
     if state["unsure"] and target is not None:
         raise ValueError(f"{where}: an unsure image has no target")
     return dict(target=target, unsure=state["unsure"], reviewed=state["reviewed"], tags=[t for t in TAGS if t in tags])
+
+
+class FileChanged(OSError):
+    """Another program changed the labels file since the studio read or saved it."""
 
 
 class LabelStore:
@@ -126,8 +130,8 @@ class LabelStore:
                              f"{'; '.join(odd[:3])}: rename them")
         check_writable(self.path)
         remove_stale_temporaries(self.path)
-        with locked(self.path):  # no studio saves while this one reads; the stamp comes first, so that a change by
-            # another program during the read makes the first save refuse instead of overwriting it
+        with locked(self.path, LOCK_WAIT_S):  # no studio saves while this one reads; the stamp comes first, so
+            # that a change by another program during the read makes the first save refuse instead of overwriting it
             created = not self.path.exists()
             self.stamp = None if created else self.file_stamp()
             df = blank_table(self.files) if created else data.read_labels(self.path, partial=True)
@@ -143,6 +147,7 @@ class LabelStore:
         self.given = self.df["target"].copy()  # the labels the file held when the studio opened it
         self.orphans = sorted(known - set(self.files))
         self.lock = threading.RLock()
+        self.recovery, self.refused = None, {}  # where the labels go when another program changed the file
         if created:
             self.save()
 
@@ -175,18 +180,38 @@ class LabelStore:
             self.write()
 
     def write(self):
-        """Write the table, unless another program changed the file since it was read or saved here; the caller
-        holds the save lock."""
-        changed = self.path.exists() if self.stamp is None else self.file_stamp() != self.stamp  # None: no file
-        if changed:  # when this store started
-            raise OSError(f"{self.path} was changed by another program; restart the studio to load that version")
+        """Write the table, unless another program changed the file since it was read or saved here (checked
+        before the new file is written and again just before it replaces the old one); the caller holds the save
+        lock. Refused, the table goes to a recovery file beside it (see ``check_unchanged``)."""
+        self.check_unchanged()
         written = []
 
         def write(tmp):  # stamped before it replaces the file: whatever comes after is another program's
             write_xlsx(self.df.reset_index(), tmp)
             written.append(self.file_stamp(tmp))
+            self.check_unchanged()  # a save by another program while this file was written is not overwritten
         atomic_write(self.path, write)
         self.stamp = written[0]
+
+    def check_unchanged(self):
+        """Raise FileChanged if another program changed the file since it was read or saved here."""
+        changed = self.path.exists() if self.stamp is None else self.file_stamp() != self.stamp  # None: no file
+        if changed:  # when this store started
+            raise FileChanged(f"{self.path} was changed by another program; restart the studio to load that version")
+
+    def keep_refused(self, table, names):
+        """After a save refused by FileChanged: ``table`` (the labels with the refused change of rows ``names``)
+        and every change refused before go to ``<name>.unsaved-<n>.xlsx`` beside the file (one per studio, updated
+        by each refusal), so that the restart the message asks for loses none of them; returns that file."""
+        self.refused.update({n: table.loc[n].copy() for n in names})
+        table = table.copy()
+        for n, row in self.refused.items():
+            table.loc[n, row.index] = row.to_numpy()
+        if self.recovery is None:
+            self.recovery = next(p for k in range(1, 10 ** 6) if not (p := self.path.with_name(
+                f"{self.path.stem}.unsaved-{k}.xlsx")).exists())
+        atomic_write(self.recovery, lambda tmp: write_xlsx(table.reset_index(), tmp))
+        return self.recovery
 
     def apply(self, changes):
         """Apply ``[{name, before, after}]`` in order and save once.
@@ -238,6 +263,10 @@ class LabelStore:
             self.df.loc[names, tag] = [int(tag in states[n]["tags"]) for n in names]
         try:
             self.write()
+        except FileChanged as err:
+            table, self.df = self.df, old
+            raise FileChanged(f"{err} (this studio's labels, the refused ones included, are in "
+                              f"{self.keep_refused(table, names)})") from None
         except BaseException:
             self.df = old
             raise

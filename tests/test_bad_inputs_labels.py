@@ -192,9 +192,32 @@ def test_csv_cells_are_numbers_only_when_written_as_plain_decimals(tmp_path, ima
 def test_a_blank_target_is_named_blank_not_nan(tmp_path, images):
     path = tmp_path / "labels.csv"
     path.write_text("img_name,target\na.jpg,1\nb.jpg,\n")
-    with pytest.raises(LabelError, match=r"row 3 \(b.jpg\): target is blank \(or a formula or error cell with no "
-                                         r"saved value\)$"):
+    with pytest.raises(LabelError, match=r"row 3 \(b.jpg\): target is blank \(not labelled yet, or a formula or "
+                                         r"error cell with no saved value\)$"):
         read_labels(path, images_dir=images)
+
+
+def test_a_row_the_studio_marked_unsure_is_named_so_for_training(tmp_path, images):
+    path = tmp_path / "labels.csv"
+    path.write_text("img_name,target,unsure\na.jpg,1,0\nb.jpg,,1\n")
+    with pytest.raises(LabelError, match=r"row 3 \(b.jpg\): target is blank: the studio marked the image unsure$"):
+        read_labels(path, images_dir=images)
+    assert read_labels(path, images_dir=images, partial=True)["unsure"].tolist() == [0, 1]
+
+
+def test_a_sheet_spanning_far_beyond_its_table_is_refused_before_pandas_fills_it(tmp_path, monkeypatch):
+    path = tmp_path / "labels.xlsx"
+    book = openpyxl.Workbook()
+    book.active.append(["img_name", "target"])
+    book.active.append(["a.jpg", 1])
+    book.active["Z100"] = " "  # a stray cell (in a real file: XFD1048576, 17 billion cells to fill)
+    book.save(path)
+    monkeypatch.setattr(data, "MAX_CELLS", 1000)
+    with pytest.raises(LabelError, match=r"labels.xlsx: its first sheet spans A1:Z100 \(100 rows x 26 columns\), "
+                                         r"far more than a labels table: delete the stray cells around Z100"):
+        read_labels(path)
+    monkeypatch.setattr(data, "MAX_CELLS", 2600)
+    assert read_labels(path)["target"].tolist() == [1]
 
 
 def test_a_leading_line_of_non_breaking_spaces_or_empty_quotes_is_blank(tmp_path, images):

@@ -119,7 +119,8 @@ def test_readme_onnxruntime_example_runs_without_eye_clf_or_torch(real_root, tmp
 
 def test_readme_figures_for_blank_and_noise_inputs_come_from_its_example():
     readme = (data.REPO_ROOT / "README.md").read_text()
-    prose, code = re.search(r"gets P\(open\) (.*?)\n\n<!-- blank-example -->\n```python\n(.*?)```", readme, re.S).groups()
+    prose, code = re.search(r"gets P\(open\) (.*?)\n\n<!-- blank-example -->\n```python\n(.*?)```", readme,
+                            re.S).groups()
     printed = []
     exec(code, {"print": lambda p: printed.append(np.atleast_1d(p))})
     said = [float(v) for v in re.findall(r"\d\.\d+", prose)]

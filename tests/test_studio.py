@@ -160,6 +160,58 @@ def test_edits_by_another_program_are_not_overwritten(folder, tmp_path):
     assert path.read_bytes() == edited and store.state("001.png") == BLANK
 
 
+def test_a_save_by_another_program_while_the_studio_writes_is_not_overwritten(folder, tmp_path, monkeypatch):
+    """Another program's save (Excel, a script: a new file moved into place) lands while this save builds its new
+    file: the check before the rename sees it."""
+    path = tmp_path / "labels.xlsx"
+    store = LabelStore(path, folder)
+    other = read_labels(path, partial=True).assign(target=0)
+    real = labels_store.write_xlsx
+
+    def write_while_another_saves(df, tmp):
+        real(df, tmp)
+        if tmp != path:  # (the other program's save itself)
+            real(other, tmp_path / "theirs.xlsx")
+            os.replace(tmp_path / "theirs.xlsx", path)
+    monkeypatch.setattr(labels_store, "write_xlsx", write_while_another_saves)
+    theirs = None
+    with pytest.raises(OSError, match="changed by another program"):
+        store.apply([change("001.png", BLANK, target=1)])
+    theirs = path.read_bytes()
+    monkeypatch.setattr(labels_store, "write_xlsx", real)
+    assert read_labels(path, partial=True)["target"].tolist() == [0] * len(other) and theirs == path.read_bytes()
+    assert store.state("001.png") == BLANK
+
+
+def test_a_refused_save_keeps_the_studios_labels_in_a_recovery_file(folder, tmp_path):
+    """A stale copy saved over the file (Excel had it open): the studio's labels would be lost with the restart
+    that the message asks for, so they are written beside it, the refused change included."""
+    path = tmp_path / "labels.xlsx"
+    store = LabelStore(path, folder)
+    stale = path.read_bytes()
+    store.apply([change("000.png", BLANK, target=1)])
+    path.write_bytes(stale)  # the other program's save of the file as it was before the studio's label
+    with pytest.raises(OSError, match=r"labels, the refused ones included, are in .*labels\.unsaved-1\.xlsx\)$"):
+        store.apply([change("001.png", BLANK, target=0)])
+    with pytest.raises(OSError, match=r"labels\.unsaved-1\.xlsx"):  # one recovery file per studio, kept up to date
+        store.apply([change("002.png", BLANK, unsure=True)])
+    kept = read_labels(tmp_path / "labels.unsaved-1.xlsx", partial=True).set_index("img_name")
+    assert kept.loc["000.png", "target"] == 1 and kept.loc["001.png", "target"] == 0 and kept.loc["002.png", "unsure"]
+    assert path.read_bytes() == stale and not (tmp_path / "labels.unsaved-2.xlsx").exists()
+    assert store.state("001.png") == BLANK  # the table itself is as the last save left it
+
+
+def test_a_studio_starting_while_another_holds_the_save_lock_gives_up_with_a_message(folder, tmp_path, monkeypatch):
+    fcntl = pytest.importorskip("fcntl")
+    path = tmp_path / "labels.xlsx"
+    LabelStore(path, folder)
+    monkeypatch.setattr(labels_store, "LOCK_WAIT_S", 0.2)
+    with open(tmp_path / ".labels.xlsx.lock", "a") as held:
+        fcntl.flock(held, fcntl.LOCK_EX)
+        with pytest.raises(files.LockTimeout, match="is being saved by another studio or program"):
+            LabelStore(path, folder)
+
+
 def test_a_replacement_with_the_same_size_and_modification_time_is_not_overwritten(folder, tmp_path):
     """A copy that keeps the modification time (cp -p, rsync -t, a sync client) and happens to have the same size."""
     path = tmp_path / "labels.xlsx"
