@@ -182,7 +182,7 @@ class LabelStore:
     def write(self):
         """Write the table, unless another program changed the file since it was read or saved here (checked
         before the new file is written and again just before it replaces the old one); the caller holds the save
-        lock. Refused, the table goes to a recovery file beside it (see ``check_unchanged``)."""
+        lock. A refused change is kept by ``write_rows`` (see ``keep_refused``)."""
         self.check_unchanged()
         written = []
 
