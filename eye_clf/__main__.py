@@ -163,7 +163,7 @@ def cmd_train(args):
     res = train_run(cfg, args.data, args.labels, args.out, args.limit, teachers=args.teacher or ())
     best = min(res["history"], key=lambda r: r["val_loss"])["epoch"]
     print(f"trained {cfg.arch}/{cfg.method} (weights: {cfg.weights or 'random init'}) in {res['seconds']:.0f} s"
-          f"{' for both fits' if cfg.refit else ''} (torch threads: {threads}): {len(res['history'])} epochs on "
+          f"{' for both fits' if cfg.refit else ''} (torch threads: {threads}): {len(res['history'])} epoch(s) on "
           f"{len(res['split'][0])} images, best validation loss at epoch {best}"
           + (" (the last epoch kept)" if cfg.keep_last else "")
           + (f"; then a refit on all {sum(map(len, res['split']))} images for {cfg.epochs} epochs (the last one "
@@ -332,6 +332,10 @@ def cmd_cv(args):
     images, targets, names = data.load_dataset(args.data, args.labels, limit=args.limit)
     soft = data.soft_targets(targets, names, args.data) if cfg.soft_labels else None
     use_threads(args)
+    done = [k for k in range(args.folds) if args.fold_dir and (Path(args.fold_dir) / f"fold{k}.json").exists()]
+    if done:
+        print(f"resuming: fold(s) {', '.join(map(str, done))} read from {args.fold_dir} (checked to be of this "
+              "recipe and data), not trained again")
     oof, per_fold = cross_val_predict(images, targets, cfg, args.folds, seed=0, soft=soft,  # --seed: not the folds
                                       fold_dir=args.fold_dir)
     print(per_fold.round(4).to_string(index=False))

@@ -6,6 +6,7 @@ not retrained.
 """
 import hashlib
 import json
+import reprlib
 from dataclasses import asdict
 from pathlib import Path
 
@@ -109,6 +110,15 @@ def same_key(key):
     """A fold's key with its config completed for fields added since it ran (BEFORE, else TrainConfig's defaults)
     and the device type it trained on (the CPU for folds from before that field: all of them ran there)."""
     return {"device": "cpu", **key, "config": asdict(TrainConfig.from_dict({**BEFORE, **key["config"]}))}
+
+
+def key_difference(theirs, ours):
+    """What tells a fold's key from this run's: "epochs 1 there, 2 here", config fields first."""
+    def differ(a, b, fields):
+        return [f"{f} {reprlib.repr(a.get(f))} there, {reprlib.repr(b.get(f))} here" for f in fields
+                if a.get(f) != b.get(f)]
+    config = differ(theirs.get("config", {}), ours.get("config", {}), {**theirs.get("config", {}), **ours["config"]})
+    return "; ".join(config + differ(theirs, ours, [k for k in {**theirs, **ours} if k != "config"]))
 
 
 def _same_scores(row, targets):
@@ -255,7 +265,8 @@ def cross_val_predict(images, targets, cfg=None, folds=5, seed=0, progress=True,
         # folds written before the data and inputs fingerprints are matched on the rest of their key
         old = {f: key[f] for f in ("data", "inputs") if f in key}
         if row is not None and {**old, **same_key(row["key"])} != key:
-            raise ValueError(f"{path} was made with another config, data or device; move it away to rerun")
+            raise ValueError(f"{path} was made with another config, data or device "
+                             f"({key_difference({**old, **same_key(row['key'])}, key)}); move it away to rerun")
         if row is not None and "data" not in row["key"]:
             check_data([row], targets, key["data"], fold_dir)
         if row is not None and row["test_idx"] != test.tolist():

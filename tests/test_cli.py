@@ -219,7 +219,7 @@ def test_cv(real_root, tmp_path, capsys, monkeypatch):
             "--out", str(out), "--fold-dir", str(folds)]
     main(argv)
     printed = capsys.readouterr().out
-    assert "2-fold CV (eyenet, weights: random init): EER" in printed
+    assert "2-fold CV (eyenet, weights: random init): EER" in printed and "resuming" not in printed
     result = json.loads(out.read_text())
     assert len(result["folds"]) == 2 and result["config"]["epochs"] == 1 and len(seen["targets"]) == 100
     assert result["pooled"]["eer"] == pytest.approx(brute_force_eer(seen["targets"], seen["oof"])[0], abs=1e-12)
@@ -233,6 +233,7 @@ def test_cv(real_root, tmp_path, capsys, monkeypatch):
     fold1["provenance"]["git_commit"] = "an older commit"  # as if it were made by other code
     (folds / "fold1.json").write_text(json.dumps(fold1))
     main(argv)  # resumes from the fold folder
+    assert f"resuming: fold(s) 0, 1 read from {folds} (checked to be of this recipe" in capsys.readouterr().out
     again = json.loads(out.read_text())
     assert again["folds"] == result["folds"]
     assert [p["git_commit"] for p in again["fold_provenance"]] == [result["provenance"]["git_commit"],

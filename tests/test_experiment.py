@@ -271,14 +271,16 @@ def test_cv_resumes_from_fold_files_and_refuses_another_config(monkeypatch, tmp_
     monkeypatch.setattr(cv, "fit", lambda *a, **k: pytest.fail("a finished fold was retrained"))
     again, _ = cv.cross_val_predict(images, targets, SMALL, folds=3, progress=False, fold_dir=tmp_path)
     np.testing.assert_array_equal(first, again)
-    with pytest.raises(ValueError, match="another config"):
+    with pytest.raises(ValueError, match=r"another config, data or device \(width 4 there, 5 here; batch_size 32 "
+                                         r"there, 64 here; .*augment 0 there, 1.0 here.*\); move it away"):
         cv.cross_val_predict(images, targets, TrainConfig(width=5, epochs=2), folds=3, fold_dir=tmp_path)
     row = json.loads((tmp_path / "fold0.json").read_text())
     assert torch.load(tmp_path / "fold0.pt", weights_only=True)["threshold"] == row["val_threshold"]  # as predict uses
     assert row["key"]["device"] == "cpu"  # the device type trained on (CUDA trains in bfloat16)
     row["key"]["device"] = "cuda"
     (tmp_path / "fold0.json").write_text(json.dumps(row))
-    with pytest.raises(ValueError, match="fold0.json was made with another config, data or device"):
+    with pytest.raises(ValueError, match=r"fold0.json was made with another config, data or device \(device 'cuda' "
+                                         r"there, 'cpu' here\)"):
         cv.cross_val_predict(images, targets, SMALL, folds=3, progress=False, fold_dir=tmp_path)
     del row["key"]["device"]  # folds from before the field ran on the CPU
     (tmp_path / "fold0.json").write_text(json.dumps(row))
