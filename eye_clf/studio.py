@@ -303,11 +303,11 @@ def serve(images, labels, checkpoint=None, review=None, port=0, open_browser=Tru
     files = {p.name: p for p in data.list_images(images)}
     queue, suggested, source = None, None, None
     if review:
-        queue, source = read_review(review, files), Path(review).name
+        queue, source = read_review(review, files), str(review)
     elif model:
         from .predict import DEFAULT_CHECKPOINT
-        checkpoint = Path(checkpoint or DEFAULT_CHECKPOINT)
-        suggested, source = predictions(files, checkpoint), checkpoint.name
+        suggested = predictions(files, Path(checkpoint or DEFAULT_CHECKPOINT))
+        source = str(checkpoint) if checkpoint else f"{DEFAULT_CHECKPOINT.name} (shipped)"
     server = make_server(None, port)
     try:
         store = LabelStore(labels, images)

@@ -16,7 +16,6 @@ from eye_clf import files, labels_store, studio
 from eye_clf.__main__ import main
 from eye_clf.data import LabelError, read_labels
 from eye_clf.labels_store import LabelStore
-from eye_clf.predict import DEFAULT_CHECKPOINT
 from eye_clf.studio import MAX_CHANGES, Studio, label_order, make_server, pace, read_review
 
 BLANK = dict(target=None, unsure=False, reviewed=False, tags=[])
@@ -686,7 +685,16 @@ class FakeServer:
         pass
 
 
-@pytest.mark.parametrize("flags,source", [([], DEFAULT_CHECKPOINT.name), (["--no-model"], None)])
+def test_the_studio_names_a_given_model_as_given(folder, tmp_path, monkeypatch, tiny_ckpt):
+    (folder / "broken.jpg").unlink()
+    made = []
+    monkeypatch.setattr(studio, "make_server", lambda app, port: made.append(FakeServer()) or made[-1])
+    main(["label", "--images", str(folder), "--labels", str(tmp_path / "labels.xlsx"), "--no-browser",
+          "--checkpoint", str(tiny_ckpt)])
+    assert made[0].studio.source == str(tiny_ckpt)  # the path, not a bare file name that could be any eye_clf.pt
+
+
+@pytest.mark.parametrize("flags,source", [([], "eye_clf.pt (shipped)"), (["--no-model"], None)])
 def test_label_command_suggests_with_the_shipped_model_by_default(folder, tmp_path, monkeypatch, flags, source):
     (folder / "broken.jpg").unlink()
     made = []
