@@ -41,7 +41,7 @@ def main():
         parser.error(str(err))
     with tempfile.TemporaryDirectory() as tmp:
         store = LabelStore(Path(tmp) / "labels.xlsx", images)
-        app = studio.Studio(store, studio.predictions(store.files), source=DEFAULT_CHECKPOINT.name)
+        app = studio.Studio(store, studio.predictions(store.files), source=f"{DEFAULT_CHECKPOINT.name} (shipped)")
         server = studio.make_server(app)
         threading.Thread(target=server.serve_forever, daemon=True).start()
         try:
