@@ -39,7 +39,7 @@ def test_train(real_root, tmp_path, capsys, monkeypatch):
           "--weights", "none", "--out", str(out)])
     printed = capsys.readouterr().out
     assert re.search(r"trained eyenet/finetune \(weights: random init\) in \d+ s for both fits "
-                     r"\(torch threads: \d+\): 1 epochs on \d+ images, best validation loss at epoch 1; "
+                     r"\(torch threads: \d+\): 1 epoch\(s\) on \d+ images, best validation loss at epoch 1; "
                      r"then a refit on all 120 images", printed)
     ckpt = torch.load(out / "eye_clf.pt", weights_only=True)
     assert ckpt["config"]["width"] == 8 and ckpt["config"]["epochs"] == 1 and ckpt["config"]["weights"] is None
