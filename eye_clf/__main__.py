@@ -423,7 +423,7 @@ def main(argv=None):
     sub = parser.add_subparsers(dest="command", required=True)
     if TRAINING_MISSING is not None:
         add_predict(sub)
-        return run(parser.parse_args(argv))
+        return run(parse(parser, sub, argv))
     labels_help = (f"labels xlsx/csv (default: the reference {data.LABELS_NAME} at the top of the checkout, for the "
                    "default data folder's images; a --data folder without an identical copy of it, or --images "
                    "elsewhere, must choose with --labels)")
@@ -499,7 +499,15 @@ def main(argv=None):
                    help="also write the out-of-fold P(open) as CSV here (reuse with --oof)")
     p.set_defaults(run=cmd_audit)
 
-    return run(parser.parse_args(argv))
+    return run(parse(parser, sub, argv))
+
+
+def parse(parser, sub, argv):
+    """The parsed flags; an unknown one is refused by its command's parser, whose help lists that command's flags."""
+    args, unknown = parser.parse_known_args(argv)
+    if unknown:
+        sub.choices[args.command].error(f"unrecognized arguments: {' '.join(unknown)}")
+    return args
 
 
 def run(args):

@@ -99,6 +99,11 @@ def test_train_keep_last_says_validation_picked_no_epoch(real_root, tmp_path, ca
     assert torch.load(tmp_path / "run" / "eye_clf.pt", weights_only=True)["best_epoch"] == 2
 
 
+def test_an_unknown_flag_points_to_its_commands_help(capsys):
+    assert exit_message(["audit", "--limit", "200"]) == "2"
+    assert capsys.readouterr().err == "error: unrecognized arguments: --limit 200 (see python -m eye_clf audit --help)\n"
+
+
 def test_version_is_the_packages_one(capsys):
     from importlib.metadata import version
 
