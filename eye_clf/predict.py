@@ -114,6 +114,8 @@ def _load_onnx(path):
                                   "a .pt checkpoint") from None
 
     opts = ort.SessionOptions()
+    # idle threads sleep instead of spinning: a loop of one call per frame would otherwise keep a core busy
+    opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
     threads = os.environ.get("OMP_NUM_THREADS", "")
     if threads.isdigit():  # the thread count torch honours too
         opts.intra_op_num_threads = int(threads)
@@ -144,7 +146,8 @@ def _load_shipped_onnx(path):
 
 def load_session(checkpoint=None):
     """The onnxruntime session of an ``.onnx`` file (default: the shipped ``eye_clf.onnx``, checked against the
-    shipped checkpoint), on CPU; it honours $OMP_NUM_THREADS. The last CACHE_SIZE models loaded are kept."""
+    shipped checkpoint), on CPU; it honours $OMP_NUM_THREADS, and its idle threads sleep (no spin-waiting between
+    calls). The last CACHE_SIZE models loaded are kept."""
     path = _model_path(checkpoint, DEFAULT_ONNX, EXPORT_ONE)
     if checkpoint is not None:
         return _cached("onnx", path, _load_onnx)
@@ -225,13 +228,17 @@ def _choose_backend(backend, model, checkpoint, tta):
 
 
 def _gray(a, name, single):
-    """An N x H x W or N x H x W x C (C = 1, 3, 4) uint8 or float 0..1 array as N x 24 x 24 uint8; an error names
-    the first bad image of a batch (``name[i]``), or ``name`` for a ``single`` image."""
+    """An N x H x W or N x H x W x C (C = 1, 3, 4) uint8, uint16 (0..65535, scaled by 1/257 as 16-bit files are)
+    or float 0..1 array as N x 24 x 24 uint8; an error names the first bad image of a batch (``name[i]``), or
+    ``name`` for a ``single`` image."""
     if min(a.shape[1:3]) == 0:
         raise ValueError(f"{name}: empty image(s) of shape {a.shape}")
+    if a.dtype == np.uint16:
+        a = np.round(a / 257).astype(np.uint8)
     if a.dtype != np.uint8:
         if not np.issubdtype(a.dtype, np.floating):
-            raise ValueError(f"{name}: dtype {a.dtype} is not supported; use uint8 (0..255) or float (0..1)")
+            raise ValueError(f"{name}: dtype {a.dtype} is not supported; use uint8 (0..255), uint16 (0..65535) or "
+                             "float (0..1)")
         flat = a.reshape(len(a), -1)
         bad = ~((flat >= 0) & (flat <= 1)).all(1)  # NaN compares False: out of range too
         if bad.any():
@@ -279,7 +286,8 @@ def _torch_to_numpy(t, name):
     except TypeError:  # dtypes numpy lacks: bfloat16 and float8 become float32, the rest is refused
         if t.is_floating_point():
             return t.float().numpy()
-        raise ValueError(f"{name}: dtype {t.dtype} is not supported; use uint8 (0..255) or float (0..1)") from None
+        raise ValueError(f"{name}: dtype {t.dtype} is not supported; use uint8 (0..255), uint16 (0..65535) or "
+                         "float (0..1)") from None
 
 
 def _to_images(x, name="input"):
@@ -323,7 +331,8 @@ def predict_proba(x, model=None, checkpoint=None, batch_size=64, tta=None, backe
     one image, N x H x W is a batch of gray images** (a 3 x 24 x 24 tensor is three eyes, never one colour image), and
     colour batches are 4-D: numpy N x H x W x C, torch N x C x H x W (C = 1, 3, 4). A 3-D input whose last axis
     has 1, 3 or 4 entries is refused as ambiguous: pass one colour image as a PIL image or a batch of one.
-    Values: uint8 0..255 or float 0..1 (bfloat16 and float16 too). Any size and colour: images become 24x24
+    Values: uint8 0..255, uint16 0..65535 (scaled by 1/257, as 16-bit files) or float 0..1 (bfloat16 and float16
+    too). Any size and colour: images become 24x24
     grayscale as in training (PIL modes: see ``eye_clf.preprocess``). Files above ``preprocess.MAX_PIXELS`` are
     refused.
 

@@ -27,9 +27,10 @@ THROUGH_L = {"1", "L", "LA", "La", "P", "PA", "RGB", "RGBA", "RGBa", "RGBX", "CM
 
 
 def _scaled(a, low, high, scale, name, mode):
-    if not np.isfinite(a).all() or a.min() < low or a.max() > high:
-        raise ValueError(f"{name}: PIL mode {mode} images must hold values in {low}..{high}, got "
-                         f"{np.nanmin(a):.3g}..{np.nanmax(a):.3g}")
+    nonfinite = (~np.isfinite(a)).sum()
+    if nonfinite or a.min() < low or a.max() > high:
+        got = f"{nonfinite} NaN or infinite value(s)" if nonfinite else f"{a.min():.3g}..{a.max():.3g}"
+        raise ValueError(f"{name}: PIL mode {mode} images must hold values in {low}..{high}, got {got}")
     return Image.fromarray(np.round(a * scale).astype(np.uint8))
 
 

@@ -49,7 +49,7 @@ BAD_INPUTS = [
     (np.zeros(24, np.uint8), r"input: expected an image H x W or a batch.*\(24,\)"),
     (np.zeros((24, 0), np.uint8), r"input: empty image"),
     # values
-    (np.zeros((24, 24), np.int32), r"input: dtype int32 is not supported"),
+    (np.zeros((24, 24), np.int32), r"input: dtype int32 is not supported; use uint8 \(0..255\), uint16 "),
     (np.zeros((24, 24), np.complex128), r"input: dtype complex128 is not supported"),
     (np.zeros((24, 24), bool), r"input: dtype bool is not supported"),
     (torch.zeros(24, 24, dtype=torch.int64), r"input: dtype int64 is not supported"),
@@ -66,7 +66,10 @@ BAD_INPUTS = [
     ([EYE, [np.zeros((24, 24), np.int16)]], r"input\[1\]\[0\]: dtype int16"),
     # PIL images
     (Image.fromarray(np.full((24, 24), 70000, np.int32)), r"input: PIL mode I images must hold values in 0..65535"),
-    (Image.fromarray(np.full((24, 24), 2.0, np.float32)), r"input: PIL mode F images must hold values in 0..1"),
+    (Image.fromarray(np.full((24, 24), 2.0, np.float32)), r"input: PIL mode F images must hold values in "
+                                                          r"0..1, got 2..2"),
+    (Image.fromarray(np.where(np.eye(24) > 0, np.nan, 0.5).astype(np.float32)), r"input: PIL mode F images must "
+                                                                               r"hold .* got 24 NaN or infinite"),
     (Image.new("RGB", (24, 24)).convert("LAB"), r"input: PIL mode LAB is not supported"),
     (Image.new("HSV", (24, 24)), r"input: PIL mode HSV is not supported"),
     (closed_image(), r"input: cannot read the PIL image"),
@@ -158,13 +161,15 @@ def test_bad_arguments_are_named(kwargs, error, message):
 # ---- PIL modes: a documented scaling for each accepted mode ------------------------------------------------
 
 @pytest.mark.parametrize("backend", BACKENDS)
-def test_every_accepted_pil_mode_reads_the_same_eye(backend):
+def test_every_accepted_pil_mode_and_16_bit_arrays_read_the_same_eye(backend):
     g = Image.fromarray(EYE)
     as_l = predict_proba(g, backend=backend)
     same = {
         "I (16-bit scale)": Image.fromarray(EYE.astype(np.int32) * 257),
         "I;16": Image.fromarray(EYE.astype(np.uint16) * 257),
         "F (0..1)": Image.fromarray((EYE / 255).astype(np.float32)),
+        "uint16 array": EYE.astype(np.uint16) * 257 + 128,  # the low byte does not count
+        "uint16 tensor": torch.from_numpy(EYE.astype(np.uint16) * 257),
         **{mode: g.convert(mode) for mode in ("LA", "P", "RGB", "RGBA", "RGBX", "CMYK", "YCbCr")},
         "La": g.convert("LA").convert("La"),
     }

@@ -589,3 +589,21 @@ def test_a_tensor_that_requires_grad_is_scored(tiny_ckpt):
 def test_float_images_round_to_the_nearest_grey_level():
     a = (BRIGHT / 255 - 0.4 / 255).astype(np.float32)  # just below each level
     assert np.array_equal(predict._from_array(a, "x")[0][0], BRIGHT)
+
+
+def test_a_large_batch_is_normalized_a_batch_at_a_time(unfused):
+    """float32 copies of the whole uint8 input would take 4x its memory, and more."""
+    import tracemalloc
+    images = np.random.default_rng(0).integers(0, 256, (20000, 24, 24), dtype=np.uint8)  # 11.5 MB
+    expected = np.concatenate([models.scores(unfused, images[i:i + 1000]) for i in range(0, len(images), 1000)])
+    tracemalloc.start()
+    p = models.scores(unfused, images)
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    assert np.allclose(p, expected, atol=1e-6) and peak < images.nbytes
+
+
+def test_onnx_sessions_do_not_spin_between_calls(tiny_onnx):
+    """A loop of one call per frame would keep a core busy with onnxruntime's default spin-waiting."""
+    options = predict.load_session(tiny_onnx).get_session_options()
+    assert options.get_session_config_entry("session.intra_op.allow_spinning") == "0"
