@@ -127,6 +127,14 @@ def csv_file(text):
     return text
 
 
+def onnx_file(text):
+    """argparse type: an ONNX file to write (an output_file named .onnx, so that nothing takes it for a .pt)."""
+    output_file(text)
+    if Path(text).suffix.lower() != ".onnx":
+        raise argparse.ArgumentTypeError(f"{text}: the file is an ONNX model; give it a .onnx name")
+    return text
+
+
 def csv_or_stdout(text):
     return text if text == "-" else csv_file(text)
 
@@ -150,23 +158,23 @@ def check_limit(args):
 
 def cmd_train(args):
     from .cv import interval
-    from .experiment import check_run_folder, cv_of, train_run
+    from .experiment import check_outside_shipped, cv_of, train_run
+    from .predict import model_file
     cfg = args.config
     threads = use_threads(args)
     if args.teacher and not cfg.distill:
         sys.exit("error: --teacher needs --distill > 0 (the weight of the teachers' P(open) in the target)")
     if args.out:
-        try:
-            check_run_folder(args.out)
-        except ValueError as err:  # "out: ..."
-            sys.exit(f"error: --{err}")
+        check_outside_shipped(args.out, "--out")
+    for teacher in args.teacher or ():
+        model_file(teacher)  # a missing one is named before the data is read
     res = train_run(cfg, args.data, args.labels, args.out, args.limit, teachers=args.teacher or ())
     best = min(res["history"], key=lambda r: r["val_loss"])["epoch"]
     print(f"trained {cfg.arch}/{cfg.method} (weights: {cfg.weights or 'random init'}) in {res['seconds']:.0f} s"
           f"{' for both fits' if cfg.refit else ''} (torch threads: {threads}): {len(res['history'])} epoch(s) on "
           f"{len(res['split'][0])} images, best validation loss at epoch {best}"
           + (" (the last epoch kept)" if cfg.keep_last else "")
-          + (f"; then a refit on all {sum(map(len, res['split']))} images for {cfg.epochs} epochs (the last one "
+          + (f"; then a refit on all {sum(map(len, res['split']))} images for {cfg.epochs} epoch(s) (the last one "
              "kept)" if cfg.refit else ""))
     v = res["val"]
     picked = "temperature and threshold" if cfg.keep_last else "epoch, temperature and threshold"
@@ -198,18 +206,21 @@ def cmd_ship(args):
 
 
 def cmd_export(args):
+    from .experiment import check_outside_shipped
     from .export import OPSET, export_onnx
     from .predict import DEFAULT_CHECKPOINT
-    checkpoint = args.checkpoint or DEFAULT_CHECKPOINT
-    refuse_overwrite({"--out": args.out}, [("the checkpoint", checkpoint)])
-    out = export_onnx(checkpoint, args.out)
+    check_outside_shipped(args.out, "--out", "the ONNX file")  # (the checkpoint, a .pt, cannot be the .onnx --out)
+    out = export_onnx(args.checkpoint or DEFAULT_CHECKPOINT, args.out)
     print(f"wrote {out} (ONNX opset {OPSET}): input images uint8 N x 24 x 24, output p_open float32 N")
 
 
 def expand(paths):
-    """Image files of the arguments: files as given, folders' image files sorted by name."""
+    """Image files of the arguments: files as given, folders' image files sorted by name; an argument that does
+    not exist is an error (--skip-bad leaves out unreadable files, not mistyped arguments)."""
     files = []
     for p in map(Path, paths):
+        if not p.exists():
+            raise FileNotFoundError(f"no such file or folder: {p}")
         files.extend(list_images(p, links_out=True) if p.is_dir() else [p])
     return files
 
@@ -222,8 +233,6 @@ def checkpoint_info(checkpoint):
     if path.suffix.lower() == ".onnx":
         return predict.onnx_metadata(path)
     from .models import load_checkpoint
-    if not path.is_file():
-        raise FileNotFoundError(f"checkpoint not found: {path}")
     return load_checkpoint(path)[1]
 
 
@@ -334,8 +343,8 @@ def cmd_cv(args):
     use_threads(args)
     done = [k for k in range(args.folds) if args.fold_dir and (Path(args.fold_dir) / f"fold{k}.json").exists()]
     if done:
-        print(f"resuming: fold(s) {', '.join(map(str, done))} read from {args.fold_dir} (checked to be of this "
-              "recipe and data), not trained again")
+        print(f"resuming: fold(s) {', '.join(map(str, done))} found in {args.fold_dir}; each is used, not trained "
+              "again, once checked to be of this recipe and data")
     oof, per_fold = cross_val_predict(images, targets, cfg, args.folds, seed=0, soft=soft,  # --seed: not the folds
                                       fold_dir=args.fold_dir)
     print(per_fold.round(4).to_string(index=False))
@@ -390,9 +399,11 @@ def cmd_audit(args):
     if args.save_oof:
         oof = pd.DataFrame({"img_name": names, "target": targets, "p_open": p_open})
         atomic_write(args.save_oof, lambda tmp: oof.to_csv(tmp, index=False))
-    print(f"{len(review)} of {len(names)} labels look wrong (cleanlab, out-of-fold P(open)); wrote {args.out}\n"
-          f"review them: python -m eye_clf label --images {images_dir} --labels COPY.xlsx --review {args.out}\n"
-          f"(COPY.xlsx: a copy of {labels} as .xlsx; the studio saves every change into it)")
+    print(f"{len(review)} of {len(names)} labels look wrong (cleanlab, out-of-fold P(open)); wrote {args.out}")
+    if len(review):
+        as_xlsx = "" if Path(labels).suffix.lower() == ".xlsx" else " saved as .xlsx"
+        print(f"review them: python -m eye_clf label --images {images_dir} --labels COPY.xlsx --review {args.out}\n"
+              f"(COPY.xlsx: a copy of {labels}{as_xlsx}; the studio saves every change into it)")
 
 
 def add_predict(sub):
@@ -425,8 +436,9 @@ def main(argv=None):
         add_predict(sub)
         return run(parse(parser, sub, argv))
     labels_help = (f"labels xlsx/csv (default: the reference {data.LABELS_NAME} at the top of the checkout, for the "
-                   "default data folder's images; a --data folder without an identical copy of it, or --images "
-                   "elsewhere, must choose with --labels)")
+                   "default data folder's images; a --data folder without an identical copy of it must choose with "
+                   "--labels)")
+    images_labels_help = labels_help.replace(" must choose", ", or --images elsewhere, must choose")
 
     p = sub.add_parser("train", help="train on the labelled data, evaluate, write checkpoint and plots")
     add_config_args(p)
@@ -447,7 +459,7 @@ def main(argv=None):
 
     p = sub.add_parser("export", help="write the ONNX graph of a checkpoint (uint8 N x 24 x 24 images -> P(open))")
     p.add_argument("--checkpoint", help="checkpoint (default: the shipped eye_clf/shipped/eye_clf.pt)")
-    p.add_argument("--out", default="eye_clf.onnx", type=output_file, help="ONNX file to write (default: eye_clf.onnx)")
+    p.add_argument("--out", default="eye_clf.onnx", type=onnx_file, help="ONNX file to write (default: eye_clf.onnx)")
     p.set_defaults(run=cmd_export)
 
     add_predict(sub)
@@ -455,7 +467,7 @@ def main(argv=None):
     p = sub.add_parser("evaluate", help="EER, accuracy, AUC and ECE of a checkpoint on a labelled folder, "
                                         "separately on the images it was trained on and the others")
     p.add_argument("--images", help="image folder (default: <data>/EyesDataset)")
-    p.add_argument("--labels", help=labels_help)
+    p.add_argument("--labels", help=images_labels_help)
     p.add_argument("--data", help=f"data folder (default: ${data.DATA_ENV} or ../shared/data)")
     p.add_argument("--checkpoint", help="checkpoint, .pt or .onnx (default: the shipped model)")
     p.set_defaults(run=cmd_evaluate)
@@ -490,7 +502,7 @@ def main(argv=None):
     p = sub.add_parser("audit", help="rank likely label errors (k-fold out-of-fold P(open) + cleanlab)")
     add_config_args(p)
     p.add_argument("--images", help="image folder (default: <data>/EyesDataset)")
-    p.add_argument("--labels", help=labels_help + "; rows without a target are left out")
+    p.add_argument("--labels", help=images_labels_help + "; rows without a target are left out")
     p.add_argument("--data", help=f"data folder (default: ${data.DATA_ENV} or ../shared/data)")
     p.add_argument("--oof", help="CSV of out-of-fold P(open) (img_name, p_open) instead of training")
     p.add_argument("--folds", type=int_at_least(2), default=5, help="number of folds (default: %(default)s)")

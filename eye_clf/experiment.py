@@ -147,12 +147,13 @@ def teachers_for(paths, images, val_idx):
     return models
 
 
-def check_run_folder(out):
-    """``out`` as a Path, refused when it is, or is inside, the folders of the shipped model and its curves."""
+def check_outside_shipped(out, name="out", what="the run"):
+    """``out`` as a Path, refused when it is, or is inside, the folders of the shipped model and its curves (the
+    error names it as ``name`` and what is written as ``what``)."""
     out = Path(out)
     if any(out.resolve().is_relative_to(d.resolve()) for d in (SHIPPED, FIGURES)):
-        raise ValueError(f"out: {out} is in the folders of the shipped model and its curves, which change only "
-                         "through `eye-clf ship RUN_FOLDER`; write the run elsewhere")
+        raise ValueError(f"{name}: {out} is in the folders of the shipped model and its curves, which change only "
+                         f"through `eye-clf ship RUN_FOLDER`; write {what} elsewhere")
     return out
 
 
@@ -167,7 +168,7 @@ def train_run(cfg=None, root=None, labels=None, out_dir=None, limit=None, progre
     """
     cfg = cfg or TrainConfig()
     prov = provenance(device_of(cfg.device))  # the code this run loaded: later edits do not change a running process
-    out = check_run_folder(out_dir or data.REPO_ROOT / "runs" / datetime.now().strftime("train-%Y%m%d-%H%M%S"))
+    out = check_outside_shipped(out_dir or data.REPO_ROOT / "runs" / datetime.now().strftime("train-%Y%m%d-%H%M%S"))
     if cfg.distill and not teachers:
         teachers = [train_run(replace(t, seed=cfg.seed, val_fraction=cfg.val_fraction, refit=False), root, labels,
                               out / "teachers" / name, limit, progress)["out"] / "eye_clf.pt"

@@ -15,6 +15,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.nn.utils.fusion import fuse_conv_bn_eval
 
+from .predict import model_file
 from .preprocess import IMG_SIZE, MEAN, MODE, STD, normalize
 
 EYENETS = ("eyenet", "res_eyenet", "dw_eyenet", "cn_eyenet")  # small nets for 24x24 eyes, no pretrained weights
@@ -221,8 +222,11 @@ def load_checkpoint(path):
     keys, preprocessing that differs from this code's, weights that do not fit the architecture, non-finite
     weights and a temperature that is not > 0.
     """
+    path = model_file(path)
+    if path.suffix.lower() == ".onnx":
+        raise ValueError(f"{path} is an ONNX graph; this needs a .pt checkpoint (the one it was exported from)")
     try:
-        ckpt = torch.load(Path(path), map_location="cpu", weights_only=True)
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except (OSError, MemoryError):  # a missing or unreadable file says so itself
         raise
     except Exception as err:  # torch's unpickler raises many types (IndexError, KeyError, ...) on foreign files

@@ -68,13 +68,23 @@ def _cached(backend, path, load, paired=None):
         return model
 
 
+def model_file(path, how=""):
+    """``path`` as a Path if it is a file; else a FileNotFoundError, or for a folder (a run folder, say) a ValueError
+    that names the model in it. ``how``: how to get a model, added to the not-found message."""
+    path = Path(path)
+    if path.is_dir():
+        inside = path / "eye_clf.pt"
+        raise ValueError(f"checkpoint: {path} is a folder, not a model file"
+                         + (f"; the run's model is {inside}" if inside.is_file() else ""))
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint not found: {path}" + (f" ({how})" if how else ""))
+    return path
+
+
 def _model_path(checkpoint, default, how):
     if checkpoint is not None and str(checkpoint) == "":
         raise ValueError("checkpoint: empty path")
-    path = Path(checkpoint or default).resolve()
-    if not path.is_file():
-        raise FileNotFoundError(f"checkpoint not found: {path} ({how})")
-    return path
+    return model_file(Path(checkpoint or default).resolve(), how)
 
 
 def _load_torch(path, device):
@@ -140,7 +150,8 @@ def _load_shipped_onnx(path):
         made_from = session.get_modelmeta().custom_metadata_map.get("eye_clf.checkpoint_sha256")
         if made_from != hashlib.sha256(DEFAULT_CHECKPOINT.read_bytes()).hexdigest():
             raise ValueError(f"{path} was not exported from {DEFAULT_CHECKPOINT} (an interrupted `eye-clf ship`?): "
-                             "ship the run again")
+                             "ship the run again, or restore the pair (in a checkout: `git checkout eye_clf/shipped`; "
+                             "installed: reinstall eye-clf)")
     return session
 
 

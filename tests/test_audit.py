@@ -87,13 +87,18 @@ def test_audit_cli_with_given_oof_feeds_the_studio(partly_labelled_xlsx, tmp_pat
                   "p_open": [0.95 if i % 2 else 0.05 for i in range(38)]}).to_csv(oof, index=False)
     main(["audit", "--images", str(images), "--labels", str(labels), "--oof", str(oof),
           "--out", str(tmp_path / "review.csv")])
-    assert "1 of 38 labels look wrong" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "1 of 38 labels look wrong" in out and f"(COPY.xlsx: a copy of {labels}; the studio" in out
     review = pd.read_csv(tmp_path / "review.csv", dtype={"img_name": str})
     assert review.to_dict("records") == [dict(img_name="003.png", target=0, p_open=0.95, rank=1,
                                               score=pytest.approx(0.05))]
     store = LabelStore(labels, images)
     queue = Studio(store, review=read_review(tmp_path / "review.csv", store.files))
     assert queue.mode == "review" and queue.order == ["003.png"] and queue.start() == 0
+    oof.write_text(oof.read_text().replace("003.png,0.95", "003.png,0.05"))  # now every label agrees
+    main(["audit", "--images", str(images), "--labels", str(labels), "--oof", str(oof),
+          "--out", str(tmp_path / "review.csv")])
+    assert "0 of 38 labels look wrong" in (out := capsys.readouterr().out) and "review them" not in out
 
 
 def test_audit_cli_trains_folds(partly_labelled_xlsx, tmp_path):

@@ -179,7 +179,12 @@ def test_cv_never_writes_over_its_labels_or_into_its_fold_folder(labelled_folder
 def test_export_never_overwrites_its_checkpoint(tiny_ckpt, capsys):
     before = tiny_ckpt.read_bytes()
     msg = refused(["export", "--checkpoint", str(tiny_ckpt), "--out", str(tiny_ckpt)], capsys)
-    assert msg == f"error: --out: {tiny_ckpt} is the checkpoint; write it elsewhere"
+    assert msg.startswith(f"error: --out: {tiny_ckpt}: the file is an ONNX model; give it a .onnx name")
+    onnx_named = tiny_ckpt.with_name("tiny_as.onnx")  # a checkpoint named .onnx is refused before anything is written
+    onnx_named.write_bytes(before)
+    assert refused(["export", "--checkpoint", str(onnx_named), "--out", str(onnx_named)], capsys) == \
+        f"error: {onnx_named} is an ONNX graph; this needs a .pt checkpoint (the one it was exported from)"
+    assert onnx_named.read_bytes() == before
     assert tiny_ckpt.read_bytes() == before
 
 
@@ -238,6 +243,11 @@ def test_unusable_checkpoints_are_one_error_line(tmp_path, labelled_folder, tiny
             assert str(ckpt) in msg, msg
     assert refused(["predict", str(folder), "--checkpoint", str(tmp_path / "x.pt")],
                    capsys).startswith("error: checkpoint not found")
+    assert refused(["evaluate", "--images", str(folder), "--labels", str(labels), "--checkpoint", str(tmp_path)],
+                   capsys) == f"error: checkpoint: {tmp_path} is a folder, not a model file"
+    assert refused(["train", "--data", str(folder.parent), "--labels", str(labels), "--epochs", "1", "--distill",
+                    "0.5", "--teacher", str(tmp_path / "t.pt"), "--out", str(tmp_path / "run")],
+                   capsys) == f"error: checkpoint not found: {tmp_path / 't.pt'}"
 
 
 def test_skip_bad_keeps_the_readable_files(tmp_path, labelled_folder, tiny_ckpt, capsys):

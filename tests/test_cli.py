@@ -238,7 +238,8 @@ def test_cv(real_root, tmp_path, capsys, monkeypatch):
     fold1["provenance"]["git_commit"] = "an older commit"  # as if it were made by other code
     (folds / "fold1.json").write_text(json.dumps(fold1))
     main(argv)  # resumes from the fold folder
-    assert f"resuming: fold(s) 0, 1 read from {folds} (checked to be of this recipe" in capsys.readouterr().out
+    assert f"resuming: fold(s) 0, 1 found in {folds}; each is used, not trained again, once checked" in \
+        capsys.readouterr().out
     again = json.loads(out.read_text())
     assert again["folds"] == result["folds"]
     assert [p["git_commit"] for p in again["fold_provenance"]] == [result["provenance"]["git_commit"],
@@ -266,7 +267,9 @@ def test_seed_changes_the_training_not_the_folds(command, real_root, monkeypatch
 
 def test_bad_inputs_exit_with_a_clear_message(tmp_path, tiny_ckpt, labelled_folder):
     msg = exit_message(["predict", str(tmp_path / "missing.png"), "--checkpoint", str(tiny_ckpt)])
-    assert msg.startswith("error: image not found") and "missing.png" in msg
+    assert msg.startswith("error: no such file or folder") and "missing.png" in msg
+    msg = exit_message(["predict", str(labelled_folder[0]), str(tmp_path / "typo"), "--skip-bad"])
+    assert msg == f"error: no such file or folder: {tmp_path / 'typo'}"  # not skipped as an unreadable file
     (tmp_path / "empty").mkdir()
     assert "no image files found" in exit_message(["predict", str(tmp_path / "empty")])
     (tmp_path / "fake.jpg").write_text("text")

@@ -81,6 +81,31 @@ def test_export_refuses_a_bad_checkpoint(tiny_ckpt, tmp_path):
     assert not (tmp_path / "neg.onnx").exists()
 
 
+def test_export_names_what_is_wrong_with_its_files(tiny_ckpt, tmp_path, monkeypatch, capsys):
+    from eye_clf import experiment
+    shipped = tmp_path / "shipped"
+    shipped.mkdir()
+    monkeypatch.setattr(experiment, "SHIPPED", shipped)  # a stand-in: a regression must not touch the real one
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "eye_clf.pt").write_bytes(tiny_ckpt.read_bytes())
+    onnx_file = export.export_onnx(tiny_ckpt, tmp_path / "m.onnx")
+    for argv, message in [
+            (["--out", str(shipped / "eye_clf.onnx")], r"--out: .*shipped/eye_clf.onnx is in the folders of the "
+                                                       r"shipped model .* `eye-clf ship RUN_FOLDER`; write the ONNX"),
+            (["--out", str(tmp_path / "m.pt")], r"m.pt: the file is an ONNX model; give it a .onnx name"),
+            (["--checkpoint", str(run)], rf"checkpoint: {run} is a folder, not a model file; the run's model is "
+                                         rf"{run / 'eye_clf.pt'}$"),
+            (["--checkpoint", str(onnx_file)], r"m.onnx is an ONNX graph; this needs a .pt checkpoint"),
+            (["--checkpoint", str(tmp_path / "nowhere.pt")], r"^error: checkpoint not found: .*nowhere.pt$")]:
+        argv = ["export", "--checkpoint", str(tiny_ckpt), "--out", str(tmp_path / "x.onnx"), *argv]
+        with pytest.raises(SystemExit) as exit:
+            main(argv)
+        said = capsys.readouterr().err.strip() if exit.value.code == 2 else exit.value.code  # argparse's or ours
+        assert re.search(message, said.splitlines()[-1]), said
+    assert not list(shipped.iterdir()) and not (tmp_path / "x.onnx").exists()
+
+
 # ---- the shipped ONNX model --------------------------------------------------------------------------------
 
 def test_shipped_onnx_comes_from_the_shipped_checkpoint():

@@ -258,7 +258,8 @@ def test_a_shipped_onnx_not_exported_from_the_shipped_checkpoint_is_refused(tiny
     monkeypatch.setattr(predict, "DEFAULT_ONNX", shipped)
     monkeypatch.setattr(predict, "DEFAULT_CHECKPOINT", other)
     predict_proba(BRIGHT, checkpoint=shipped)  # named explicitly it is not checked, and does not skip the check
-    with pytest.raises(ValueError, match=r"shipped.onnx was not exported from .*other.pt .*ship the run again"):
+    with pytest.raises(ValueError, match=r"shipped.onnx was not exported from .*other.pt .*ship the run again, or "
+                                         r"restore the pair \(in a checkout: `git checkout eye_clf/shipped`"):
         predict_proba(BRIGHT)
     monkeypatch.setattr(predict, "DEFAULT_CHECKPOINT", tiny_ckpt)
     assert predict_proba(BRIGHT) == predict_proba(BRIGHT, checkpoint=tiny_onnx)
@@ -409,6 +410,14 @@ def test_missing_default_checkpoint_is_a_helpful_error(tmp_path, monkeypatch):
         predict_proba(BRIGHT, checkpoint=tmp_path / "other.pt")
 
 
+def test_a_run_folder_given_as_the_checkpoint_is_named(tiny_ckpt, tmp_path):
+    (tmp_path / "eye_clf.pt").write_bytes(tiny_ckpt.read_bytes())
+    for backend in ("torch", None):
+        with pytest.raises(ValueError, match=rf"checkpoint: {tmp_path} is a folder, not a model file; the run's "
+                                             rf"model is {tmp_path / 'eye_clf.pt'}"):
+            predict_proba(BRIGHT, checkpoint=tmp_path, backend=backend)
+
+
 # ---- what a prediction imports -----------------------------------------------------------------------------
 
 HEAVY = ("sklearn", "scipy", "pandas", "tqdm", "cleanlab", "matplotlib", "openpyxl")
@@ -548,6 +557,7 @@ def test_the_command_without_the_training_libraries_names_what_to_install(tmp_pa
     assert out.returncode == 1
     assert re.fullmatch(r"error: train needs the training libraries \(blocked: \w+\): pip install 'eye-clf\[train\]'"
                         r"\n", out.stderr)
+    Image.fromarray(BRIGHT).save(tmp_path / "x.png")
     out = run_runtime_cli(tmp_path, "predict", tmp_path / "x.png", "--checkpoint", DEFAULT_CHECKPOINT)
     assert out.returncode == 1 and "torch" in out.stderr and "pip install 'eye-clf[torch]'" in out.stderr
 
