@@ -218,9 +218,9 @@ def load_checkpoint(path):
     """Rebuild the model of a checkpoint; returns ``(model, checkpoint_dict)`` with the model in eval mode and
     ``model.tta`` set to the checkpoint's mirror averaging.
 
-    Refuses, with a ValueError naming the file and the reason: a file that is not an eye_clf checkpoint, missing
-    keys, preprocessing that differs from this code's, weights that do not fit the architecture, non-finite
-    weights and a temperature that is not > 0.
+    Refuses, with a ValueError naming the file and the reason: a folder, an ONNX graph, a file that is not an
+    eye_clf checkpoint, missing keys, preprocessing that differs from this code's, weights that do not fit the
+    architecture, non-finite weights and a temperature that is not > 0; a missing file is a FileNotFoundError.
     """
     path = model_file(path)
     if path.suffix.lower() == ".onnx":
