@@ -296,6 +296,14 @@ def predictions(files, checkpoint=None):
     return dict(zip(names, np.atleast_1d(predict_proba(images, checkpoint=checkpoint)).tolist()))
 
 
+def office_lock(path):
+    """The lock file that Excel (``~$name``, or ``~$`` over a long name's first two characters) or LibreOffice
+    (``.~lock.name#``) keeps beside a file it has open, or None."""
+    path = Path(path)
+    names = (f"~${path.name}", f"~${path.name[2:]}", f".~lock.{path.name}#")
+    return next((path.with_name(n) for n in names if path.with_name(n).exists()), None)
+
+
 def serve(images, labels, checkpoint=None, review=None, port=0, open_browser=True, model=True):
     """Run the studio until Ctrl+C. In label mode the model of ``checkpoint`` (None: the shipped one) suggests
     labels unless ``model`` is False; ``review`` (a list from ``audit``) opens a review queue instead. The review
@@ -316,6 +324,9 @@ def serve(images, labels, checkpoint=None, review=None, port=0, open_browser=Tru
         raise
     if store.orphans:
         print(f"note: {len(store.orphans)} row(s) of {labels} have no image in {images}; kept, not shown")
+    if lock := office_lock(store.path):
+        print(f"note: {labels} looks open in a spreadsheet program ({lock.name} beside it): close it there; a save "
+              "from it would overwrite the studio's labels, and the studio refuses to save over its changes")
     studio = server.studio = Studio(store, suggested, review=queue, source=source)
     url = f"http://127.0.0.1:{server.server_address[1]}/"
     progress = studio.progress()

@@ -808,3 +808,21 @@ def test_label_finds_the_images_in_the_data_folder(real_root, tmp_path, monkeypa
     monkeypatch.setattr(studio, "make_server", lambda app, port: made.append(FakeServer()) or made[-1])
     main(["label", "--data", str(real_root), "--labels", str(tmp_path / "l.xlsx"), "--no-browser", "--no-model"])
     assert made[0].studio.store.root == (real_root / "EyesDataset").resolve()
+
+
+@pytest.mark.parametrize("lock", ["~$labels.xlsx", "~$bels.xlsx", ".~lock.labels.xlsx#"])
+def test_a_labels_file_open_in_a_spreadsheet_program_is_noted_at_start(lock, folder, tmp_path, monkeypatch, capsys):
+    """Excel and LibreOffice keep a lock file beside a file they have open; their save would overwrite the studio's."""
+    from eye_clf import studio
+
+    def no_serving(*args):
+        server = make_server(*args)
+        server.serve_forever = lambda: (_ for _ in ()).throw(KeyboardInterrupt)  # Ctrl+C at once
+        return server
+    monkeypatch.setattr(studio, "make_server", no_serving)
+    labels = tmp_path / "labels.xlsx"
+    studio.serve(folder, labels, open_browser=False, model=False)
+    assert "looks open" not in capsys.readouterr().out
+    (tmp_path / lock).write_bytes(b"")
+    studio.serve(folder, labels, open_browser=False, model=False)
+    assert f"note: {labels} looks open in a spreadsheet program ({lock} beside it)" in capsys.readouterr().out
