@@ -97,19 +97,29 @@ def _filled(cell):
 
 def check_span(path):
     """Refuse an xlsx whose first sheet spans more than MAX_CELLS (rows x columns up to its farthest cell): pandas
-    fills every cell of that rectangle, so one stray cell at XFD1048576 would take all the memory there is."""
+    fills every cell of that rectangle, so one stray cell at XFD1048576 would take all the memory there is. Returns
+    the names of its sheets."""
     import openpyxl
     book = openpyxl.load_workbook(path, read_only=True)
     try:
-        sheet = book.worksheets[0]
+        sheets, sheet = book.sheetnames, book.worksheets[0]
         sheet.reset_dimensions()  # the extent of the cells themselves, not what the file's header claims
-        span = sheet.calculate_dimension(force=True)
-        rows, cols = sheet.max_row or 0, sheet.max_column or 0
+        empty = next(iter(sheet.rows), None) is None  # (calculate_dimension fails on an empty sheet)
+        span = "A1:A1" if empty else sheet.calculate_dimension(force=True)
+        rows, cols = (0, 0) if empty else (sheet.max_row or 0, sheet.max_column or 0)
     finally:
         book.close()
     if rows * cols > MAX_CELLS:
         raise LabelError(f"{path}: its first sheet spans {span} ({rows:,} rows x {cols:,} columns), far more than a "
                          f"labels table: delete the stray cells around {span.split(':')[-1]} and save it again")
+    return sheets
+
+
+def first_sheet_note(df):
+    """For a message about what ``read_sheet`` read: ' (only the first of its sheets [...] is read)' when the file
+    has more than one, else ''."""
+    sheets = df.attrs.get("sheets", [])
+    return f" (only the first of its sheets {sheets} is read)" if len(sheets) > 1 else ""
 
 
 def read_sheet(path, what="labels file"):
@@ -133,8 +143,9 @@ def read_sheet(path, what="labels file"):
             cells = pd.read_csv(io.StringIO(text), skiprows=lead, skip_blank_lines=False, dtype=str, **options)
             cells.index += lead
         else:
-            check_span(path)
+            sheets = check_span(path)
             cells = pd.read_excel(path, dtype=object, **options)
+            cells.attrs["sheets"] = sheets
     except LabelError:
         raise
     except UnicodeDecodeError as err:
@@ -148,7 +159,7 @@ def read_sheet(path, what="labels file"):
     cells.index += 1  # rows as a spreadsheet numbers them
     blank = ~cells.map(_filled).any(axis=1)
     if blank.all():
-        raise LabelError(f"{path}: empty file")
+        raise LabelError(f"{path}: empty file{first_sheet_note(cells)}")
     header = cells.loc[blank.idxmin()]
     columns = [f"Unnamed: {i}" if pd.isna(h) else str(h) for i, h in enumerate(header)]
     twice = sorted({c for c in columns if columns.count(c) > 1})
@@ -211,7 +222,8 @@ def read_labels(path, images_dir=None, partial=False):
     df = read_sheet(path)
     missing = {"img_name", "target"} - set(df.columns)
     if missing:
-        raise LabelError(f"{path}: missing column(s) {sorted(missing)}; found {list(df.columns)}")
+        raise LabelError(f"{path}: missing column(s) {sorted(missing)}; found {list(df.columns)}"
+                         f"{first_sheet_note(df)}")
     if df.empty and not partial:
         raise LabelError(f"{path}: no rows")
     cols = ("target",) + (FLAGS if partial else ())

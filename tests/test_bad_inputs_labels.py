@@ -269,3 +269,22 @@ def test_a_name_with_a_line_break_is_refused_with_its_row(tmp_path, images):
         path = labels(tmp_path, ["a.jpg", "b\n.jpg"], suffix)
         with pytest.raises(LabelError, match=r"row 3 \(b\n.jpg\): img_name contains a control character"):
             read_labels(path, images)
+
+
+def test_an_empty_first_sheet_says_so_and_names_the_sheets(tmp_path):
+    """A new workbook saved empty, or labels typed on its second sheet: eye_clf reads only the first."""
+    book = openpyxl.Workbook()
+    book.save(tmp_path / "empty.xlsx")
+    with pytest.raises(LabelError, match=r"empty.xlsx: empty file$"):
+        read_labels(tmp_path / "empty.xlsx")
+    book.active.title = "Notes"
+    book.create_sheet("Labels").append(["img_name", "target"])
+    book.save(tmp_path / "second.xlsx")
+    with pytest.raises(LabelError, match=r"second.xlsx: empty file \(only the first of its sheets \['Notes', "
+                                         r"'Labels'\] is read\)"):
+        read_labels(tmp_path / "second.xlsx")
+    book["Notes"].append(["to do"])
+    book.save(tmp_path / "second.xlsx")
+    with pytest.raises(LabelError, match=r"missing column\(s\) \['img_name', 'target'\]; found \['to do'\] \(only "
+                                         r"the first of its sheets"):
+        read_labels(tmp_path / "second.xlsx")
