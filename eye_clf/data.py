@@ -23,6 +23,7 @@ DATA_ENV = "EYE_CLF_DATA"
 REPO_ROOT = checkout() or Path.cwd()  # the checkout; installed as a package: the current folder
 LABELS_NAME = "img_name_target.xlsx"
 MAX_CELLS = 50_000_000  # of an xlsx sheet's extent: a million rows of 50 columns
+SAVE_AS = "save it as an Excel Workbook (.xlsx) or as CSV UTF-8"  # (an .xls, .ods or encrypted file renamed .xlsx)
 
 
 class LabelError(ValueError):
@@ -102,6 +103,8 @@ def check_span(path):
     import openpyxl
     book = openpyxl.load_workbook(path, read_only=True)
     try:
+        if not book.worksheets:  # openpyxl reads no sheet of a "Strict Open XML" file
+            raise LabelError(f"{path}: no worksheet that openpyxl can read (a Strict Open XML file?); {SAVE_AS}")
         sheets, sheet = book.sheetnames, book.worksheets[0]
         sheet.reset_dimensions()  # the extent of the cells themselves, not what the file's header claims
         empty = next(iter(sheet.rows), None) is None  # (calculate_dimension fails on an empty sheet)
@@ -111,7 +114,8 @@ def check_span(path):
         book.close()
     if rows * cols > MAX_CELLS:
         raise LabelError(f"{path}: its first sheet spans {span} ({rows:,} rows x {cols:,} columns), far more than a "
-                         f"labels table: delete the stray cells around {span.split(':')[-1]} and save it again")
+                         f"labels table: delete the stray cells (with a value or only formatting) out to its last row "
+                         f"or column, as far as {span.split(':')[-1]}, and save it again")
     return sheets
 
 
@@ -131,6 +135,8 @@ def read_sheet(path, what="labels file"):
     the file, for messages. A file that cannot be parsed, or with a column named twice, raises one LabelError naming it.
     """
     path = Path(path)
+    if path.is_dir():
+        raise LabelError(f"{path}: a folder, not a {what}")
     if not path.is_file():
         raise FileNotFoundError(f"{what} not found: {path}")
     csv = path.suffix.lower() == ".csv"
@@ -155,7 +161,7 @@ def read_sheet(path, what="labels file"):
         raise LabelError(f"{path}: empty file") from None
     except Exception as err:  # zip, XML and CSV parsers fail in many ways; all mean the same to the user
         raise LabelError(f"{path}: not a readable {'CSV' if csv else 'xlsx'} file "
-                         f"({type(err).__name__}: {err})") from None
+                         f"({type(err).__name__}: {err}){'' if csv else f'; {SAVE_AS}'}") from None
     cells.index += 1  # rows as a spreadsheet numbers them
     blank = ~cells.map(_filled).any(axis=1)
     if blank.all():
@@ -256,9 +262,16 @@ def read_labels(path, images_dir=None, partial=False):
         if why := name_problem(name):
             problems.append(f"{where}: img_name {why}; it must be a relative path inside the images folder")
         elif root is not None and (not partial or pd.notna(values["target"].iloc[i])):
-            if not (root / name).resolve().is_relative_to(root):
+            try:
+                outside = not (root / name).resolve().is_relative_to(root)
+                found = (root / name).is_file()
+            except (OSError, RuntimeError) as err:  # a name too long for the file system, a symlink loop
+                problems.append(f"{where}: image file cannot be looked up in {images_dir} ({err.strerror or err})"
+                                if isinstance(err, OSError) else f"{where}: image is a symlink loop")
+                continue
+            if outside:
                 problems.append(f"{where}: image resolves outside {images_dir}")
-            elif not (root / name).is_file():
+            elif not found:
                 problems.append(f"{where}: image file not found in {images_dir}")
     if problems:
         raise LabelError.rows(path, problems)

@@ -119,6 +119,8 @@ class LabelStore:
         self.path, self.root = Path(path), Path(images_dir).resolve()
         if self.path.suffix.lower() != ".xlsx":
             raise ValueError(f"labels file must be an .xlsx file: {self.path}")
+        if self.path.is_dir():
+            raise ValueError(f"{self.path}: a folder, not a labels file")
         self.files = {p.name: p for p in data.list_images(images_dir)}
         if not self.files:
             raise ValueError(f"no image files in {images_dir}")

@@ -214,7 +214,8 @@ def test_a_sheet_spanning_far_beyond_its_table_is_refused_before_pandas_fills_it
     book.save(path)
     monkeypatch.setattr(data, "MAX_CELLS", 1000)
     with pytest.raises(LabelError, match=r"labels.xlsx: its first sheet spans A1:Z100 \(100 rows x 26 columns\), "
-                                         r"far more than a labels table: delete the stray cells around Z100"):
+                                         r"far more than a labels table: delete the stray cells \(with a value or "
+                                         r"only formatting\) out to its last row or column, as far as Z100"):
         read_labels(path)
     monkeypatch.setattr(data, "MAX_CELLS", 2600)
     assert read_labels(path)["target"].tolist() == [1]
@@ -288,3 +289,40 @@ def test_an_empty_first_sheet_says_so_and_names_the_sheets(tmp_path):
     with pytest.raises(LabelError, match=r"missing column\(s\) \['img_name', 'target'\]; found \['to do'\] \(only "
                                          r"the first of its sheets"):
         read_labels(tmp_path / "second.xlsx")
+
+
+def test_odd_files_and_names_get_a_label_error_naming_them(tmp_path, images):
+    """A folder as the labels file, a name too long for the file system, a symlink loop, a file that is not an
+    xlsx inside: one LabelError (or the studio's ValueError), never a raw OSError or RuntimeError."""
+    (tmp_path / "dir.xlsx").mkdir()
+    with pytest.raises(LabelError, match=r"dir.xlsx: a folder, not a labels file"):
+        read_labels(tmp_path / "dir.xlsx")
+    with pytest.raises(ValueError, match=r"dir.xlsx: a folder, not a labels file"):
+        LabelStore(tmp_path / "dir.xlsx", images)
+    (images / "loop.jpg").symlink_to("loop.jpg")
+    long = "x" * 300 + ".jpg"
+    with pytest.raises(LabelError) as err:
+        read_labels(labels(tmp_path, ["a.jpg", long, "loop.jpg"]), images_dir=images)
+    assert f"row 3 ({long}): image file cannot be looked up in {images} (File name too long)" in str(err.value)
+    assert "row 4 (loop.jpg): image is a symlink loop" in str(err.value)
+    (tmp_path / "old.xlsx").write_bytes(b"\xd0\xcf\x11\xe0" + bytes(60))  # an OLE file: .xls, or encrypted
+    with pytest.raises(LabelError, match=r"old.xlsx: not a readable xlsx file \(BadZipFile: .*\); save it as an Excel "
+                                         r"Workbook \(.xlsx\) or as CSV UTF-8"):
+        read_labels(tmp_path / "old.xlsx")
+
+
+@pytest.mark.filterwarnings("ignore:File contains an invalid specification")  # openpyxl's, on the way
+def test_a_strict_open_xml_file_is_named(tmp_path):
+    """Excel's "Strict Open XML Spreadsheet" uses other namespaces, and openpyxl finds no worksheet in it."""
+    normal = labels(tmp_path, ["a.jpg"])
+    strict = tmp_path / "strict.xlsx"
+    with zipfile.ZipFile(normal) as src, zipfile.ZipFile(strict, "w") as dst:
+        for item in src.infolist():
+            dst.writestr(item, src.read(item)
+                         .replace(b"http://schemas.openxmlformats.org/spreadsheetml/2006/main",
+                                  b"http://purl.oclc.org/ooxml/spreadsheetml/main")
+                         .replace(b"http://schemas.openxmlformats.org/officeDocument/2006/relationships",
+                                  b"http://purl.oclc.org/ooxml/officeDocument/relationships"))
+    with pytest.raises(LabelError, match=r"strict.xlsx: no worksheet that openpyxl can read \(a Strict Open XML "
+                                         r"file\?\); save it as an Excel Workbook"):
+        read_labels(strict)
