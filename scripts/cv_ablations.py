@@ -339,6 +339,12 @@ RUNS = {
                                                       label_smoothing=0.2, seed=1),
     # ... not met: EER 2.33 and 2.24 % (2.28 %, 0.14 below), accuracy 97.55 and 97.85 % (97.70 %), but ECE 1.74 and
     # 1.41 % (1.58 %); the crop cost was not measured, the rule having failed on ECE
+    # label smoothing 0.2 missed its rule on ECE by a hundredth (1.51 %) with the largest EER gain of the single
+    # changes: does its lead hold on two new seeds? Rule set before their folds: it becomes the candidate for the
+    # next retraining if over seeds 0-3 its EER is at least 0.1 points below the shipped recipe's over the same
+    # seeds, its ECE at most 1.5 % and its accuracy at the validation threshold no more than 0.1 points below
+    "eyenet16_e100_refit_tta_ls02_seed2": dict(epochs=100, refit=True, tta=True, label_smoothing=0.2, seed=2),
+    "eyenet16_e100_refit_tta_ls02_seed3": dict(epochs=100, refit=True, tta=True, label_smoothing=0.2, seed=3),
 }
 EXTRA = ("teachers", "train_fraction", "undisputed_only", "prune_folds")  # RUNS keys that are not TrainConfig fields
 BASE = dict(refit=False, tta=False)
