@@ -7,6 +7,7 @@ import io
 import math
 import os
 import re
+import unicodedata
 from pathlib import Path, PurePosixPath, PureWindowsPath
 
 import numpy as np
@@ -210,13 +211,21 @@ def name_problem(name):
     return None
 
 
+def unicode_twin(root, name):
+    """A file in ``root`` whose name is ``name`` in the other Unicode normal form (macOS writes names decomposed,
+    spreadsheets usually hold them composed), or None."""
+    return next((t for t in (unicodedata.normalize(f, name) for f in ("NFC", "NFD"))
+                 if t != name and (root / t).is_file()), None)
+
+
 def read_labels(path, images_dir=None, partial=False):
     """Read a labels spreadsheet (xlsx, or UTF-8 csv) with columns ``img_name`` and ``target`` (1 open, 0 closed).
 
     Names are matched exactly as written (never stripped: `` a.jpg`` and ``a.jpg`` are two files) and must be
     plain relative paths inside the images folder (no absolute path, no ``..`` part, no backslash, no control
-    character); this is checked before any file is touched. When ``images_dir`` is given, the image of every labelled row must be a
-    file inside it (a symlink that resolves outside is refused).
+    character); this is checked before any file is touched. When ``images_dir`` is given, the image of every
+    labelled row must be a file inside it (a symlink that resolves outside is refused; a name missing only in its
+    Unicode normal form is pointed out).
 
     Returns ``img_name`` (str) and ``target`` (int). ``partial=True`` reads a file still being labelled (the
     studio's): a target may be blank (nullable Int64), the 0/1 columns FLAGS are read (blank or missing: 0), an
@@ -272,7 +281,9 @@ def read_labels(path, images_dir=None, partial=False):
             if outside:
                 problems.append(f"{where}: image resolves outside {images_dir}")
             elif not found:
-                problems.append(f"{where}: image file not found in {images_dir}")
+                twin = unicode_twin(root, name)
+                problems.append(f"{where}: image file not found in {images_dir}" + (f" ({twin!r} is there: the same "
+                                "name in another Unicode normalization; rename one)" if twin else ""))
     if problems:
         raise LabelError.rows(path, problems)
     if not partial:

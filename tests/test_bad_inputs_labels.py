@@ -326,3 +326,13 @@ def test_a_strict_open_xml_file_is_named(tmp_path):
     with pytest.raises(LabelError, match=r"strict.xlsx: no worksheet that openpyxl can read \(a Strict Open XML "
                                          r"file\?\); save it as an Excel Workbook"):
         read_labels(strict)
+
+
+def test_a_name_that_differs_only_in_unicode_normalization_is_pointed_out(tmp_path, images):
+    """macOS writes file names decomposed (NFD); a spreadsheet usually holds them composed (NFC)."""
+    composed, decomposed = "\u00e9.jpg", "e\u0301.jpg"
+    eye(1).save(images / decomposed, "JPEG")
+    with pytest.raises(LabelError) as err:
+        read_labels(labels(tmp_path, ["a.jpg", composed]), images_dir=images)
+    assert f"row 3 ({composed}): image file not found in {images} ({decomposed!r} is there: the same name in " \
+           "another Unicode normalization; rename one)" in str(err.value)
