@@ -345,6 +345,8 @@ RUNS = {
     # seeds, its ECE at most 1.5 % and its accuracy at the validation threshold no more than 0.1 points below
     "eyenet16_e100_refit_tta_ls02_seed2": dict(epochs=100, refit=True, tta=True, label_smoothing=0.2, seed=2),
     "eyenet16_e100_refit_tta_ls02_seed3": dict(epochs=100, refit=True, tta=True, label_smoothing=0.2, seed=3),
+    # ... not met: EER 2.42 and 2.79 % with seeds 2 and 3; over seeds 0-3 2.45 % against the shipped recipe's 2.46 %,
+    # ECE 1.54 against 1.45 %, accuracy 97.49 against 97.56 % (`--seeds` of each four): the two-seed lead was luck
 }
 EXTRA = ("teachers", "train_fraction", "undisputed_only", "prune_folds")  # RUNS keys that are not TrainConfig fields
 BASE = dict(refit=False, tta=False)
