@@ -127,6 +127,17 @@ def first_sheet_note(df):
     return f" (only the first of its sheets {sheets} is read)" if len(sheets) > 1 else ""
 
 
+def csv_problem(err):
+    """pandas' CSV parser error in words, with its line numbers as an editor counts them (its 'row' is 0-based)."""
+    text = str(err).strip()
+    if m := re.search(r"Expected (\d+) fields in line (\d+), saw (\d+)", text):
+        return (f"line {m[2]} has {m[3]} fields where the header has {m[1]}: a comma too many, or one inside an "
+                "unquoted cell")
+    if m := re.search(r"EOF inside string starting at row (\d+)", text):
+        return f"the quote opened on line {int(m[1]) + 1} is never closed"
+    return f"{type(err).__name__}: {text}"
+
+
 def read_sheet(path, what="labels file"):
     """A spreadsheet as a DataFrame: ``.csv`` as UTF-8 text (a BOM is allowed), anything else as xlsx.
 
@@ -160,6 +171,8 @@ def read_sheet(path, what="labels file"):
                          "save it as UTF-8 CSV") from None
     except pd.errors.EmptyDataError:
         raise LabelError(f"{path}: empty file") from None
+    except pd.errors.ParserError as err:
+        raise LabelError(f"{path}: not a readable CSV file ({csv_problem(err)})") from None
     except Exception as err:  # zip, XML and CSV parsers fail in many ways; all mean the same to the user
         raise LabelError(f"{path}: not a readable {'CSV' if csv else 'xlsx'} file "
                          f"({type(err).__name__}: {err}){'' if csv else f'; {SAVE_AS}'}") from None

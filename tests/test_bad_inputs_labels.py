@@ -336,3 +336,16 @@ def test_a_name_that_differs_only_in_unicode_normalization_is_pointed_out(tmp_pa
         read_labels(labels(tmp_path, ["a.jpg", composed]), images_dir=images)
     assert f"row 3 ({composed}): image file not found in {images} ({decomposed!r} is there: the same name in " \
            "another Unicode normalization; rename one)" in str(err.value)
+
+
+@pytest.mark.parametrize("text,message", [
+    ('img_name,target\na.jpg,1\nb.jpg,0\nc.jpg,"1\nd.jpg,0\n', r"the quote opened on line 4 is never closed\)$"),
+    ('\n\nimg_name,target\na.jpg,1\nb.jpg,"0\n', r"the quote opened on line 5 is never closed\)$"),
+    ("img_name,target\na.jpg,1,\n", r"line 2 has 3 fields where the header has 2: a comma too many"),
+    ("\nimg_name,target\na.jpg,1\nb,c.jpg,0\n", r"line 4 has 3 fields where the header has 2"),
+])
+def test_a_csv_the_parser_refuses_names_the_line_as_an_editor_counts_it(tmp_path, text, message):
+    path = tmp_path / "labels.csv"
+    path.write_text(text)
+    with pytest.raises(LabelError, match=r"labels.csv: not a readable CSV file \(" + message):
+        read_labels(path)
