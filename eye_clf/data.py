@@ -108,9 +108,10 @@ def check_span(path):
             raise LabelError(f"{path}: no worksheet that openpyxl can read (a Strict Open XML file?); {SAVE_AS}")
         sheets, sheet = book.sheetnames, book.worksheets[0]
         sheet.reset_dimensions()  # the extent of the cells themselves, not what the file's header claims
-        empty = next(iter(sheet.rows), None) is None  # (calculate_dimension fails on an empty sheet)
-        span = "A1:A1" if empty else sheet.calculate_dimension(force=True)
-        rows, cols = (0, 0) if empty else (sheet.max_row or 0, sheet.max_column or 0)
+        if next(iter(sheet.rows), None) is None:  # an empty sheet, on which calculate_dimension fails
+            return sheets
+        span = sheet.calculate_dimension(force=True)
+        rows, cols = sheet.max_row or 0, sheet.max_column or 0
     finally:
         book.close()
     if rows * cols > MAX_CELLS:

@@ -72,13 +72,13 @@ def model_file(path, how=""):
     """``path`` as a Path if it is a file; else a FileNotFoundError, or for a folder (a run folder, say) a ValueError
     that names the model in it. ``how``: how to get a model, added to the not-found message."""
     path = Path(path)
+    if path.is_file():  # (every prediction passes here: one stat)
+        return path
     if path.is_dir():
         inside = path / "eye_clf.pt"
         raise ValueError(f"checkpoint: {path} is a folder, not a model file"
                          + (f"; the run's model is {inside}" if inside.is_file() else ""))
-    if not path.is_file():
-        raise FileNotFoundError(f"checkpoint not found: {path}" + (f" ({how})" if how else ""))
-    return path
+    raise FileNotFoundError(f"checkpoint not found: {path}" + (f" ({how})" if how else ""))
 
 
 def _model_path(checkpoint, default, how):
