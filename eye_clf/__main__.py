@@ -140,10 +140,14 @@ def csv_or_stdout(text):
 
 
 def output_folder(text):
-    """argparse type: a folder to write into (not an existing file)."""
+    """argparse type: a folder to write a run into (not an existing file, nor a folder that holds a run)."""
     path = Path(text).absolute()
     if path.exists() and not path.is_dir():
         raise argparse.ArgumentTypeError(f"{text} is an existing file, not a folder")
+    held = [name for name in ("eye_clf.pt", "run.json") if (path / name).exists()]
+    if held:  # a second run would replace the first one's weights and figures
+        raise argparse.ArgumentTypeError(f"{text} holds a run already ({held[0]}); choose a new folder, or remove "
+                                         "that one first")
     _writable(path, text)
     return text
 
@@ -445,7 +449,8 @@ def main(argv=None):
     p.add_argument("--data", help=f"data folder (default: ${data.DATA_ENV} or ../shared/data)")
     p.add_argument("--labels", help=labels_help)
     p.add_argument("--out", type=output_folder,
-                   help="run folder (default: runs/train-<date>-<time>); the shipped model is not touched")
+                   help="run folder, new or without a run in it (default: runs/train-<date>-<time>); the shipped "
+                        "model is not touched")
     p.add_argument("--limit", type=int_at_least(MIN_LIMIT),
                    help=f"use a stratified subset of this many images, {MIN_LIMIT} or more (smoke runs)")
     p.add_argument("--teacher", action="append", metavar="CHECKPOINT",

@@ -113,6 +113,20 @@ def test_output_onto_an_existing_folder_or_file_is_refused_first(tmp_path, label
     assert a_file.read_text() == "keep"
 
 
+@pytest.mark.parametrize("held", ["eye_clf.pt", "run.json"])
+def test_train_refuses_a_folder_that_holds_a_run_and_takes_an_empty_one(tmp_path, held, capsys):
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / held).write_text("an earlier run")
+    assert refused(["train", *NO_DATA, "--out", str(run)], capsys) == (
+        f"error: --out: {run} holds a run already ({held}); choose a new folder, or remove that one first "
+        "(see python -m eye_clf train --help)")
+    assert (run / held).read_text() == "an earlier run"
+    empty = tmp_path / "empty"
+    empty.mkdir()  # an empty folder (or one of other files) is taken: the command goes on to the missing data
+    assert "--out" not in refused(["train", *NO_DATA, "--out", str(empty)], capsys)
+
+
 def test_predict_never_overwrites_an_input(labelled_folder, tiny_ckpt, capsys):
     folder = labelled_folder[0]
     image = folder / "003.png"
