@@ -231,6 +231,8 @@ def _choose_backend(backend, model, checkpoint, tta):
         onnx_ok = onnx_file or importlib.util.find_spec("onnxruntime") is not None
         backend = "onnx" if onnx_ok and not only else "torch"
     if backend == "onnx" and only:
+        if only[0] == "checkpoint" and Path(checkpoint).is_dir():
+            model_file(checkpoint)  # a run folder is named as such (and its eye_clf.pt), not as a .pt
         raise ValueError(f"{only[0]}: needs backend='torch' (the ONNX graph carries the checkpoint's "
                          "mirror averaging; convert a .pt checkpoint with `python -m eye_clf export`)")
     if backend == "torch" and onnx_file:

@@ -412,7 +412,7 @@ def test_missing_default_checkpoint_is_a_helpful_error(tmp_path, monkeypatch):
 
 def test_a_run_folder_given_as_the_checkpoint_is_named(tiny_ckpt, tmp_path):
     (tmp_path / "eye_clf.pt").write_bytes(tiny_ckpt.read_bytes())
-    for backend in ("torch", None):
+    for backend in ("torch", None, "onnx"):  # (onnx: not "needs backend='torch'", as if the folder were a .pt)
         with pytest.raises(ValueError, match=rf"checkpoint: {tmp_path} is a folder, not a model file; the run's "
                                              rf"model is {tmp_path / 'eye_clf.pt'}"):
             predict_proba(BRIGHT, checkpoint=tmp_path, backend=backend)
