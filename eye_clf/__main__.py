@@ -171,7 +171,7 @@ def cmd_train(args):
     if args.out:
         check_outside_shipped(args.out, "--out")
     for teacher in args.teacher or ():
-        model_file(teacher)  # a missing one is named before the data is read
+        model_file(teacher, name="--teacher")  # a missing one is named before the data is read
     res = train_run(cfg, args.data, args.labels, args.out, args.limit, teachers=args.teacher or ())
     best = min(res["history"], key=lambda r: r["val_loss"])["epoch"]
     print(f"trained {cfg.arch}/{cfg.method} (weights: {cfg.weights or 'random init'}) in {res['seconds']:.0f} s"

@@ -68,17 +68,18 @@ def _cached(backend, path, load, paired=None):
         return model
 
 
-def model_file(path, how=""):
+def model_file(path, how="", name="checkpoint"):
     """``path`` as a Path if it is a file; else a FileNotFoundError, or for a folder (a run folder, say) a ValueError
-    that names the model in it. ``how``: how to get a model, added to the not-found message."""
+    that names the model in it. ``how``: how to get a model, added to the not-found message; ``name``: the
+    argument's name in the messages."""
     path = Path(path)
     if path.is_file():  # (every prediction passes here: one stat)
         return path
     if path.is_dir():
         inside = path / "eye_clf.pt"
-        raise ValueError(f"checkpoint: {path} is a folder, not a model file"
+        raise ValueError(f"{name}: {path} is a folder, not a model file"
                          + (f"; the run's model is {inside}" if inside.is_file() else ""))
-    raise FileNotFoundError(f"checkpoint not found: {path}" + (f" ({how})" if how else ""))
+    raise FileNotFoundError(f"{name} not found: {path}" + (f" ({how})" if how else ""))
 
 
 def _model_path(checkpoint, default, how):

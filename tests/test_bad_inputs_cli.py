@@ -261,7 +261,13 @@ def test_unusable_checkpoints_are_one_error_line(tmp_path, labelled_folder, tiny
                    capsys) == f"error: checkpoint: {tmp_path} is a folder, not a model file"
     assert refused(["train", "--data", str(folder.parent), "--labels", str(labels), "--epochs", "1", "--distill",
                     "0.5", "--teacher", str(tmp_path / "t.pt"), "--out", str(tmp_path / "run")],
-                   capsys) == f"error: checkpoint not found: {tmp_path / 't.pt'}"
+                   capsys) == f"error: --teacher not found: {tmp_path / 't.pt'}"
+    (tmp_path / "teacher_run").mkdir()
+    (tmp_path / "teacher_run" / "eye_clf.pt").write_bytes(tiny_ckpt.read_bytes())
+    assert refused(["train", "--data", str(folder.parent), "--labels", str(labels), "--epochs", "1", "--distill",
+                    "0.5", "--teacher", str(tmp_path / "teacher_run"), "--out", str(tmp_path / "run")],
+                   capsys) == (f"error: --teacher: {tmp_path / 'teacher_run'} is a folder, not a model file; the "
+                               f"run's model is {tmp_path / 'teacher_run' / 'eye_clf.pt'}")
 
 
 def test_skip_bad_keeps_the_readable_files(tmp_path, labelled_folder, tiny_ckpt, capsys):
