@@ -121,7 +121,7 @@ def test_one_class_is_refused(tmp_path):
 
 def test_audit_defaults_to_the_reference_labels_file_for_the_data_folders_images(partly_labelled_xlsx, real_root,
                                                                                   tmp_path, monkeypatch):
-    monkeypatch.delenv(data.DATA_ENV, raising=False)
+    monkeypatch.setenv(data.DATA_ENV, str(real_root))  # the default folder or the one $EYE_CLF_DATA chose
     images, _ = partly_labelled_xlsx
     seen = []
 
@@ -159,14 +159,22 @@ def test_audit_measure_cache_is_complete_or_absent(tmp_path, monkeypatch):
 
 
 def test_audit_measure_cache_is_keyed_by_the_whole_recipe():
-    from dataclasses import replace
+    import copy
+    from dataclasses import fields, replace
 
     from test_experiment import load_script
     tag = load_script("audit_measure").cache_tag
     images, targets = np.zeros((4, 24, 24), np.uint8), np.array([0, 1, 0, 1])
     cfg = TrainConfig(epochs=25, refit=False)
     assert tag(cfg, 5, images, targets) == tag(replace(cfg), 5, images, targets)
-    assert tag(cfg, 5, images, targets) != tag(replace(cfg, batch_augment=not cfg.batch_augment), 5, images, targets)
+    changed = []
+    for field in fields(TrainConfig):  # each field in turn (unvalidated: only the key is computed)
+        other = copy.copy(cfg)
+        object.__setattr__(other, field.name, ("changed", getattr(cfg, field.name)))
+        changed.append(tag(other, 5, images, targets))
+    changed += [tag(cfg, 4, images, targets), tag(cfg, 5, images + 1, targets),
+                tag(cfg, 5, images, 1 - targets)]
+    assert len(set(changed)) == len(changed) and tag(cfg, 5, images, targets) not in changed
 
 
 

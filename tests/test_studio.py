@@ -257,22 +257,24 @@ def test_two_studios_on_one_file_never_both_save_over_the_same_version(folder, t
 
 
 def test_a_studio_starting_while_another_saves_never_overwrites_that_save(folder, tmp_path, monkeypatch):
+    fcntl = pytest.importorskip("fcntl")  # POSIX: elsewhere saves take no lock
     path = tmp_path / "labels.xlsx"
     first = LabelStore(path, folder)
     real = labels_store.data.read_labels
 
-    waited = []
+    held = []
 
     def read_then_let_the_other_save(*args, **kwargs):  # the other studio saves just after this one has read
         table = real(*args, **kwargs)
-        saving = threading.Thread(target=first.apply, args=([change("000.png", BLANK, target=1)],))
-        saving.start()
-        saving.join(timeout=0.5)
-        waited.append(saving.is_alive())  # the save waits for this read to finish (the lock)
+        with open(tmp_path / ".labels.xlsx.lock", "a") as lock:  # the save lock, held through this read
+            with pytest.raises(BlockingIOError):
+                fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            held.append(True)
+        threading.Thread(target=first.apply, args=([change("000.png", BLANK, target=1)],)).start()  # waits for it
         return table
     monkeypatch.setattr(labels_store.data, "read_labels", read_then_let_the_other_save)
     second = LabelStore(path, folder)
-    assert waited == [True]
+    assert held == [True]
     monkeypatch.setattr(labels_store.data, "read_labels", real)
     deadline = time.time() + 60  # a hang guard: it lands in milliseconds
     while first.state("000.png")["target"] != 1 and time.time() < deadline:  # the first studio's save lands
