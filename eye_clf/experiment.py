@@ -40,10 +40,11 @@ TEACHERS = {"lite0_imagenet": TrainConfig(arch="efficientnet_lite0", weights="im
 
 
 def auto_threads():
-    """Torch threads for training: the cores that other processes leave idle (1-minute load average), at least 1.
-    Oversubscribed cores make training many times slower, not a little."""
+    """Torch threads for training: the cores that other processes leave idle (1-minute load average; Windows has
+    none: every core), at least 1. Oversubscribed cores make training many times slower, not a little."""
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-    return max(1, cores - round(os.getloadavg()[0]))
+    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else 0.0
+    return max(1, cores - round(load))
 
 
 def smoke_mode():

@@ -614,6 +614,10 @@ def test_auto_threads_leaves_busy_cores_alone(monkeypatch):
     assert experiment.auto_threads() == 3
     monkeypatch.setattr(experiment.os, "getloadavg", lambda: (9.0, 0, 0))
     assert experiment.auto_threads() == 1
+    for name in ("getloadavg", "sched_getaffinity"):  # Windows has neither (macOS: no affinity)
+        monkeypatch.delattr(experiment.os, name)
+    monkeypatch.setattr(experiment.os, "cpu_count", lambda: 4)
+    assert experiment.auto_threads() == 4
 
 
 @pytest.mark.parametrize("value, smoke", [(None, False), ("", False), ("0", False), ("1", True), (" 1 ", True)])
