@@ -196,7 +196,10 @@ class LabelStore:
         self.stamp = written[0]
 
     def check_unchanged(self):
-        """Raise FileChanged if another program changed the file since it was read or saved here."""
+        """Raise FileChanged if another program changed, moved or deleted the file since it was read or saved here."""
+        if self.stamp is not None and not self.path.exists():
+            raise FileChanged(f"{self.path} was moved or deleted by another program; put it back there to save "
+                              "again, or restart the studio")
         changed = self.path.exists() if self.stamp is None else self.file_stamp() != self.stamp  # None: no file
         if changed:  # when this store started
             raise FileChanged(f"{self.path} was changed by another program; restart the studio to load that version")
@@ -267,8 +270,8 @@ class LabelStore:
             self.write()
         except FileChanged as err:
             table, self.df = self.df, old
-            raise FileChanged(f"{err} (this studio's labels, the refused ones included, are in "
-                              f"{self.keep_refused(table, names)})") from None
+            raise FileChanged(f"{err} (this studio's whole table, the refused labels included, is in "
+                              f"{self.keep_refused(table, names)}: copy the rows you need from it)") from None
         except BaseException:
             self.df = old
             raise

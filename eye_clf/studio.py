@@ -12,8 +12,10 @@ Pages may not be framed (X-Frame-Options and CSP frame-ancestors). One POST carr
 MAX_CHANGES changes (a grid page is 48): more is answered 413. A save that waits over labels_store.LOCK_WAIT_S for
 another one's lock is answered 503, and the page keeps those changes and sends them again.
 """
+import glob
 import io
 import json
+import sys
 import threading
 import time
 import webbrowser
@@ -29,7 +31,7 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 from . import data
 from .data import LabelError
 from .files import LockTimeout
-from .labels_store import TAGS, LabelStore
+from .labels_store import TAGS, FileChanged, LabelStore
 
 PAGE = Path(__file__).with_name("studio.html")
 IDLE_S = 30.0          # a pause longer than this counts as this long when measuring the pace
@@ -263,9 +265,11 @@ class Handler(BaseHTTPRequestHandler):
             return self.error(HTTPStatus.BAD_REQUEST, f"bad change: {err}")
         except LockTimeout as err:  # another save holds the file: nothing changed, the page sends them again
             return self.error(HTTPStatus.SERVICE_UNAVAILABLE, str(err))
-        except OSError as err:
+        except OSError as err:  # another program changed or moved the file (kept beside it: the message), ...
             path = self.server.studio.store.path
-            return self.error(HTTPStatus.INTERNAL_SERVER_ERROR, f"could not save {path}: {err}")
+            message = str(err) if isinstance(err, FileChanged) else f"could not save {path}: {err}"
+            print(f"not saved: {message}", file=sys.stderr, flush=True)
+            return self.error(HTTPStatus.INTERNAL_SERVER_ERROR, message)
         self.send(status, answer)
 
 
@@ -324,6 +328,10 @@ def serve(images, labels, checkpoint=None, review=None, port=0, open_browser=Tru
         raise
     if store.orphans:
         print(f"note: {len(store.orphans)} row(s) of {labels} have no image in {images}; kept, not shown")
+    if kept := sorted(store.path.parent.glob(f"{glob.escape(store.path.stem)}.unsaved-*.xlsx")):
+        print(f"note: {', '.join(k.name for k in kept)} beside {labels} hold(s) labels that an earlier studio could "
+              "not save into it (another program had changed it); the studio does not read them: copy the rows you "
+              "need into it, then delete them")
     if lock := office_lock(store.path):
         print(f"note: {labels} looks open in a spreadsheet program ({lock.name} beside it): close it there; a save "
               "from it would overwrite the studio's labels, and the studio refuses to save over its changes")

@@ -187,7 +187,7 @@ def test_a_refused_save_keeps_the_studios_labels_in_a_recovery_file(folder, tmp_
     stale = path.read_bytes()
     store.apply([change("000.png", BLANK, target=1)])
     path.write_bytes(stale)  # the other program's save of the file as it was before the studio's label
-    with pytest.raises(OSError, match=r"labels, the refused ones included, are in .*labels\.unsaved-1\.xlsx\)$"):
+    with pytest.raises(OSError, match=r"whole table, the refused labels included, is in .*labels\.unsaved-1\.xlsx: copy"):
         store.apply([change("001.png", BLANK, target=0)])
     with pytest.raises(OSError, match=r"labels\.unsaved-1\.xlsx"):  # one recovery file per studio, kept up to date
         store.apply([change("002.png", BLANK, unsure=True)])
@@ -828,3 +828,48 @@ def test_a_labels_file_open_in_a_spreadsheet_program_is_noted_at_start(lock, fol
     (tmp_path / lock).write_bytes(b"")
     studio.serve(folder, labels, open_browser=False, model=False)
     assert f"note: {labels} looks open in a spreadsheet program ({lock} beside it)" in capsys.readouterr().out
+
+
+def test_the_recovery_files_of_refused_saves_are_noted_at_start(folder, tmp_path, monkeypatch, capsys):
+    """A refused save's labels wait in <name>.unsaved-N.xlsx, which the studio never reads: a restart says so."""
+    from eye_clf import studio
+
+    def no_serving(*args):
+        server = make_server(*args)
+        server.serve_forever = lambda: (_ for _ in ()).throw(KeyboardInterrupt)  # Ctrl+C at once
+        return server
+    monkeypatch.setattr(studio, "make_server", no_serving)
+    labels = tmp_path / "labels.xlsx"
+    studio.serve(folder, labels, open_browser=False, model=False)
+    assert "unsaved" not in capsys.readouterr().out
+    for k in (2, 1):
+        (tmp_path / f"labels.unsaved-{k}.xlsx").write_bytes(b"")
+    (tmp_path / "other.unsaved-1.xlsx").write_bytes(b"")  # another labels file's
+    studio.serve(folder, labels, open_browser=False, model=False)
+    assert (f"note: labels.unsaved-1.xlsx, labels.unsaved-2.xlsx beside {labels} hold(s) labels that an earlier "
+            "studio could not save into it") in capsys.readouterr().out
+
+
+def test_a_labels_file_moved_away_keeps_the_studios_labels_and_saves_again_once_back(folder, tmp_path):
+    path = tmp_path / "labels.xlsx"
+    store = LabelStore(path, folder)
+    store.apply([change("000.png", BLANK, target=1)])
+    path.rename(tmp_path / "moved.xlsx")
+    with pytest.raises(OSError, match=r"labels\.xlsx was moved or deleted by another program; put it back there to "
+                                      r"save again, or restart the studio \(.*labels\.unsaved-1\.xlsx"):
+        store.apply([change("001.png", BLANK, target=0)])
+    kept = read_labels(tmp_path / "labels.unsaved-1.xlsx", partial=True).set_index("img_name")
+    assert kept.loc["000.png", "target"] == 1 and kept.loc["001.png", "target"] == 0
+    (tmp_path / "moved.xlsx").rename(path)
+    store.apply([change("001.png", BLANK, target=0)])
+    assert LabelStore(path, folder).state("001.png")["target"] == 0
+
+
+def test_a_refused_save_is_answered_once_worded_and_printed_where_the_studio_runs(server, tmp_path, capfd):
+    path = tmp_path / "labels.xlsx"
+    stale = path.read_bytes()
+    assert post(server, {"changes": [change("000.png", BLANK, target=1)]})[0] == 200
+    path.write_bytes(stale)  # another program's save
+    status, answer = post(server, {"changes": [change("001.png", BLANK, target=0)]})
+    assert status == 500 and answer["error"].startswith(f"{path} was changed by another program; restart the studio")
+    assert f"not saved: {answer['error']}" in capfd.readouterr().err

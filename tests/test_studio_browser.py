@@ -265,3 +265,60 @@ def record(**values):
     if path:
         old = json.loads(Path(path).read_text()) if Path(path).exists() else {}
         atomic_write(path, lambda tmp: Path(tmp).write_text(json.dumps({**old, **values}, indent=1)))
+
+
+def test_a_held_key_acts_once_and_caps_lock_changes_nothing(browser, url, tmp_path):
+    page = open_page(browser, url)
+    first = page.text_content("#name")
+    page.keyboard.press("O")                               # Caps Lock (or Shift) on: still "open"
+    saved(page)
+    second = page.text_content("#name")
+    page.keyboard.press("c")
+    saved(page)
+    page.keyboard.press("ArrowLeft")
+    for _ in range(4):                                     # a held tag key: one toggle, not on-off-on-off
+        page.keyboard.down("d")
+    page.keyboard.up("d")
+    saved(page)
+    for _ in range(4):                                     # a held undo key: the last change only (the tag)
+        page.keyboard.down("u")
+    page.keyboard.up("u")
+    saved(page)
+    table = read_table(tmp_path / "labels.xlsx").set_index("img_name")
+    assert table.loc[first, "target"] == 1 and table.loc[second, "target"] == 0 and table["dark"].sum() == 0
+    page.keyboard.press("u")
+    saved(page)
+    assert pd.isna(read_table(tmp_path / "labels.xlsx").set_index("img_name").loc[second, "target"])
+
+
+def test_labels_made_while_the_studio_does_not_answer_are_sent_when_it_does(browser, url, tmp_path):
+    page = open_page(browser, url)
+    name = page.text_content("#name")
+    page.route("**/api/changes", lambda route: route.abort())  # the server stopped (Ctrl+C) or crashed
+    page.keyboard.press("o")
+    expect(page.locator("#banner")).to_contain_text("the studio server does not answer")
+    expect(page.locator("#save")).to_have_text("1 waiting: no answer from the studio")
+    page.keyboard.press("c")                                # labelling goes on meanwhile
+    expect(page.locator("#save")).to_have_text("2 waiting: no answer from the studio")
+    assert pd.isna(read_table(tmp_path / "labels.xlsx").set_index("img_name").loc[name, "target"])
+    page.unroute("**/api/changes")                          # restarted
+    expect(page.locator("#save")).to_have_text("all saved", timeout=60_000)
+    table = read_table(tmp_path / "labels.xlsx").set_index("img_name")
+    assert table.loc[name, "target"] == 1 and table["target"].notna().sum() == 2
+
+
+def test_a_save_another_program_refused_stays_in_view(browser, url, tmp_path):
+    page = open_page(browser, url)
+    page.keyboard.press("o")
+    saved(page)
+    path = tmp_path / "labels.xlsx"
+    table = read_table(path)
+    table.assign(target=table["target"].where(table.index != 5, 0)).to_excel(path, index=False)  # another program
+    page.keyboard.press("c")
+    expect(page.locator("#save")).to_have_text("1 NOT SAVED")
+    expect(page.locator("#banner")).to_contain_text("was changed by another program")
+    expect(page.locator("#banner")).to_contain_text("labels.unsaved-1.xlsx")
+    page.keyboard.press("ArrowRight")                       # the warning does not go away with the next key
+    expect(page.locator("#banner")).to_be_visible()
+    expect(page.locator("#save")).to_have_text("1 NOT SAVED")
+    assert (tmp_path / "labels.unsaved-1.xlsx").is_file()
