@@ -322,3 +322,18 @@ def test_a_save_another_program_refused_stays_in_view(browser, url, tmp_path):
     expect(page.locator("#banner")).to_be_visible()
     expect(page.locator("#save")).to_have_text("1 NOT SAVED")
     assert (tmp_path / "labels.unsaved-1.xlsx").is_file()
+
+
+def test_enter_on_a_labelled_image_keeps_its_label(browser, url, tmp_path):
+    """Enter accepts the model's suggestion for an image without a label; on a labelled one it keeps the label
+    (pressing through a labelled file must not replace labels with the model's guesses)."""
+    page = open_page(browser, url)
+    name = page.text_content("#name")
+    guess = "open" if "Enter = open" in page.text_content("#hint") else "closed"
+    page.keyboard.press("c" if guess == "open" else "o")  # the label the model would not give
+    saved(page)
+    page.keyboard.press("ArrowLeft")
+    expect(page.locator("#hint")).to_contain_text("Enter = " + ("closed" if guess == "open" else "open"))
+    page.keyboard.press("Enter")
+    saved(page)
+    assert read_table(tmp_path / "labels.xlsx").set_index("img_name").loc[name, "target"] == (guess == "closed")
