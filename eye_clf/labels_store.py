@@ -12,6 +12,7 @@ import hashlib
 import os
 import re
 import reprlib
+import tempfile
 import threading
 from pathlib import Path
 
@@ -57,6 +58,25 @@ def write_xlsx(df, path):
     for row in df.astype(object).itertuples(index=False):
         sheet.append([text_cell(sheet, v) if isinstance(v, str) else None if pd.isna(v) else v for v in row])
     book.save(path)
+
+
+def stamp(content):
+    """What tells a version of the file apart from another program's: its bytes (a copy can keep the modification
+    time and size; a chmod, a hard link or an extended attribute changes nothing that matters)."""
+    return hashlib.sha256(content).hexdigest()
+
+
+def same_table(content, other):
+    """Whether two versions (xlsx bytes) of a labels file hold the same table, cell for cell."""
+    with tempfile.TemporaryDirectory() as tmp:
+        tables = []
+        for k, version in enumerate((content, other)):
+            (Path(tmp) / f"{k}.xlsx").write_bytes(version)
+            try:
+                tables.append(data.read_labels(Path(tmp) / f"{k}.xlsx", partial=True))
+            except (ValueError, OSError):  # not a labels table (any more)
+                return False
+    return tables[0].equals(tables[1])
 
 
 def check_writable(path):
@@ -135,7 +155,8 @@ class LabelStore:
         with locked(self.path, LOCK_WAIT_S):  # no studio saves while this one reads; the stamp comes first, so
             # that a change by another program during the read makes the first save refuse instead of overwriting it
             created = not self.path.exists()
-            self.stamp = None if created else self.file_stamp()
+            self.saved = None if created else self.path.read_bytes()  # the version read: a save checks against it
+            self.stamp = None if created else stamp(self.saved)
             df = blank_table(self.files) if created else data.read_labels(self.path, partial=True)
             if not created:
                 with pd.ExcelFile(self.path) as book:
@@ -170,11 +191,6 @@ class LabelStore:
                            reviewed=bool(r.reviewed), tags=[t for t in TAGS if getattr(r, t)])
                 for name, r in zip(df.index, df.itertuples(index=False))}
 
-    def file_stamp(self, path=None):
-        """What tells the file apart from a version another program wrote: its bytes (a copy can keep the
-        modification time and size; a chmod, a hard link or an extended attribute changes nothing that matters)."""
-        return hashlib.sha256(Path(path or self.path).read_bytes()).hexdigest()
-
     def save(self):
         """Write the table under the save lock, so that two studios on one file cannot both pass ``write``'s check
         and overwrite each other."""
@@ -190,19 +206,28 @@ class LabelStore:
 
         def write(tmp):  # stamped before it replaces the file: whatever comes after is another program's
             write_xlsx(self.df.reset_index(), tmp)
-            written.append(self.file_stamp(tmp))
+            written.append(Path(tmp).read_bytes())
             self.check_unchanged()  # a save by another program while this file was written is not overwritten
         atomic_write(self.path, write)
-        self.stamp = written[0]
+        self.saved, self.stamp = written[0], stamp(written[0])
 
     def check_unchanged(self):
-        """Raise FileChanged if another program changed, moved or deleted the file since it was read or saved here."""
-        if self.stamp is not None and not self.path.exists():
+        """Raise FileChanged if another program changed, moved or deleted the file since it was read or saved here.
+        A save that changed no cell of the table (a spreadsheet program's Ctrl+S on the file as it was) is no
+        change: the studio goes on from that version."""
+        changed = f"{self.path} was changed by another program; restart the studio to load that version"
+        if self.stamp is None:  # no file when this store started
+            if self.path.exists():
+                raise FileChanged(changed)
+            return
+        if not self.path.exists():
             raise FileChanged(f"{self.path} was moved or deleted by another program; put it back there to save "
                               "again, or restart the studio")
-        changed = self.path.exists() if self.stamp is None else self.file_stamp() != self.stamp  # None: no file
-        if changed:  # when this store started
-            raise FileChanged(f"{self.path} was changed by another program; restart the studio to load that version")
+        content = self.path.read_bytes()
+        if stamp(content) != self.stamp:
+            if not same_table(content, self.saved):
+                raise FileChanged(changed)
+            self.saved, self.stamp = content, stamp(content)
 
     def keep_refused(self, table, names):
         """After a save refused by FileChanged: ``table`` (the labels with the refused change of rows ``names``)

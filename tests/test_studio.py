@@ -208,20 +208,20 @@ def test_a_studio_starting_while_another_holds_the_save_lock_gives_up_with_a_mes
             LabelStore(path, folder)
 
 
-def test_a_replacement_with_the_same_size_and_modification_time_is_not_overwritten(folder, tmp_path):
-    """A copy that keeps the modification time (cp -p, rsync -t, a sync client) and happens to have the same size."""
+def test_a_replacement_with_the_same_modification_time_is_not_overwritten(folder, tmp_path):
+    """A copy that keeps the modification time (cp -p, rsync -t, a sync client): the bytes and the table tell."""
     path = tmp_path / "labels.xlsx"
     store = LabelStore(path, folder)
+    store.apply([change("001.png", BLANK, target=0)])
     other = tmp_path / "other.xlsx"
-    edited = bytearray(path.read_bytes())
-    edited[-1] ^= 1  # other bytes, the same size
-    other.write_bytes(edited)
-    st = path.stat()
+    table = store.df.reset_index()
+    labels_store.write_xlsx(table.assign(target=table["target"].where(table["img_name"] != "001.png", 1)), other)
+    st = path.stat()  # (the other version: 001.png open)
     os.utime(other, ns=(st.st_atime_ns, st.st_mtime_ns))
     os.replace(other, path)
-    assert (path.stat().st_mtime_ns, path.stat().st_size) == (st.st_mtime_ns, st.st_size)
+    assert path.stat().st_mtime_ns == st.st_mtime_ns
     with pytest.raises(OSError, match="changed by another program"):
-        store.apply([change("001.png", BLANK, target=1)])
+        store.apply([change("002.png", BLANK, target=1)])
 
 
 def test_metadata_changes_do_not_stop_the_saves(folder, tmp_path):
@@ -873,3 +873,22 @@ def test_a_refused_save_is_answered_once_worded_and_printed_where_the_studio_run
     status, answer = post(server, {"changes": [change("001.png", BLANK, target=0)]})
     assert status == 500 and answer["error"].startswith(f"{path} was changed by another program; restart the studio")
     assert f"not saved: {answer['error']}" in capfd.readouterr().err
+
+
+def test_a_save_by_another_program_that_changed_no_cell_is_not_a_change(folder, tmp_path):
+    """Opening the file in a spreadsheet program and saving it unchanged (new bytes, same table) must not stop the
+    studio; a changed cell still does."""
+    path = tmp_path / "labels.xlsx"
+    store = LabelStore(path, folder)
+    store.apply([change("000.png", BLANK, target=1)])
+    before = path.read_bytes()
+    book = openpyxl.load_workbook(path)
+    book.save(path)  # same cells, other bytes
+    assert path.read_bytes() != before
+    store.apply([change("001.png", BLANK, target=0)])
+    assert [LabelStore(path, folder).state(n)["target"] for n in ("000.png", "001.png")] == [1, 0]
+    book = openpyxl.load_workbook(path)
+    book.active["B2"] = 0  # 000.png's label, changed
+    book.save(path)
+    with pytest.raises(OSError, match="changed by another program"):
+        store.apply([change("002.png", BLANK, target=0)])
