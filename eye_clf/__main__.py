@@ -140,7 +140,7 @@ def csv_or_stdout(text):
 
 
 def output_folder(text):
-    """argparse type: a folder to write a run into (not an existing file, nor a folder that holds a run)."""
+    """argparse type: a folder to write into (not an existing file, nor one that holds a train run already)."""
     path = Path(text).absolute()
     if path.exists() and not path.is_dir():
         raise argparse.ArgumentTypeError(f"{text} is an existing file, not a folder")
@@ -365,6 +365,15 @@ def cmd_cv(args):
 
 def cmd_label(args):
     from .studio import serve
+    labels = Path(args.labels)
+    for reference in (data.REPO_ROOT / data.LABELS_NAME, data.chosen_data_dir(args.data) / data.LABELS_NAME):
+        if labels.exists() and reference.exists() and os.path.samefile(labels, reference):
+            sys.exit(f"error: --labels: {args.labels} is the reference labels file ({reference}), which the studio "
+                     f"would rewrite: label a copy (mkdir -p runs && cp {args.labels} runs/labels.xlsx, then "
+                     "--labels runs/labels.xlsx)")
+    if args.review and Path(args.review).exists() and not labels.exists():  # (a missing review list: named later)
+        sys.exit(f"error: --labels: {args.labels} does not exist; a review corrects the labels file that the audit "
+                 "read (or a copy of it), so a new, blank one would hold nothing to review")
     try:
         images = args.images or data.data_dir(args.data) / "EyesDataset"
         serve(images, args.labels, args.checkpoint, args.review, args.port, not args.no_browser,
@@ -403,7 +412,10 @@ def cmd_audit(args):
     if args.save_oof:
         oof = pd.DataFrame({"img_name": names, "target": targets, "p_open": p_open})
         atomic_write(args.save_oof, lambda tmp: oof.to_csv(tmp, index=False))
-    print(f"{len(review)} of {len(names)} labels look wrong (cleanlab, out-of-fold P(open)); wrote {args.out}")
+    left_out = len(data.read_labels(labels, partial=True)) - len(names)
+    print(f"{len(review)} of {len(names)} labels look wrong (cleanlab, out-of-fold P(open)); wrote {args.out}"
+          + (f"\n({left_out} row(s) of {labels} without a label, blank or marked unsure, were left out)"
+             if left_out else ""))
     if len(review):
         as_xlsx = "" if Path(labels).suffix.lower() == ".xlsx" else " saved as .xlsx"
         print(f"review them: python -m eye_clf label --images {images_dir} --labels COPY.xlsx --review {args.out}\n"
@@ -511,7 +523,10 @@ def main(argv=None):
     p.add_argument("--data", help=f"data folder (default: ${data.DATA_ENV} or ../shared/data)")
     p.add_argument("--oof", help="CSV of out-of-fold P(open) (img_name, p_open) instead of training")
     p.add_argument("--folds", type=int_at_least(2), default=5, help="number of folds (default: %(default)s)")
-    p.add_argument("--out", default="review.csv", type=csv_file, help="review list CSV (default: review.csv)")
+    p.add_argument("--out", default="review.csv", type=csv_file,
+                   help="review list CSV (default: review.csv), most suspicious first: img_name, target (the label "
+                        "as audited), p_open (out-of-fold), rank (1: most suspicious), score (the out-of-fold "
+                        "probability of that label)")
     p.add_argument("--save-oof", type=csv_file,
                    help="also write the out-of-fold P(open) as CSV here (reuse with --oof)")
     p.set_defaults(run=cmd_audit)
@@ -539,6 +554,9 @@ def run(args):
         sys.exit(1)
     except (ValueError, OSError, ImportError) as err:  # FileNotFoundError is an OSError; ImportError: an extra
         sys.exit(f"error: {err}")
+    except KeyboardInterrupt:  # Ctrl+C: one line, not a traceback (outputs are written whole or not at all)
+        print("interrupted", file=sys.stderr)
+        sys.exit(130)
 
 
 if __name__ == "__main__":

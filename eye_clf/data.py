@@ -273,7 +273,8 @@ def read_labels(path, images_dir=None, partial=False):
         for c in cols:
             if not (values[c].iloc[i] in (0, 1) or (partial and pd.isna(raw[c][i]))):
                 got = (f"{raw[c][i]!r} is not 0, 1" + (" or blank" if partial else "") if pd.notna(raw[c][i]) else
-                       "is blank: the studio marked the image unsure" if unsure.iloc[i] == 1 else
+                       "is blank: the studio marked the image unsure (label it there, or delete the row, to use "
+                       "this file)" if unsure.iloc[i] == 1 else
                        "is blank (not labelled yet, or a formula or error cell with no saved value)")
                 problems.append(f"{where}: {c} {got}")
         if partial and values["unsure"].iloc[i] == 1 and pd.notna(values["target"].iloc[i]):

@@ -321,11 +321,14 @@ def serve(images, labels, checkpoint=None, review=None, port=0, open_browser=Tru
         suggested = predictions(files, Path(checkpoint or DEFAULT_CHECKPOINT))
         source = str(checkpoint) if checkpoint else f"{DEFAULT_CHECKPOINT.name} (shipped)"
     server = make_server(None, port)
+    created = not Path(labels).exists()
     try:
         store = LabelStore(labels, images)
     except BaseException:
         server.server_close()
         raise
+    if created:
+        print(f"note: {labels} did not exist: created, listing the {len(store.files)} images, none labelled")
     if store.orphans:
         print(f"note: {len(store.orphans)} row(s) of {labels} have no image in {images}; kept, not shown")
     if kept := sorted(store.path.parent.glob(f"{glob.escape(store.path.stem)}.unsaved-*.xlsx")):

@@ -89,6 +89,7 @@ def test_audit_cli_with_given_oof_feeds_the_studio(partly_labelled_xlsx, tmp_pat
           "--out", str(tmp_path / "review.csv")])
     out = capsys.readouterr().out
     assert "1 of 38 labels look wrong" in out and f"(COPY.xlsx: a copy of {labels}; the studio" in out
+    assert f"(2 row(s) of {labels} without a label, blank or marked unsure, were left out)" in out
     review = pd.read_csv(tmp_path / "review.csv", dtype={"img_name": str})
     assert review.to_dict("records") == [dict(img_name="003.png", target=0, p_open=0.95, rank=1,
                                               score=pytest.approx(0.05))]
@@ -194,3 +195,15 @@ def test_audit_measure_refuses_a_data_folder_without_the_other_annotations_befor
     with pytest.raises(SystemExit):
         measure.main()
     assert f"{root / 'other_annotations.csv'} missing" in capsys.readouterr().err
+
+
+def test_an_interrupted_audit_says_so_in_one_line(partly_labelled_xlsx, tmp_path, monkeypatch, capsys):
+    images, labels = partly_labelled_xlsx
+
+    def ctrl_c(*args):
+        raise KeyboardInterrupt
+    monkeypatch.setattr("eye_clf.audit.audit", ctrl_c)
+    with pytest.raises(SystemExit) as err:
+        main(["audit", "--images", str(images), "--labels", str(labels), "--out", str(tmp_path / "review.csv")])
+    assert err.value.code == 130 and capsys.readouterr().err == "interrupted\n"
+    assert not (tmp_path / "review.csv").exists()

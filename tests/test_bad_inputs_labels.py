@@ -200,7 +200,8 @@ def test_a_blank_target_is_named_blank_not_nan(tmp_path, images):
 def test_a_row_the_studio_marked_unsure_is_named_so_for_training(tmp_path, images):
     path = tmp_path / "labels.csv"
     path.write_text("img_name,target,unsure\na.jpg,1,0\nb.jpg,,1\n")
-    with pytest.raises(LabelError, match=r"row 3 \(b.jpg\): target is blank: the studio marked the image unsure$"):
+    with pytest.raises(LabelError, match=r"row 3 \(b.jpg\): target is blank: the studio marked the image unsure "
+                                         r"\(label it there, or delete the row, to use this file\)$"):
         read_labels(path, images_dir=images)
     assert read_labels(path, images_dir=images, partial=True)["unsure"].tolist() == [0, 1]
 

@@ -892,3 +892,39 @@ def test_a_save_by_another_program_that_changed_no_cell_is_not_a_change(folder, 
     book.save(path)
     with pytest.raises(OSError, match="changed by another program"):
         store.apply([change("002.png", BLANK, target=0)])
+
+
+def test_label_refuses_the_reference_labels_and_a_missing_file_to_review(folder, tmp_path, monkeypatch, capsys):
+    from eye_clf import data
+    monkeypatch.setattr(studio, "serve", lambda *args, **kw: pytest.fail("started the studio"))
+    monkeypatch.setattr(data, "REPO_ROOT", tmp_path / "checkout")
+    (tmp_path / "checkout").mkdir()
+    (tmp_path / "data").mkdir()
+    for reference in (tmp_path / "checkout" / "img_name_target.xlsx", tmp_path / "data" / "img_name_target.xlsx"):
+        reference.write_bytes(b"labels")
+        for given in (reference, tmp_path / "link.xlsx"):
+            if given != reference:
+                given.unlink(missing_ok=True)
+                given.symlink_to(reference)
+            with pytest.raises(SystemExit, match=rf"^error: --labels: {given} is the reference labels file "
+                                                 rf"\({reference}\), which the studio would rewrite: label a copy"):
+                main(["label", "--images", str(folder), "--data", str(tmp_path / "data"), "--labels", str(given)])
+        reference.unlink()
+    review = tmp_path / "review.csv"
+    review.write_text("img_name,target,p_open,rank,score\n000.png,0,0.9,1,0.1\n")
+    with pytest.raises(SystemExit, match=r"^error: --labels: .*typo.xlsx does not exist; a review corrects the "):
+        main(["label", "--images", str(folder), "--labels", str(tmp_path / "typo.xlsx"), "--review", str(review)])
+    assert not (tmp_path / "typo.xlsx").exists()
+
+
+def test_a_new_labels_file_is_announced(folder, tmp_path, monkeypatch, capsys):
+    def no_serving(*args):
+        server = make_server(*args)
+        server.serve_forever = lambda: (_ for _ in ()).throw(KeyboardInterrupt)  # Ctrl+C at once
+        return server
+    monkeypatch.setattr(studio, "make_server", no_serving)
+    labels = tmp_path / "labels.xlsx"
+    studio.serve(folder, labels, open_browser=False, model=False)
+    assert f"note: {labels} did not exist: created, listing the 7 images, none labelled" in capsys.readouterr().out
+    studio.serve(folder, labels, open_browser=False, model=False)
+    assert "did not exist" not in capsys.readouterr().out
