@@ -407,7 +407,9 @@ def cmd_audit(args):
                      [("the labels file", labels), ("--oof", args.oof)])
     if not args.oof:
         use_threads(args)
-    review, names, targets, p_open = audit(images_dir, labels, args.oof, cfg, args.folds)
+    if args.oof and args.fold_dir:
+        sys.exit("error: --fold-dir: the audit trains no folds with --oof")
+    review, names, targets, p_open = audit(images_dir, labels, args.oof, cfg, args.folds, fold_dir=args.fold_dir)
     atomic_write(args.out, lambda tmp: review.to_csv(tmp, index=False))
     if args.save_oof:
         oof = pd.DataFrame({"img_name": names, "target": targets, "p_open": p_open})
@@ -529,6 +531,9 @@ def main(argv=None):
                         "probability of that label)")
     p.add_argument("--save-oof", type=csv_file,
                    help="also write the out-of-fold P(open) as CSV here (reuse with --oof)")
+    p.add_argument("--fold-dir", type=output_folder,
+                   help="keep each fold (foldK.json, foldK.pt) here as it finishes; a rerun with the same folder "
+                        "resumes, retraining only the missing folds")
     p.set_defaults(run=cmd_audit)
 
     return run(parse(parser, sub, argv))

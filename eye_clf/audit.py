@@ -73,12 +73,12 @@ def review_list(names, targets, p_open):
                          "p_open": p_open[idx], "rank": np.arange(1, len(idx) + 1), "score": score[idx]})
 
 
-def audit(images_dir, labels, oof=None, cfg=None, folds=5, progress=True):
+def audit(images_dir, labels, oof=None, cfg=None, folds=5, progress=True, fold_dir=None):
     """Audit a labels file: returns ``(review_list, names, targets, p_open)``.
 
     ``oof``: a CSV of out-of-fold P(open) (img_name, p_open); without it ``folds`` models are trained with
     ``cfg`` (default: the shipped recipe; each image is scored by the model that did not train on it; soft labels
-    are refused).
+    are refused), each fold kept in ``fold_dir`` if given, so that a rerun resumes (see ``cv.cross_val_predict``).
     """
     cfg = cfg or TrainConfig()
     if cfg.soft_labels:
@@ -87,5 +87,5 @@ def audit(images_dir, labels, oof=None, cfg=None, folds=5, progress=True):
     if oof is not None:
         p_open = read_oof(oof, names)
     else:
-        p_open, _ = cross_val_predict(images, targets, cfg, folds, 0, progress)
+        p_open, _ = cross_val_predict(images, targets, cfg, folds, 0, progress, fold_dir=fold_dir)
     return review_list(names, targets, p_open), names, targets, p_open

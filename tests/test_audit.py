@@ -102,14 +102,21 @@ def test_audit_cli_with_given_oof_feeds_the_studio(partly_labelled_xlsx, tmp_pat
     assert "0 of 38 labels look wrong" in (out := capsys.readouterr().out) and "review them" not in out
 
 
-def test_audit_cli_trains_folds(partly_labelled_xlsx, tmp_path):
+def test_audit_cli_trains_folds_and_resumes_from_its_fold_dir(partly_labelled_xlsx, tmp_path, monkeypatch):
     images, labels = partly_labelled_xlsx
-    main(["audit", "--images", str(images), "--labels", str(labels), "--folds", "2", "--epochs", "1",
-          "--width", "4", "--batch-size", "8", "--out", str(tmp_path / "review.csv"),
-          "--save-oof", str(tmp_path / "oof.csv")])
+    argv = ["audit", "--images", str(images), "--labels", str(labels), "--folds", "2", "--epochs", "1",
+            "--width", "4", "--batch-size", "8", "--out", str(tmp_path / "review.csv"),
+            "--save-oof", str(tmp_path / "oof.csv"), "--fold-dir", str(tmp_path / "folds")]
+    main(argv)
     oof = pd.read_csv(tmp_path / "oof.csv", dtype={"img_name": str})
     assert len(oof) == 38 and oof["p_open"].between(0, 1).all()
     assert list(pd.read_csv(tmp_path / "review.csv").columns) == ["img_name", "target", "p_open", "rank", "score"]
+    assert sorted(p.name for p in (tmp_path / "folds").iterdir()) == ["fold0.json", "fold0.pt", "fold1.json",
+                                                                       "fold1.pt"]
+    monkeypatch.setattr("eye_clf.cv.fit", lambda *args, **kw: pytest.fail("trained a fold again"))
+    (tmp_path / "oof.csv").unlink()
+    main(argv)  # an interrupted audit's rerun: every fold is read back
+    assert pd.read_csv(tmp_path / "oof.csv", dtype={"img_name": str}).equals(oof)
 
 
 def test_one_class_is_refused(tmp_path):
@@ -126,7 +133,7 @@ def test_audit_defaults_to_the_reference_labels_file_for_the_data_folders_images
     images, _ = partly_labelled_xlsx
     seen = []
 
-    def fake_audit(images_dir, labels, *args):
+    def fake_audit(images_dir, labels, *args, **kwargs):
         seen.append(labels)
         return pd.DataFrame(), [], [], []
 
@@ -200,10 +207,17 @@ def test_audit_measure_refuses_a_data_folder_without_the_other_annotations_befor
 def test_an_interrupted_audit_says_so_in_one_line(partly_labelled_xlsx, tmp_path, monkeypatch, capsys):
     images, labels = partly_labelled_xlsx
 
-    def ctrl_c(*args):
+    def ctrl_c(*args, **kwargs):
         raise KeyboardInterrupt
     monkeypatch.setattr("eye_clf.audit.audit", ctrl_c)
     with pytest.raises(SystemExit) as err:
         main(["audit", "--images", str(images), "--labels", str(labels), "--out", str(tmp_path / "review.csv")])
     assert err.value.code == 130 and capsys.readouterr().err == "interrupted\n"
     assert not (tmp_path / "review.csv").exists()
+
+
+def test_audit_refuses_a_fold_dir_with_given_oof(partly_labelled_xlsx, tmp_path):
+    images, labels = partly_labelled_xlsx
+    with pytest.raises(SystemExit, match="^error: --fold-dir: the audit trains no folds with --oof$"):
+        main(["audit", "--images", str(images), "--labels", str(labels), "--oof", str(tmp_path / "oof.csv"),
+              "--fold-dir", str(tmp_path / "folds"), "--out", str(tmp_path / "review.csv")])
