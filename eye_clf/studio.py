@@ -300,6 +300,15 @@ def predictions(files, checkpoint=None):
     return dict(zip(names, np.atleast_1d(predict_proba(images, checkpoint=checkpoint)).tolist()))
 
 
+def relabelled_since(review, store):
+    """Names of the review list whose audited label (``target``) is not the one the labels file held before any
+    studio changed it (its ``original`` column, else its label)."""
+    df = store.df.loc[review["img_name"]]
+    held = df["original"].where(df["original"].notna(), df["target"]) if "original" in df else df["target"]
+    held = pd.to_numeric(held, errors="coerce")
+    return [n for n, h, t in zip(review["img_name"], held, review["target"]) if pd.isna(h) or h != t]
+
+
 def office_lock(path):
     """The lock file that Excel (``~$name``, or ``~$`` over a long name's first two characters) or LibreOffice
     (``.~lock.name#``) keeps beside a file it has open, or None."""
@@ -329,6 +338,10 @@ def serve(images, labels, checkpoint=None, review=None, port=0, open_browser=Tru
         raise
     if created:
         print(f"note: {labels} did not exist: created, listing the {len(store.files)} images, none labelled")
+    if queue is not None and (stale := relabelled_since(queue, store)):
+        print(f"note: {len(stale)} image(s) of {review} ({', '.join(stale[:3])}{', ...' if len(stale) > 3 else ''}) "
+              f"had another label in {labels} than the list shows as given (a list older than the file?): audit "
+              "it again to review the labels as they are")
     if store.orphans:
         print(f"note: {len(store.orphans)} row(s) of {labels} have no image in {images}; kept, not shown")
     if kept := sorted(store.path.parent.glob(f"{glob.escape(store.path.stem)}.unsaved-*.xlsx")):

@@ -928,3 +928,24 @@ def test_a_new_labels_file_is_announced(folder, tmp_path, monkeypatch, capsys):
     assert f"note: {labels} did not exist: created, listing the 7 images, none labelled" in capsys.readouterr().out
     studio.serve(folder, labels, open_browser=False, model=False)
     assert "did not exist" not in capsys.readouterr().out
+
+
+def test_a_review_list_older_than_the_labels_file_is_noted(folder, tmp_path, monkeypatch, capsys):
+    def no_serving(*args):
+        server = make_server(*args)
+        server.serve_forever = lambda: (_ for _ in ()).throw(KeyboardInterrupt)  # Ctrl+C at once
+        return server
+    monkeypatch.setattr(studio, "make_server", no_serving)
+    labels, review = tmp_path / "labels.xlsx", tmp_path / "review.csv"
+    pd.DataFrame({"img_name": ["000.png", "001.png"], "target": [1, 0]}).to_excel(labels, index=False)
+    review.write_text("img_name,target,p_open,rank,score\n000.png,1,0.1,1,0.1\n001.png,0,0.8,2,0.2\n")
+    studio.serve(folder, labels, review=review, open_browser=False)
+    assert "note:" not in capsys.readouterr().out
+    store = LabelStore(labels, folder)  # a review flips one label: its original keeps the audited one
+    store.apply([change("000.png", store.state("000.png"), target=0, reviewed=True)])
+    studio.serve(folder, labels, review=review, open_browser=False)
+    assert "note:" not in capsys.readouterr().out
+    pd.DataFrame({"img_name": ["000.png", "001.png"], "target": [1, 1]}).to_excel(labels, index=False)  # changed
+    studio.serve(folder, labels, review=review, open_browser=False)
+    assert (f"note: 1 image(s) of {review} (001.png) had another label in {labels} than the list shows as given"
+            in capsys.readouterr().out)
