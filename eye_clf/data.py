@@ -159,6 +159,9 @@ def read_sheet(path, what="labels file"):
             text = path.read_text(encoding="utf-8-sig")
             lines = text.replace("\r\n", "\n").replace("\r", "\n").split("\n")  # as pandas splits them
             lead = next((i for i, line in enumerate(lines) if _filled(line.replace(",", "").replace('"', ""))), 0)
+            if ";" in lines[lead] and "," not in lines[lead]:  # Excel's CSV where the decimal mark is a comma
+                raise LabelError(f"{path}: line {lead + 1} is separated by semicolons, not commas (as Excel saves CSV "
+                                 "where the decimal mark is a comma): save it as an Excel Workbook (.xlsx)")
             cells = pd.read_csv(io.StringIO(text), skiprows=lead, skip_blank_lines=False, dtype=str, **options)
             cells.index += lead
         else:

@@ -350,3 +350,14 @@ def test_a_csv_the_parser_refuses_names_the_line_as_an_editor_counts_it(tmp_path
     path.write_text(text)
     with pytest.raises(LabelError, match=r"labels.csv: not a readable CSV file \(" + message):
         read_labels(path)
+
+
+@pytest.mark.parametrize("text", ["img_name;target\na.jpg;1\nb.jpg;0\n",
+                                  "\nimg_name;target;p_open\na.jpg;1;0,95\n"])  # decimal commas too
+def test_a_semicolon_separated_csv_is_named_so(tmp_path, text):
+    path = tmp_path / "labels.csv"
+    path.write_text(text)
+    line = 1 + text.startswith("\n")
+    with pytest.raises(LabelError, match=rf"labels.csv: line {line} is separated by semicolons, not commas \(as "
+                                         r"Excel saves CSV where the decimal mark is a comma\): save it as an Excel"):
+        read_labels(path)
