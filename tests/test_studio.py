@@ -187,7 +187,8 @@ def test_a_refused_save_keeps_the_studios_labels_in_a_recovery_file(folder, tmp_
     stale = path.read_bytes()
     store.apply([change("000.png", BLANK, target=1)])
     path.write_bytes(stale)  # the other program's save of the file as it was before the studio's label
-    with pytest.raises(OSError, match=r"whole table, the refused labels included, is in .*labels\.unsaved-1\.xlsx: copy"):
+    with pytest.raises(OSError, match=r"whole table, the refused labels included, is in .*labels\.unsaved-1\.xlsx: "
+                                      r"copy the rows you need from it\)$"):
         store.apply([change("001.png", BLANK, target=0)])
     with pytest.raises(OSError, match=r"labels\.unsaved-1\.xlsx"):  # one recovery file per studio, kept up to date
         store.apply([change("002.png", BLANK, unsure=True)])
