@@ -407,8 +407,12 @@ def cmd_audit(args):
                      [("the labels file", labels), ("--oof", args.oof)])
     if not args.oof:
         use_threads(args)
-    if args.oof and args.fold_dir:
-        sys.exit("error: --fold-dir: the audit trains no folds with --oof")
+    if args.oof:  # nothing is trained: a training flag would do nothing without a word
+        unused = [flag for flag, given in (("recipe flags", cfg != TrainConfig()), ("--folds", args.folds != 5),
+                                           ("--threads", args.threads), ("--fold-dir", args.fold_dir)) if given]
+        if unused:
+            sys.exit(f"error: --oof: the audit trains nothing with --oof, so its {', '.join(unused)} would do "
+                     "nothing; drop them")
     review, names, targets, p_open = audit(images_dir, labels, args.oof, cfg, args.folds, fold_dir=args.fold_dir)
     atomic_write(args.out, lambda tmp: review.to_csv(tmp, index=False))
     if args.save_oof:

@@ -216,8 +216,12 @@ def test_an_interrupted_audit_says_so_in_one_line(partly_labelled_xlsx, tmp_path
     assert not (tmp_path / "review.csv").exists()
 
 
-def test_audit_refuses_a_fold_dir_with_given_oof(partly_labelled_xlsx, tmp_path):
+@pytest.mark.parametrize("flags, named", [(["--fold-dir", "folds"], "--fold-dir"),
+                                          (["--epochs", "5"], "recipe flags"),
+                                          (["--folds", "3", "--threads", "1"], "--folds, --threads")])
+def test_audit_with_given_oof_refuses_the_flags_of_training(partly_labelled_xlsx, tmp_path, flags, named):
     images, labels = partly_labelled_xlsx
-    with pytest.raises(SystemExit, match="^error: --fold-dir: the audit trains no folds with --oof$"):
+    with pytest.raises(SystemExit, match=f"^error: --oof: the audit trains nothing with --oof, so its {named} would "
+                                         "do nothing; drop them$"):
         main(["audit", "--images", str(images), "--labels", str(labels), "--oof", str(tmp_path / "oof.csv"),
-              "--fold-dir", str(tmp_path / "folds"), "--out", str(tmp_path / "review.csv")])
+              *flags, "--out", str(tmp_path / "review.csv")])
