@@ -255,8 +255,12 @@ def cross_val_predict(images, targets, cfg=None, folds=5, seed=0, progress=True,
     if only is not None and not set(only) <= set(range(folds)):
         raise ValueError(f"only: fold indices in 0..{folds - 1} expected, got {sorted(only)}")
     splits = data.kfold(targets, folds, seed)
-    for rest, _ in splits:  # refused before any fold trains
-        data.validation_split(rest, targets, cfg.val_fraction, cfg.seed)
+    for k, (rest, _) in enumerate(splits):  # refused before any fold trains
+        try:
+            data.validation_split(rest, targets, cfg.val_fraction, cfg.seed)
+        except ValueError as err:  # its counts are those of the fold's training part, not of the whole file
+            raise ValueError(f"fold {k} of {folds}, its training part ({len(rest)} of the {len(targets)} images): "
+                             f"{err} (--val-fraction), or use fewer folds") from None
     for k, (rest, test) in enumerate(splits):
         path = Path(fold_dir) / f"fold{k}.json" if fold_dir else None
         row = read_fold(path) if path and path.exists() else None
