@@ -813,16 +813,19 @@ def test_label_finds_the_images_in_the_data_folder(real_root, tmp_path, monkeypa
     assert made[0].studio.store.root == (real_root / "EyesDataset").resolve()
 
 
-@pytest.mark.parametrize("lock", ["~$labels.xlsx", "~$bels.xlsx", ".~lock.labels.xlsx#"])
-def test_a_labels_file_open_in_a_spreadsheet_program_is_noted_at_start(lock, folder, tmp_path, monkeypatch, capsys):
-    """Excel and LibreOffice keep a lock file beside a file they have open; their save would overwrite the studio's."""
-    from eye_clf import studio
-
+@pytest.fixture
+def serve_once(monkeypatch):
+    """studio.serve returns at once, as after Ctrl+C, once it has printed its start notes."""
     def no_serving(*args):
         server = make_server(*args)
-        server.serve_forever = lambda: (_ for _ in ()).throw(KeyboardInterrupt)  # Ctrl+C at once
+        server.serve_forever = lambda: (_ for _ in ()).throw(KeyboardInterrupt)
         return server
     monkeypatch.setattr(studio, "make_server", no_serving)
+
+
+@pytest.mark.parametrize("lock", ["~$labels.xlsx", "~$bels.xlsx", ".~lock.labels.xlsx#"])
+def test_a_labels_file_open_in_a_spreadsheet_program_is_noted_at_start(lock, folder, tmp_path, serve_once, capsys):
+    """Excel and LibreOffice keep a lock file beside a file they have open; their save would overwrite the studio's."""
     labels = tmp_path / "labels.xlsx"
     studio.serve(folder, labels, open_browser=False, model=False)
     assert "looks open" not in capsys.readouterr().out
@@ -831,15 +834,8 @@ def test_a_labels_file_open_in_a_spreadsheet_program_is_noted_at_start(lock, fol
     assert f"note: {labels} looks open in a spreadsheet program ({lock} beside it)" in capsys.readouterr().out
 
 
-def test_the_recovery_files_of_refused_saves_are_noted_at_start(folder, tmp_path, monkeypatch, capsys):
+def test_the_recovery_files_of_refused_saves_are_noted_at_start(folder, tmp_path, serve_once, capsys):
     """A refused save's labels wait in <name>.unsaved-N.xlsx, which the studio never reads: a restart says so."""
-    from eye_clf import studio
-
-    def no_serving(*args):
-        server = make_server(*args)
-        server.serve_forever = lambda: (_ for _ in ()).throw(KeyboardInterrupt)  # Ctrl+C at once
-        return server
-    monkeypatch.setattr(studio, "make_server", no_serving)
     labels = tmp_path / "labels.xlsx"
     studio.serve(folder, labels, open_browser=False, model=False)
     assert "unsaved" not in capsys.readouterr().out
@@ -918,12 +914,7 @@ def test_label_refuses_the_reference_labels_and_a_missing_file_to_review(folder,
     assert not (tmp_path / "typo.xlsx").exists()
 
 
-def test_a_new_labels_file_is_announced(folder, tmp_path, monkeypatch, capsys):
-    def no_serving(*args):
-        server = make_server(*args)
-        server.serve_forever = lambda: (_ for _ in ()).throw(KeyboardInterrupt)  # Ctrl+C at once
-        return server
-    monkeypatch.setattr(studio, "make_server", no_serving)
+def test_a_new_labels_file_is_announced(folder, tmp_path, serve_once, capsys):
     labels = tmp_path / "labels.xlsx"
     studio.serve(folder, labels, open_browser=False, model=False)
     assert f"note: {labels} did not exist: created, listing the 7 images, none labelled" in capsys.readouterr().out
@@ -931,12 +922,7 @@ def test_a_new_labels_file_is_announced(folder, tmp_path, monkeypatch, capsys):
     assert "did not exist" not in capsys.readouterr().out
 
 
-def test_a_review_list_older_than_the_labels_file_is_noted(folder, tmp_path, monkeypatch, capsys):
-    def no_serving(*args):
-        server = make_server(*args)
-        server.serve_forever = lambda: (_ for _ in ()).throw(KeyboardInterrupt)  # Ctrl+C at once
-        return server
-    monkeypatch.setattr(studio, "make_server", no_serving)
+def test_a_review_list_older_than_the_labels_file_is_noted(folder, tmp_path, serve_once, capsys):
     labels, review = tmp_path / "labels.xlsx", tmp_path / "review.csv"
     pd.DataFrame({"img_name": ["000.png", "001.png"], "target": [1, 0]}).to_excel(labels, index=False)
     review.write_text("img_name,target,p_open,rank,score\n000.png,1,0.1,1,0.1\n001.png,0,0.8,2,0.2\n")
