@@ -366,8 +366,9 @@ def cmd_cv(args):
 def cmd_label(args):
     from .studio import serve
     labels = Path(args.labels)
+    # the reference, by any path or symlink (not a hard link: the studio's first save replaces the file)
     for reference in (data.REPO_ROOT / data.LABELS_NAME, data.chosen_data_dir(args.data) / data.LABELS_NAME):
-        if labels.exists() and reference.exists() and os.path.samefile(labels, reference):
+        if reference.exists() and os.path.realpath(labels) == os.path.realpath(reference):
             sys.exit(f"error: --labels: {args.labels} is the reference labels file ({reference}), which the studio "
                      f"would rewrite: label a copy (mkdir -p runs && cp {args.labels} runs/labels.xlsx, then "
                      "--labels runs/labels.xlsx)")

@@ -260,7 +260,7 @@ def cross_val_predict(images, targets, cfg=None, folds=5, seed=0, progress=True,
             data.validation_split(rest, targets, cfg.val_fraction, cfg.seed)
         except ValueError as err:  # its counts are those of the fold's training part, not of the whole file
             raise ValueError(f"fold {k} of {folds}, its training part ({len(rest)} of the {len(targets)} images): "
-                             f"{err} (--val-fraction), or use fewer folds") from None
+                             f"{err} (--val-fraction), or use more folds (larger training parts)") from None
     for k, (rest, test) in enumerate(splits):
         path = Path(fold_dir) / f"fold{k}.json" if fold_dir else None
         row = read_fold(path) if path and path.exists() else None

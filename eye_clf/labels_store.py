@@ -67,16 +67,20 @@ def stamp(content):
 
 
 def same_table(content, other):
-    """Whether two versions (xlsx bytes) of a labels file hold the same table, cell for cell."""
+    """Whether two versions (xlsx bytes) of a labels file hold the same table, cell for cell, and the same sheets
+    (a sheet added beside it would be lost at the next save)."""
     with tempfile.TemporaryDirectory() as tmp:
-        tables = []
+        read = []
         for k, version in enumerate((content, other)):
-            (Path(tmp) / f"{k}.xlsx").write_bytes(version)
+            path = Path(tmp) / f"{k}.xlsx"
+            path.write_bytes(version)
             try:
-                tables.append(data.read_labels(Path(tmp) / f"{k}.xlsx", partial=True))
+                with pd.ExcelFile(path) as book:
+                    sheets = book.sheet_names
+                read.append((sheets, data.read_labels(path, partial=True)))
             except (ValueError, OSError):  # not a labels table (any more)
                 return False
-    return tables[0].equals(tables[1])
+    return read[0][0] == read[1][0] and read[0][1].equals(read[1][1])
 
 
 def check_writable(path):

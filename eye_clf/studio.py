@@ -301,12 +301,12 @@ def predictions(files, checkpoint=None):
 
 
 def relabelled_since(review, store):
-    """Names of the review list whose audited label (``target``) is not the one the labels file held before any
-    studio changed it (its ``original`` column, else its label)."""
+    """Names of the review list whose audited label (``target``) is neither the file's label nor the one a studio
+    replaced (its ``original`` column): a list made from another version of the file."""
     df = store.df.loc[review["img_name"]]
-    held = df["original"].where(df["original"].notna(), df["target"]) if "original" in df else df["target"]
-    held = pd.to_numeric(held, errors="coerce")
-    return [n for n, h, t in zip(review["img_name"], held, review["target"]) if pd.isna(h) or h != t]
+    now = pd.to_numeric(df["target"], errors="coerce")
+    first = pd.to_numeric(df["original"], errors="coerce") if "original" in df else now
+    return [n for n, t, a, b in zip(review["img_name"], review["target"], now, first) if t not in (a, b)]
 
 
 def office_lock(path):

@@ -193,7 +193,7 @@ def test_a_validation_part_without_both_classes_is_refused_before_training(monke
         experiment.split(targets, replace(SMALL, val_fraction=0.1))
     with pytest.raises(ValueError, match=r"^fold 0 of 3, its training part \(40 of the 60 images\): val_fraction 0.1 "
                                          r"of 38 open and 2 closed images .* fraction \(--val-fraction\), or use "
-                                         r"fewer folds$"):
+                                         r"more folds \(larger training parts\)$"):
         cv.cross_val_predict(images, targets, replace(SMALL, val_fraction=0.1), folds=3, progress=False)
     with pytest.raises(ValueError, match=r"val_fraction 0.01 of 57 open and 3 closed images leaves the validation "
                                          r"part \(1 images\)"):  # sklearn refuses a part of one image

@@ -3,6 +3,7 @@ import http.client
 import io
 import json
 import os
+import re
 import threading
 import time
 
@@ -885,8 +886,14 @@ def test_a_save_by_another_program_that_changed_no_cell_is_not_a_change(folder, 
     store.apply([change("001.png", BLANK, target=0)])
     assert [LabelStore(path, folder).state(n)["target"] for n in ("000.png", "001.png")] == [1, 0]
     book = openpyxl.load_workbook(path)
-    book.active["B2"] = 0  # 000.png's label, changed
+    book.create_sheet("notes")  # the same table and a sheet beside it, which a save would drop
     book.save(path)
+    with pytest.raises(OSError, match="changed by another program"):
+        store.apply([change("002.png", BLANK, target=0)])
+    store = LabelStore(path.with_name("other.xlsx"), folder)
+    book = openpyxl.load_workbook(store.path)
+    book.active["B2"] = 0  # a label, changed
+    book.save(store.path)
     with pytest.raises(OSError, match="changed by another program"):
         store.apply([change("002.png", BLANK, target=0)])
 
@@ -899,14 +906,20 @@ def test_label_refuses_the_reference_labels_and_a_missing_file_to_review(folder,
     (tmp_path / "data").mkdir()
     for reference in (tmp_path / "checkout" / "img_name_target.xlsx", tmp_path / "data" / "img_name_target.xlsx"):
         reference.write_bytes(b"labels")
-        for given in (reference, tmp_path / "link.xlsx"):
-            if given != reference:
+        for given in (reference, tmp_path / "link.xlsx", tmp_path / "checkout" / ".." / "data" / ".." / "link.xlsx"):
+            if given == tmp_path / "link.xlsx":
                 given.unlink(missing_ok=True)
-                given.symlink_to(reference)
-            with pytest.raises(SystemExit, match=rf"^error: --labels: {given} is the reference labels file "
-                                                 rf"\({reference}\), which the studio would rewrite: label a copy"):
+                given.symlink_to(reference)  # a save would replace the file it points to
+            says = rf"^error: --labels: {re.escape(str(given))} is the reference labels file \({reference}\), which"
+            with pytest.raises(SystemExit, match=says + " the studio would rewrite: label a copy"):
                 main(["label", "--images", str(folder), "--data", str(tmp_path / "data"), "--labels", str(given)])
         reference.unlink()
+    (tmp_path / "link.xlsx").unlink()
+    (tmp_path / "data" / "img_name_target.xlsx").write_bytes(b"labels")
+    os.link(tmp_path / "data" / "img_name_target.xlsx", tmp_path / "hard.xlsx")  # a save replaces it: a copy then
+    with pytest.raises(pytest.fail.Exception, match="started the studio"):
+        main(["label", "--images", str(folder), "--data", str(tmp_path / "data"), "--labels",
+              str(tmp_path / "hard.xlsx")])
     review = tmp_path / "review.csv"
     review.write_text("img_name,target,p_open,rank,score\n000.png,0,0.9,1,0.1\n")
     with pytest.raises(SystemExit, match=r"^error: --labels: .*typo.xlsx does not exist; a review corrects the "):
@@ -932,7 +945,10 @@ def test_a_review_list_older_than_the_labels_file_is_noted(folder, tmp_path, ser
     store.apply([change("000.png", store.state("000.png"), target=0, reviewed=True)])
     studio.serve(folder, labels, review=review, open_browser=False)
     assert "note:" not in capsys.readouterr().out
+    review.write_text("img_name,target,p_open,rank,score\n000.png,0,0.9,1,0.1\n")  # a new audit of the new label
+    studio.serve(folder, labels, review=review, open_browser=False)
+    assert "note:" not in capsys.readouterr().out
     pd.DataFrame({"img_name": ["000.png", "001.png"], "target": [1, 1]}).to_excel(labels, index=False)  # changed
     studio.serve(folder, labels, review=review, open_browser=False)
-    assert (f"note: 1 image(s) of {review} (001.png) had another label in {labels} than the list shows as given"
+    assert (f"note: 1 image(s) of {review} (000.png) had another label in {labels} than the list shows as given"
             in capsys.readouterr().out)

@@ -286,6 +286,9 @@ def test_a_held_key_acts_once_and_caps_lock_changes_nothing(browser, url, tmp_pa
     saved(page)
     table = read_table(tmp_path / "labels.xlsx").set_index("img_name")
     assert table.loc[first, "target"] == 1 and table.loc[second, "target"] == 0 and table["dark"].sum() == 0
+    page.keyboard.press("Control+Shift+Z")                 # redo elsewhere: not an undo here
+    saved(page)
+    assert read_table(tmp_path / "labels.xlsx").set_index("img_name").loc[second, "target"] == 0
     page.keyboard.press("u")
     saved(page)
     assert pd.isna(read_table(tmp_path / "labels.xlsx").set_index("img_name").loc[second, "target"])
@@ -322,6 +325,11 @@ def test_a_save_another_program_refused_stays_in_view(browser, url, tmp_path):
     expect(page.locator("#banner")).to_be_visible()
     expect(page.locator("#save")).to_have_text("1 NOT SAVED")
     assert (tmp_path / "labels.unsaved-1.xlsx").is_file()
+    page.route("**/api/changes", lambda route: route.abort())  # then the studio is stopped, as the message asks
+    page.keyboard.press("o")
+    expect(page.locator("#save")).to_have_text("1 NOT SAVED · 1 waiting: no answer from the studio")
+    page.keyboard.press("ArrowRight")                       # the newer state is the one kept in view
+    expect(page.locator("#banner")).to_contain_text("the studio server does not answer")
 
 
 def test_enter_on_a_labelled_image_keeps_its_label(browser, url, tmp_path):
