@@ -22,6 +22,7 @@ DESCRIPTION = ("Is the eye in a 24x24 grayscale patch open? Train a model, predi
 DECIMALS = 6  # of P(open) and the threshold in predict's output
 MIN_LIMIT = 20  # the smallest --limit whose stratified train/validation/test split holds both classes in each part
 COMMANDS = ("train", "ship", "export", "predict", "evaluate", "cv", "label", "audit")
+FOLDS = 5  # the default k of cv and audit
 
 try:
     import pandas as pd
@@ -406,14 +407,14 @@ def cmd_audit(args):
     labels = data.labels_file(args.labels, args.data, args.images)
     refuse_overwrite({"--out": args.out, "--save-oof": args.save_oof},
                      [("the labels file", labels), ("--oof", args.oof)])
-    if not args.oof:
-        use_threads(args)
     if args.oof:  # nothing is trained: a training flag would do nothing without a word
-        unused = [flag for flag, given in (("recipe flags", cfg != TrainConfig()), ("--folds", args.folds != 5),
+        unused = [flag for flag, given in (("recipe flags", cfg != TrainConfig()), ("--folds", args.folds != FOLDS),
                                            ("--threads", args.threads), ("--fold-dir", args.fold_dir)) if given]
         if unused:
             sys.exit(f"error: --oof: the audit trains nothing with --oof, so its {', '.join(unused)} would do "
                      "nothing; drop them")
+    else:
+        use_threads(args)
     review, names, targets, p_open = audit(images_dir, labels, args.oof, cfg, args.folds, fold_dir=args.fold_dir)
     atomic_write(args.out, lambda tmp: review.to_csv(tmp, index=False))
     if args.save_oof:
@@ -500,7 +501,7 @@ def main(argv=None):
     add_config_args(p)
     p.add_argument("--data", help=f"data folder (default: ${data.DATA_ENV} or ../shared/data)")
     p.add_argument("--labels", help=labels_help)
-    p.add_argument("--folds", type=int_at_least(2), default=5, help="number of folds (default: %(default)s)")
+    p.add_argument("--folds", type=int_at_least(2), default=FOLDS, help="number of folds (default: %(default)s)")
     p.add_argument("--limit", type=int_at_least(MIN_LIMIT),
                    help=f"use a stratified subset of this many images, {MIN_LIMIT} or more")
     p.add_argument("--out", type=output_file, help="write the per-fold results as JSON here")
@@ -529,7 +530,7 @@ def main(argv=None):
     p.add_argument("--labels", help=images_labels_help + "; rows without a target are left out")
     p.add_argument("--data", help=f"data folder (default: ${data.DATA_ENV} or ../shared/data)")
     p.add_argument("--oof", help="CSV of out-of-fold P(open) (img_name, p_open) instead of training")
-    p.add_argument("--folds", type=int_at_least(2), default=5, help="number of folds (default: %(default)s)")
+    p.add_argument("--folds", type=int_at_least(2), default=FOLDS, help="number of folds (default: %(default)s)")
     p.add_argument("--out", default="review.csv", type=csv_file,
                    help="review list CSV (default: review.csv), most suspicious first: img_name, target (the label "
                         "as audited), p_open (out-of-fold), rank (1: most suspicious), score (the out-of-fold "

@@ -340,8 +340,8 @@ def serve(images, labels, checkpoint=None, review=None, port=0, open_browser=Tru
         print(f"note: {labels} did not exist: created, listing the {len(store.files)} images, none labelled")
     if queue is not None and (stale := relabelled_since(queue, store)):
         print(f"note: {len(stale)} image(s) of {review} ({', '.join(stale[:3])}{', ...' if len(stale) > 3 else ''}) "
-              f"had another label in {labels} than the list shows as given (a list older than the file?): audit "
-              "it again to review the labels as they are")
+              f"have a label in it that is neither the one {labels} holds nor one a studio replaced there (a list "
+              "made from another version of the file?): audit it again to review the labels as they are")
     if store.orphans:
         print(f"note: {len(store.orphans)} row(s) of {labels} have no image in {images}; kept, not shown")
     if kept := sorted(store.path.parent.glob(f"{glob.escape(store.path.stem)}.unsaved-*.xlsx")):
