@@ -13,14 +13,14 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from .preprocess import IMG_SIZE, list_images, load_image, to_gray24
+from .preprocess import IMG_SIZE, list_images, load_image, to_gray24, value_range
 
 SHIPPED = Path(str(resources.files("eye_clf") / "shipped"))  # package data; plots_checkpoints/ links to its files
 DEFAULT_CHECKPOINT = SHIPPED / "eye_clf.pt"
 DEFAULT_ONNX = SHIPPED / "eye_clf.onnx"
 TRAIN_ONE, EXPORT_ONE = "train one with `python -m eye_clf train`", "export one with `python -m eye_clf export`"
 BACKENDS = ("onnx", "torch")
-CHANNELS = (1, 3, 4)
+CHANNELS = (1, 2, 3, 4)  # gray, gray + alpha, RGB, RGBA
 CACHE_SIZE = 4  # loaded models kept, most recently used first
 _cache = OrderedDict()
 _cache_lock = threading.Lock()  # guards _cache and _loading, never held while a model loads
@@ -120,9 +120,13 @@ def load_model(checkpoint=None, device=None):
 def _load_onnx(path):
     try:
         import onnxruntime as ort
-    except ImportError:
-        raise ModuleNotFoundError(f"{path}: an ONNX model needs onnxruntime: pip install 'eye-clf[onnx]', or pass "
-                                  "a .pt checkpoint") from None
+    except ImportError as err:
+        if importlib.util.find_spec("onnxruntime") is None:
+            raise ModuleNotFoundError(f"{path}: an ONNX model needs onnxruntime: pip install 'eye-clf[onnx]', or pass "
+                                      "a .pt checkpoint") from None
+        raise ImportError(f"{path}: onnxruntime is installed but fails to import ({type(err).__name__}: {err}): "
+                          "reinstall it (pip install --force-reinstall onnxruntime), or predict with "
+                          "backend='torch'") from None
 
     opts = ort.SessionOptions()
     # idle threads sleep instead of spinning: a loop of one call per frame would otherwise keep a core busy
@@ -227,6 +231,9 @@ def _choose_backend(backend, model, checkpoint, tta):
         if checkpoint is not None:
             raise ValueError("model and checkpoint: pass one of them (the model would be used, the checkpoint not)")
     onnx_file = checkpoint is not None and Path(checkpoint).suffix.lower() == ".onnx"
+    if onnx_file and tta is not None:
+        raise ValueError(f"tta: {checkpoint} is an ONNX model, whose graph holds its mirror averaging as exported; "
+                         "tta works with a .pt checkpoint (backend='torch') only")
     only = torch_only(model, checkpoint, tta)
     if backend is None:
         onnx_ok = onnx_file or importlib.util.find_spec("onnxruntime") is not None
@@ -242,7 +249,7 @@ def _choose_backend(backend, model, checkpoint, tta):
 
 
 def _gray(a, name, single):
-    """An N x H x W or N x H x W x C (C = 1, 3, 4) uint8, uint16 (0..65535, scaled by 1/257 as 16-bit files are)
+    """An N x H x W or N x H x W x C (C in CHANNELS) uint8, uint16 (0..65535, scaled by 1/257 as 16-bit files are)
     or float 0..1 array as N x 24 x 24 uint8; an error names the first bad image of a batch (``name[i]``), or
     ``name`` for a ``single`` image."""
     if min(a.shape[1:3]) == 0:
@@ -259,7 +266,7 @@ def _gray(a, name, single):
             i = int(bad.argmax())
             image, where = flat[i], name if single else f"{name}[{i}]"
             nonfinite = (~np.isfinite(image)).sum()
-            got = f"{nonfinite} NaN or infinite value(s)" if nonfinite else f"{image.min():.3g}..{image.max():.3g}"
+            got = f"{nonfinite} NaN or infinite value(s)" if nonfinite else value_range(image)
             raise ValueError(f"{where}: float images must hold finite values in 0..1, got {got}")
         a = np.round(a * 255).astype(np.uint8)
     if a.ndim == 4 and a.shape[-1] == 1:
@@ -272,6 +279,9 @@ def _gray(a, name, single):
 def _from_array(x, name):
     """numpy or torch: H x W is one image; N x H x W a batch of gray images; N x H x W x C (numpy) or
     N x C x H x W (torch) a batch of colour images. Returns (N x 24 x 24 uint8, is_single)."""
+    if isinstance(x, np.ndarray) and x.dtype.kind in "USO":  # numpy text or objects: not pixels
+        raise ValueError(f"{name}: a numpy array of {x.dtype} is not an image; pass several paths or images as a "
+                         "list (list(...) of the array), one image as a numeric array")
     torch_layout = _is_torch(x)
     kind, batch4 = ("tensor", "N x C x H x W") if torch_layout else ("array", "N x H x W x C")
     shape = tuple(x.shape)
@@ -281,7 +291,8 @@ def _from_array(x, name):
             f"{shape[1]} x {shape[2]} pixels; pass one colour image as a PIL image or as a batch of one "
             f"({batch4} with N = 1), gray images as H x W or N x H x W")
     if x.ndim == 4 and shape[1 if torch_layout else 3] not in CHANNELS:
-        raise ValueError(f"{name}: a 4-D {kind} is a batch {batch4} with C = 1, 3 or 4, got shape {shape}")
+        raise ValueError(f"{name}: a 4-D {kind} is a batch {batch4} with C = 1, 2, 3 or 4 (gray, gray + alpha, RGB, "
+                         f"RGBA), got shape {shape}")
     if x.ndim not in (2, 3, 4):
         raise ValueError(f"{name}: expected an image H x W or a batch N x H x W or {batch4}, got shape {shape}")
     if x.ndim >= 3 and shape[0] == 0:  # no eye in this frame: no images
@@ -325,7 +336,8 @@ def _to_images(x, name="input"):
         return [a for i, item in enumerate(x) for a in _to_images(item, f"{name}[{i}]")[0]], False
     hint = (" (for a file object or bytes, pass PIL.Image.open(it), or PIL.Image.open(io.BytesIO(data)))"
             if hasattr(x, "read") or isinstance(x, (bytes, bytearray, memoryview)) else
-            " (for an iterator such as a generator, pass list(...) of it)" if hasattr(x, "__next__") else "")
+            " (for an iterator such as a generator, pass list(...) of it)" if hasattr(x, "__next__") else
+            " (pixel values in nested lists? pass np.asarray(...) of the image)" if isinstance(x, (int, float)) else "")
     raise TypeError(f"{name}: cannot read a {type(x).__name__} as an image; pass a path, folder, PIL image, "
                     f"numpy array, torch tensor or a list of these{hint}")
 
@@ -343,8 +355,9 @@ def predict_proba(x, model=None, checkpoint=None, batch_size=64, tta=None, backe
     ``x``: an image path; a folder (its image files sorted by name, symlinks followed; hidden files are skipped);
     a PIL image; a numpy array or torch tensor; or a list of these. Arrays and tensors follow one rule: **H x W is
     one image, N x H x W is a batch of gray images** (a 3 x 24 x 24 tensor is three eyes, never one colour image), and
-    colour batches are 4-D: numpy N x H x W x C, torch N x C x H x W (C = 1, 3, 4). A 3-D input whose last axis
-    has 1, 3 or 4 entries is refused as ambiguous: pass one colour image as a PIL image or a batch of one.
+    colour batches are 4-D: numpy N x H x W x C, torch N x C x H x W (C = 1 to 4: gray, gray + alpha, RGB, RGBA).
+    A 3-D input whose last axis has 1 to 4 entries is refused as ambiguous: pass one colour image as a PIL image or
+    a batch of one.
     Values: uint8 0..255, uint16 0..65535 (scaled by 1/257, as 16-bit files) or float 0..1 (bfloat16 and float16
     too). Any size and colour: images become 24x24 grayscale as in training (PIL modes: see ``eye_clf.preprocess``).
     Files above ``preprocess.MAX_PIXELS`` are refused.

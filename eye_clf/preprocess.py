@@ -1,8 +1,9 @@
 """Preprocessing shared by training and both prediction backends (numpy + Pillow only, no torch).
 
-Every image becomes a 24x24 grayscale uint8 array: turned upright as its EXIF orientation says, PIL
-``convert("L")`` (luminance; alpha is ignored), then an antialiased bilinear resize. The model sees
-``(pixel / 255 - MEAN) / STD`` as float32 N x 1 x 24 x 24.
+Every image becomes a 24x24 grayscale uint8 array: turned upright as its EXIF orientation says if it is as read
+from a file (a path, or a PIL image straight from ``Image.open``; one made from it by crop, rotate, convert, copy...
+is taken as its pixels are, as an array of them would be), PIL ``convert("L")`` (luminance; alpha is ignored),
+then an antialiased bilinear resize. The model sees ``(pixel / 255 - MEAN) / STD`` as float32 N x 1 x 24 x 24.
 
 PIL modes and their scaling to 0..255: ``1`` (0/1 -> 0/255), ``L``, ``LA``, ``La``, ``P``, ``PA``, ``RGB``,
 ``RGBA``, ``RGBa``, ``RGBX``, ``CMYK``, ``YCbCr`` (through ``convert("L")``); ``I;16*`` and ``I`` as 16-bit
@@ -26,34 +27,41 @@ MAX_PIXELS = 4096 * 4096  # larger files are refused; JPEGs are first decoded at
 THROUGH_L = {"1", "L", "LA", "La", "P", "PA", "RGB", "RGBA", "RGBa", "RGBX", "CMYK", "YCbCr"}
 
 
+def value_range(a):
+    """The values of an array for a message, "min..max", each as exactly as its dtype holds it (1.0001, not 1)."""
+    return "..".join(str(v).removesuffix(".0") for v in (a.min(), a.max()))
+
+
 def _scaled(a, low, high, scale, name, mode):
     nonfinite = (~np.isfinite(a)).sum()
     if nonfinite or a.min() < low or a.max() > high:
-        got = f"{nonfinite} NaN or infinite value(s)" if nonfinite else f"{a.min():.3g}..{a.max():.3g}"
+        got = f"{nonfinite} NaN or infinite value(s)" if nonfinite else value_range(a)
         raise ValueError(f"{name}: PIL mode {mode} images must hold values in {low}..{high}, got {got}")
     return Image.fromarray(np.round(a * scale).astype(np.uint8))
 
 
 def to_gray24(image, name="image"):
-    """A PIL image of any size and accepted mode (see the module docstring) as a 24x24 grayscale uint8 array,
-    turned upright as its EXIF orientation says (as viewers show phone photos; unreadable EXIF is ignored)."""
+    """A PIL image of any size and accepted mode (see the module docstring) as a 24x24 grayscale uint8 array; one
+    as read from a file is turned upright as its EXIF orientation says (as viewers show phone photos; unreadable
+    EXIF is ignored)."""
     try:
         image.load()
     except (ValueError, OSError, SyntaxError) as err:  # a closed image, a truncated or corrupt file
         raise ValueError(f"{name}: cannot read the PIL image ({err})") from None
     if 0 in image.size:
         raise ValueError(f"{name}: empty image of {image.size[0]} x {image.size[1]} pixels")
-    try:
-        image = ImageOps.exif_transpose(image)
+    try:  # Pillow sets format only on an image read from a file; one made from it (a crop of an image already
+        if image.format:  # turned by hand, say) keeps the EXIF, which no longer describes its pixels
+            image = ImageOps.exif_transpose(image)
     except (SyntaxError, ValueError, OSError, struct.error):  # unreadable EXIF over readable pixels: as stored
         pass
     mode = image.mode
     if mode == "La":  # premultiplied alpha, which Pillow converts to L only through LA
         image = image.convert("LA")
     if mode == "I" or mode.startswith("I;16"):
-        image = _scaled(np.asarray(image, dtype=np.float64), 0, 65535, 1 / 257, name, mode)
+        image = _scaled(np.asarray(image), 0, 65535, 1 / 257, name, mode)
     elif mode == "F":
-        image = _scaled(np.asarray(image, dtype=np.float64), 0, 1, 255, name, mode)
+        image = _scaled(np.asarray(image), 0, 1, 255, name, mode)
     elif mode not in THROUGH_L:
         raise ValueError(f"{name}: PIL mode {mode} is not supported; convert it to L or RGB first")
     image = image.convert("L")

@@ -78,8 +78,9 @@ def main():
             "EyeNet torch": dict(model=shipped, tta=tta, **batch),
             "ResNet18 torch": dict(model=resnet, tta=False, **batch)}
     prov = provenance("cpu")
+    load = f"{os.getloadavg()[0]:.1f}" if hasattr(os, "getloadavg") else "unknown (no os.getloadavg here)"
     print(f"commit {prov['git_commit']} (uncommitted changes: {prov['git_dirty']}), {prov['versions']}, "
-          f"{prov['machine']}; load average {os.getloadavg()[0]:.1f}")
+          f"{prov['machine']}; load average {load}")
     print(f"{args.threads} thread(s), CPU, {len(files)} images of the data folder's EyesDataset; "
           f"shipped model mirror-TTA: {tta}; predict_proba batch_size {args.batch_size or 'default'}")
     print(f"{'':30s}" + "".join(f"{name:>20s}" for name in runs))

@@ -41,12 +41,16 @@ BAD_INPUTS = [
                                       r"24 images of 24 x 3 pixels; pass one colour image as a PIL image or as a "
                                       r"batch of one \(N x H x W x C"),
     (np.zeros((24, 24, 1), np.uint8), r"input: a 3-D array is a batch N x H x W"),
+    (np.zeros((30, 40, 2), np.uint8), r"input: a 3-D array is a batch N x H x W, so shape \(30, 40, 2\)"),  # LA
     (torch.zeros(24, 24, 4), r"input: a 3-D tensor is a batch N x H x W.*\(N x C x H x W with N = 1\)"),
-    (np.zeros((2, 3, 24, 24), np.uint8), r"input: a 4-D array is a batch N x H x W x C with C = 1, 3 or 4, got "
-                                         r"shape \(2, 3, 24, 24\)"),
-    (torch.zeros(2, 24, 24, 3), r"input: a 4-D tensor is a batch N x C x H x W with C = 1, 3 or 4"),
+    (np.zeros((2, 3, 24, 24), np.uint8), r"input: a 4-D array is a batch N x H x W x C with C = 1, 2, 3 or 4 "
+                                         r"\(gray, gray \+ alpha, RGB, RGBA\), got shape \(2, 3, 24, 24\)"),
+    (torch.zeros(2, 24, 24, 3), r"input: a 4-D tensor is a batch N x C x H x W with C = 1, 2, 3 or 4"),
     (np.zeros((1, 1, 2, 24, 24), np.uint8), r"input: expected an image H x W or a batch .*\(1, 1, 2, 24, 24\)"),
     (np.zeros(24, np.uint8), r"input: expected an image H x W or a batch.*\(24,\)"),
+    (np.array(["a.jpg", "b.jpg"]), r"input: a numpy array of <U5 is not an image; pass several paths or images as a "
+                                   r"list \(list\(\.\.\.\) of the array\)"),
+    (np.array([EYE, EYE[:20]], dtype=object), r"input: a numpy array of object is not an image"),
     (np.zeros((24, 0), np.uint8), r"input: empty image"),
     # values
     (np.zeros((24, 24), np.int32), r"input: dtype int32 is not supported; use uint8 \(0..255\), uint16 "),
@@ -56,6 +60,7 @@ BAD_INPUTS = [
     (torch.zeros(24, 24, dtype=torch.complex32), r"input: dtype torch.complex32 is not supported"),
     (np.full((24, 24), 1.5), r"input: float images must hold finite values in 0..1, got 1.5"),
     (np.full((24, 24), 200.0), r"input: float images must hold finite values in 0..1"),
+    (np.where(np.eye(24) > 0, 1.0001, 0.5).astype(np.float32), r"input: float images .*got 0\.5\.\.1\.0001$"),
     (np.where(np.eye(24) > 0, np.nan, 0.5), r"input: float images must hold finite values in 0..1, got 24 NaN or inf"),
     (np.full((24, 24), np.nan), r"input: float images must hold finite values in 0..1, got 576 NaN or infinite"),
     (torch.full((2, 24, 24), float("inf")), r"input\[0\]: float images must hold finite values in 0..1, got 576 NaN"),
@@ -68,6 +73,7 @@ BAD_INPUTS = [
     (Image.fromarray(np.full((24, 24), 70000, np.int32)), r"input: PIL mode I images must hold values in 0..65535"),
     (Image.fromarray(np.full((24, 24), 2.0, np.float32)), r"input: PIL mode F images must hold values in "
                                                           r"0..1, got 2..2"),
+    (Image.fromarray(np.full((24, 24), 1.0001, np.float32)), r"input: PIL mode F .* got 1\.0001\.\.1\.0001$"),
     (Image.fromarray(np.where(np.eye(24) > 0, np.nan, 0.5).astype(np.float32)), r"input: PIL mode F images must "
                                                                                r"hold .* got 24 NaN or infinite"),
     (Image.new("RGB", (24, 24)).convert("LAB"), r"input: PIL mode LAB is not supported"),
@@ -96,6 +102,12 @@ def test_unsupported_types(backend, bad):
         predict_proba(bad, backend=backend)
     with pytest.raises(TypeError, match=rf"input\[1\]: cannot read a {type(bad).__name__}"):
         predict_proba([EYE, bad], backend=backend)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_pixels_in_nested_lists_are_told_to_be_an_array(backend):
+    with pytest.raises(TypeError, match=r"input\[0\]\[0\]: cannot read a int .*pass np.asarray\(\.\.\.\) of the image"):
+        predict_proba(EYE.tolist(), backend=backend)
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
@@ -148,6 +160,9 @@ BAD_ARGUMENTS = [
     (dict(backend="onnx", tta=True), ValueError, r"tta: needs backend='torch'"),
     (dict(backend="onnx", checkpoint="some.pt"), ValueError, r"checkpoint: needs backend='torch'.*eye_clf export"),
     (dict(backend="torch", checkpoint="some.onnx"), ValueError, r"checkpoint: some.onnx is an ONNX model"),
+    *[(dict(checkpoint="some.onnx", tta=False, **b), ValueError, r"tta: some.onnx is an ONNX model, whose graph holds "
+       r"its mirror averaging as exported; tta works with a .pt checkpoint \(backend='torch'\) only")
+      for b in ({}, dict(backend="onnx"), dict(backend="torch"))],
     (dict(checkpoint=""), ValueError, r"checkpoint: empty path"),
 ]
 

@@ -166,6 +166,23 @@ def test_load_image_turns_the_image_upright_as_its_exif_orientation_says(tmp_pat
         assert np.array_equal(data.to_gray24(opened), upright)
 
 
+def test_a_pil_image_made_from_a_files_image_is_taken_as_its_pixels_are(tmp_path):
+    """A crop, rotation, resize or copy keeps the file's EXIF orientation, which no longer describes its pixels (the
+    caller may have turned it already): it is read as an array of its pixels is, not turned a second time."""
+    stored = np.zeros((24, 48), np.uint8)
+    stored[:, :24] = 255  # left half white; orientation 6: viewers turn it 90 degrees clockwise
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    Image.fromarray(stored).save(tmp_path / "phone.png", exif=exif)
+    with Image.open(tmp_path / "phone.png") as opened:
+        upright = opened.transpose(Image.Transpose.ROTATE_270)  # turned by hand: white on top, EXIF kept
+        assert upright.getexif().get(0x0112) == 6
+        for made in (upright, upright.crop((0, 0, 24, 40)), upright.resize((30, 50)), opened.copy()):
+            assert np.array_equal(data.to_gray24(made), data.to_gray24(Image.fromarray(np.asarray(made))))
+        assert data.to_gray24(upright)[:12].mean() > 250 and data.to_gray24(upright)[12:].mean() < 5
+        assert np.array_equal(data.to_gray24(upright), data.to_gray24(opened))
+
+
 def test_load_image_errors_name_the_file(tmp_path):
     with pytest.raises(FileNotFoundError, match="nope.png"):
         data.load_image(tmp_path / "nope.png")

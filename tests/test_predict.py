@@ -107,7 +107,8 @@ def test_numpy_arrays(ck, reference):
     batch = ck(np.stack([BRIGHT, DARK]))
     assert isinstance(batch, np.ndarray) and np.allclose(batch, expected, atol=TOL)
     nhwc = np.stack([BRIGHT, DARK])[..., None]
-    for colour in (nhwc, np.repeat(nhwc, 3, -1), np.concatenate([np.repeat(nhwc, 3, -1), nhwc * 0 + 255], -1)):
+    for colour in (nhwc, np.repeat(nhwc, 3, -1), np.concatenate([np.repeat(nhwc, 3, -1), nhwc * 0 + 255], -1),
+                   np.concatenate([nhwc, nhwc * 0 + 9], -1)):  # gray + alpha (np.asarray of a PIL LA image)
         assert np.allclose(ck(colour), expected, atol=TOL)
     one_rgb = ck(np.repeat(BRIGHT[None, ..., None], 3, -1))  # one colour image: a batch of one
     assert isinstance(one_rgb, np.ndarray) and one_rgb == pytest.approx([expected[0]], abs=TOL)
@@ -126,6 +127,7 @@ def test_torch_tensors(ck, reference):
     nchw = torch.from_numpy(np.stack([BRIGHT, DARK]))[:, None]
     assert np.allclose(ck(nchw), expected, atol=TOL)
     assert np.allclose(ck(nchw.expand(-1, 3, -1, -1).float() / 255), expected, atol=TOL)
+    assert np.allclose(ck(torch.cat([nchw, nchw * 0 + 9], 1)), expected, atol=TOL)  # gray + alpha
     assert np.allclose(ck(torch.from_numpy(np.stack([BRIGHT, DARK]))), expected, atol=TOL)  # N x H x W
 
 
@@ -508,6 +510,28 @@ def test_torch_only_prediction_without_torch_says_to_install_torch():
         "'eye-clf[torch]', or predict with the ONNX model")
     assert install_advice(f"eye_clf.predict_proba({EYE}, tta=False)").startswith(
         "tta= needs torch, which is missing")
+
+
+def test_an_onnxruntime_that_fails_to_import_is_named_with_its_error(tmp_path):
+    broken = tmp_path / "onnxruntime"  # installed, but its library cannot be loaded (a missing system library, say)
+    broken.mkdir()
+    (broken / "__init__.py").write_text('raise ImportError("libonnxruntime.so.1: cannot open shared object file")')
+    out = run_python(f"""
+        import sys
+        sys.path.insert(0, {str(tmp_path)!r})
+        import numpy as np
+        import eye_clf
+        for call in (lambda: eye_clf.predict_proba({EYE}), eye_clf.recommended_threshold):
+            try:
+                call()
+            except ImportError as err:
+                print(err)
+        print(eye_clf.predict_proba({EYE}, backend="torch"))
+        """).splitlines()
+    assert out[0] == out[1] == (f"{predict.DEFAULT_ONNX}: onnxruntime is installed but fails to import (ImportError: "
+                                "libonnxruntime.so.1: cannot open shared object file): reinstall it (pip install "
+                                "--force-reinstall onnxruntime), or predict with backend='torch'")
+    assert 0 <= float(out[2]) <= 1
 
 
 def test_load_model_without_torch_says_what_to_install():
