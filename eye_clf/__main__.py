@@ -20,7 +20,7 @@ from .preprocess import list_images, load_image
 DESCRIPTION = ("Is the eye in a 24x24 grayscale patch open? Train a model, predict P(open), evaluate, "
                "cross-validate, label images in a local web page, audit labels.")
 DECIMALS = 6  # of P(open) and the threshold in predict's output
-MIN_LIMIT = 20  # the smallest --limit whose stratified train/validation/test split holds both classes in each part
+MIN_LIMIT = 20  # the smallest --limit whose stratified training/validation split holds both classes in each part
 COMMANDS = ("train", "ship", "export", "predict", "evaluate", "cv", "label", "audit")
 FOLDS = 5  # the default k of cv and audit
 

@@ -85,8 +85,8 @@ def same_table(content, other):
 
 def check_writable(path):
     """Refuse a labels file, or the folder it is saved in, that is read-only (no permission, or no write bit at
-    all: root could replace such a file, but its owner asked for it to stay as it is). A symlink's target is the
-    file that saves replace."""
+    all: root could replace such a file, but its owner asked for it to stay as it is); a missing folder is made. A
+    symlink's target is the file that saves replace."""
     path = Path(os.path.realpath(path))
     path.parent.mkdir(parents=True, exist_ok=True)
     for p in (path, path.parent) if path.exists() else (path.parent,):

@@ -22,7 +22,7 @@ EYENETS = ("eyenet", "res_eyenet", "dw_eyenet", "cn_eyenet")  # small nets for 2
 ARCHS = (*EYENETS, "resnet18", "resnet34", "resnet50", "efficientnet_lite0", "efficientnet_lite2")
 METHODS = ("finetune", "feature_extraction")
 CHECKPOINT_FORMAT = "eye_clf/1"
-NORMALIZED_AT_ONCE = 1024  # images that scores() turns into float32 at a time: 2.4 MB, whatever the input size
+NORMALIZED_AT_ONCE = 1024  # images that scores() turns into float32 at a time (2.4 MB; more if batch_size is larger)
 # Pretrained backbones expect their own input scaling; ours is (p - MEAN) / STD with p in 0..1.
 IMAGENET_GRAY_MEAN, IMAGENET_GRAY_STD = 0.449, 0.226  # mean of torchvision's per-channel ImageNet constants
 
@@ -278,8 +278,8 @@ def logits(model, x, batch_size=64, tta=False):
 
 
 def scores(model, images, batch_size=64, tta=False):
-    """P(open) for uint8 N x 24 x 24 images, normalized NORMALIZED_AT_ONCE images at a time (a float32 copy of a
-    large input would take 4x its memory, and more)."""
+    """P(open) for uint8 N x 24 x 24 images, normalized NORMALIZED_AT_ONCE images (or one batch, if larger) at a time
+    (a float32 copy of a large input would take 4x its memory, and more)."""
     images, step = np.asarray(images), max(batch_size, NORMALIZED_AT_ONCE)
     return np.concatenate([torch.sigmoid(logits(model, torch.from_numpy(normalize(images[i:i + step])), batch_size,
                                                 tta)).numpy()

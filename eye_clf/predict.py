@@ -360,7 +360,7 @@ def predict_proba(x, model=None, checkpoint=None, batch_size=64, tta=None, backe
     a batch of one.
     Values: uint8 0..255, uint16 0..65535 (scaled by 1/257, as 16-bit files) or float 0..1 (bfloat16 and float16
     too). Any size and colour: images become 24x24 grayscale as in training (PIL modes: see ``eye_clf.preprocess``).
-    Files above ``preprocess.MAX_PIXELS`` are refused.
+    Files above ``preprocess.MAX_PIXELS`` are refused (JPEGs are first decoded at a reduced scale, if that fits).
 
     ``backend``: ``"onnx"`` (onnxruntime, no torch needed) or ``"torch"``. The default is onnx when onnxruntime
     is installed and no torch-only argument is given (``model``, ``tta`` or a ``.pt`` checkpoint), else torch:

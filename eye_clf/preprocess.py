@@ -40,6 +40,15 @@ def _scaled(a, low, high, scale, name, mode):
     return Image.fromarray(np.round(a * scale).astype(np.uint8))
 
 
+def upright(image):
+    """The image turned upright as its EXIF orientation says (as viewers show phone photos); as stored when its EXIF
+    cannot be read."""
+    try:
+        return ImageOps.exif_transpose(image)
+    except (SyntaxError, ValueError, OSError, struct.error):  # unreadable EXIF over readable pixels
+        return image
+
+
 def to_gray24(image, name="image"):
     """A PIL image of any size and accepted mode (see the module docstring) as a 24x24 grayscale uint8 array; one
     as read from a file is turned upright as its EXIF orientation says (as viewers show phone photos; unreadable
@@ -50,11 +59,8 @@ def to_gray24(image, name="image"):
         raise ValueError(f"{name}: cannot read the PIL image ({err})") from None
     if 0 in image.size:
         raise ValueError(f"{name}: empty image of {image.size[0]} x {image.size[1]} pixels")
-    try:  # Pillow sets format only on an image read from a file; one made from it (a crop of an image already
-        if image.format:  # turned by hand, say) keeps the EXIF, which no longer describes its pixels
-            image = ImageOps.exif_transpose(image)
-    except (SyntaxError, ValueError, OSError, struct.error):  # unreadable EXIF over readable pixels: as stored
-        pass
+    if image.format:  # read from a file (Pillow sets no format on an image made from one: a crop of an image already
+        image = upright(image)  # turned by hand, say, keeps the EXIF, which no longer describes its pixels)
     mode = image.mode
     if mode == "La":  # premultiplied alpha, which Pillow converts to L only through LA
         image = image.convert("LA")

@@ -26,12 +26,13 @@ from urllib.parse import unquote, urlsplit
 
 import numpy as np
 import pandas as pd
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import Image, UnidentifiedImageError
 
 from . import data
 from .data import LabelError
 from .files import LockTimeout
 from .labels_store import TAGS, FileChanged, LabelStore
+from .preprocess import upright
 
 PAGE = Path(__file__).with_name("studio.html")
 IDLE_S = 30.0          # a pause longer than this counts as this long when measuring the pace
@@ -161,7 +162,7 @@ def png(path):
     """An image file re-encoded as PNG bytes, upright as its EXIF orientation says (as the model reads it; original
     size, except 16/32-bit images: 24x24); the page upscales it without smoothing."""
     with Image.open(path) as image:
-        image = ImageOps.exif_transpose(image)
+        image = upright(image)
         if image.mode.startswith(("I", "F")):  # 16/32-bit: show it as the model sees it
             image = Image.fromarray(data.to_gray24(image))
         image = image.convert("L" if image.mode in ("1", "L") else "RGB")

@@ -76,10 +76,9 @@ def flipped_audit(images, targets, names, cfg, args):
 
 def disagreements(names, targets, root):
     """Images where annotator a or b (when they labeled it) disagrees with the reference, and where both do."""
-    other = pd.read_csv(root / "other_annotations.csv", dtype={"img_name": str}).set_index("img_name")
-    other = other.reindex(names)
-    off = [other[c].notna() & (other[c] != targets) for c in ("annotator_a", "annotator_b")]
-    return set(other.index[off[0] | off[1]]), set(other.index[off[0] & off[1]])
+    other = data.read_annotations(names, root)  # N x 2, NaN where that person skipped the image
+    off, names = ~np.isnan(other) & (other != targets[:, None]), np.asarray(names)
+    return set(names[off.any(1)]), set(names[off.all(1)])
 
 
 def labeling_estimate(targets, p, timing, save_s, slow=1.0):
@@ -183,7 +182,8 @@ def main():
         "on it; cleanlab's `find_label_issues` on those out-of-fold P(open) makes the review list (ranked by "
         "cleanlab's self-confidence score, the out-of-fold probability of the given label). "
         f"Training time: {f['run']['seconds']:.0f} s + {clean_run['seconds']:.0f} s wall on CPU "
-        f"({clean_run['provenance']['machine']['torch_threads']} torch thread(s) on {os.cpu_count()} cores)"
+        f"({clean_run['provenance']['machine']['torch_threads']} torch thread(s) on "
+        f"{clean_run['provenance']['machine']['cpu_count']} cores)"
         + (f". These numbers were re-rendered from the out-of-fold probabilities cached in "
            f"{os.path.relpath(args.work, ROOT)} by the runs at commit {f['run']['provenance']['git_commit']} "
            f"(uncommitted changes: {f['run']['provenance']['git_dirty']}) and "

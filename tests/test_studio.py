@@ -596,6 +596,12 @@ def test_images_are_served_upright_as_their_exif_orientation_says(folder):
     assert shown[:12].mean() > 250 and shown[12:].mean() < 5
 
 
+def test_an_image_with_unreadable_exif_is_shown_as_stored_as_the_model_reads_it(folder):
+    stored = np.tile(np.arange(24, dtype=np.uint8) * 10, (24, 1))
+    Image.fromarray(stored).save(folder / "odd.png", exif=b"Exif\x00\x00not a TIFF header")
+    assert np.array_equal(np.asarray(Image.open(io.BytesIO(studio.png(folder / "odd.png")))), stored)
+
+
 @pytest.mark.parametrize("target", ["file", "folder"])
 def test_read_only_labels_file_or_folder_is_refused(folder, tmp_path, target):
     where = tmp_path / "out"
