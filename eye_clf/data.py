@@ -17,7 +17,7 @@ from sklearn.model_selection import StratifiedKFold, train_test_split
 from torchvision.transforms import v2
 
 from .files import checkout
-from .preprocess import (IMAGE_SUFFIXES, IMG_SIZE, MEAN, STD, list_images,  # noqa: F401 (re-exported)
+from .preprocess import (IMAGE_SUFFIXES, IMG_SIZE, MEAN, MODE, STD, list_images,  # noqa: F401 (re-exported)
                          load_image, normalize, to_gray24)
 
 DATA_ENV = "EYE_CLF_DATA"

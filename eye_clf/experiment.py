@@ -8,7 +8,6 @@ them follows, see train.refit). It writes into its own folder
 come from cross-validating it (``scripts/cv_ablations.py``): the validation part picked the epoch, so its numbers
 are optimistic.
 """
-import hashlib
 import json
 import os
 import shutil
@@ -24,10 +23,10 @@ import numpy as np
 import torch
 
 from . import cv, data, metrics
-from .files import atomic_write, is_checkout, provenance, save_history, write_json
+from .files import atomic_write, is_checkout, provenance, save_history, sha256, write_json
 from .models import load_checkpoint, scores
 from .plots import plot_history
-from .predict import SHIPPED
+from .predict import SHIPPED  # every shipped path here is built from it: pointing it elsewhere moves them all
 from .train import TrainConfig, checkpoint, device_of, fit, refit, save_checkpoint
 
 FIGURES = data.REPO_ROOT / "plots_checkpoints"
@@ -77,8 +76,7 @@ def compare_with_shipped(images, targets, val_idx):
     unseen = np.array([i for i in val_idx if data.image_hash(images[i]) not in seen], dtype=int)
     if len(np.unique(targets[unseen])) < 2:
         return None
-    tta = bool(ckpt["preprocessing"].get("tta"))
-    return dict(images=len(unseen), **metrics.summary(targets[unseen], scores(model, images[unseen], tta=tta)))
+    return dict(images=len(unseen), **metrics.summary(targets[unseen], scores(model, images[unseen], tta=model.tta)))
 
 
 def cv_rows(name, results=CV_RESULTS):
@@ -191,7 +189,7 @@ def train_run(cfg=None, root=None, labels=None, out_dir=None, limit=None, progre
     ckpt["threshold"] = val["eer_threshold"]  # recommended decision threshold: the validation EER point
     ckpt["training_images"] = data.image_hashes(images[np.r_[train_idx, val_idx]])
     ckpt["validation_images"] = data.image_hashes(images[val_idx])  # (refit: trained on too)
-    ckpt["teachers"] = [dict(file=str(t), sha256=hashlib.sha256(Path(t).read_bytes()).hexdigest()) for t in teachers]
+    ckpt["teachers"] = [dict(file=str(t), sha256=sha256(t)) for t in teachers]
     save_checkpoint(ckpt, out / "eye_clf.pt")
     save_history(history, out / "history")
     plt.close(plot_history(history, out / "train_val_loss_metrics_history.png",

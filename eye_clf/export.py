@@ -1,13 +1,12 @@
 """ONNX export: one graph from uint8 images to P(open), for onnxruntime without torch or eye_clf; GRAPH_DOC says
 what it computes and holds."""
-import hashlib
 import json
 from pathlib import Path
 
 import torch
 from torch import nn
 
-from .files import atomic_write
+from .files import atomic_write, sha256
 from .models import fold_batchnorm, load_checkpoint
 from .preprocess import IMG_SIZE, MEAN, STD
 
@@ -34,10 +33,6 @@ class ProbabilityGraph(nn.Module):
         if self.tta:
             z = (z + self.model(x.flip(-1))) / 2
         return torch.sigmoid(z / self.model.temperature)
-
-
-def sha256(path):
-    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
 
 
 def export_onnx(checkpoint_path, out_path):

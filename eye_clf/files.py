@@ -1,4 +1,5 @@
 """File helpers: atomic writes, JSON/history output and the provenance recorded beside every result."""
+import hashlib
 import json
 import os
 import platform
@@ -33,6 +34,11 @@ def _fsync_dir(path):
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+def sha256(path):
+    """The hex SHA-256 of a file's bytes."""
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
 
 
 class LockTimeout(TimeoutError):

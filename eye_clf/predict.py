@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from .files import sha256
 from .preprocess import IMG_SIZE, list_images, load_image, to_gray24, value_range
 
 SHIPPED = Path(str(resources.files("eye_clf") / "shipped"))  # package data; plots_checkpoints/ links to its files
@@ -148,12 +149,10 @@ def _load_onnx(path):
 
 def _load_shipped_onnx(path):
     """The shipped session, refused when the shipped checkpoint beside it is not the one it was exported from."""
-    import hashlib
-
     session = _load_onnx(path)
     if DEFAULT_CHECKPOINT.is_file():
         made_from = session.get_modelmeta().custom_metadata_map.get("eye_clf.checkpoint_sha256")
-        if made_from != hashlib.sha256(DEFAULT_CHECKPOINT.read_bytes()).hexdigest():
+        if made_from != sha256(DEFAULT_CHECKPOINT):
             raise ValueError(f"{path} was not exported from {DEFAULT_CHECKPOINT} (an interrupted `eye-clf ship`?): "
                              "ship the run again, or restore the pair (in a checkout: `git checkout eye_clf/shipped`; "
                              "installed: reinstall eye-clf)")

@@ -399,7 +399,7 @@ def checkpoint(model, cfg, metrics_=None, history=None, prov=None):
         "format": CHECKPOINT_FORMAT,
         "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
         "model": model_spec(cfg),
-        "preprocessing": dict(size=data.IMG_SIZE, mode="L", resize="bilinear, antialiased",
+        "preprocessing": dict(size=data.IMG_SIZE, mode=data.MODE, resize="bilinear, antialiased",
                               mean=data.MEAN, std=data.STD, tta=cfg.tta),
         "weights": cfg.weights or "random init",
         "metrics": metrics_ or {},
