@@ -106,6 +106,16 @@ def predicted(row):
     return row["p_tta"] if same_key(row["key"])["config"]["tta"] else row["p"]
 
 
+def out_of_fold(rows, n, tta=False):
+    """A finished CV's fold rows as two arrays over its ``n`` images: out-of-fold P(open) as each fold's checkpoint
+    predicts it (mirror-averaged whatever the checkpoint does, with ``tta``) and the threshold of each image's fold
+    (its validation EER point)."""
+    p, threshold = np.full(n, np.nan), np.full(n, np.nan)
+    for r in rows:
+        p[r["test_idx"]], threshold[r["test_idx"]] = r["p_tta"] if tta else predicted(r), r["val_threshold"]
+    return p, threshold
+
+
 def same_key(key):
     """A fold's key with its config completed for fields added since it ran (BEFORE, else TrainConfig's defaults)
     and the device type it trained on (the CPU for folds from before that field: all of them ran there)."""

@@ -30,7 +30,7 @@ import torch
 
 from eye_clf import data, experiment, metrics, plots
 from eye_clf.__main__ import int_at_least
-from eye_clf.cv import check_data, cross_val_predict, data_id, interval, predicted, same_key
+from eye_clf.cv import check_data, cross_val_predict, data_id, interval, out_of_fold, predicted, same_key
 from eye_clf.files import atomic_write, provenance
 from eye_clf.train import TrainConfig
 
@@ -413,15 +413,6 @@ def extras_of(key):
                 untrainable="untrainable" in key, prune_folds=key.get("prune_folds"))
 
 
-def oof_of(rows, n, tta=False):
-    """Out-of-fold P(open) as each fold's checkpoint predicts it (mirror-averaged when it uses TTA), or
-    mirror-averaged whatever the checkpoint does (``tta``)."""
-    p = np.full(n, np.nan)
-    for r in rows:
-        p[r["test_idx"]] = r["p_tta"] if tta else predicted(r)
-    return p
-
-
 def fold_metrics(targets, p, rows):
     return pd.DataFrame([dict(fold=r["fold"], **metrics.summary(targets[r["test_idx"]], p[r["test_idx"]]))
                          for r in rows])
@@ -433,7 +424,7 @@ def ensemble(names, targets, tta=False, against=REFERENCE):
     run ``against`` (one run: that run, with or without mirror TTA; the difference is then to ``against`` with or
     without TTA too)."""
     runs = [load(n) for n in names]
-    p = np.mean([oof_of(r, len(targets), tta) for r in runs], axis=0)
+    p = np.mean([out_of_fold(r, len(targets), tta)[0] for r in runs], axis=0)
     f = fold_metrics(targets, p, runs[0])
     ref, paired = load(against), ""
     if ref:
@@ -451,7 +442,7 @@ def ensemble(names, targets, tta=False, against=REFERENCE):
 def average_curve(names, targets):
     """Mean (min, max) EER of the averages of every k of the finished runs ``names``, k = 1..len(names): how the
     EER falls with the number of models averaged."""
-    oof, folds = {n: oof_of(load(n), len(targets)) for n in names}, load(names[0])
+    oof, folds = {n: out_of_fold(load(n), len(targets))[0] for n in names}, load(names[0])
     for k in range(1, len(names) + 1):
         eers = [fold_metrics(targets, np.mean([oof[n] for n in combo], axis=0), folds)["eer"].mean()
                 for combo in itertools.combinations(names, k)]

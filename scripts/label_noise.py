@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from eye_clf import data, experiment, metrics
-from eye_clf.cv import check_data, data_id, interval, predicted
+from eye_clf.cv import check_data, data_id, interval, out_of_fold
 from eye_clf.files import provenance
 from eye_clf.train import TrainConfig
 
@@ -45,9 +45,7 @@ except ValueError as err:
 prov = provenance()
 print(f"# scripts/label_noise.py {args.run} at commit {prov['git_commit']} (uncommitted changes: {prov['git_dirty']}); "
       f"{prov['versions']}")
-p, threshold = np.full(len(targets), np.nan), np.full(len(targets), np.nan)
-for r in rows:
-    p[r["test_idx"]], threshold[r["test_idx"]] = predicted(r), r["val_threshold"]
+p, threshold = out_of_fold(rows, len(targets))
 a, b = data.read_annotations(names).T
 both = ~np.isnan(a) & ~np.isnan(b)
 against = both & (a == b) & (a != targets)

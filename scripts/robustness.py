@@ -18,7 +18,7 @@ from PIL import Image, ImageOps
 
 from eye_clf import data, metrics, predict_proba
 from eye_clf.__main__ import output_file
-from eye_clf.cv import check_data, check_fold_model, data_id
+from eye_clf.cv import check_data, check_fold_model, data_id, out_of_fold
 from eye_clf.experiment import cv_rows
 from eye_clf.files import atomic_write, provenance
 
@@ -66,12 +66,11 @@ CHANGES = {
 def oof_eer(name, rows, images, targets, change):
     """Pooled out-of-fold EER and accuracy at each fold's validation threshold of run ``name`` (its per-fold
     ``rows``) under ``change``."""
-    p, threshold = np.full(len(targets), np.nan), np.full(len(targets), np.nan)
+    p, threshold = np.full(len(targets), np.nan), out_of_fold(rows, len(targets))[1]
     for fold in rows:
         test = fold["test_idx"]
         changed = [change(Image.fromarray(images[i])) for i in test]
         p[test] = predict_proba(changed, checkpoint=CV / name / f"fold{fold['fold']}.pt")
-        threshold[test] = fold["val_threshold"]
     return metrics.eer(targets, p)[0], float(np.mean((p >= threshold) == targets))
 
 

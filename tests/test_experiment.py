@@ -433,7 +433,7 @@ def test_ablation_average_prints_its_paired_difference(monkeypatch, tmp_path, ca
         (tmp_path / "cv" / name).mkdir(parents=True)
         for k, e in enumerate([0.03, 0.02, 0.04, 0.03, 0.03]):
             idx = list(range(20 * k, 20 * k + 20))
-            row = dict(fold=k, eer=e, test_idx=idx, p=(0.1 + 0.8 * targets[idx]).tolist(),
+            row = dict(fold=k, eer=e, test_idx=idx, val_threshold=0.5, p=(0.1 + 0.8 * targets[idx]).tolist(),
                        key=dict(config=dict(tta=False), folds=5))
             (tmp_path / "cv" / name / f"fold{k}.json").write_text(json.dumps(row))
     ablations.ensemble(["eyenet16_e60"], targets)
@@ -452,12 +452,13 @@ def test_ablation_average_of_two_runs_averages_their_p_open(monkeypatch, tmp_pat
             idx = np.arange(20 * k, 20 * k + 20)
             right = 0.2 + 0.6 * targets[idx]
             p = np.where((idx // 2) % 2 == wrong, 0.5 + 0.2 * (targets[idx] - 0.5) * -1, right)
-            row = dict(fold=k, eer=0.5, test_idx=idx.tolist(), p=p.tolist(), key=dict(config={}, folds=5))
+            row = dict(fold=k, eer=0.5, test_idx=idx.tolist(), val_threshold=0.5, p=p.tolist(),
+                       key=dict(config={}, folds=5))
             (tmp_path / "cv" / name / f"fold{k}.json").write_text(json.dumps(row))
-    alone = metrics.eer(targets, ablations.oof_of(ablations.load("eyenet16_e60"), 100))[0]
+    alone = metrics.eer(targets, cv.out_of_fold(ablations.load("eyenet16_e60"), 100)[0])[0]
     p, f = ablations.ensemble(["eyenet16_e60", "eyenet16_e30"], targets)
     assert alone > 0.2 and f["eer"].max() == 0.0
-    assert np.allclose(p, np.mean([ablations.oof_of(ablations.load(n), 100) for n in ("eyenet16_e60", "eyenet16_e30")],
+    assert np.allclose(p, np.mean([cv.out_of_fold(ablations.load(n), 100)[0] for n in ("eyenet16_e60", "eyenet16_e30")],
                                   axis=0))
 
 
@@ -476,7 +477,7 @@ def test_ablation_load_refuses_folds_of_another_config_or_data(monkeypatch, tmp_
     (tmp_path / "cv" / "eyenet16_e60").mkdir(parents=True)
     for k in range(5):
         idx = list(range(20 * k, 20 * k + 20))
-        row = dict(fold=k, eer=0.0, test_idx=idx, p=(0.1 + 0.8 * targets[idx]).tolist(), key=key)
+        row = dict(fold=k, eer=0.0, test_idx=idx, val_threshold=0.5, p=(0.1 + 0.8 * targets[idx]).tolist(), key=key)
         (tmp_path / "cv" / "eyenet16_e60" / f"fold{k}.json").write_text(json.dumps(row))
     ablations.DATA[:] = [(targets, "")]
     assert len(ablations.load("eyenet16_e60")) == 5
@@ -522,7 +523,8 @@ def test_ablation_average_pairs_with_another_run_with_tta_as_asked(monkeypatch, 
         for k in range(5):
             idx = list(range(20 * k, 20 * k + 20))
             p = (0.1 + 0.8 * targets[idx]).tolist()
-            row = dict(fold=k, eer=eer, eer_tta=eer_tta, test_idx=idx, p=p, p_tta=p, key=dict(config={}, folds=5))
+            row = dict(fold=k, eer=eer, eer_tta=eer_tta, test_idx=idx, val_threshold=0.5, p=p, p_tta=p,
+                       key=dict(config={}, folds=5))
             (tmp_path / "cv" / name / f"fold{k}.json").write_text(json.dumps(row))
     ablations.ensemble(["eyenet16_e60"], targets, against="eyenet16_e30")
     ablations.ensemble(["eyenet16_e60"], targets, tta=True, against="eyenet16_e30")
@@ -540,7 +542,7 @@ def test_ablation_average_scores_a_tta_run_as_its_checkpoint_predicts(monkeypatc
     (tmp_path / "cv" / "eyenet16_e60").mkdir(parents=True)
     for k in range(5):
         idx = list(range(20 * k, 20 * k + 20))
-        row = dict(fold=k, eer=0.0, test_idx=idx, p=(0.9 - 0.8 * targets[idx]).tolist(),
+        row = dict(fold=k, eer=0.0, test_idx=idx, val_threshold=0.5, p=(0.9 - 0.8 * targets[idx]).tolist(),
                    p_tta=(0.1 + 0.8 * targets[idx]).tolist(), key=dict(config=dict(tta=True), folds=5))
         (tmp_path / "cv" / "eyenet16_e60" / f"fold{k}.json").write_text(json.dumps(row))
     p, folds = ablations.ensemble(["eyenet16_e60"], targets)
