@@ -19,7 +19,7 @@ from sklearn.model_selection import train_test_split
 from . import data, metrics
 from .files import atomic_write, provenance, write_json
 from .models import load_checkpoint, scores
-from .train import TrainConfig, augmented_views, checkpoint, device_of, fit, refit, save_checkpoint, view_proba
+from .train import TrainConfig, augmented_views, checkpoint, device_of, fit_recipe, save_checkpoint, view_proba
 
 
 def _view_proba(teacher, views):
@@ -62,14 +62,11 @@ def _fold(images, targets, rest, test, cfg, progress, teachers, train_fraction, 
         views = augmented_views(images[train], cfg)
         bank = views, np.mean([_view_proba(t, views) for t in teachers], axis=0)
     teachers = [load_checkpoint(t)[0] for t in teachers]
-    model, history = fit(images, targets, train, val, cfg, progress=progress, teachers=() if bank else teachers,
-                         bank=bank, soft=soft)
-    val_threshold = metrics.eer(targets[val], scores(model, images[val], tta=cfg.tta))[1]
-    best, seconds = min(history, key=lambda r: r["val_loss"]), sum(r["seconds"] for r in history)
-    if cfg.refit:  # on the training and validation images it may train on
-        kept_val = val if trainable is None else val[trainable[val]]
-        model, again = refit(images, targets, train, kept_val, cfg, model, progress, soft, teachers)
-        seconds += sum(r["seconds"] for r in again)
+    refit_val = val if trainable is None else val[trainable[val]]  # the validation images it may train on
+    model, histories, _, extras = fit_recipe(images, targets, train, val, cfg, progress, teachers, soft, bank,
+                                             refit_val)
+    history, val_threshold = histories[0], extras["threshold"]
+    best, seconds = min(history, key=lambda r: r["val_loss"]), sum(r["seconds"] for h in histories for r in h)
     p, p_tta = scores(model, images[test]), scores(model, images[test], tta=True)
     own = p_tta if cfg.tta else p  # what the checkpoint predicts
     row = dict(epochs=len(history), best_epoch=len(history) if cfg.keep_last else best["epoch"], seconds=seconds,
@@ -79,10 +76,7 @@ def _fold(images, targets, rest, test, cfg, progress, teachers, train_fraction, 
                eer_tta=metrics.eer(targets[test], p_tta)[0], test_idx=test.tolist(), p=p.tolist(),
                p_tta=p_tta.tolist(), **({"pruned": pruned.tolist(), "prune_seconds": prune_seconds}
                                         if prune_folds else {}))
-    ckpt = {**checkpoint(model, cfg, history=history), "threshold": val_threshold,
-            "training_images": data.image_hashes(images[np.r_[train, val]]),
-            "validation_images": data.image_hashes(images[val])}
-    return row, ckpt
+    return row, {**checkpoint(model, cfg, history=history), **extras}
 
 
 # TrainConfig fields added after some folds ran, with the behaviour those folds had (for later fields the default).

@@ -27,7 +27,7 @@ from .files import atomic_write, is_checkout, provenance, save_history, sha256, 
 from .models import load_checkpoint, scores
 from .plots import plot_history
 from .predict import SHIPPED  # every shipped path here is built from it: pointing it elsewhere moves them all
-from .train import TrainConfig, checkpoint, device_of, fit, refit, save_checkpoint
+from .train import TrainConfig, checkpoint, device_of, fit_recipe, save_checkpoint
 
 FIGURES = data.REPO_ROOT / "plots_checkpoints"
 CV_RESULTS = data.REPO_ROOT / "results" / "cv"
@@ -177,19 +177,14 @@ def train_run(cfg=None, root=None, labels=None, out_dir=None, limit=None, progre
     teacher_models = teachers_for(teachers, images, val_idx)
     t0 = time.perf_counter()
     soft = data.soft_targets(targets, names, root) if cfg.soft_labels else None
-    model, history = fit(images, targets, train_idx, val_idx, cfg, progress, teacher_models, soft=soft)
-    p_val = scores(model, images[val_idx], tta=cfg.tta)
-    val = metrics.summary(targets[val_idx], p_val)
-    if cfg.refit:  # the validation figures, temperature and threshold stay those of the validated fit
-        model = refit(images, targets, train_idx, val_idx, cfg, model, progress, soft, teacher_models)[0]
+    model, histories, p_val, extras = fit_recipe(images, targets, train_idx, val_idx, cfg, progress, teacher_models,
+                                                 soft)
+    history, val = histories[0], metrics.summary(targets[val_idx], p_val)  # (of the validated fit)
     seconds = time.perf_counter() - t0
     shipped = compare_with_shipped(images, targets, val_idx)
     ckpt = checkpoint(model, cfg, dict(val=val, train_seconds=seconds, torch_threads=torch.get_num_threads()),
                       history, prov)
-    ckpt["threshold"] = val["eer_threshold"]  # recommended decision threshold: the validation EER point
-    ckpt["training_images"] = data.image_hashes(images[np.r_[train_idx, val_idx]])
-    ckpt["validation_images"] = data.image_hashes(images[val_idx])  # (refit: trained on too)
-    ckpt["teachers"] = [dict(file=str(t), sha256=sha256(t)) for t in teachers]
+    ckpt.update(extras, teachers=[dict(file=str(t), sha256=sha256(t)) for t in teachers])
     save_checkpoint(ckpt, out / "eye_clf.pt")
     save_history(history, out / "history")
     plt.close(plot_history(history, out / "train_val_loss_metrics_history.png",

@@ -11,7 +11,7 @@ from tqdm.auto import tqdm
 
 from . import data, metrics
 from .files import atomic_write, provenance
-from .models import CHECKPOINT_FORMAT, build_model, logits
+from .models import CHECKPOINT_FORMAT, build_model, logits, scores
 
 
 class ConfigError(ValueError):
@@ -382,6 +382,31 @@ def refit(images, targets, train_idx, val_idx, cfg, first, progress=True, soft=N
                          soft=soft)
     model.temperature.fill_(float(first.temperature))
     return model, history
+
+
+def fit_recipe(images, targets, train_idx, val_idx, cfg, progress=True, teachers=(), soft=None, bank=None,
+               refit_val=None):
+    """The recipe, as the shipped model and every CV fold train it: the validated fit (``val_idx`` picks its epoch
+    and temperature), its decision threshold (the EER point of its validation P(open), mirror-averaged with
+    ``cfg.tta``), then with ``cfg.refit`` the refit on the training images and ``refit_val`` (default: ``val_idx``).
+    ``bank``: scored views for the validated fit (the refit distils from ``teachers`` online).
+
+    Returns ``(model, histories, p_val, extras)``: the fits' histories (validated fit first), the validated fit's
+    validation P(open), and what the checkpoint records besides ``checkpoint()``: the threshold and the hashes of
+    the images it trained on or chose with (``training_images``) and of those that chose (``validation_images``).
+    """
+    model, history = fit(images, targets, train_idx, val_idx, cfg, progress, teachers=() if bank else teachers,
+                         bank=bank, soft=soft)
+    p_val = scores(model, images[val_idx], tta=cfg.tta)
+    histories = [history]
+    if cfg.refit:  # the temperature and threshold stay those of the validated fit
+        model, again = refit(images, targets, train_idx, val_idx if refit_val is None else refit_val, cfg, model,
+                             progress, soft, teachers)
+        histories.append(again)
+    extras = dict(threshold=metrics.eer(targets[val_idx], p_val)[1],
+                  training_images=data.image_hashes(images[np.r_[train_idx, val_idx]]),
+                  validation_images=data.image_hashes(images[val_idx]))
+    return model, histories, p_val, extras
 
 
 def checkpoint(model, cfg, metrics_=None, history=None, prov=None):

@@ -113,7 +113,7 @@ def test_audit_cli_trains_folds_and_resumes_from_its_fold_dir(partly_labelled_xl
     assert list(pd.read_csv(tmp_path / "review.csv").columns) == ["img_name", "target", "p_open", "rank", "score"]
     assert sorted(p.name for p in (tmp_path / "folds").iterdir()) == ["fold0.json", "fold0.pt", "fold1.json",
                                                                        "fold1.pt"]
-    monkeypatch.setattr("eye_clf.cv.fit", lambda *args, **kw: pytest.fail("trained a fold again"))
+    monkeypatch.setattr("eye_clf.cv.fit_recipe", lambda *args, **kw: pytest.fail("trained a fold again"))
     (tmp_path / "oof.csv").unlink()
     main(argv)  # an interrupted audit's rerun: every fold is read back
     assert pd.read_csv(tmp_path / "oof.csv", dtype={"img_name": str}).equals(oof)

@@ -233,7 +233,7 @@ def test_cv(real_root, tmp_path, capsys, monkeypatch):
         assert f"{name} {100 * m:.2f} ± {100 * h:.2f}%" in printed  # the mean over the folds written
     assert result["data"] == dict(n=100, n_open=int(sum(seen["targets"]))) and result["provenance"]["git_commit"]
     assert sorted(p.name for p in folds.iterdir()) == ["fold0.json", "fold0.pt", "fold1.json", "fold1.pt"]
-    monkeypatch.setattr(cv, "fit", lambda *a, **kw: pytest.fail("a finished fold trained again"))
+    monkeypatch.setattr(cv, "fit_recipe", lambda *a, **kw: pytest.fail("a finished fold trained again"))
     fold1 = json.loads((folds / "fold1.json").read_text())
     fold1["provenance"]["git_commit"] = "an older commit"  # as if it were made by other code
     (folds / "fold1.json").write_text(json.dumps(fold1))

@@ -21,14 +21,16 @@ SMALL = TrainConfig(width=4, epochs=2, batch_size=32, augment=0, device="cpu")  
 
 
 def record_fits(monkeypatch, what):
-    """Patch cv.fit to record ``what(train_idx, val_idx, teachers)`` of every call; returns the list of records."""
-    records, real_fit = [], cv.fit
+    """Patch train.fit to record ``what(train_idx, val_idx, teachers)`` of every validated fit (not of the refits,
+    which have no validation part); returns the list of records."""
+    records, real_fit = [], train.fit
 
     def recording_fit(images_, targets_, train_idx, val_idx, cfg, progress, teachers, **kw):
-        records.append(what(train_idx, val_idx, teachers))
+        if len(val_idx):
+            records.append(what(train_idx, val_idx, teachers))
         return real_fit(images_, targets_, train_idx, val_idx, cfg, progress, teachers, **kw)
 
-    monkeypatch.setattr(cv, "fit", recording_fit)
+    monkeypatch.setattr(train, "fit", recording_fit)
     return records
 
 
@@ -237,8 +239,7 @@ def test_refit_folds_score_a_model_of_the_whole_training_part_with_the_first_fit
         fits.append((set(train_idx), set(val_idx), model))
         return model, history
 
-    monkeypatch.setattr(cv, "fit", recording_fit)
-    monkeypatch.setattr(train, "fit", recording_fit)  # the refit's
+    monkeypatch.setattr(train, "fit", recording_fit)  # the validated fit's and the refit's
     cfg = TrainConfig(width=4, epochs=2, batch_size=32, augment=0)  # the shipped recipe: refit, mirror TTA
     cv.cross_val_predict(images, targets, cfg, folds=3, progress=False, fold_dir=tmp_path)
     rows = [json.loads((tmp_path / f"fold{k}.json").read_text()) for k in range(3)]
@@ -270,7 +271,7 @@ def test_cv_metrics_are_those_of_what_the_checkpoint_predicts(tmp_path):
 def test_cv_resumes_from_fold_files_and_refuses_another_config(monkeypatch, tmp_path):
     images, targets = synthetic(60)
     first, _ = cv.cross_val_predict(images, targets, SMALL, folds=3, progress=False, fold_dir=tmp_path)
-    monkeypatch.setattr(cv, "fit", lambda *a, **k: pytest.fail("a finished fold was retrained"))
+    monkeypatch.setattr(cv, "fit_recipe", lambda *a, **k: pytest.fail("a finished fold was retrained"))
     again, _ = cv.cross_val_predict(images, targets, SMALL, folds=3, progress=False, fold_dir=tmp_path)
     np.testing.assert_array_equal(first, again)
     with pytest.raises(ValueError, match=r"another config, data or device \(width 4 there, 5 here; batch_size 32 "
@@ -686,9 +687,10 @@ def test_untrainable_images_leave_only_the_training_parts(monkeypatch, tmp_path)
     splits = record_fits(monkeypatch, lambda tr, va, _: (set(tr), set(va)))
     refits, real_fit = [], train.fit
 
-    def recording_refit(images_, targets_, train_idx, *args, **kw):  # train.refit's call of train.fit
-        refits.append(set(train_idx))
-        return real_fit(images_, targets_, train_idx, *args, **kw)
+    def recording_refit(images_, targets_, train_idx, val_idx, *args, **kw):  # train.refit's call of train.fit
+        if not len(val_idx):
+            refits.append(set(train_idx))
+        return real_fit(images_, targets_, train_idx, val_idx, *args, **kw)
     monkeypatch.setattr(train, "fit", recording_refit)
     cv.cross_val_predict(images, targets, SMALL, folds=2, progress=False, fold_dir=tmp_path / "all")
     cv.cross_val_predict(images, targets, SMALL, folds=2, progress=False, fold_dir=tmp_path / "some",
