@@ -199,6 +199,20 @@ def build_model(arch="eyenet", method="finetune", weights=None, width=16, dropou
     return model.to(memory_format=torch.channels_last)
 
 
+def torch_device(name=None):
+    """The torch device ``name`` names (None or "auto": CUDA when present, else the CPU); a ValueError for a name
+    that is no device, or for a CUDA device this machine lacks."""
+    if name is None or name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except (RuntimeError, TypeError):
+        raise ValueError(f"{name!r} is not a torch device (cpu, cuda, cuda:1, ...)") from None
+    if device.type == "cuda" and (device.index or 0) >= torch.cuda.device_count():
+        raise ValueError(f"{device} asked for, but torch sees {torch.cuda.device_count()} CUDA device(s)")
+    return device
+
+
 def fold_batchnorm(model):
     """Fold, in place, each BatchNorm2d into the Conv2d registered just before it in the same module (Sequential
     layers, ResNet's convN/bnN, EfficientNet's conv/bn pairs: each convolution feeds the BatchNorm after it in these

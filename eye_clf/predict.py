@@ -103,17 +103,15 @@ def load_model(checkpoint=None, device=None):
     CACHE_SIZE models loaded are kept and shared between callers, threads included (each loads once): do not move
     or train them."""
     try:
-        import torch
+        from .models import torch_device
     except ImportError as err:
         raise ModuleNotFoundError(f"load_model needs torch ({err}): pip install 'eye-clf[torch]'; load_session and "
                                   "predict_proba predict with onnxruntime alone") from None
 
     try:
-        device = torch.device(device if device is not None else "cuda" if torch.cuda.is_available() else "cpu")
-    except (RuntimeError, TypeError):
-        raise ValueError(f"device: {device!r} is not a torch device (cpu, cuda, cuda:1, ...)") from None
-    if device.type == "cuda" and (device.index or 0) >= torch.cuda.device_count():
-        raise ValueError(f"device: {device} asked for, but torch sees {torch.cuda.device_count()} CUDA device(s)")
+        device = torch_device(device)
+    except ValueError as err:
+        raise ValueError(f"device: {err}") from None
     path = _model_path(checkpoint, DEFAULT_CHECKPOINT, TRAIN_ONE)
     return _cached(("torch", str(device)), path, lambda p: _load_torch(p, device))
 

@@ -11,7 +11,7 @@ from tqdm.auto import tqdm
 
 from . import data, metrics
 from .files import atomic_write, provenance
-from .models import CHECKPOINT_FORMAT, build_model, logits, scores
+from .models import CHECKPOINT_FORMAT, build_model, logits, scores, torch_device
 
 
 class ConfigError(ValueError):
@@ -140,12 +140,10 @@ class TrainConfig:
 def device_of(name="auto"):
     """The torch device of a config's ``device``: auto is CUDA when present, else the CPU. A CUDA device that this
     machine lacks is a ConfigError."""
-    device = torch.device("cuda" if name == "auto" and torch.cuda.is_available() else
-                          "cpu" if name == "auto" else name)
-    if device.type == "cuda" and (device.index or 0) >= torch.cuda.device_count():
-        raise ConfigError("device", f"{name} asked for, but torch sees {torch.cuda.device_count()} CUDA device(s); "
-                                    "use auto or cpu")
-    return device
+    try:
+        return torch_device(name)
+    except ValueError as err:
+        raise ConfigError("device", f"{err}; use auto or cpu") from None
 
 
 def seed_everything(seed):
