@@ -249,6 +249,48 @@ def _epoch_metrics(prefix, loss, y, p):
             f"{prefix}_eer": metrics.eer(y, p)[0]}
 
 
+def _training_set(images, y_train, cfg, teachers, bank):
+    """The training images as a Dataset, the batch augmentation (or None: none, or done by the Dataset) and the
+    teachers left to score batches online (none when precomputed views replace them)."""
+    if cfg.distill and cfg.teacher_views:
+        if bank is None:
+            views = augmented_views(images, cfg)
+            bank = views, view_proba(teachers, views)
+        return ViewBank(bank[0], y_train, bank[1]), None, ()
+    if cfg.batch_augment:
+        return data.EyeDataset(images, y_train), augmentation_of(cfg), teachers
+    return data.EyeDataset(images, y_train, augmentation_of(cfg)), None, teachers
+
+
+def _train_epoch(model, loader, step, cfg, dev, batch_aug, teachers, loss_of):
+    """One pass over ``loader``; ``step()`` follows every backward pass (optimizer, schedule, EMA). Returns the
+    mean training loss, the batches' (rounded, with mixup) labels and their P(open)."""
+    model.train()
+    total, ys, ps = 0.0, [], []
+    for xb, yb, *soft in loader:
+        xb, yb = xb.to(dev, non_blocking=True), yb.to(dev, non_blocking=True)
+        if batch_aug is not None:
+            xb = (batch_aug(xb * data.STD + data.MEAN) - data.MEAN) / data.STD
+        target = yb * (1 - cfg.label_smoothing) + cfg.label_smoothing / 2
+        if cfg.distill:
+            soft = soft[0].to(dev) if soft else teacher_proba(teachers, xb)
+            target = cfg.distill * soft + (1 - cfg.distill) * target
+        if cfg.mixup:
+            lam, perm = float(np.random.beta(cfg.mixup, cfg.mixup)), torch.randperm(len(yb), device=dev)
+            xb, yb, target = (lam * v + (1 - lam) * v[perm] for v in (xb, yb, target))
+        loss, z = loss_of(xb, target)
+        model.zero_grad(set_to_none=True)
+        loss.backward()
+        if cfg.sam:
+            sam_gradient(model, lambda: loss_of(xb, target)[0], cfg.sam)
+        step()
+        total += loss.item() * len(yb)
+        ys.append(yb.cpu().numpy())
+        ps.append(torch.sigmoid(z.detach()).cpu().numpy())
+    y, p = np.concatenate(ys).round(), np.concatenate(ps)
+    return total / len(y), y, p
+
+
 def fit(images, targets, train_idx, val_idx, cfg=None, progress=True, teachers=(), bank=None, soft=None):
     """Train on ``train_idx``, select the epoch of best validation loss on ``val_idx`` (``cfg.keep_last``: the last
     epoch; no ``val_idx``: the last epoch, uncalibrated).
@@ -284,17 +326,7 @@ def fit(images, targets, train_idx, val_idx, cfg=None, progress=True, teachers=(
     if cfg.soft_labels != (soft is not None):
         raise ValueError("cfg.soft_labels and soft targets go together (see data.soft_targets)")
     y_train = np.asarray(targets if soft is None else soft)[train_idx]
-    batch_aug = None
-    if cfg.distill and cfg.teacher_views:
-        if bank is None:
-            views = augmented_views(images[train_idx], cfg)
-            bank = views, view_proba(teachers, views)
-        train_set, teachers = ViewBank(bank[0], y_train, bank[1]), ()
-    elif cfg.batch_augment:
-        train_set = data.EyeDataset(images[train_idx], y_train)
-        batch_aug = augmentation_of(cfg)
-    else:
-        train_set = data.EyeDataset(images[train_idx], y_train, augmentation_of(cfg))
+    train_set, batch_aug, teachers = _training_set(images[train_idx], y_train, cfg, teachers, bank)
     seed_everything(cfg.seed)
     dev = device_of(cfg.device)
     teachers = [t.to(dev) for t in teachers]  # online teachers score each batch where it is
@@ -319,38 +351,19 @@ def fit(images, targets, train_idx, val_idx, cfg=None, progress=True, teachers=(
             z = model(x).float()
         return F.binary_cross_entropy_with_logits(z, target), z
 
+    def step():
+        opt.step()
+        sched.step()
+        if ema:
+            ema.update_parameters(model)
+
     bar = tqdm(range(cfg.epochs), desc=f"{cfg.arch}/{cfg.method}", disable=not progress, leave=False)
     for epoch in bar:
         t0 = time.perf_counter()
-        model.train()
-        total, ys, ps = 0.0, [], []
-        for xb, yb, *soft in loader:
-            xb, yb = xb.to(dev, non_blocking=True), yb.to(dev, non_blocking=True)
-            if batch_aug is not None:
-                xb = (batch_aug(xb * data.STD + data.MEAN) - data.MEAN) / data.STD
-            target = yb * (1 - cfg.label_smoothing) + cfg.label_smoothing / 2
-            if cfg.distill:
-                soft = soft[0].to(dev) if soft else teacher_proba(teachers, xb)
-                target = cfg.distill * soft + (1 - cfg.distill) * target
-            if cfg.mixup:
-                lam, perm = float(np.random.beta(cfg.mixup, cfg.mixup)), torch.randperm(len(yb), device=dev)
-                xb, yb, target = (lam * v + (1 - lam) * v[perm] for v in (xb, yb, target))
-            loss, z = loss_of(xb, target)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            if cfg.sam:
-                sam_gradient(model, lambda: loss_of(xb, target)[0], cfg.sam)
-            opt.step()
-            sched.step()
-            if ema:
-                ema.update_parameters(model)
-            total += loss.item() * len(yb)
-            ys.append(yb.cpu().numpy())
-            ps.append(torch.sigmoid(z.detach()).cpu().numpy())
-        y_tr, p_tr = np.concatenate(ys).round(), np.concatenate(ps)
-        if not (np.isfinite(total) and np.isfinite(p_tr).all()):
+        loss, y_tr, p_tr = _train_epoch(model, loader, step, cfg, dev, batch_aug, teachers, loss_of)
+        if not (np.isfinite(loss) and np.isfinite(p_tr).all()):
             raise ValueError(f"training diverged in epoch {epoch + 1} (the loss is not finite); lower --lr")
-        row = dict(epoch=epoch + 1, lr=sched.get_last_lr()[0], **_epoch_metrics("train", total / len(y_tr), y_tr, p_tr))
+        row = dict(epoch=epoch + 1, lr=sched.get_last_lr()[0], **_epoch_metrics("train", loss, y_tr, p_tr))
         val_loss = -float(epoch)  # without a validation part the last epoch is the one kept
         if len(val_idx):
             z_val = logits(kept, x_val, tta=cfg.tta)
