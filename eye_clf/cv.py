@@ -212,6 +212,41 @@ def check_fold_model(fold_json, images, test=None):
                          "that fold")
 
 
+def _check_arguments(cfg, targets, splits, trainable, only, prune_folds):
+    """Refuse, before any fold trains, arguments that do not go together and folds whose training part cannot be
+    split into training and validation images."""
+    if trainable is not None and trainable.shape != (len(targets),):
+        raise ValueError(f"trainable: a mask of {len(targets)} images expected, got shape {trainable.shape}")
+    if prune_folds < 0 or prune_folds == 1:
+        raise ValueError(f"prune_folds: 0 (no pruning) or an inner fold count of 2 or more, got {prune_folds}")
+    if prune_folds and (cfg.soft_labels or cfg.distill):
+        raise ValueError("prune_folds: the pruning CV trains on the labels alone; not with soft labels or teachers")
+    if prune_folds and cfg.refit:
+        raise ValueError("prune_folds: the refit would train on the validation part, which the pruning CV does not "
+                         "check; use refit=False")
+    if only is not None and not set(only) <= set(range(len(splits))):
+        raise ValueError(f"only: fold indices in 0..{len(splits) - 1} expected, got {sorted(only)}")
+    for k, (rest, _) in enumerate(splits):
+        try:
+            data.validation_split(rest, targets, cfg.val_fraction, cfg.seed)
+        except ValueError as err:  # its counts are those of the fold's training part, not of the whole file
+            raise ValueError(f"fold {k} of {len(splits)}, its training part ({len(rest)} of the {len(targets)} "
+                             f"images): {err} (--val-fraction), or use more folds (larger training parts)") from None
+
+
+def _check_resumed(row, key, path, k, test, targets):
+    """Refuse fold ``k``'s file on disk when another config, data, device or split made it."""
+    old = {f: key[f] for f in ("data", "inputs") if f in key}  # folds written before these fingerprints existed
+    if {**old, **same_key(row["key"])} != key:  # are matched on the rest of their key
+        raise ValueError(f"{path} was made with another config, data or device "
+                         f"({key_difference({**old, **same_key(row['key'])}, key)}); move it away to rerun")
+    if "data" not in row["key"]:
+        check_data([row], targets, key["data"], path.parent)
+    if row["test_idx"] != test.tolist():
+        raise ValueError(f"{path}: its test fold is not fold {k} of this split (made by another scikit-learn?); "
+                         "move it away to rerun")
+
+
 def cross_val_predict(images, targets, cfg=None, folds=5, seed=0, progress=True, fold_dir=None, teacher_dirs=(),
                       train_fraction=1.0, soft=None, trainable=None, only=None, prune_folds=0):
     """Train one model per fold; each test fold is predicted by the model that never saw it.
@@ -238,15 +273,8 @@ def cross_val_predict(images, targets, cfg=None, folds=5, seed=0, progress=True,
     """
     cfg = cfg or TrainConfig()
     trainable = None if trainable is None else np.asarray(trainable, bool)
-    if trainable is not None and trainable.shape != (len(targets),):
-        raise ValueError(f"trainable: a mask of {len(targets)} images expected, got shape {trainable.shape}")
-    if prune_folds < 0 or prune_folds == 1:
-        raise ValueError(f"prune_folds: 0 (no pruning) or an inner fold count of 2 or more, got {prune_folds}")
-    if prune_folds and (cfg.soft_labels or cfg.distill):
-        raise ValueError("prune_folds: the pruning CV trains on the labels alone; not with soft labels or teachers")
-    if prune_folds and cfg.refit:
-        raise ValueError("prune_folds: the refit would train on the validation part, which the pruning CV does not "
-                         "check; use refit=False")
+    splits = data.kfold(targets, folds, seed)
+    _check_arguments(cfg, targets, splits, trainable, only, prune_folds)
     oof = np.full(len(targets), np.nan)
     run_key = dict(config=asdict(cfg), folds=folds, seed=seed, n=len(targets), n_open=int(np.sum(targets)),
                    data=data_id(images, targets), device=device_of(cfg.device).type,  # CUDA trains in bfloat16
@@ -256,30 +284,13 @@ def cross_val_predict(images, targets, cfg=None, folds=5, seed=0, progress=True,
                    **({"prune_folds": prune_folds} if prune_folds else {}))
     # the code this run loaded: later commits do not change a running process
     rows, prov = [], provenance(device_of(cfg.device))
-    if only is not None and not set(only) <= set(range(folds)):
-        raise ValueError(f"only: fold indices in 0..{folds - 1} expected, got {sorted(only)}")
-    splits = data.kfold(targets, folds, seed)
-    for k, (rest, _) in enumerate(splits):  # refused before any fold trains
-        try:
-            data.validation_split(rest, targets, cfg.val_fraction, cfg.seed)
-        except ValueError as err:  # its counts are those of the fold's training part, not of the whole file
-            raise ValueError(f"fold {k} of {folds}, its training part ({len(rest)} of the {len(targets)} images): "
-                             f"{err} (--val-fraction), or use more folds (larger training parts)") from None
     for k, (rest, test) in enumerate(splits):
         path = Path(fold_dir) / f"fold{k}.json" if fold_dir else None
         row = read_fold(path) if path and path.exists() else None
         inputs = inputs_id(teacher_dirs, soft, trainable, k)
         key = {**run_key, **({"inputs": inputs} if inputs else {})}
-        # folds written before the data and inputs fingerprints are matched on the rest of their key
-        old = {f: key[f] for f in ("data", "inputs") if f in key}
-        if row is not None and {**old, **same_key(row["key"])} != key:
-            raise ValueError(f"{path} was made with another config, data or device "
-                             f"({key_difference({**old, **same_key(row['key'])}, key)}); move it away to rerun")
-        if row is not None and "data" not in row["key"]:
-            check_data([row], targets, key["data"], fold_dir)
-        if row is not None and row["test_idx"] != test.tolist():
-            raise ValueError(f"{path}: its test fold is not fold {k} of this split (made by another scikit-learn?); "
-                             "move it away to rerun")
+        if row is not None:
+            _check_resumed(row, key, path, k, test, targets)
         if row is None and only is not None and k not in only:
             continue
         if row is None:
