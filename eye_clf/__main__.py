@@ -15,6 +15,7 @@ import numpy as np
 
 from . import __version__
 from .files import atomic_write, checkout
+from .predict import SHIPPED
 from .preprocess import list_images, load_image
 
 DESCRIPTION = ("Is the eye in a 24x24 grayscale patch open? Train a model, predict P(open), evaluate, "
@@ -110,12 +111,31 @@ def _writable(path, text):
         raise argparse.ArgumentTypeError(f"cannot write {text}: {folder} is not a writable folder")
 
 
+def _outside_shipped(path, text):
+    """Refuse a path in the folders of the shipped model and its curves, which only `ship` changes."""
+    root = checkout()
+    for folder in (SHIPPED, *([root / "plots_checkpoints"] if root else [])):
+        if path.resolve().is_relative_to(folder.resolve()):
+            raise argparse.ArgumentTypeError(f"{text} is in {folder}, a folder of the shipped model and its curves, "
+                                             "which change only through `eye-clf ship RUN_FOLDER`; write it elsewhere")
+
+
 def output_file(text):
-    """argparse type: a file to write (not an existing folder; its folder exists or can be created)."""
+    """argparse type: a file to write (not an existing folder, nor in the shipped model's folders; its folder exists
+    or can be created)."""
     path = Path(text).absolute()
     if path.is_dir():
         raise argparse.ArgumentTypeError(f"{text} is an existing folder; give a file name")
+    _outside_shipped(path, text)
     _writable(path.parent, text)
+    return text
+
+
+def json_file(text):
+    """argparse type: a JSON file to write (an output_file named .json, so that no image or checkpoint is replaced)."""
+    output_file(text)
+    if Path(text).suffix.lower() != ".json":
+        raise argparse.ArgumentTypeError(f"{text}: the file is JSON; give it a .json name")
     return text
 
 
@@ -141,10 +161,12 @@ def csv_or_stdout(text):
 
 
 def output_folder(text):
-    """argparse type: a folder to write into (not an existing file, nor one that holds a train run already)."""
+    """argparse type: a folder to write into (not an existing file, nor one that holds a train run already, nor in the
+    shipped model's folders)."""
     path = Path(text).absolute()
     if path.exists() and not path.is_dir():
         raise argparse.ArgumentTypeError(f"{text} is an existing file, not a folder")
+    _outside_shipped(path, text)
     held = [name for name in ("eye_clf.pt", "run.json") if (path / name).exists()]
     if held:  # a second run would replace the first one's weights and figures
         raise argparse.ArgumentTypeError(f"{text} holds a run already ({held[0]}); choose a new folder, or remove "
@@ -504,7 +526,7 @@ def main(argv=None):
     p.add_argument("--folds", type=int_at_least(2), default=FOLDS, help="number of folds (default: %(default)s)")
     p.add_argument("--limit", type=int_at_least(MIN_LIMIT),
                    help=f"use a stratified subset of this many images, {MIN_LIMIT} or more")
-    p.add_argument("--out", type=output_file, help="write the per-fold results as JSON here")
+    p.add_argument("--out", type=json_file, help="write the per-fold results here (a .json file)")
     p.add_argument("--fold-dir", type=output_folder,
                    help="write each fold's result (foldK.json) and model (foldK.pt) here as it finishes; a rerun with "
                         "the same folder resumes, retraining only the missing folds")

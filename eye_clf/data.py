@@ -52,8 +52,8 @@ def data_dir(path=None):
     chosen = chosen_data_dir(path)
     if not (chosen / "EyesDataset").is_dir():
         raise FileNotFoundError(
-            f"eye_clf dataset not found in {chosen} ({source}): put EyesDataset/ (the 24x24 eye patches) there, or "
-            f"point ${DATA_ENV} or --data at the folder that holds it.")
+            f"eye_clf dataset not found in {chosen} ({source}): put EyesDataset/ (the eye images: the 24x24 CEW "
+            f"patches, or your own of any size) there, or point ${DATA_ENV} or --data at the folder that holds it.")
     return chosen
 
 

@@ -46,6 +46,33 @@ def test_bad_recipe_flags_name_the_flag(command, flags, message, capsys, monkeyp
     assert refused([command, *flags, *NO_DATA], capsys).startswith(message)
 
 
+def test_no_output_goes_into_the_shipped_model_or_its_curves(tmp_path, capsys, monkeypatch):
+    from eye_clf import __main__ as cli
+    shipped, figures = tmp_path / "eye_clf" / "shipped", tmp_path / "plots_checkpoints"
+    for folder in (shipped, figures):
+        folder.mkdir(parents=True)
+        (folder / "kept.csv").write_text("the shipped file")
+    monkeypatch.setattr(cli, "SHIPPED", shipped)  # stand-ins: a regression must not replace the real ones
+    monkeypatch.setattr(cli, "checkout", lambda: tmp_path)
+    for folder in (shipped, figures):
+        for argv in (["cv", "--out", folder / "kept.csv"], ["cv", "--fold-dir", folder / "folds"],
+                     ["audit", "--fold-dir", folder], ["audit", "--out", folder / "kept.csv"],
+                     ["predict", "--out", folder / "kept.csv", "eye.png"], ["train", "--out", folder / "run"],
+                     ["export", "--out", folder / "m.onnx"]):
+            message = refused([*map(str, argv), *NO_DATA[:2 * (argv[0] != "predict")]], capsys)
+            assert message.startswith(f"error: {argv[1]}: {argv[2]} is in {folder}, a folder of the shipped model")
+        assert [p.name for p in folder.iterdir()] == ["kept.csv"]
+        assert (folder / "kept.csv").read_text() == "the shipped file"
+
+
+def test_cv_out_is_a_json_file(tmp_path, capsys):
+    (tmp_path / "eye_clf.pt").write_bytes(b"another run's weights")
+    assert refused(["cv", "--out", str(tmp_path / "eye_clf.pt"), *NO_DATA], capsys) == (
+        f"error: --out: {tmp_path / 'eye_clf.pt'}: the file is JSON; give it a .json name (see python -m eye_clf cv "
+        "--help)")
+    assert (tmp_path / "eye_clf.pt").read_bytes() == b"another run's weights"
+
+
 @pytest.mark.parametrize("command", ["cv", "audit"])
 def test_cv_and_audit_refuse_distillation(command, capsys):
     assert refused([command, "--distill", "0.5", *NO_DATA], capsys).startswith("error: --distill: ")
@@ -182,10 +209,10 @@ def test_cv_never_writes_over_its_labels_or_into_its_fold_folder(labelled_folder
     labels = labelled_folder[1]
     before = labels.read_bytes()
     cv = ["cv", *NO_DATA, "--labels", str(labels)]
-    msg = refused([*cv, "--out", str(labels)], capsys)
-    assert msg == f"error: --out: {labels} is the labels file; write it elsewhere"
+    msg = refused([*cv, "--out", str(labels)], capsys)  # (a labels file is never named .json)
+    assert msg.startswith(f"error: --out: {labels}: the file is JSON; give it a .json name")
     folds = tmp_path / "folds"
-    for out in (folds / "fold0.json", folds):
+    for out in (folds / "fold0.json", folds / "sub" / "all.json"):
         msg = refused([*cv, "--out", str(out), "--fold-dir", str(folds)], capsys)
         assert msg == f"error: --out: {out} is in --fold-dir {folds}, whose files are the folds'; write it elsewhere"
     assert labels.read_bytes() == before and not folds.exists()
