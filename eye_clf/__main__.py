@@ -5,6 +5,7 @@ training libraries (``pip install 'eye-clf[onnx]'`` or ``[torch]``) only ``predi
 """
 import argparse
 import csv
+import filecmp
 import json
 import os
 import sys
@@ -389,8 +390,11 @@ def cmd_cv(args):
 def cmd_label(args):
     from .studio import serve
     labels = Path(args.labels)
-    # the reference, by any path or symlink (not a hard link: the studio's first save replaces the file)
-    for reference in (data.REPO_ROOT / data.LABELS_NAME, data.chosen_data_dir(args.data) / data.LABELS_NAME):
+    # the reference, by any path or symlink (not a hard link: the studio's first save replaces the file); the data
+    # folder's copy is one unless it differs from the checkout's (then it is someone's own dataset's labels)
+    ours, theirs = data.REPO_ROOT / data.LABELS_NAME, data.chosen_data_dir(args.data) / data.LABELS_NAME
+    own = ours.is_file() and theirs.is_file() and not filecmp.cmp(ours, theirs, shallow=False)
+    for reference in (ours, *([] if own else [theirs])):
         if reference.exists() and os.path.realpath(labels) == os.path.realpath(reference):
             sys.exit(f"error: --labels: {args.labels} is the reference labels file ({reference}), which the studio "
                      f"would rewrite: label a copy (mkdir -p runs && cp {args.labels} runs/labels.xlsx, then "

@@ -921,7 +921,12 @@ def test_label_refuses_the_reference_labels_and_a_missing_file_to_review(folder,
                 main(["label", "--images", str(folder), "--data", str(tmp_path / "data"), "--labels", str(given)])
         reference.unlink()
     (tmp_path / "link.xlsx").unlink()
-    (tmp_path / "data" / "img_name_target.xlsx").write_bytes(b"labels")
+    (tmp_path / "checkout" / "img_name_target.xlsx").write_bytes(b"the reference")  # the data folder's differs:
+    (tmp_path / "data" / "img_name_target.xlsx").write_bytes(b"labels")  # someone's own dataset, theirs to label
+    with pytest.raises(pytest.fail.Exception, match="started the studio"):
+        main(["label", "--images", str(folder), "--data", str(tmp_path / "data"), "--labels",
+              str(tmp_path / "data" / "img_name_target.xlsx")])
+    (tmp_path / "checkout" / "img_name_target.xlsx").unlink()
     os.link(tmp_path / "data" / "img_name_target.xlsx", tmp_path / "hard.xlsx")  # a save replaces it: a copy then
     with pytest.raises(pytest.fail.Exception, match="started the studio"):
         main(["label", "--images", str(folder), "--data", str(tmp_path / "data"), "--labels",
