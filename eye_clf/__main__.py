@@ -186,14 +186,12 @@ def check_limit(args):
 
 def cmd_train(args):
     from .cv import interval
-    from .experiment import check_outside_shipped, cv_of, train_run
+    from .experiment import cv_of, train_run
     from .predict import model_file
     cfg = args.config
     threads = use_threads(args)
     if args.teacher and not cfg.distill:
         sys.exit("error: --teacher needs --distill > 0 (the weight of the teachers' P(open) in the target)")
-    if args.out:
-        check_outside_shipped(args.out, "--out")
     for teacher in args.teacher or ():
         model_file(teacher, name="--teacher")  # a missing one is named before the data is read
     res = train_run(cfg, args.data, args.labels, args.out, args.limit, teachers=args.teacher or ())
@@ -234,10 +232,8 @@ def cmd_ship(args):
 
 
 def cmd_export(args):
-    from .experiment import check_outside_shipped
     from .export import OPSET, export_onnx
     from .predict import DEFAULT_CHECKPOINT
-    check_outside_shipped(args.out, "--out", "the ONNX file")  # (the checkpoint, a .pt, cannot be the .onnx --out)
     out = export_onnx(args.checkpoint or DEFAULT_CHECKPOINT, args.out)
     print(f"wrote {out} (ONNX opset {OPSET}): input images uint8 N x 24 x 24, output p_open float32 N")
 

@@ -80,14 +80,15 @@ def test_a_weights_file_that_does_not_fit_is_refused_before_the_data_is_read(rea
                 [command, "--data", str(real_root), "--arch", "resnet18", "--weights", str(weights), "--epochs", "1"])
 
 
-def test_train_never_writes_into_the_shipped_model_or_its_curves(real_root, tmp_path, monkeypatch):
+def test_train_run_never_writes_into_the_shipped_model_or_its_curves(real_root, tmp_path, monkeypatch):
+    """The API's guard (the command line's is its argparse types: test_bad_inputs_cli)."""
     from eye_clf import experiment
     for name in ("SHIPPED", "FIGURES"):  # stand-ins: a regression must not replace the real shipped model
         monkeypatch.setattr(experiment, name, tmp_path / name)
         (tmp_path / name).mkdir()
         for out in (tmp_path / name, tmp_path / name / "run"):  # the folder itself or one inside it
-            assert f"error: --out: {out} is in the folders of the shipped model" in exit_message(
-                ["train", "--data", str(real_root), "--limit", "60", "--epochs", "1", "--out", str(out)])
+            with pytest.raises(ValueError, match=f"out: {out} is in the folders of the shipped model"):
+                experiment.train_run(TrainConfig(epochs=1), real_root, out_dir=out, limit=60, progress=False)
         assert not any((tmp_path / name).iterdir())
 
 
