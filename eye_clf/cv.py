@@ -145,7 +145,8 @@ def check_data(rows, targets, here, name):
     for r in rows:
         if not (r["key"]["data"] == here if "data" in r["key"] else _same_scores(r, targets)):
             raise ValueError(f"{name}: fold {r['fold']} was made on other data (images or labels changed or "
-                             "reordered since); rerun it")
+                             "reordered since), and so were the run's other folds, which trained on those images: "
+                             "rerun the whole CV")
 
 
 def inputs_id(teacher_dirs, soft, trainable, k):
@@ -282,6 +283,7 @@ def cross_val_predict(images, targets, cfg=None, folds=5, seed=0, progress=True,
                    **({"train_fraction": train_fraction} if train_fraction < 1 else {}),
                    **({"untrainable": int(np.sum(~trainable))} if trainable is not None else {}),
                    **({"prune_folds": prune_folds} if prune_folds else {}))
+    check_teachers(teacher_dirs, run_key)  # a resumed fold too: its teachers may have been replaced since
     # the code this run loaded: later commits do not change a running process
     rows, prov = [], provenance(device_of(cfg.device))
     for k, (rest, test) in enumerate(splits):
@@ -294,7 +296,6 @@ def cross_val_predict(images, targets, cfg=None, folds=5, seed=0, progress=True,
         if row is None and only is not None and k not in only:
             continue
         if row is None:
-            check_teachers(teacher_dirs, key)
             for d in teacher_dirs:
                 check_fold_model(Path(d) / f"fold{k}.json", images, test.tolist())
             teachers = [Path(d) / f"fold{k}.pt" for d in teacher_dirs]

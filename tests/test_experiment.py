@@ -182,7 +182,8 @@ def test_resuming_folds_from_before_the_data_fingerprint_checks_their_scores(tmp
     _, per_fold = cv.cross_val_predict(images, targets, SMALL, folds=2, progress=False, fold_dir=tmp_path)
     assert len(per_fold) == 2  # the same data: resumed
     order = np.random.default_rng(1).permutation(60)  # the same counts, the images and labels reordered
-    with pytest.raises(ValueError, match="fold 0 was made on other data"):
+    with pytest.raises(ValueError, match="fold 0 was made on other data .*, and so were the run's other folds, "
+                                         "which trained on those images: rerun the whole CV"):
         cv.cross_val_predict(images[order], targets[order], SMALL, folds=2, progress=False, fold_dir=tmp_path)
 
 
@@ -351,6 +352,24 @@ def test_ablation_table_shows_paired_differences(monkeypatch, tmp_path):
     assert "vs the shipped recipe" not in md  # no finished CV of the shipped config among these runs
 
 
+def test_ablation_table_tags_a_student_whose_teacher_may_have_seen_its_validation_part(monkeypatch, tmp_path):
+    ablations = load_script("cv_ablations")
+    monkeypatch.setattr(ablations, "OUT", tmp_path)
+    for teacher_seed, tagged in ((0, False), (1, True)):
+        for name in ("eyenet32_e30", "student16_e32_mix"):
+            seed = teacher_seed if name == "eyenet32_e30" else 0
+            config = asdict(replace(ablations.config(name), seed=seed))
+            (tmp_path / "cv" / name).mkdir(parents=True, exist_ok=True)
+            for k in range(5):
+                row = dict(fold=k, eer=0.02, eer_tta=0.02, ece=0.01, best_epoch=10, seconds=5.0,
+                           key=dict(config=config, folds=5, seed=0, n=100, n_open=50))
+                (tmp_path / "cv" / name / f"fold{k}.json").write_text(json.dumps(row))
+        ablations.table(None, None)
+        md = (tmp_path / "cv_ablations.md").read_text()
+        assert ("| student16_e32_mix (a teacher may have seen its validation part" in md) == tagged
+        assert "| eyenet32_e30 (a teacher" not in md  # the teacher is not
+
+
 def test_ablation_table_pairs_each_run_with_the_shipped_recipe_too(monkeypatch, tmp_path):
     ablations = load_script("cv_ablations")
     monkeypatch.setattr(ablations, "OUT", tmp_path)
@@ -476,8 +495,8 @@ def test_ablation_load_refuses_folds_of_another_config_or_data(monkeypatch, tmp_
     targets = np.tile([0.0, 1.0], 50)
     key = dict(config=asdict(ablations.config("eyenet16_e60")), folds=5, seed=0, n=100, n_open=50)
     (tmp_path / "cv" / "eyenet16_e60").mkdir(parents=True)
-    for k in range(5):
-        idx = list(range(20 * k, 20 * k + 20))
+    for k, (_, test) in enumerate(data.kfold(targets, 5, 0)):
+        idx = test.tolist()
         row = dict(fold=k, eer=0.0, test_idx=idx, val_threshold=0.5, p=(0.1 + 0.8 * targets[idx]).tolist(), key=key)
         (tmp_path / "cv" / "eyenet16_e60" / f"fold{k}.json").write_text(json.dumps(row))
     ablations.DATA[:] = [(targets, "")]
@@ -494,6 +513,21 @@ def test_ablation_load_refuses_folds_of_another_config_or_data(monkeypatch, tmp_
     odd["key"]["config"]["epochs"] = 60
     odd["key"]["inputs"] = "0123456789abcdef"  # a fold rerun after the inputs fingerprint, beside older ones
     (tmp_path / "cv" / "eyenet16_e60" / "fold2.json").write_text(json.dumps(odd))
+    assert len(ablations.load("eyenet16_e60")) == 5
+    folds = [tmp_path / "cv" / "eyenet16_e60" / f"fold{k}.json" for k in range(5)]
+    rows = [json.loads(f.read_text()) for f in folds]
+    for change in (dict(seed=1), dict(folds=4)):  # another split: its fold k is not the other runs' fold k
+        for f, row in zip(folds, rows):
+            f.write_text(json.dumps({**row, "key": {**row["key"], **change}}))
+        with pytest.raises(ValueError, match="eyenet16_e60: its test folds are not those of the 5-fold split"):
+            ablations.load("eyenet16_e60", partial=True)
+    other = data.kfold(targets, 5, 1)[2][1].tolist()  # fold 2 of another split under this split's key
+    for f, row in zip(folds, rows):
+        f.write_text(json.dumps(row if row["fold"] != 2 else
+                                {**row, "test_idx": other, "p": (0.1 + 0.8 * targets[other]).tolist()}))
+    with pytest.raises(ValueError, match="eyenet16_e60: its test folds are not those of the 5-fold split"):
+        ablations.load("eyenet16_e60")
+    folds[2].write_text(json.dumps(rows[2]))
     assert len(ablations.load("eyenet16_e60")) == 5
     declared = ablations.RUNS["eyenet16_e60"]
     for extra in (dict(train_fraction=0.5), dict(teachers=["eyenet16_e30"]), dict(undisputed_only=True),
@@ -669,6 +703,24 @@ def test_cv_students_distil_from_the_teacher_of_their_own_fold(monkeypatch, tmp_
         expected = torch.load(tmp_path / "teacher" / f"fold{k}.pt", weights_only=True)["state_dict"]["head.weight"]
         assert torch.equal(w, expected)
     assert json.loads((tmp_path / "student" / "fold0.json").read_text())["key"]["teachers"] == ["teacher"]
+
+
+def test_a_resumed_student_is_refused_when_a_teacher_may_have_seen_its_validation_part(monkeypatch, tmp_path):
+    images, targets = synthetic(60)
+    cv.cross_val_predict(images, targets, replace(SMALL, refit=False), folds=3, progress=False,
+                         fold_dir=tmp_path / "teacher")
+    student = TrainConfig(**{**asdict(SMALL), "distill": 0.5})
+    cv.cross_val_predict(images, targets, student, folds=3, progress=False, fold_dir=tmp_path / "student",
+                         teacher_dirs=[tmp_path / "teacher"])
+    monkeypatch.setattr(cv, "fit_recipe", lambda *a, **k: pytest.fail("a finished fold was retrained"))
+    for k in range(3):  # the teacher's folds, as if rerun with another seed: another validation split
+        row = json.loads((tmp_path / "teacher" / f"fold{k}.json").read_text())
+        row["key"]["config"]["seed"] = 1
+        (tmp_path / "teacher" / f"fold{k}.json").write_text(json.dumps(row))
+    with pytest.raises(ValueError, match=r"fold0.json: its fold model may have seen the student's validation or "
+                                         r"test images \(seed 1, the student's 0\)"):
+        cv.cross_val_predict(images, targets, student, folds=3, progress=False, fold_dir=tmp_path / "student",
+                             teacher_dirs=[tmp_path / "teacher"])
 
 
 def test_learning_curve_folds_train_on_a_part_and_keep_the_validation_part(monkeypatch, tmp_path):
