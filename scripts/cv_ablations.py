@@ -30,7 +30,8 @@ import torch
 
 from eye_clf import data, experiment, metrics, plots
 from eye_clf.__main__ import int_at_least
-from eye_clf.cv import check_data, cross_val_predict, data_id, interval, out_of_fold, predicted, same_key
+from eye_clf.cv import (check_data, check_teachers, cross_val_predict, data_id, interval, out_of_fold, predicted,
+                        same_key)
 from eye_clf.files import atomic_write, provenance
 from eye_clf.train import TrainConfig
 
@@ -398,6 +399,11 @@ def load(name, partial=False):
                                                                   or extras_of(keys[0]) != declared(name))):
             raise ValueError(f"{name}: its folds are not all of the config declared in RUNS, on the same folds and "
                              "device; rerun the odd ones")
+        splits = data.kfold(DATA[0][0], FOLDS, 0)  # paired_diff pairs runs by fold number: the same test folds
+        if (keys[0]["folds"], keys[0]["seed"]) != (FOLDS, 0) or any(r["test_idx"] != splits[r["fold"]][1].tolist()
+                                                                     for r in rows):
+            raise ValueError(f"{name}: its test folds are not those of the {FOLDS}-fold split (fold seed 0) that "
+                             "every run here is paired on; rerun it")
     return rows
 
 
@@ -530,6 +536,17 @@ def cells(f, refs):
     return cell
 
 
+def teacher_flaw(name, rows):
+    """A tag for a student whose teachers cv.check_teachers refuses (a check added after some students ran: their
+    fold models may have seen the student's validation part), else ""."""
+    key = {"data": DATA[0][1] if DATA else None, **same_key(rows[0]["key"])}  # load checked the data
+    try:
+        check_teachers([OUT / "cv" / t for t in RUNS[name].get("teachers", ())], key)
+    except ValueError:
+        return " (a teacher may have seen its validation part: see its RUNS comment)"
+    return ""
+
+
 def best_epoch(name, folds):
     """The mean best-validation-loss epoch; with the refit the scored model is the refit's last epoch instead."""
     best = f"{folds['best_epoch'].mean():.0f}"
@@ -555,6 +572,7 @@ def table(images, targets):
         f = pd.DataFrame(r)
         tag = " (shipped)" if found and name == found[0] else ""
         tag += f" (unfinished: folds {f['fold'].tolist()} only)" if len(r) < 5 else ""
+        tag += teacher_flaw(name, r)
         diffs = {titles[k]: "self" if k == name else ref for k, ref in refs.items()}
         rows.append(dict(run=name + tag, change=json.dumps(RUNS[name]), **cells(f, diffs),
                          **{"best epoch (mean)": best_epoch(name, f), "train s/fold": f"{f['seconds'].mean():.0f}",
