@@ -400,7 +400,8 @@ def fit_recipe(images, targets, train_idx, val_idx, cfg, progress=True, teachers
     """The recipe, as the shipped model and every CV fold train it: the validated fit (``val_idx`` picks its epoch
     and temperature), its decision threshold (the EER point of its validation P(open), mirror-averaged with
     ``cfg.tta``), then with ``cfg.refit`` the refit on the training images and ``refit_val`` (default: ``val_idx``).
-    ``bank``: scored views for the validated fit (the refit distils from ``teachers`` online).
+    ``bank``: scored views for the validated fit (the refit scores views of its own images with ``teachers``, once
+    with ``cfg.teacher_views``, else online).
 
     Returns ``(model, histories, p_val, extras)``: the fits' histories (validated fit first), the validated fit's
     validation P(open), and what the checkpoint records besides ``checkpoint()``: the threshold and the hashes of
