@@ -11,6 +11,8 @@
     python scripts/cv_ablations.py --ece-floor a b      # each fold's ECE against that of a calibrated model
     python scripts/cv_ablations.py --seeds a b c        # one recipe's seeds: the spread of their 5-fold means
     python scripts/cv_ablations.py --learning-curve     # EER against training images: results/learning_curve.png
+    python scripts/cv_ablations.py --reproduce NAME --into DIR  # train a finished run again into DIR and compare
+                                                        # each fold's P(open) with its committed fold file's
 
 Every run: the same 5 stratified folds (seed 0) of the 4000 labelled images; inside each fold 10% of the
 training part picks the best-validation-loss epoch and the temperature (with refit the model scored is then trained
@@ -367,13 +369,15 @@ def recipe(name):
     return repr((sorted(asdict(replace(config(name), seed=0)).items()), extras))
 
 
-def run(name, images, targets, names, only=None):
+def run(name, images, targets, names, only=None, fold_dir=None):
+    """Train (or resume) run ``name``'s folds in ``fold_dir`` (default: results/cv/NAME)."""
     cfg = config(name)
     soft = data.soft_targets(targets, names) if cfg.soft_labels else None
     teachers = [OUT / "cv" / t for t in RUNS[name].get("teachers", ())]
     trainable = data.soft_targets(targets, names) == targets if RUNS[name].get("undisputed_only") else None
-    oof, per_fold = cross_val_predict(images, targets, cfg, folds=FOLDS, seed=0, fold_dir=OUT / "cv" / name,
-                                      teacher_dirs=teachers, train_fraction=RUNS[name].get("train_fraction", 1.0),
+    oof, per_fold = cross_val_predict(images, targets, cfg, folds=FOLDS, seed=0,
+                                      fold_dir=fold_dir or OUT / "cv" / name, teacher_dirs=teachers,
+                                      train_fraction=RUNS[name].get("train_fraction", 1.0),
                                       soft=soft, trainable=trainable, only=only,
                                       prune_folds=RUNS[name].get("prune_folds", 0))
     print(f"{name}: EER {100 * per_fold['eer'].mean():.2f}% (folds {per_fold['fold'].tolist()}: "
@@ -502,6 +506,22 @@ def over_seeds(names):
         print(f"fold {col.replace('val_', 'validation ')}s: from {t.min():.3f} to {t.max():.3f}")
 
 
+def reproduce(name, images, targets, names, into, only=None):
+    """Train finished run ``name`` again into the folder ``into`` (fold files there are resumed, so a second
+    process may take other folds) and print, per fold there, how far its P(open) is from the committed fold's."""
+    committed = {r["fold"]: r for r in load(name)}
+    run(name, images, targets, names, only, fold_dir=into)
+    for path in sorted(Path(into).glob("fold*.json")):
+        again = json.loads(path.read_text())
+        was = committed[again["fold"]]
+        gap = {k: np.abs(np.subtract(again[k], was[k])).max() for k in ("p", "p_tta") if k in was}
+        commits = [(r.get("provenance") or {}).get("git_commit") for r in (was, again)]
+        print(f"fold {again['fold']}: max |difference| in P(open) "
+              + ", ".join(f"{k} {g:.3g}" + (" (bit-identical)" if g == 0 else "") for k, g in gap.items())
+              + f"; EER {100 * was['eer']:.2f} % committed, {100 * again['eer']:.2f} % again; trained at commits "
+              f"{commits[0]} and {commits[1]}, the second on data {again['key']['data']}")
+
+
 def ece_floors(names):
     """Per fold: the run's ECE on its test fold, and the ECE a perfectly calibrated model with the same scores would
     show on that many images (metrics.ece_floor): the part of the ECE that is sampling, not miscalibration."""
@@ -622,6 +642,10 @@ if __name__ == "__main__":
                     "calibrated model with the same scores would show on as many images")
     ap.add_argument("--seeds", nargs="+", metavar="RUN", help="finished runs of one recipe with different seeds: "
                     "the mean ± 95%% t-interval and range of their 5-fold means")
+    ap.add_argument("--reproduce", metavar="RUN", help="train this finished run again into --into (with --only: "
+                    "those folds) and compare each fold's P(open) with its committed fold file's")
+    ap.add_argument("--into", type=Path, metavar="DIR", help="--reproduce's fold folder, outside results/ (a rerun "
+                    "resumes the folds there)")
     ap.add_argument("--threads", type=int_at_least(1), default=1, help="torch threads (default 1: one job per core)")
     ap.add_argument("--only", type=int, nargs="+", metavar="K", help="train just these folds (a second process "
                     "can then run the others of the same run on another core)")
@@ -630,9 +654,13 @@ if __name__ == "__main__":
     unknown = set(args.names) - set(RUNS)
     if unknown:
         ap.error(f"unknown run(s) {sorted(unknown)}; choose among {list(RUNS)}")
-    if args.only is not None and (not args.names or not set(args.only) <= set(range(FOLDS))):
+    if args.only is not None and (not (args.names or args.reproduce) or not set(args.only) <= set(range(FOLDS))):
         ap.error(f"--only takes fold numbers 0..{FOLDS - 1} of the runs named, got {args.only}"
-                 + ("" if args.names else " and no run"))
+                 + ("" if args.names or args.reproduce else " and no run"))
+    if args.reproduce and (args.reproduce not in RUNS or args.into is None
+                           or args.into.resolve().is_relative_to(OUT.resolve())):
+        ap.error("--reproduce takes a run among RUNS and --into a folder outside results/ (a run's folds stay as "
+                 "committed)")
     if args.against and not args.ensemble:
         ap.error("--against pairs an --ensemble with a run: name the --ensemble runs too")
     if args.seeds and len(set(args.seeds)) < 2:
@@ -644,9 +672,9 @@ if __name__ == "__main__":
     if args.seeds and len({recipe(n) for n in args.seeds}) > 1:
         ap.error(f"--seeds: {args.seeds} are not all one recipe (their configs differ in more than the seed)")
     if not (args.names or args.ensemble or args.average_curve or args.table or args.learning_curve or args.ece_floor
-            or args.seeds):
+            or args.seeds or args.reproduce):
         ap.error("nothing to do: name runs to train, or one of --table, --ensemble, --average-curve, "
-                 "--learning-curve, --ece-floor, --seeds")
+                 "--learning-curve, --ece-floor, --seeds, --reproduce")
     args.against = args.against or REFERENCE
     try:
         images, targets, names = data.load_dataset()
@@ -657,15 +685,21 @@ if __name__ == "__main__":
         for name in args.names:
             run(name, images, targets, names, args.only)
         unfinished = [n for n in (args.ensemble or []) + (args.average_curve or []) + (args.ece_floor or [])
-                      + (args.seeds or []) + ([args.against] if args.ensemble else []) if load(n) is None]
+                      + (args.seeds or []) + ([args.against] if args.ensemble else [])
+                      + ([args.reproduce] if args.reproduce else []) if load(n) is None]
     except ValueError as err:  # fold files of other data or config
         ap.error(str(err))
     if unfinished:
         ap.error(f"no complete {FOLDS}-fold CV in {OUT / 'cv'} for {sorted(set(unfinished))}")
-    if args.ensemble or args.average_curve or args.ece_floor or args.seeds or args.learning_curve:
+    if args.ensemble or args.average_curve or args.ece_floor or args.seeds or args.learning_curve or args.reproduce:
         prov = provenance()
         print(f"# scripts/cv_ablations.py at commit {prov['git_commit']} (uncommitted changes: {prov['git_dirty']}); "
               f"{prov['versions']}")
+    if args.reproduce:
+        try:
+            reproduce(args.reproduce, images, targets, names, args.into, args.only)
+        except ValueError as err:  # fold files in --into of another config or data
+            ap.error(str(err))
     if args.ensemble:
         ensemble(args.ensemble, targets, against=args.against)
         ensemble(args.ensemble, targets, tta=True, against=args.against)

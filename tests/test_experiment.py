@@ -630,6 +630,31 @@ def test_ablation_run_prints_each_folds_paired_difference(monkeypatch, tmp_path,
     assert "per fold: [1.0, 0.0, -0.5, 0.0, 0.0]" in capsys.readouterr().out
 
 
+def test_reproduce_trains_a_run_again_and_tells_identical_folds_from_others(monkeypatch, tmp_path, capsys):
+    ablations = load_script("cv_ablations")
+    monkeypatch.setattr(ablations, "OUT", tmp_path)
+    monkeypatch.setitem(ablations.RUNS, "eyenet16_e60", dict(width=4, epochs=2, batch_size=32, augment=0,
+                                                             device="cpu"))
+    images, targets = synthetic(60)
+    ablations.DATA[:] = [(targets, cv.data_id(images, targets))]
+    ablations.run("eyenet16_e60", images, targets, None)  # the committed run
+    fold1 = tmp_path / "cv" / "eyenet16_e60" / "fold1.json"
+    row = json.loads(fold1.read_text())
+    fold1.write_text(json.dumps({**row, "p": [0.5 + p / 2 for p in row["p"]]}))  # as if trained otherwise
+    capsys.readouterr()
+    ablations.reproduce("eyenet16_e60", images, targets, None, tmp_path / "again", only=[0, 1])
+    out = {line.split(":")[0]: line for line in capsys.readouterr().out.splitlines()}
+    gap = max(0.5 - p / 2 for p in row["p"])
+    assert "max |difference| in P(open) p 0 (bit-identical), p_tta 0 (bit-identical); EER" in out["fold 0"]
+    assert f"max |difference| in P(open) p {gap:.3g}, p_tta 0 (bit-identical); EER" in out["fold 1"]
+    assert "fold 2" not in out and f"on data {cv.data_id(images, targets)}" in out["fold 0"]
+    assert sorted(p.name for p in (tmp_path / "again").glob("*.json")) == ["fold0.json", "fold1.json"]
+    script = Path(__file__).parent.parent / "scripts" / "cv_ablations.py"
+    r = subprocess.run([sys.executable, str(script), "--reproduce", "eyenet16_e60", "--into",
+                        str(script.parent.parent / "results" / "cv" / "x")], capture_output=True, text=True)
+    assert r.returncode == 2 and "--into a folder outside results/" in r.stderr
+
+
 @pytest.mark.parametrize("change, field", [(dict(epochs=0), "epochs"), (dict(epochs=-1), "epochs"),
                                            (dict(batch_size=0), "batch_size"), (dict(arch="vgg"), "arch"),
                                            (dict(invert=1.5), "invert"), (dict(erase=-0.1), "erase"),
