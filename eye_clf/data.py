@@ -391,13 +391,6 @@ def validation_split(idx, targets, fraction, seed):
     return train, val
 
 
-def named_images(folder):
-    """The images under ``folder``, subfolders included, by the names a labels file gives them: ``{"a/b.jpg":
-    path}`` (see list_images)."""
-    folder = Path(folder)
-    return {p.relative_to(folder).as_posix(): p for p in list_images(folder, recursive=True)}
-
-
 def kfold(targets, folds=5, seed=0):
     """Stratified k-fold (train_idx, test_idx) pairs."""
     smaller = int(min(np.sum(np.asarray(targets) == c) for c in (0, 1)))

@@ -132,9 +132,8 @@ class FileChanged(OSError):
 class LabelStore:
     """The labels of the images in one folder, saved atomically to an xlsx after every change.
 
-    A missing file is created listing every image of the folder and its subfolders (data.named_images:
-    ``sub/x.jpg``); images missing from an existing file are added as unlabeled rows (written at the next save);
-    rows without an image in the folder are kept but not served.
+    A missing file is created listing every image of the folder; images missing from an existing file are added
+    as unlabeled rows (written at the next save); rows without an image in the folder are kept but not served.
     A read-only file or folder is refused at start, and temporaries of an interrupted save are removed. A save
     refuses to overwrite the file if another program changed it since it was read or saved here (saves take turns
     through a lock file, ``.<name>.lock``, that stays beside it).
@@ -146,7 +145,7 @@ class LabelStore:
             raise ValueError(f"labels file must be an .xlsx file: {self.path}")
         if self.path.is_dir():
             raise ValueError(f"{self.path}: a folder, not a labels file")
-        self.files = data.named_images(images_dir)
+        self.files = {p.name: p for p in data.list_images(images_dir)}
         if not self.files:
             raise ValueError(f"no image files in {images_dir}")
         why = {n: "has control characters, U+FFFE, U+FFFF or bytes that are not UTF-8" if any(map(unwritable, n))

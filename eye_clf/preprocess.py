@@ -115,25 +115,18 @@ def load_image(path):
         raise ValueError(f"corrupt image {path}: {err}") from None
 
 
-def list_images(folder, links_out=False, recursive=False):
-    """Image files in a folder (``recursive``: in its subfolders too, except hidden ones and folder symlinks),
-    sorted by path. Hidden files (``.name``, which includes macOS ``._name.jpg`` companions) are skipped, and so are
-    symlinks that point out of the folder unless ``links_out`` (prediction follows them; the studio, which serves
-    the files, and labelled folders, whose labels name files in them, do not)."""
+def list_images(folder, links_out=False):
+    """Image files in a folder, sorted by name. Hidden files (``.name``, which includes macOS ``._name.jpg``
+    companions) are skipped, and so are symlinks that point out of the folder unless ``links_out`` (prediction
+    follows them; the studio, which serves the files, and labelled folders, whose labels name files in them, do
+    not)."""
     folder = Path(folder)
     if not folder.is_dir():
         raise FileNotFoundError(f"image folder not found: {folder}")
     inside = folder.resolve()
-    return sorted(p for p in (_walk(folder) if recursive else folder.iterdir())
+    return sorted(p for p in folder.iterdir()
                   if p.suffix.lower() in IMAGE_SUFFIXES and not p.name.startswith(".") and p.is_file()
                   and (links_out or p.resolve().is_relative_to(inside)))
-
-
-def _walk(folder):
-    """Every entry under ``folder``, outside hidden subfolders; folder symlinks are not followed."""
-    for top, dirs, files in os.walk(folder):
-        dirs[:] = [d for d in dirs if not d.startswith(".")]
-        yield from (Path(top) / f for f in files)
 
 
 def normalize(images):

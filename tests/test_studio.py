@@ -518,32 +518,6 @@ def test_image_page_and_items(server):
     assert request(server, "GET", "/", headers={"Host": "attacker.example"})[0] == 400
 
 
-def test_images_in_subfolders_are_listed_served_and_labelled_by_their_relative_names(folder, tmp_path):
-    (folder / "left").mkdir()
-    eye(1).save(folder / "left" / "000.png")  # the same file name as a top-level image: its own row
-    (folder / ".cache").mkdir()
-    eye(0).save(folder / ".cache" / "thumb.png")  # hidden folders are not the dataset's
-    (tmp_path / "elsewhere").mkdir()
-    eye(0).save(tmp_path / "elsewhere" / "x.png")
-    (folder / "linked").symlink_to(tmp_path / "elsewhere")  # nor folder links, which may lead outside
-    store = LabelStore(tmp_path / "labels.xlsx", folder)
-    assert "left/000.png" in store.files and "000.png" in store.files and len(store.files) == 8
-    srv = make_server(Studio(store), port=0)
-    threading.Thread(target=srv.serve_forever, daemon=True).start()
-    try:
-        assert request(srv, "GET", "/img/left%2F000.png")[0] == 200
-        assert request(srv, "GET", "/img/linked%2Fx.png")[0] == 404
-        assert post(srv, {"changes": [change("left/000.png", BLANK, target=1)]})[0] == 200
-    finally:
-        srv.shutdown()
-        srv.server_close()
-    labels = read_table(tmp_path / "labels.xlsx").set_index("img_name")
-    assert labels.loc["left/000.png", "target"] == 1 and pd.isna(labels.loc["000.png", "target"])
-    review = tmp_path / "review.csv"  # the audit's review list names it the same way
-    review.write_text("img_name,target,p_open,rank,score\nleft/000.png,1,0.2,1,0.8\n")
-    assert read_review(review, store.files)["img_name"].tolist() == ["left/000.png"]
-
-
 def test_changes_over_http(server, tmp_path):
     ok = {"changes": [change("005.png", BLANK, target=0, tags=["dark"])]}
     assert post(server, ok)[0] == 200
