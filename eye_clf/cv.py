@@ -283,7 +283,6 @@ def cross_val_predict(images, targets, cfg=None, folds=5, seed=0, progress=True,
                    **({"train_fraction": train_fraction} if train_fraction < 1 else {}),
                    **({"untrainable": int(np.sum(~trainable))} if trainable is not None else {}),
                    **({"prune_folds": prune_folds} if prune_folds else {}))
-    check_teachers(teacher_dirs, run_key)  # a resumed fold too: its teachers may have been replaced since
     # the code this run loaded: later commits do not change a running process
     rows, prov = [], provenance(device_of(cfg.device))
     for k, (rest, test) in enumerate(splits):
@@ -295,6 +294,7 @@ def cross_val_predict(images, targets, cfg=None, folds=5, seed=0, progress=True,
             _check_resumed(row, key, path, k, test, targets)
         if row is None and only is not None and k not in only:
             continue
+        check_teachers(teacher_dirs, key)  # a resumed fold too: its teachers may have been replaced since
         if row is None:
             for d in teacher_dirs:
                 check_fold_model(Path(d) / f"fold{k}.json", images, test.tolist())

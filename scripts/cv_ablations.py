@@ -390,8 +390,9 @@ def run(name, images, targets, names, only=None, fold_dir=None):
 
 def load(name, partial=False):
     """Per-fold rows of a finished run (None if some fold is missing); ``partial``: the folds there are, if any.
-    Once main has loaded the data, rows made on other data are refused (cv.check_data), and so are folds of
-    another config than the run's in RUNS or folds that differ from each other in config, folds or data."""
+    Once main has loaded the data, rows made on other data are refused (cv.check_data), and so are folds of another
+    config than the run's in RUNS, folds that differ from each other in config, folds or data, and test folds other
+    than those of the split every run is paired on."""
     rows = experiment.cv_rows(name, OUT / "cv")
     if rows is None and partial:
         rows = [json.loads(p.read_text()) for p in sorted((OUT / "cv" / name).glob("fold*.json"))] or None
@@ -510,6 +511,7 @@ def reproduce(name, images, targets, names, into, only=None):
     """Train finished run ``name`` again into the folder ``into`` (fold files there are resumed, so a second
     process may take other folds) and print, per fold there, how far its P(open) is from the committed fold's."""
     committed = {r["fold"]: r for r in load(name)}
+    found = {p.name for p in Path(into).glob("fold*.json")}
     run(name, images, targets, names, only, fold_dir=into)
     for path in sorted(Path(into).glob("fold*.json")):
         again = json.loads(path.read_text())
@@ -519,7 +521,8 @@ def reproduce(name, images, targets, names, into, only=None):
         print(f"fold {again['fold']}: max |difference| in P(open) "
               + ", ".join(f"{k} {g:.3g}" + (" (bit-identical)" if g == 0 else "") for k, g in gap.items())
               + f"; EER {100 * was['eer']:.2f} % committed, {100 * again['eer']:.2f} % again; trained at commits "
-              f"{commits[0]} and {commits[1]}, the second on data {again['key']['data']}")
+              f"{commits[0]} and {commits[1]} ({'found in' if path.name in found else 'now, into'} {into}), the "
+              f"second on data {again['key'].get('data', '(not recorded)')}")
 
 
 def ece_floors(names):
@@ -562,7 +565,9 @@ def teacher_flaw(name, rows):
     key = {"data": DATA[0][1] if DATA else None, **same_key(rows[0]["key"])}  # load checked the data
     try:
         check_teachers([OUT / "cv" / t for t in RUNS[name].get("teachers", ())], key)
-    except ValueError:
+    except ValueError as err:
+        if "may have seen" not in str(err):  # a missing or unreadable teacher is not this
+            raise
         return " (a teacher may have seen its validation part: see its RUNS comment)"
     return ""
 
@@ -657,6 +662,8 @@ if __name__ == "__main__":
     if args.only is not None and (not (args.names or args.reproduce) or not set(args.only) <= set(range(FOLDS))):
         ap.error(f"--only takes fold numbers 0..{FOLDS - 1} of the runs named, got {args.only}"
                  + ("" if args.names or args.reproduce else " and no run"))
+    if args.into and not args.reproduce:
+        ap.error("--into is --reproduce's fold folder: name the run to --reproduce")
     if args.reproduce and (args.reproduce not in RUNS or args.into is None
                            or args.into.resolve().is_relative_to(OUT.resolve())):
         ap.error("--reproduce takes a run among RUNS and --into a folder outside results/ (a run's folds stay as "

@@ -368,6 +368,10 @@ def test_ablation_table_tags_a_student_whose_teacher_may_have_seen_its_validatio
         md = (tmp_path / "cv_ablations.md").read_text()
         assert ("| student16_e32_mix (a teacher may have seen its validation part" in md) == tagged
         assert "| eyenet32_e30 (a teacher" not in md  # the teacher is not
+    for f in (tmp_path / "cv" / "eyenet32_e30").glob("*.json"):
+        f.unlink()
+    with pytest.raises(ValueError, match="eyenet32_e30: no fold results"):  # missing, not seen: no tag
+        ablations.table(None, None)
 
 
 def test_ablation_table_pairs_each_run_with_the_shipped_recipe_too(monkeypatch, tmp_path):
@@ -648,11 +652,17 @@ def test_reproduce_trains_a_run_again_and_tells_identical_folds_from_others(monk
     assert "max |difference| in P(open) p 0 (bit-identical), p_tta 0 (bit-identical); EER" in out["fold 0"]
     assert f"max |difference| in P(open) p {gap:.3g}, p_tta 0 (bit-identical); EER" in out["fold 1"]
     assert "fold 2" not in out and f"on data {cv.data_id(images, targets)}" in out["fold 0"]
+    assert f"(now, into {tmp_path / 'again'})" in out["fold 0"]
+    ablations.reproduce("eyenet16_e60", images, targets, None, tmp_path / "again", only=[0])  # resumed: said so
+    assert f"(found in {tmp_path / 'again'})" in capsys.readouterr().out
     assert sorted(p.name for p in (tmp_path / "again").glob("*.json")) == ["fold0.json", "fold1.json"]
     script = Path(__file__).parent.parent / "scripts" / "cv_ablations.py"
     r = subprocess.run([sys.executable, str(script), "--reproduce", "eyenet16_e60", "--into",
                         str(script.parent.parent / "results" / "cv" / "x")], capture_output=True, text=True)
     assert r.returncode == 2 and "--into a folder outside results/" in r.stderr
+    r = subprocess.run([sys.executable, str(script), "eyenet16_e60", "--into", str(tmp_path)], capture_output=True,
+                       text=True)
+    assert r.returncode == 2 and "--into is --reproduce's fold folder" in r.stderr
 
 
 @pytest.mark.parametrize("change, field", [(dict(epochs=0), "epochs"), (dict(epochs=-1), "epochs"),
