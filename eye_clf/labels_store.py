@@ -35,6 +35,21 @@ def unwritable(ch):
     return o < 32 or o == 127 or 0xD800 <= o <= 0xDFFF or o in (0xFFFE, 0xFFFF)
 
 
+def subfolder_images(images_dir, names):
+    """``{name: file}`` of the labelled ``names`` in subfolders of ``images_dir`` (``sub/x.jpg``) whose image file
+    resolves inside it. The studio serves these beside the folder's own images and lists no subfolder: an unrelated
+    one (``originals/``), or a folder given one level too high, would add every image in it as a new row."""
+    root, files = Path(images_dir).resolve(), {}
+    for name in (n for n in names if "/" in n):
+        file = Path(images_dir) / name
+        try:
+            if file.suffix.lower() in data.IMAGE_SUFFIXES and file.is_file() and file.resolve().is_relative_to(root):
+                files[name] = file
+        except OSError:  # a name the file system cannot look up (too long, say): its row is kept, not served
+            pass
+    return files
+
+
 def blank_table(names):
     """Unlabeled rows for ``names``."""
     df = pd.DataFrame({"img_name": list(names), "target": pd.array([pd.NA] * len(names), dtype="Int64")})
@@ -133,7 +148,8 @@ class LabelStore:
     """The labels of the images in one folder, saved atomically to an xlsx after every change.
 
     A missing file is created listing every image of the folder; images missing from an existing file are added
-    as unlabeled rows (written at the next save); rows without an image in the folder are kept but not served.
+    as unlabeled rows (written at the next save); rows naming an image in a subfolder are served (subfolder_images);
+    rows without an image in the folder are kept but not served.
     A read-only file or folder is refused at start, and temporaries of an interrupted save are removed. A save
     refuses to overwrite the file if another program changed it since it was read or saved here (saves take turns
     through a lock file, ``.<name>.lock``, that stays beside it).
@@ -145,11 +161,9 @@ class LabelStore:
             raise ValueError(f"labels file must be an .xlsx file: {self.path}")
         if self.path.is_dir():
             raise ValueError(f"{self.path}: a folder, not a labels file")
-        self.files = {p.name: p for p in data.list_images(images_dir)}
-        if not self.files:
-            raise ValueError(f"no image files in {images_dir}")
+        own = {p.name: p for p in data.list_images(images_dir)}  # new rows come from these alone
         why = {n: "has control characters, U+FFFE, U+FFFF or bytes that are not UTF-8" if any(map(unwritable, n))
-               else data.name_problem(n) for n in self.files}
+               else data.name_problem(n) for n in own}
         odd = [f"{n!r} {w}" for n, w in why.items() if w]
         if odd:
             raise ValueError(f"{images_dir}: {len(odd)} image name(s) that a labels file cannot hold, e.g. "
@@ -161,7 +175,7 @@ class LabelStore:
             created = not self.path.exists()
             self.saved = None if created else self.path.read_bytes()  # the version read: a save checks against it
             self.stamp = None if created else stamp(self.saved)
-            df = blank_table(self.files) if created else data.read_labels(self.path, partial=True)
+            df = blank_table(own) if created else data.read_labels(self.path, partial=True)
             if not created:
                 with pd.ExcelFile(self.path) as book:
                     if len(book.sheet_names) > 1:
@@ -169,6 +183,9 @@ class LabelStore:
                                          "studio rewrites the file and would drop all but the first: give it a file "
                                          "with the labels sheet only")
         known = set(df["img_name"])
+        self.files = {**own, **subfolder_images(images_dir, known)}
+        if not self.files:
+            raise ValueError(f"no image files in {images_dir}")
         df = pd.concat([df, blank_table([n for n in self.files if n not in known])], ignore_index=True)
         self.df = df.set_index("img_name")
         self.given = self.df["target"].copy()  # the labels the file held when the studio opened it

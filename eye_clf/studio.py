@@ -2,8 +2,8 @@
 
 The page (studio.html) talks to this stdlib HTTP server, bound to 127.0.0.1: GET /api/items (the queue), POST
 /api/changes (labels, saved to the xlsx before the answer; 409 when another tab changed the image first, with the
-indices of the refused changes) and GET /img/<name> (only the image files listed in the folder whose file resolves
-inside it, re-encoded as PNG; the page upscales them pixelated).
+indices of the refused changes) and GET /img/<name> (only the image files listed in the folder, or named by the labels
+file in its subfolders, whose file resolves inside it, re-encoded as PNG; the page upscales them pixelated).
 
 Requests must name this server in their Host header (no DNS rebinding). A POST is accepted only from the studio's
 own page: its Origin header must be the studio's origin (browsers send Origin with every POST); without Origin,
@@ -31,7 +31,7 @@ from PIL import Image, UnidentifiedImageError
 from . import data
 from .data import LabelError
 from .files import LockTimeout
-from .labels_store import TAGS, FileChanged, LabelStore
+from .labels_store import TAGS, FileChanged, LabelStore, subfolder_images
 from .preprocess import upright
 
 PAGE = Path(__file__).with_name("studio.html")
@@ -322,7 +322,8 @@ def serve(images, labels, checkpoint=None, review=None, port=0, open_browser=Tru
     """Run the studio until Ctrl+C. In label mode the model of ``checkpoint`` (None: the shipped one) suggests
     labels unless ``model`` is False; ``review`` (a list from ``audit``) opens a review queue instead. The review
     list, the model and the port are checked before the labels file is created or touched."""
-    files = {p.name: p for p in data.list_images(images)}
+    names = data.read_labels(labels, partial=True)["img_name"] if Path(labels).is_file() else ()
+    files = {p.name: p for p in data.list_images(images)} | subfolder_images(images, names)
     queue, suggested, source = None, None, None
     if review:
         queue, source = read_review(review, files), str(review)

@@ -518,6 +518,43 @@ def test_image_page_and_items(server):
     assert request(server, "GET", "/", headers={"Host": "attacker.example"})[0] == 400
 
 
+def test_labelled_images_in_subfolders_are_served_and_unrelated_subfolders_left_alone(folder, tmp_path,
+                                                                                     monkeypatch):
+    for sub, name in (("left", "000.png"), ("rejected", "x.png"), ("left", "unlabelled.png")):
+        (folder / sub).mkdir(exist_ok=True)
+        eye(1).save(folder / sub / name)
+    (tmp_path / "elsewhere.png").write_bytes((folder / "000.png").read_bytes())
+    (folder / "left" / "out.png").symlink_to(tmp_path / "elsewhere.png")
+    path = tmp_path / "labels.xlsx"  # labels as training and the audit name them, an image of a subfolder too
+    pd.DataFrame({"img_name": ["000.png", "left/000.png", "left/out.png"], "target": [0, pd.NA, 1]}).to_excel(
+        path, index=False)
+    store = LabelStore(path, folder)
+    assert "left/000.png" in store.files and not {"rejected/x.png", "left/unlabelled.png"} & set(store.files)
+    assert store.orphans == ["left/out.png"]  # resolves outside the folder: kept, not served
+    assert len(read_table(path)) == 3  # no subfolder's image became a row
+    srv = make_server(Studio(store), port=0)
+    threading.Thread(target=srv.serve_forever, daemon=True).start()
+    try:
+        assert request(srv, "GET", "/img/left%2F000.png")[0] == 200
+        assert request(srv, "GET", "/img/rejected%2Fx.png")[0] == 404
+        assert post(srv, {"changes": [change("left/000.png", BLANK, target=1)]})[0] == 200
+    finally:
+        srv.shutdown()
+        srv.server_close()
+    assert read_table(path).set_index("img_name").loc["left/000.png", "target"] == 1
+    review = tmp_path / "review.csv"  # the audit's review list names it the same way; the studio starts on it
+    review.write_text("img_name,target,p_open,rank,score\nleft/000.png,1,0.2,1,0.8\n")
+    made = []
+
+    def no_serving(*args):  # serve returns at once, as after Ctrl+C
+        made.append(make_server(*args))
+        made[-1].serve_forever = lambda: (_ for _ in ()).throw(KeyboardInterrupt)
+        return made[-1]
+    monkeypatch.setattr(studio, "make_server", no_serving)
+    studio.serve(folder, path, review=review, open_browser=False)
+    assert made[0].studio.order == ["left/000.png"]
+
+
 def test_changes_over_http(server, tmp_path):
     ok = {"changes": [change("005.png", BLANK, target=0, tags=["dark"])]}
     assert post(server, ok)[0] == 200
