@@ -162,6 +162,8 @@ class LabelStore:
         if self.path.is_dir():
             raise ValueError(f"{self.path}: a folder, not a labels file")
         own = {p.name: p for p in data.list_images(images_dir)}  # new rows come from these alone
+        if not own and not self.path.exists():  # a new file would list nothing: refuse before creating anything
+            raise ValueError(f"no image files in {images_dir}")
         why = {n: "has control characters, U+FFFE, U+FFFF or bytes that are not UTF-8" if any(map(unwritable, n))
                else data.name_problem(n) for n in own}
         odd = [f"{n!r} {w}" for n, w in why.items() if w]

@@ -321,8 +321,10 @@ def office_lock(path):
 def serve(images, labels, checkpoint=None, review=None, port=0, open_browser=True, model=True):
     """Run the studio until Ctrl+C. In label mode the model of ``checkpoint`` (None: the shipped one) suggests
     labels unless ``model`` is False; ``review`` (a list from ``audit``) opens a review queue instead. The review
-    list, the model and the port are checked before the labels file is created or touched."""
-    names = data.read_labels(labels, partial=True)["img_name"] if Path(labels).is_file() else ()
+    list, the model and the port are checked before the labels file is created or written (an existing one is read
+    first, for the images it names in subfolders)."""
+    xlsx = Path(labels).suffix.lower() == ".xlsx" and Path(labels).is_file()  # the store refuses other files
+    names = data.read_labels(labels, partial=True)["img_name"] if xlsx else ()
     files = {p.name: p for p in data.list_images(images)} | subfolder_images(images, names)
     queue, suggested, source = None, None, None
     if review:

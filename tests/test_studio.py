@@ -555,6 +555,19 @@ def test_labelled_images_in_subfolders_are_served_and_unrelated_subfolders_left_
     assert made[0].studio.order == ["left/000.png"]
 
 
+def test_a_folder_without_images_of_its_own_or_labelled_ones_is_refused_before_anything_is_written(folder, tmp_path):
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ValueError, match="no image files in"):
+        LabelStore(tmp_path / "new" / "labels.xlsx", tmp_path / "empty")
+    assert not (tmp_path / "new").exists()  # no folder, no lock file
+    LabelStore(tmp_path / "labels.xlsx", folder)  # labels of the folder's images ...
+    with pytest.raises(ValueError, match="no image files in"):  # ... with the folder above it: none is there
+        LabelStore(tmp_path / "labels.xlsx", tmp_path)
+    pd.DataFrame({"img_name": ["000.png"], "target": ["x"]}).to_csv(tmp_path / "labels.csv", index=False)
+    with pytest.raises(ValueError, match="labels file must be an .xlsx file"):  # not the CSV's bad row first
+        studio.serve(folder, tmp_path / "labels.csv", open_browser=False, model=False)
+
+
 def test_changes_over_http(server, tmp_path):
     ok = {"changes": [change("005.png", BLANK, target=0, tags=["dark"])]}
     assert post(server, ok)[0] == 200
