@@ -171,10 +171,15 @@ def data_id(images, targets):
     return h.hexdigest()[:16]
 
 
+class TeacherSawStudent(ValueError):
+    """A teacher's fold model may have seen the student's validation or test images."""
+
+
 def check_teachers(teacher_dirs, student):
-    """Refuse teacher CVs whose fold models may have seen the student's validation or test images: a teacher needs
-    the student's data, folds, seed and validation fraction, and no refit (which trains on the validation part
-    too). ``student``: the student's fold key (see cross_val_predict)."""
+    """Refuse (TeacherSawStudent) teacher CVs whose fold models may have seen the student's validation or test
+    images: a teacher needs the student's data, folds, seed and validation fraction, and no refit (which trains on the
+    validation part too); a folder without fold results is a ValueError. ``student``: the student's fold key (see
+    cross_val_predict)."""
     for d in map(Path, teacher_dirs):
         rows = sorted(d.glob("fold*.json"))
         if not rows:
@@ -188,8 +193,8 @@ def check_teachers(teacher_dirs, student):
             wrong = [f"{what} {got!r}, the student's {want!r}" for what, got, want in pairs if got != want]
             wrong += ["refit, which trains on the validation part"] if t["config"]["refit"] else []
             if wrong:
-                raise ValueError(f"{row}: its fold model may have seen the student's validation or test images "
-                                 f"({'; '.join(wrong)})")
+                raise TeacherSawStudent(f"{row}: its fold model may have seen the student's validation or test "
+                                        f"images ({'; '.join(wrong)})")
 
 
 def check_fold_model(fold_json, images, test=None):

@@ -45,7 +45,7 @@ def subfolder_images(images_dir, names):
         try:
             if file.suffix.lower() in data.IMAGE_SUFFIXES and file.is_file() and file.resolve().is_relative_to(root):
                 files[name] = file
-        except OSError:  # a name the file system cannot look up (too long, say): its row is kept, not served
+        except (OSError, RuntimeError):  # a name too long for the file system, a symlink loop: kept, not served
             pass
     return files
 

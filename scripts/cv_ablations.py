@@ -32,8 +32,8 @@ import torch
 
 from eye_clf import data, experiment, metrics, plots
 from eye_clf.__main__ import int_at_least
-from eye_clf.cv import (check_data, check_teachers, cross_val_predict, data_id, interval, out_of_fold, predicted,
-                        same_key)
+from eye_clf.cv import (TeacherSawStudent, check_data, check_teachers, cross_val_predict, data_id, interval,
+                        out_of_fold, predicted, same_key)
 from eye_clf.files import atomic_write, provenance
 from eye_clf.train import TrainConfig
 
@@ -565,9 +565,7 @@ def teacher_flaw(name, rows):
     key = {"data": DATA[0][1] if DATA else None, **same_key(rows[0]["key"])}  # load checked the data
     try:
         check_teachers([OUT / "cv" / t for t in RUNS[name].get("teachers", ())], key)
-    except ValueError as err:
-        if "may have seen" not in str(err):  # a missing or unreadable teacher is not this
-            raise
+    except TeacherSawStudent:  # (a missing or unreadable teacher raises)
         return " (a teacher may have seen its validation part: see its RUNS comment)"
     return ""
 
@@ -668,6 +666,8 @@ if __name__ == "__main__":
                            or args.into.resolve().is_relative_to(OUT.resolve())):
         ap.error("--reproduce takes a run among RUNS and --into a folder outside results/ (a run's folds stay as "
                  "committed)")
+    if args.into and args.into.exists() and not args.into.is_dir():
+        ap.error(f"--into: {args.into} is a file; give a folder for the fold files")
     if args.against and not args.ensemble:
         ap.error("--against pairs an --ensemble with a run: name the --ensemble runs too")
     if args.seeds and len(set(args.seeds)) < 2:

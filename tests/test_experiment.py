@@ -663,6 +663,10 @@ def test_reproduce_trains_a_run_again_and_tells_identical_folds_from_others(monk
     r = subprocess.run([sys.executable, str(script), "eyenet16_e60", "--into", str(tmp_path)], capture_output=True,
                        text=True)
     assert r.returncode == 2 and "--into is --reproduce's fold folder" in r.stderr
+    (tmp_path / "a_file").write_text("")
+    r = subprocess.run([sys.executable, str(script), "--reproduce", "eyenet16_e60", "--into", str(tmp_path / "a_file")],
+                       capture_output=True, text=True)
+    assert r.returncode == 2 and "a_file is a file; give a folder" in r.stderr
 
 
 @pytest.mark.parametrize("change, field", [(dict(epochs=0), "epochs"), (dict(epochs=-1), "epochs"),
