@@ -23,7 +23,7 @@ import numpy as np
 import torch
 
 from . import cv, data, metrics
-from .files import atomic_write, is_checkout, provenance, save_history, sha256, write_json
+from .files import atomic_write_all, is_checkout, provenance, save_history, sha256, write_json
 from .models import load_checkpoint, scores
 from .plots import plot_history
 from .predict import SHIPPED  # every shipped path here is built from it: pointing it elsewhere moves them all
@@ -201,7 +201,7 @@ def train_run(cfg=None, root=None, labels=None, out_dir=None, limit=None, progre
 
 def ship(run_dir):
     """Make a run the shipped model: its checkpoint and ONNX export into eye_clf/shipped/, its history and
-    curves into plots_checkpoints/."""
+    curves into plots_checkpoints/. Every file is written before any is replaced: a failure leaves the old set."""
     from .export import export_onnx
 
     if not is_checkout(SHIPPED.resolve().parent.parent):
@@ -217,5 +217,5 @@ def ship(run_dir):
     load_checkpoint(run_dir / "eye_clf.pt")
     with tempfile.TemporaryDirectory(dir=SHIPPED, prefix=".ship-") as tmp:  # a failed export replaces nothing
         graph = export_onnx(run_dir / "eye_clf.pt", Path(tmp) / "eye_clf.onnx")
-        for src, dst in [*copies, (graph, SHIPPED / "eye_clf.onnx")]:
-            atomic_write(dst, lambda out: shutil.copyfile(src, out))
+        copies.insert(1, (graph, SHIPPED / "eye_clf.onnx"))  # the model's two files are moved one after the other
+        atomic_write_all([(dst, lambda out, src=src: shutil.copyfile(src, out)) for src, dst in copies])

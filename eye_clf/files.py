@@ -8,7 +8,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from importlib import metadata
 from pathlib import Path
 
@@ -74,27 +74,44 @@ def locked(path, timeout=None):
             fcntl.flock(f, fcntl.LOCK_UN)
 
 
+@contextmanager
+def _staged(path, write):
+    """Call ``write(tmp_path)`` for a temporary file beside ``path``; yield the function that moves it into place."""
+    path = Path(os.path.realpath(path))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+
+    def move():
+        os.replace(tmp, path)
+        if os.name == "posix":  # the rename on disk too (a folder cannot be opened for that on Windows)
+            _fsync_dir(path.parent)
+    try:
+        write(tmp)
+        with open(tmp, "rb+") as f:  # the data is on disk before the rename makes it the file
+            os.fsync(f.fileno())
+        os.chmod(tmp, path.stat().st_mode & 0o777 if path.exists() else 0o666 & ~_umask())
+        yield move
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+
+
 def atomic_write(path, write):
     """Call ``write(tmp_path)`` then move the file into place, so ``path`` is never half-written.
 
     The temporary file sits beside ``path`` (same file system); the result keeps the mode of the file it replaces.
     A symlink is followed: the file it points to is replaced, the link stays.
     """
-    path = Path(os.path.realpath(path))
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        write(tmp)
-        with open(tmp, "rb+") as f:  # the data is on disk before the rename makes it the file
-            os.fsync(f.fileno())
-        os.chmod(tmp, path.stat().st_mode & 0o777 if path.exists() else 0o666 & ~_umask())
-        os.replace(tmp, path)
-        if os.name == "posix":  # and the rename after it (a folder cannot be opened for that on Windows)
-            _fsync_dir(path.parent)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+    atomic_write_all([(path, write)])
+
+
+def atomic_write_all(writes):
+    """``atomic_write`` for several ``(path, write)`` pairs that belong together: every file is written before any
+    is moved into place, so a failed write replaces none of them."""
+    with ExitStack() as stack:
+        for move in [stack.enter_context(_staged(path, write)) for path, write in writes]:
+            move()
 
 
 def write_json(path, obj, indent=None):

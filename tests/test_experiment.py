@@ -1,6 +1,7 @@
 """The main job (train_run, ship), cross-validation bookkeeping and the recipe's validation."""
 import importlib.util
 import json
+import shutil
 import subprocess
 import sys
 from dataclasses import asdict, replace
@@ -892,6 +893,21 @@ def test_ship_command_promotes_a_complete_run_and_refuses_a_partial_one(monkeypa
     main(["ship", str(run)])
     assert (shipped / "eye_clf.pt").read_bytes() == tiny_ckpt.read_bytes() and (shipped / "eye_clf.onnx").is_file()
     assert (figures / "history.csv").read_text() == "history.csv"
+
+    before = {f: f.read_bytes() for d in (shipped, figures) for f in d.iterdir()}
+    for name in ("history.csv", "history.json", "train_val_loss_metrics_history.png"):
+        (run / name).write_text(f"new {name}")
+    copy = shutil.copyfile
+
+    def copy_until_the_png(src, dst):  # the png is written last: its failure comes after every other file's copy
+        if str(src).endswith(".png"):
+            raise OSError(28, "No space left on device")
+        return copy(src, dst)
+    with monkeypatch.context() as m:
+        m.setattr(shutil, "copyfile", copy_until_the_png)
+        with pytest.raises(OSError, match="No space left"):
+            experiment.ship(run)
+    assert {f: f.read_bytes() for d in (shipped, figures) for f in d.iterdir()} == before  # the old set, no leftovers
 
 
 def test_teacher_without_distill_is_refused_before_any_work(tiny_ckpt):

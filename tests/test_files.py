@@ -24,6 +24,21 @@ def test_atomic_write_keeps_the_old_file_when_the_writer_fails(tmp_path):
     assert path.read_text() == "new" and [p.name for p in tmp_path.iterdir()] == ["out.txt"]
 
 
+def test_atomic_write_all_replaces_none_when_one_writer_fails(tmp_path):
+    first, second = tmp_path / "a.txt", tmp_path / "sub" / "b.txt"
+    first.write_text("old a")
+
+    def broken(tmp):
+        raise RuntimeError("disk full")
+
+    with pytest.raises(RuntimeError, match="disk full"):
+        files.atomic_write_all([(first, lambda tmp: open(tmp, "w").write("new a")), (second, broken)])
+    assert first.read_text() == "old a" and sorted(p.name for p in tmp_path.rglob("*")) == ["a.txt", "sub"]
+    files.atomic_write_all([(first, lambda tmp: open(tmp, "w").write("new a")),
+                            (second, lambda tmp: open(tmp, "w").write("new b"))])
+    assert (first.read_text(), second.read_text()) == ("new a", "new b")
+
+
 def test_atomic_write_through_a_symlink_replaces_the_file_it_points_to(tmp_path):
     real, link = tmp_path / "real.txt", tmp_path / "link.txt"
     real.write_text("old")
