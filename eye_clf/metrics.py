@@ -61,11 +61,12 @@ def ece(targets, scores, bins=15):
     return float(np.sum(count[used] / count.sum() * np.abs(mean_score[used] - open_rate[used])))
 
 
-def ece_floor(scores, bins=15, draws=1000, seed=0):
-    """The mean ECE a perfectly calibrated model with these scores would show on this many images: each draw takes
-    the targets from the scores themselves (open with probability P(open)). ECE is biased upwards on small sets."""
+def calibrated_eces(scores, bins=15, draws=1000, seed=0):
+    """The ECEs a perfectly calibrated model with these scores shows on this many images, one per draw: each draw
+    takes the targets from the scores themselves (open with probability P(open)). Their mean is the floor that
+    sampling alone puts under the ECE (it is biased upwards on small sets); their spread, how far above it chance goes."""
     scores, rng = np.asarray(scores, dtype=float), np.random.default_rng(seed)
-    return float(np.mean([ece(rng.random(scores.size) < scores, scores, bins) for _ in range(draws)]))
+    return np.array([ece(rng.random(scores.size) < scores, scores, bins) for _ in range(draws)])
 
 
 def summary(targets, scores):

@@ -494,14 +494,18 @@ def learning_curves(path=OUT / "learning_curve.png"):
 
 def over_seeds(names):
     """Runs of one recipe with different seeds: each run's 5-fold mean of EER, accuracy at the validation threshold
-    and at 0.5, and ECE, their mean ± 95% t-interval over the runs and their range; and the range of the fold
-    temperatures and validation thresholds."""
+    and at 0.5, and ECE, their mean ± 95% t-interval over the runs and their range; the ECE that calibrated models
+    with the same scores show over all the folds; and the range of the fold temperatures and validation thresholds."""
     runs = [pd.DataFrame(load(n)) for n in names]
     for col in ("eer", "accuracy_at_val_threshold", "accuracy", "ece"):
         v = np.array([100 * f[col].mean() for f in runs])
         m, h = interval(v)
         print(f"{col}{' (at 0.5)' if col == 'accuracy' else ''}: per run {', '.join(f'{x:.2f}' for x in v)}; over "
               f"the {len(v)} runs {m:.2f} ± {h:.2f}% (from {v.min():.2f} to {v.max():.2f})")
+    folds = [r for f in runs for r in f.to_dict("records")]
+    draws, ece = calibrated_eces(folds), np.mean([r["ece"] for r in folds])
+    print(f"ece of calibrated models with the same scores, over the {len(folds)} folds: mean "
+          f"{100 * draws.mean():.2f}% against the runs' {100 * ece:.2f}% ({calibrated_reach(draws, ece)})")
     for col in ("temperature", "val_threshold"):
         t = np.concatenate([f[col] for f in runs])
         print(f"fold {col.replace('val_', 'validation ')}s: from {t.min():.3f} to {t.max():.3f}")
@@ -525,14 +529,29 @@ def reproduce(name, images, targets, names, into, only=None):
               f"second on data {again['key'].get('data', '(not recorded)')}")
 
 
+def calibrated_eces(rows):
+    """Per draw, the mean ECE over the folds ``rows`` that perfectly calibrated models with the same scores show
+    (metrics.calibrated_eces; each fold's draws independent of the others')."""
+    return np.mean([metrics.calibrated_eces(predicted(r), seed=k) for k, r in enumerate(rows)], axis=0)
+
+
+def calibrated_reach(draws, observed):
+    """How the mean ECE ``observed`` compares with calibrated models' draws of it."""
+    return (f"a calibrated model's mean: 95th percentile {100 * np.percentile(draws, 95):.2f}%, at or above "
+            f"{100 * observed:.2f}% in {100 * np.mean(draws >= observed):.1f}% of {draws.size} draws")
+
+
 def ece_floors(names):
-    """Per fold: the run's ECE on its test fold, and the ECE a perfectly calibrated model with the same scores would
-    show on that many images (metrics.ece_floor): the part of the ECE that is sampling, not miscalibration."""
+    """Per fold: the run's ECE on its test fold, and the mean ECE a perfectly calibrated model with the same scores
+    shows on that many images: the part of the ECE that is sampling, not miscalibration; then how often such a
+    model's 5-fold mean ECE reaches the run's."""
     for name in names:
         rows = load(name)
-        ece, floor = np.array([r["ece"] for r in rows]), np.array([metrics.ece_floor(predicted(r)) for r in rows])
+        ece = np.array([r["ece"] for r in rows])
+        floor = np.array([metrics.calibrated_eces(predicted(r), seed=k).mean() for k, r in enumerate(rows)])
         print(f"{name}: ECE per fold {np.round(100 * ece, 2).tolist()}, of a calibrated model with the same scores "
-              f"{np.round(100 * floor, 2).tolist()}; mean {100 * ece.mean():.2f}% against {100 * floor.mean():.2f}%")
+              f"{np.round(100 * floor, 2).tolist()}; mean {100 * ece.mean():.2f}% against {100 * floor.mean():.2f}% "
+              f"({calibrated_reach(calibrated_eces(rows), ece.mean())})")
 
 
 def paired_diff(f, ref):

@@ -4,11 +4,13 @@ human labelings in other_annotations.csv.
     python scripts/label_noise.py [RUN]     # default: the shipped recipe's CV (TrainConfig's defaults)
 
 Prints how often each extra annotator agrees with the reference, against the CV models (each fold's validation
-threshold) on the same images; then, for the images where both extra annotators agree with each other but not with
+threshold) on the same images, and how the models' errors split between the images both annotators label and the
+others; then, for the images where both extra annotators agree with each other but not with
 the reference, how many the CV models get wrong, and the pooled out-of-fold EER with and without those images; then
 the EER on the images that no extra annotator disputes (per fold: mean ± 95% interval); last, each labeller's own
 error rate (metrics.labeller_errors: independent errors assumed) on the images both extra annotators label, from
-the trio (reference, A, B) and from (CV models, A, B).
+the trio (reference, A, B) and from (CV models, A, B), and how far the models' disagreement with the reference is
+from what independent errors at those rates would give.
 """
 import argparse
 from pathlib import Path
@@ -56,6 +58,11 @@ for name, votes in (("annotator_a", a), ("annotator_b", b)):
     print(f"{name} labels {seen.sum()} images and agrees with the reference on "
           f"{100 * (votes[seen] == targets[seen]).mean():.2f}% of them; the CV models on "
           f"{100 * (wrong[seen] == 0).mean():.2f}%")
+seen_a = ~np.isnan(a)
+print(f"the CV models disagree with the reference on {100 * wrong[both].mean():.2f}% of the {both.sum()} images both extra "
+      f"annotators label, and on {100 * wrong[~both].mean():.2f}% of the {(~both).sum()} others ({wrong[~both].sum()} of "
+      f"the {wrong.sum()} errors); annotator_a disagrees with it on {100 * (a != targets)[~both & seen_a].mean():.2f}% of "
+      f"the {(~both & seen_a).sum()} of those it labels")
 print(f"the two annotators agree with each other on {100 * (a[both] == b[both]).mean():.2f}% of the {both.sum()} "
       "images both label")
 print(f"both extra annotators label {both.sum()} images; they agree with each other against the reference on "
@@ -68,7 +75,13 @@ m, h = interval(per_fold)
 print(f"on the {(~disputed).sum()} images no extra annotator disputes (out of {len(targets)}): pooled out-of-fold EER "
       f"{100 * metrics.eer(targets[~disputed], p[~disputed])[0]:.2f}%, per fold {100 * m:.2f} ± {100 * h:.2f}%; "
       f"{wrong[disputed].sum()} of the {wrong.sum()} errors are on the {disputed.sum()} disputed images")
+rate = {}
 for first, labels in (("reference", targets), ("CV models", (p >= threshold).astype(float))):
-    e = metrics.labeller_errors(labels[both], a[both], b[both])
-    print(f"independent-error estimate on the {both.sum()} images both extra annotators label: {first} "
-          f"{100 * e[0]:.2f}%, annotator_a {100 * e[1]:.2f}%, annotator_b {100 * e[2]:.2f}% wrong")
+    rate[first] = metrics.labeller_errors(labels[both], a[both], b[both])
+    print(f"independent-error estimate on the {both.sum()} images both extra annotators label: "
+          + ", ".join(f"{n} {100 * e:.2f}%" for n, e in zip((first, "annotator_a", "annotator_b"), rate[first]))
+          + " wrong")
+e, f = rate["reference"][0], rate["CV models"][0]
+print(f"independent errors at those two rates would make the CV models and the reference disagree on "
+      f"{100 * (e + f - 2 * e * f):.2f}% of those {both.sum()} images; they disagree on {100 * wrong[both].mean():.2f}%: "
+      "the models share some of the reference's errors (they learnt from it), so the two rates do not add up")

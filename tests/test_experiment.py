@@ -1,6 +1,8 @@
 """The main job (train_run, ship), cross-validation bookkeeping and the recipe's validation."""
 import importlib.util
 import json
+import os
+import re
 import shutil
 import subprocess
 import sys
@@ -598,7 +600,8 @@ def test_over_seeds_prints_the_spread_of_the_runs_means(monkeypatch, tmp_path, c
         (tmp_path / "cv" / name).mkdir(parents=True)
         for k in range(5):
             row = dict(fold=k, eer=eer + 0.001 * (k - 2), accuracy_at_val_threshold=0.97, accuracy=0.965, ece=0.015,
-                       temperature=0.5 + 0.01 * k, val_threshold=0.3 + 0.1 * k, key=dict(folds=5))
+                       temperature=0.5 + 0.01 * k, val_threshold=0.3 + 0.1 * k, key=dict(folds=5, config={}),
+                       p=[0.0, 1.0] * 50)  # certain scores: a calibrated model's ECE is 0
             (tmp_path / "cv" / name / f"fold{k}.json").write_text(json.dumps(row))
     ablations.over_seeds(["eyenet16_e60", "eyenet16_e30"])
     out = capsys.readouterr().out
@@ -607,6 +610,8 @@ def test_over_seeds_prints_the_spread_of_the_runs_means(monkeypatch, tmp_path, c
     assert "ece: per run 1.50, 1.50; over the 2 runs 1.50 ± 0.00%" in out
     assert "accuracy (at 0.5): per run 96.50, 96.50; over the 2 runs 96.50 ± 0.00%" in out
     assert "fold temperatures: from 0.500 to 0.540" in out and "fold validation thresholds: from 0.300 to 0.700" in out
+    assert ("ece of calibrated models with the same scores, over the 10 folds: mean 0.00% against the runs' 1.50% (a "
+            "calibrated model's mean: 95th percentile 0.00%, at or above 1.50% in 0.0% of 1000 draws)") in out
 
 
 def test_ablation_against_without_ensemble_is_an_error():
@@ -979,6 +984,23 @@ def test_cached_teacher_scores_follow_the_teacher_file_and_are_checked(tiny_ckpt
         np.save(cached, np.zeros(5))
     with pytest.raises(ValueError, match=r"teacher scores of shape \(5,\), expected \(2, 3\); delete the file"):
         cv._view_proba(teacher, views)
+
+
+def test_label_noise_splits_the_cv_errors_between_the_images_both_annotators_label_and_the_others(real_root):
+    """scripts/label_noise.py on the committed CV of the shipped recipe: the two parts' error rates add up to its
+    errors, and its last line compares the models' disagreement with the reference with what independence predicts."""
+    script = Path(__file__).parent.parent / "scripts" / "label_noise.py"
+    r = subprocess.run([sys.executable, str(script)], capture_output=True, text=True,
+                       env={**os.environ, "EYE_CLF_DATA": str(real_root)})
+    assert r.returncode == 0, r.stderr
+    wrong, n = map(int, re.search(r"(\d+) of (\d+) images wrong out of fold", r.stdout).groups())
+    part = re.search(r"disagree with the reference on ([\d.]+)% of the (\d+) images both extra annotators label, and on "
+                     r"([\d.]+)% of the (\d+) others \((\d+) of the (\d+) errors\)", r.stdout).groups()
+    rate_both, n_both, rate_other, n_other, wrong_other, total = map(float, part)
+    assert n_both + n_other == n and total == wrong and round(rate_other * n_other / 100) == wrong_other
+    assert round(rate_both * n_both / 100) + wrong_other == wrong
+    assert re.search(r"independent errors at those two rates would make .* disagree on [\d.]+% of those \d+ images; "
+                     r"they disagree on ([\d.]+)%", r.stdout).group(1) == f"{rate_both:.2f}"
 
 
 def test_robustness_crops_crop_and_resizes_resize():

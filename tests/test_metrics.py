@@ -247,11 +247,13 @@ def test_labeller_errors_recovers_independent_flip_rates():
         metrics.labeller_errors(truth, y, z)
 
 
-def test_ece_floor_is_the_sampling_bias_of_a_calibrated_model():
-    # one bin of P(open) = 0.5: the ECE is |open rate - 0.5|, whose mean is sqrt(0.25 / n) * sqrt(2 / pi)
-    expected = 0.5 / np.sqrt(800) * np.sqrt(2 / np.pi)
-    assert metrics.ece_floor(np.full(800, 0.5), bins=1, draws=4000) == pytest.approx(expected, rel=0.05)
-    assert metrics.ece_floor(np.r_[np.zeros(400), np.ones(400)]) == 0  # certain and right: nothing to miss
+def test_calibrated_eces_are_the_sampling_spread_of_a_calibrated_model():
+    # one bin of P(open) = 0.5: the ECE is |open rate - 0.5|, a half-normal of scale sqrt(0.25 / n)
+    scale = 0.5 / np.sqrt(800)
+    draws = metrics.calibrated_eces(np.full(800, 0.5), bins=1, draws=4000)
+    assert draws.shape == (4000,) and draws.mean() == pytest.approx(scale * np.sqrt(2 / np.pi), rel=0.05)
+    assert np.percentile(draws, 95) == pytest.approx(scale * 1.96, rel=0.05)
+    assert not metrics.calibrated_eces(np.r_[np.zeros(400), np.ones(400)]).any()  # certain and right: nothing to miss
 
 
 def test_learning_curve_plots_each_point_with_its_interval_and_the_goal():
