@@ -305,8 +305,8 @@ def relabelled_since(review, store):
     """Names of the review list whose audited label (``target``) is neither the file's label nor the one a studio
     replaced (its ``original`` column): a list made from another version of the file."""
     df = store.df.loc[review["img_name"]]
-    now = pd.to_numeric(df["target"], errors="coerce")
-    first = pd.to_numeric(df["original"], errors="coerce") if "original" in df else now
+    now = pd.to_numeric(df["target"], errors="coerce").astype(float)  # a blank (unsure) target: NaN, not pd.NA
+    first = pd.to_numeric(df["original"], errors="coerce").astype(float) if "original" in df else now
     return [n for n, t, a, b in zip(review["img_name"], review["target"], now, first) if t not in (a, b)]
 
 

@@ -1004,6 +1004,7 @@ def test_a_review_list_older_than_the_labels_file_is_noted(folder, tmp_path, ser
     assert "note:" not in capsys.readouterr().out
     store = LabelStore(labels, folder)  # a review flips one label: its original keeps the audited one
     store.apply([change("000.png", store.state("000.png"), target=0, reviewed=True)])
+    store.apply([change("001.png", store.state("001.png"), target=None, unsure=True, reviewed=True)])  # a blank target
     studio.serve(folder, labels, review=review, open_browser=False)
     assert "note:" not in capsys.readouterr().out
     review.write_text("img_name,target,p_open,rank,score\n000.png,0,0.9,1,0.1\n")  # a new audit of the new label
@@ -1014,3 +1015,7 @@ def test_a_review_list_older_than_the_labels_file_is_noted(folder, tmp_path, ser
     assert (f"note: 1 image(s) of {review} (000.png) have a label in it that is neither the one {labels} holds "
             "nor one a studio replaced there"
             in capsys.readouterr().out)
+    pd.DataFrame({"img_name": ["000.png"], "target": [0]}).to_excel(labels, index=False)  # 001.png's row deleted
+    review.write_text("img_name,target,p_open,rank,score\n000.png,0,0.9,1,0.1\n001.png,0,0.8,2,0.2\n")
+    studio.serve(folder, labels, review=review, open_browser=False)
+    assert f"note: 1 image(s) of {review} (001.png) have a label in it" in capsys.readouterr().out
