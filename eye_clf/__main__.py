@@ -8,6 +8,7 @@ import csv
 import filecmp
 import json
 import os
+import shlex
 import sys
 from dataclasses import fields
 from pathlib import Path
@@ -122,11 +123,14 @@ def _outside_shipped(path, text):
 
 
 def output_file(text):
-    """argparse type: a file to write (not an existing folder, nor in the shipped model's folders; its folder exists
-    or can be created)."""
+    """argparse type: a file to write (not an existing folder, nor a write-protected file, nor in the shipped model's
+    folders; its folder exists or can be created)."""
     path = Path(text).absolute()
     if path.is_dir():
         raise argparse.ArgumentTypeError(f"{text} is an existing folder; give a file name")
+    if path.is_file() and not (os.access(path, os.W_OK) and path.stat().st_mode & 0o222):  # root may, but was asked not to
+        raise argparse.ArgumentTypeError(f"{text} is a read-only file, which eye_clf does not replace; give another "
+                                         "name, or make it writable")
     _outside_shipped(path, text)
     _writable(path.parent, text)
     return text
@@ -428,7 +432,8 @@ def cmd_audit(args):
     images_dir = Path(args.images) if args.images else data.data_dir(args.data) / "EyesDataset"
     labels = data.labels_file(args.labels, args.data, args.images)
     refuse_overwrite({"--out": args.out, "--save-oof": args.save_oof},
-                     [("the labels file", labels), ("--oof", args.oof)])
+                     [("the labels file", labels), ("--oof", args.oof),
+                      ("the extra annotators' labels", data.chosen_data_dir(args.data) / data.ANNOTATIONS_NAME)])
     if args.oof:  # nothing is trained: a training flag would do nothing without a word
         unused = [flag for flag, given in (("recipe flags", cfg != TrainConfig()), ("--folds", args.folds != FOLDS),
                                            ("--threads", args.threads), ("--fold-dir", args.fold_dir)) if given]
@@ -438,17 +443,20 @@ def cmd_audit(args):
     else:
         use_threads(args)
     review, names, targets, p_open = audit(images_dir, labels, args.oof, cfg, args.folds, fold_dir=args.fold_dir)
-    atomic_write(args.out, lambda tmp: review.to_csv(tmp, index=False))
-    if args.save_oof:
+    if args.save_oof:  # first: the costly part, kept should the review list fail to write
         oof = pd.DataFrame({"img_name": names, "target": targets, "p_open": p_open})
         atomic_write(args.save_oof, lambda tmp: oof.to_csv(tmp, index=False))
-    left_out = len(data.read_labels(labels, partial=True)) - len(names)
+    atomic_write(args.out, lambda tmp: review.to_csv(tmp, index=False))
+    rows = data.read_labels(labels, partial=True)
+    reviewed = rows["img_name"][rows["reviewed"] == 1].isin(review["img_name"]).sum() if "reviewed" in rows else 0
     print(f"{len(review)} of {len(names)} labels look wrong (cleanlab, out-of-fold P(open)); wrote {args.out}"
-          + (f"\n({left_out} row(s) of {labels} without a label, blank or marked unsure, were left out)"
-             if left_out else ""))
+          + (f"\n({len(rows) - len(names)} row(s) of {labels} without a label, blank or marked unsure, were left out)"
+             if len(rows) > len(names) else "")
+          + (f"\n({reviewed} of them were reviewed already: marked reviewed in {labels})" if reviewed else ""))
     if len(review):
         as_xlsx = "" if Path(labels).suffix.lower() == ".xlsx" else " saved as .xlsx"
-        print(f"review them: python -m eye_clf label --images {images_dir} --labels COPY.xlsx --review {args.out}\n"
+        print(f"review them: python -m eye_clf label --images {shlex.quote(str(images_dir))} --labels COPY.xlsx "
+              f"--review {shlex.quote(args.out)}\n"
               f"(COPY.xlsx: a copy of {labels}{as_xlsx}; the studio saves every change into it)")
 
 

@@ -7,7 +7,7 @@ import pandas as pd
 from cleanlab.filter import find_label_issues
 from cleanlab.rank import get_label_quality_scores
 
-from . import data
+from . import data, metrics
 from .cv import cross_val_predict
 from .data import LabelError
 from .train import ConfigError, TrainConfig
@@ -86,6 +86,9 @@ def audit(images_dir, labels, oof=None, cfg=None, folds=5, progress=True, fold_d
     images, targets, names = labeled(images_dir, labels)
     if oof is not None:
         p_open = read_oof(oof, names)
+        if metrics.auc(targets, p_open) < 0.5:  # worse than chance: the column holds P(closed), or labels 1 = closed
+            raise ValueError(f"{oof}: p_open ranks the labels backwards (AUC {metrics.auc(targets, p_open):.3f} "
+                             "against them): it must be P(open), with target 1 = open; is it P(closed)?")
     else:
         p_open, _ = cross_val_predict(images, targets, cfg, folds, 0, progress, fold_dir=fold_dir)
     return review_list(names, targets, p_open), names, targets, p_open

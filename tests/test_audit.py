@@ -1,5 +1,6 @@
 """Label audit: cleanlab ranking on out-of-fold P(open), the review list, and the CLI (with and without training)."""
 import json
+import shlex
 
 import numpy as np
 import pandas as pd
@@ -96,10 +97,22 @@ def test_audit_cli_with_given_oof_feeds_the_studio(partly_labelled_xlsx, tmp_pat
     store = LabelStore(labels, images)
     queue = Studio(store, review=read_review(tmp_path / "review.csv", store.files))
     assert queue.mode == "review" and queue.order == ["003.png"] and queue.start() == 0
+    before = store.state("003.png")  # kept as it is in a review: it comes back, said to be reviewed already
+    store.apply([dict(name="003.png", before=before, after=dict(before, reviewed=True))])
+    spaced = tmp_path / "my review.csv"
+    main(["audit", "--images", str(images), "--labels", str(labels), "--oof", str(oof), "--out", str(spaced)])
+    out = capsys.readouterr().out
+    assert f"(1 of them were reviewed already: marked reviewed in {labels})" in out
+    assert f"--review {shlex.quote(str(spaced))}\n" in out and shlex.quote(str(spaced)) != str(spaced)
     oof.write_text(oof.read_text().replace("003.png,0.95", "003.png,0.05"))  # now every label agrees
     main(["audit", "--images", str(images), "--labels", str(labels), "--oof", str(oof),
           "--out", str(tmp_path / "review.csv")])
     assert "0 of 38 labels look wrong" in (out := capsys.readouterr().out) and "review them" not in out
+    inverted = pd.read_csv(oof).assign(p_open=lambda d: 1 - d["p_open"])  # P(closed) by mistake
+    inverted.to_csv(oof, index=False)
+    with pytest.raises(SystemExit, match=r"error: .*oof.csv: p_open ranks the labels backwards \(AUC 0\.000 "):
+        main(["audit", "--images", str(images), "--labels", str(labels), "--oof", str(oof),
+              "--out", str(tmp_path / "review.csv")])
 
 
 def test_audit_cli_trains_folds_and_resumes_from_its_fold_dir(partly_labelled_xlsx, tmp_path, monkeypatch):
@@ -135,7 +148,7 @@ def test_audit_defaults_to_the_reference_labels_file_for_the_data_folders_images
 
     def fake_audit(images_dir, labels, *args, **kwargs):
         seen.append(labels)
-        return pd.DataFrame(), [], [], []
+        return pd.DataFrame({"img_name": []}), [], [], []  # an empty review list
 
     monkeypatch.setattr("eye_clf.audit.audit", fake_audit)
     main(["audit", "--out", str(tmp_path / "review.csv")])  # the data folder's EyesDataset

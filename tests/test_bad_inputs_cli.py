@@ -330,3 +330,14 @@ def test_audit_never_writes_over_its_inputs_or_its_other_output(labelled_folder,
                          f"--save-oof: {tmp_path / 'r.csv'} is --out")):
         assert refused(given + extra, capsys).startswith(f"error: {says}; write it elsewhere"), extra
     assert labels.read_bytes() == before and not (tmp_path / "r.csv").exists()
+    annotations = tmp_path / "data" / "other_annotations.csv"  # in the data folder, beside the reference labels
+    annotations.parent.mkdir()
+    annotations.write_text("img_name,annotator_a,annotator_b\n")
+    assert refused(given + ["--data", str(annotations.parent), "--out", str(annotations)], capsys).startswith(
+        f"error: --out: {annotations} is the extra annotators' labels; write it elsewhere")
+    protected = tmp_path / "kept.csv"
+    protected.write_text("a write-protected file")
+    protected.chmod(0o444)  # refused even for root, who could replace it
+    assert refused(given + ["--out", str(protected)], capsys).startswith(
+        f"error: --out: {protected} is a read-only file, which eye_clf does not replace")
+    assert protected.read_text() == "a write-protected file" and annotations.read_text().startswith("img_name")
