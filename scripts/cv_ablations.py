@@ -29,6 +29,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import torch
+from sklearn.linear_model import LogisticRegression
 
 from eye_clf import data, experiment, metrics, plots
 from eye_clf.__main__ import int_at_least
@@ -492,10 +493,10 @@ def learning_curves(path=OUT / "learning_curve.png"):
     plots.plot_learning_curve(curves, path, goal=GOAL)
 
 
-def over_seeds(names):
+def over_seeds(names, targets):
     """Runs of one recipe with different seeds: each run's 5-fold mean of EER, accuracy at the validation threshold
     and at 0.5, and ECE, their mean ± 95% t-interval over the runs and their range; the ECE that calibrated models
-    with the same scores show over all the folds; and the range of the fold temperatures and validation thresholds."""
+    with the same scores show over all the folds, and the oracle_temperature; and the range of the fold temperatures and validation thresholds."""
     runs = [pd.DataFrame(load(n)) for n in names]
     for col in ("eer", "accuracy_at_val_threshold", "accuracy", "ece"):
         v = np.array([100 * f[col].mean() for f in runs])
@@ -505,7 +506,8 @@ def over_seeds(names):
     folds = [r for f in runs for r in f.to_dict("records")]
     draws, ece = calibrated_eces(folds), np.mean([r["ece"] for r in folds])
     print(f"ece of calibrated models with the same scores, over the {len(folds)} folds: mean "
-          f"{100 * draws.mean():.2f}% against the runs' {100 * ece:.2f}% ({calibrated_reach(draws, ece)})")
+          f"{100 * draws.mean():.2f}% against the runs' {100 * ece:.2f}% ({calibrated_reach(draws, ece)}); "
+          f"{oracle_temperature(folds, targets)}")
     for col in ("temperature", "val_threshold"):
         t = np.concatenate([f[col] for f in runs])
         print(f"fold {col.replace('val_', 'validation ')}s: from {t.min():.3f} to {t.max():.3f}")
@@ -541,17 +543,32 @@ def calibrated_reach(draws, observed):
             f"{100 * observed:.2f}% in {100 * np.mean(draws >= observed):.1f}% of {draws.size} draws")
 
 
-def ece_floors(names):
+def oracle_temperature(rows, targets):
+    """The folds' mean ECE, and that of a calibrated model with the same scores, after refitting each fold's
+    temperature on its own test fold (a logistic regression on the logit, without intercept): an oracle, not a
+    result, which shows how much of the ECE a better-fit temperature alone would remove."""
+    ece, floor = [], []
+    for k, r in enumerate(rows):
+        p, y = np.clip(predicted(r), 1e-7, 1 - 1e-7), targets[r["test_idx"]]
+        z = np.log(p / (1 - p))[:, None]
+        q = LogisticRegression(C=1e6, fit_intercept=False).fit(z, y).predict_proba(z)[:, 1]
+        ece.append(metrics.ece(y, q))
+        floor.append(metrics.calibrated_eces(q, seed=k).mean())
+    return (f"with each fold's temperature refit on its own test fold (an oracle): ECE {100 * np.mean(ece):.2f}% "
+            f"against {100 * np.mean(floor):.2f}% for a calibrated model with those scores")
+
+
+def ece_floors(names, targets):
     """Per fold: the run's ECE on its test fold, and the mean ECE a perfectly calibrated model with the same scores
     shows on that many images: the part of the ECE that is sampling, not miscalibration; then how often such a
-    model's 5-fold mean ECE reaches the run's."""
+    model's 5-fold mean ECE reaches the run's, and the oracle_temperature."""
     for name in names:
         rows = load(name)
         ece = np.array([r["ece"] for r in rows])
         floor = np.array([metrics.calibrated_eces(predicted(r), seed=k).mean() for k, r in enumerate(rows)])
         print(f"{name}: ECE per fold {np.round(100 * ece, 2).tolist()}, of a calibrated model with the same scores "
               f"{np.round(100 * floor, 2).tolist()}; mean {100 * ece.mean():.2f}% against {100 * floor.mean():.2f}% "
-              f"({calibrated_reach(calibrated_eces(rows), ece.mean())})")
+              f"({calibrated_reach(calibrated_eces(rows), ece.mean())}); {oracle_temperature(rows, targets)}")
 
 
 def paired_diff(f, ref):
@@ -732,9 +749,9 @@ if __name__ == "__main__":
     if args.average_curve:
         average_curve(args.average_curve, targets)
     if args.ece_floor:
-        ece_floors(args.ece_floor)
+        ece_floors(args.ece_floor, targets)
     if args.seeds:
-        over_seeds(args.seeds)
+        over_seeds(args.seeds, targets)
     if args.table:
         table(images, targets)
     if args.learning_curve:

@@ -603,7 +603,12 @@ def test_over_seeds_prints_the_spread_of_the_runs_means(monkeypatch, tmp_path, c
                        temperature=0.5 + 0.01 * k, val_threshold=0.3 + 0.1 * k, key=dict(folds=5, config={}),
                        p=[0.0, 1.0] * 50)  # certain scores: a calibrated model's ECE is 0
             (tmp_path / "cv" / name / f"fold{k}.json").write_text(json.dumps(row))
-    ablations.over_seeds(["eyenet16_e60", "eyenet16_e30"])
+    targets = np.array([0, 1] * 50)
+    for k in range(5):  # test folds of 100 images, scored as certain
+        rows = (tmp_path / "cv" / name / f"fold{k}.json" for name in ("eyenet16_e60", "eyenet16_e30"))
+        for path in rows:
+            path.write_text(json.dumps({**json.loads(path.read_text()), "test_idx": list(range(100))}))
+    ablations.over_seeds(["eyenet16_e60", "eyenet16_e30"], targets)
     out = capsys.readouterr().out
     half = cv.interval([2.0, 3.0])[1]
     assert f"eer: per run 2.00, 3.00; over the 2 runs 2.50 ± {half:.2f}% (from 2.00 to 3.00)" in out
@@ -611,7 +616,19 @@ def test_over_seeds_prints_the_spread_of_the_runs_means(monkeypatch, tmp_path, c
     assert "accuracy (at 0.5): per run 96.50, 96.50; over the 2 runs 96.50 ± 0.00%" in out
     assert "fold temperatures: from 0.500 to 0.540" in out and "fold validation thresholds: from 0.300 to 0.700" in out
     assert ("ece of calibrated models with the same scores, over the 10 folds: mean 0.00% against the runs' 1.50% (a "
-            "calibrated model's mean: 95th percentile 0.00%, at or above 1.50% in 0.0% of 1000 draws)") in out
+            "calibrated model's mean: 95th percentile 0.00%, at or above 1.50% in 0.0% of 1000 draws); with each "
+            "fold's temperature refit on its own test fold (an oracle): ECE 0.00% against 0.00%") in out
+
+
+def test_oracle_temperature_calibrates_scores_that_are_only_too_sharp():
+    ablations = load_script("cv_ablations")
+    rng = np.random.default_rng(0)
+    z = rng.normal(0, 2, 4000)
+    y = (rng.random(4000) < 1 / (1 + np.exp(-z))).astype(int)
+    p = 1 / (1 + np.exp(-3 * z))  # three times too sharp: a temperature of 3 calibrates them
+    line = ablations.oracle_temperature([dict(p=p.tolist(), test_idx=list(range(4000)), key=dict(config={}))], y)
+    ece, floor = map(float, re.search(r"ECE ([\d.]+)% against ([\d.]+)%", line).groups())
+    assert 100 * metrics.ece(y, p) > 5 and ece < 1.2 * floor + 0.2
 
 
 def test_ablation_against_without_ensemble_is_an_error():
