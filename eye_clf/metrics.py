@@ -64,7 +64,7 @@ def ece(targets, scores, bins=15):
 def calibrated_eces(scores, bins=15, draws=1000, seed=0):
     """The ECEs a perfectly calibrated model with these scores shows on this many images, one per draw: each draw
     takes the targets from the scores themselves (open with probability P(open)). Their mean is the floor that
-    sampling alone puts under the ECE (it is biased upwards on small sets); their spread, how far above it chance goes."""
+    sampling alone puts under the ECE (biased upwards on small sets); their spread, how far above it chance goes."""
     scores, rng = np.asarray(scores, dtype=float), np.random.default_rng(seed)
     return np.array([ece(rng.random(scores.size) < scores, scores, bins) for _ in range(draws)])
 

@@ -496,7 +496,8 @@ def learning_curves(path=OUT / "learning_curve.png"):
 def over_seeds(names, targets):
     """Runs of one recipe with different seeds: each run's 5-fold mean of EER, accuracy at the validation threshold
     and at 0.5, and ECE, their mean ± 95% t-interval over the runs and their range; the ECE that calibrated models
-    with the same scores show over all the folds, and the oracle_temperature; and the range of the fold temperatures and validation thresholds."""
+    with the same scores show over all the folds, and the oracle_temperature; and the range of the fold temperatures
+    and validation thresholds."""
     runs = [pd.DataFrame(load(n)) for n in names]
     for col in ("eer", "accuracy_at_val_threshold", "accuracy", "ece"):
         v = np.array([100 * f[col].mean() for f in runs])

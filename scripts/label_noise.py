@@ -59,10 +59,10 @@ for name, votes in (("annotator_a", a), ("annotator_b", b)):
           f"{100 * (votes[seen] == targets[seen]).mean():.2f}% of them; the CV models on "
           f"{100 * (wrong[seen] == 0).mean():.2f}%")
 seen_a = ~np.isnan(a)
-print(f"the CV models disagree with the reference on {100 * wrong[both].mean():.2f}% of the {both.sum()} images both extra "
-      f"annotators label, and on {100 * wrong[~both].mean():.2f}% of the {(~both).sum()} others ({wrong[~both].sum()} of "
-      f"the {wrong.sum()} errors); annotator_a disagrees with it on {100 * (a != targets)[~both & seen_a].mean():.2f}% of "
-      f"the {(~both & seen_a).sum()} of those it labels")
+print(f"the CV models disagree with the reference on {100 * wrong[both].mean():.2f}% of the {both.sum()} images both "
+      f"extra annotators label, and on {100 * wrong[~both].mean():.2f}% of the {(~both).sum()} others "
+      f"({wrong[~both].sum()} of the {wrong.sum()} errors); annotator_a disagrees with it on "
+      f"{100 * (a != targets)[~both & seen_a].mean():.2f}% of the {(~both & seen_a).sum()} of those it labels")
 print(f"the two annotators agree with each other on {100 * (a[both] == b[both]).mean():.2f}% of the {both.sum()} "
       "images both label")
 print(f"both extra annotators label {both.sum()} images; they agree with each other against the reference on "
@@ -83,5 +83,6 @@ for first, labels in (("reference", targets), ("CV models", (p >= threshold).ast
           + " wrong")
 e, f = rate["reference"][0], rate["CV models"][0]
 print(f"independent errors at those two rates would make the CV models and the reference disagree on "
-      f"{100 * (e + f - 2 * e * f):.2f}% of those {both.sum()} images; they disagree on {100 * wrong[both].mean():.2f}%: "
+      f"{100 * (e + f - 2 * e * f):.2f}% of those {both.sum()} images; they disagree on "
+      f"{100 * wrong[both].mean():.2f}%: "
       "the models share some of the reference's errors (they learnt from it), so the two rates do not add up")
