@@ -3,10 +3,11 @@ torchvision ResNet18 (3x3 stride-1 stem) on torch for scale.
 
     python scripts/benchmark.py [--threads 1] [--repeats 3] [--batch-size N]
 
-Prints, side by side: images/s on a batch of 4000 in-memory images and on a folder of 4000 JPEG files (best of
-``--repeats``), the milliseconds of one call on one image (a webcam loop: SINGLE images one call each, best of
-``--repeats``), then for each backend the cold start (a fresh interpreter, timed from its launch: start Python,
-import eye_clf, load the model, predict one file) and the peak memory (max RSS) of that process. ``--threads`` sets
+Prints, side by side: images/s on a batch of 4000 in-memory images and on a folder of 4000 JPEG files, the
+milliseconds of one call on one image (a webcam loop: SINGLE images one call each), each the median and range of
+``--repeats`` rounds that time the three in turn; each EyeNet backend's speed as a multiple of the ResNet18's (per
+round, then median and range); then for each backend the cold start (a fresh interpreter, timed from its launch:
+start Python, import eye_clf, load the model, predict one file) and the peak memory (max RSS) of that process. ``--threads`` sets
 torch's threads and, through $OMP_NUM_THREADS, onnxruntime's; ``--batch-size`` is predict_proba's (default: its
 own). The ResNet18's throughput does not depend on its weights, so it is random init, with its BatchNorm folded
 like the shipped model's.
@@ -35,14 +36,24 @@ print(re.search(r"VmHWM:\\s+(\\d+) kB", open("/proc/self/status").read()).group(
 SINGLE = 500  # images predicted one call each, for the latency of one call
 
 
-def best_rate(fn, n, repeats):
-    fn()  # warm-up
-    best = float("inf")
-    for _ in range(repeats):
-        t = time.perf_counter()
+def rates(fns, n, repeats):
+    """Items/s of each function over ``repeats`` rounds (after an untimed warm-up round), the functions timed in
+    turn within each round so that the host's drift falls on all of them alike: an array of rounds x functions."""
+    for fn in fns:
         fn()
-        best = min(best, time.perf_counter() - t)
-    return n / best
+    seconds = np.empty((repeats, len(fns)))
+    for r in range(repeats):
+        for j, fn in enumerate(fns):
+            t = time.perf_counter()
+            fn()
+            seconds[r, j] = time.perf_counter() - t
+    return n / seconds
+
+
+def spread(values, fmt):
+    """The median of ``values`` and, over more than one, their range."""
+    text = format(np.median(values), fmt)
+    return text if len(values) == 1 else f"{text} ({min(values):{fmt}}-{max(values):{fmt}})"
 
 
 def cold_start(backend, image):
@@ -57,8 +68,10 @@ def cold_start(backend, image):
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--threads", type=int_at_least(1), default=2)
-    ap.add_argument("--repeats", type=int_at_least(1), default=3, help="timed passes per case; the fastest counts")
-    ap.add_argument("--batch-size", type=int_at_least(1), help="predict_proba's batch_size (default: predict_proba's default)")
+    ap.add_argument("--repeats", type=int_at_least(1), default=3,
+                    help="timed rounds per case; the median and range are shown")
+    ap.add_argument("--batch-size", type=int_at_least(1),
+                    help="predict_proba's batch_size (default: predict_proba's default)")
     ap.add_argument("--data", help="data folder (default: $EYE_CLF_DATA or ../shared/data)")
     args = ap.parse_args()
     os.environ["OMP_NUM_THREADS"] = str(args.threads)  # onnxruntime sessions and the cold-start processes
@@ -83,18 +96,24 @@ def main():
           f"{prov['machine']}; load average {load}")
     print(f"{args.threads} thread(s), CPU, {len(files)} images of the data folder's EyesDataset; "
           f"shipped model mirror-TTA: {tta}; predict_proba batch_size {args.batch_size or 'default'}")
-    print(f"{'':30s}" + "".join(f"{name:>20s}" for name in runs))
-    for label, x in (("in-memory batch (images/s)", images), ("folder of JPEGs (images/s)", folder)):
-        rates = [best_rate(lambda kw=kw: predict_proba(x, **kw), len(files), args.repeats) for kw in runs.values()]
-        print(f"{label:30s}" + "".join(f"{r:20.0f}" for r in rates), flush=True)
+    print(f"{'':30s}" + "".join(f"{name:>22s}" for name in runs))
     one = images[:SINGLE]
-    rates = [best_rate(lambda kw=kw: [predict_proba(im, **kw) for im in one], len(one), args.repeats)
-             for kw in runs.values()]
-    print(f"{'one image per call (ms)':30s}" + "".join(f"{1e3 / r:20.2f}" for r in rates), flush=True)
+    cases = {  # label: (one call of a backend, the images it scores)
+        "in-memory batch (images/s)": (lambda kw: predict_proba(images, **kw), len(files)),
+        "folder of JPEGs (images/s)": (lambda kw: predict_proba(folder, **kw), len(files)),
+        "one image per call (ms)": (lambda kw: [predict_proba(im, **kw) for im in one], len(one))}
+    ratios = {}
+    for label, (call, n) in cases.items():
+        r = rates([lambda kw=kw: call(kw) for kw in runs.values()], n, args.repeats)
+        ratios[label] = r[:, :2] / r[:, 2:]  # per round: each EyeNet backend against the ResNet18
+        shown = [spread(1e3 / c, ".2f") if "ms" in label else spread(c, ".0f") for c in r.T]
+        print(f"{label:30s}" + "".join(f"{x:>22s}" for x in shown), flush=True)
+    for label, ratio in ratios.items():
+        print(f"{label.split(' (')[0] + ', x ResNet18':30s}" + "".join(f"{spread(c, '.1f'):>22s}" for c in ratio.T))
     parity = np.abs(predict_proba(images, backend="onnx") - predict_proba(images, model=shipped, tta=tta)).max()
     print(f"max |P(onnxruntime) - P(torch)| over the {len(files)} images: {parity:.1e}")
-    print(f"{'cold start (s)':30s}" + "".join(f"{s:20.2f}" for s, _ in cold))
-    print(f"{'peak RSS, cold start (MiB)':30s}" + "".join(f"{m:20.0f}" for _, m in cold))
+    print(f"{'cold start (s)':30s}" + "".join(f"{s:22.2f}" for s, _ in cold))
+    print(f"{'peak RSS, cold start (MiB)':30s}" + "".join(f"{m:22.0f}" for _, m in cold))
 
 
 if __name__ == "__main__":

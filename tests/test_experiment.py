@@ -631,6 +631,15 @@ def test_oracle_temperature_calibrates_scores_that_are_only_too_sharp():
     assert 100 * metrics.ece(y, p) > 5 and ece < 1.2 * floor + 0.2
 
 
+def test_benchmark_times_the_backends_in_turn_and_shows_median_and_range():
+    benchmark = load_script("benchmark")
+    calls = []
+    r = benchmark.rates([lambda: calls.append("a"), lambda: calls.append("b")], n=10, repeats=3)
+    assert r.shape == (3, 2) and (r > 0).all() and calls == ["a", "b"] * 4  # a warm-up round, then three
+    assert benchmark.spread(np.array([3.0, 1.0, 2.0]), ".1f") == "2.0 (1.0-3.0)"
+    assert benchmark.spread(np.array([2.0]), ".0f") == "2"
+
+
 def test_ablation_against_without_ensemble_is_an_error():
     """--against only qualifies --ensemble: alone it would be silently ignored."""
     script = Path(__file__).parent.parent / "scripts" / "cv_ablations.py"
