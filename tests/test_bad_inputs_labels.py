@@ -1,5 +1,6 @@
 """Bad labels files: names that leave the images folder, names with spaces, unreadable spreadsheets. One reader
 (``data.read_labels``) serves training, evaluation, the audit and the studio, so each refuses them the same way."""
+import os
 import zipfile
 from pathlib import Path
 
@@ -40,14 +41,26 @@ def labels(tmp_path, names, suffix=".xlsx", targets=None):
 def test_names_leaving_the_folder_are_refused_every_row_listed(tmp_path, images, suffix, monkeypatch):
     path = labels(tmp_path, ["a.jpg", *ESCAPES, "b.jpg"], suffix)
     touched = []
-    monkeypatch.setattr(Path, "is_file", lambda p: touched.append(p) or p.suffix != ".jpg" or "images" in str(p))
+
+    def spy(real):  # every lookup of a file (exists, is_file, resolve...) goes through os.stat or os.lstat
+        def look(where, *args, **kwargs):
+            touched.append(os.path.normpath(os.fspath(where)) if isinstance(where, (str, os.PathLike)) else "")
+            return real(where, *args, **kwargs)
+        return look
+    monkeypatch.setattr(os, "stat", spy(os.stat))
+    monkeypatch.setattr(os, "lstat", spy(os.lstat))
     with pytest.raises(LabelError) as err:
         read_labels(path, images_dir=images)
+    monkeypatch.undo()
     msg = str(err.value)
     assert f"{len(ESCAPES)} bad row(s)" in msg and "row 2 " not in msg
     for row, name in enumerate(ESCAPES, start=3):
         assert f"row {row} ({name}): img_name " in msg and "must be a relative path inside" in msg
-    assert all("outside" not in str(p) and "etc" not in str(p) for p in touched)  # nothing outside was looked at
+    base = tmp_path.parent  # "../../outside/x.jpg" leads here
+    inside = {str(base), str(tmp_path), str(path), str(images)}  # the labels file, the folder and the path to them
+    outside = [t for t in touched if t.startswith(("/etc", "/no", "C:")) or t.startswith(str(base))
+               and t not in inside and not t.startswith(str(images) + os.sep)]
+    assert touched and not outside  # nothing outside the folder was looked at
 
 
 def test_many_bad_rows_are_counted_beyond_the_first_ones(tmp_path, images):

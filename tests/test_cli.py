@@ -75,9 +75,10 @@ def test_a_weights_file_that_does_not_fit_is_refused_before_the_data_is_read(rea
     for weights, says in ((tmp_path / "bad.pt", "is not a readable state dict"),
                           (tiny_ckpt, "is an eye_clf checkpoint, not the state dict of a ResNet"),
                           (tmp_path / "missing.pt", "not found")):
-        for command in ("train", "cv"):
+        for command, out in (("train", tmp_path / "run"), ("cv", tmp_path / "cv.json")):  # never the default folders
             assert f"error: --weights: {weights} {says}" in exit_message(
-                [command, "--data", str(real_root), "--arch", "resnet18", "--weights", str(weights), "--epochs", "1"])
+                [command, "--data", str(real_root), "--arch", "resnet18", "--weights", str(weights), "--epochs", "1",
+                 "--out", str(out)])
 
 
 def test_train_run_never_writes_into_the_shipped_model_or_its_curves(real_root, tmp_path, monkeypatch):

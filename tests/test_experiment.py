@@ -37,23 +37,30 @@ def record_fits(monkeypatch, what):
     return records
 
 
-def test_train_run_writes_a_run_folder_and_leaves_the_shipped_model_alone(real_root, tmp_path):
-    shipped = (experiment.SHIPPED / "eye_clf.pt").read_bytes()
+def test_train_run_writes_a_run_folder_and_leaves_the_shipped_model_alone(real_root, tmp_path, monkeypatch):
+    shipped, figures, out = tmp_path / "shipped", tmp_path / "figures", tmp_path / "run"
+    shipped.mkdir()
+    figures.mkdir()
+    shutil.copyfile(experiment.SHIPPED / "eye_clf.pt", shipped / "eye_clf.pt")  # a stand-in the run compares with
+    before = (shipped / "eye_clf.pt").read_bytes()
+    monkeypatch.setattr(experiment, "SHIPPED", shipped)  # a regression must not replace the real shipped model
+    monkeypatch.setattr(experiment, "FIGURES", figures)
     cfg = TrainConfig(width=8, epochs=1, refit=False)  # the validated fit alone (refit: the next test)
-    res = experiment.train_run(cfg, real_root, out_dir=tmp_path, limit=200, progress=False)
-    assert (experiment.SHIPPED / "eye_clf.pt").read_bytes() == shipped
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["eye_clf.pt", "history.csv", "history.json", "run.json",
-                                                          "train_val_loss_metrics_history.png"]
+    res = experiment.train_run(cfg, real_root, out_dir=out, limit=200, progress=False)
+    assert [p.name for p in shipped.iterdir()] == ["eye_clf.pt"] and (shipped / "eye_clf.pt").read_bytes() == before
+    assert not any(figures.iterdir())
+    assert sorted(p.name for p in out.iterdir()) == ["eye_clf.pt", "history.csv", "history.json", "run.json",
+                                                     "train_val_loss_metrics_history.png"]
     tr, va = res["split"]
     assert len(tr) == 180 and len(va) == 20 and not set(tr) & set(va)
-    ckpt = torch.load(tmp_path / "eye_clf.pt", weights_only=True)
+    ckpt = torch.load(out / "eye_clf.pt", weights_only=True)
     p_val = models.scores(res["model"], res["images"][va])
     assert ckpt["metrics"]["val"]["eer"] == pytest.approx(metrics.eer(res["targets"][va], p_val)[0])
     assert ckpt["threshold"] == res["val"]["eer_threshold"]
     assert sorted(ckpt["training_images"]) == sorted({data.image_hash(im) for im in res["images"]})
-    run = json.loads((tmp_path / "run.json").read_text())
+    run = json.loads((out / "run.json").read_text())
     assert run["config"] == asdict(cfg) and len(run["provenance"]["git_commit"]) == 40
-    with Image.open(tmp_path / "train_val_loss_metrics_history.png") as im:
+    with Image.open(out / "train_val_loss_metrics_history.png") as im:
         assert im.format == "PNG" and im.width > 300
 
 
@@ -544,15 +551,23 @@ def test_ablation_load_refuses_folds_of_another_config_or_data(monkeypatch, tmp_
             ablations.load("eyenet16_e60")
 
 
+def refused_before_the_data(*argv):
+    """stderr of scripts/cv_ablations.py refusing a command line, as it must before it reads the data: with no data
+    to read (and a time limit), a regression fails here instead of training into results/."""
+    script = Path(__file__).resolve().parent.parent / "scripts" / "cv_ablations.py"
+    r = subprocess.run([sys.executable, str(script), *argv], capture_output=True, text=True, timeout=300,
+                       env={**os.environ, data.DATA_ENV: "/nonexistent"})
+    assert r.returncode == 2, r.stderr
+    return r.stderr
+
+
 @pytest.mark.parametrize("argv, says", [(["--ensemble", "eyenet16_e30", "eyenet16_e30"], "--ensemble: a run named twice"),
                                         (["--average-curve", "eyenet16_e30", "eyenet16_e30"],
                                          "--average-curve: a run named twice"),
                                         (["--seeds", "eyenet16_e30", "eyenet16_e60"], "--seeds: ['eyenet16_e30', "
                                          "'eyenet16_e60'] are not all one recipe")])
 def test_ablation_modes_refuse_runs_that_would_mislead(argv, says):
-    script = Path(__file__).resolve().parent.parent / "scripts" / "cv_ablations.py"
-    r = subprocess.run([sys.executable, str(script), *argv], capture_output=True, text=True)
-    assert r.returncode == 2 and says in r.stderr
+    assert says in refused_before_the_data(*argv)
 
 
 def test_ablation_average_pairs_with_another_run_with_tta_as_asked(monkeypatch, tmp_path, capsys):
@@ -642,16 +657,12 @@ def test_benchmark_times_the_backends_in_turn_and_shows_median_and_range():
 
 def test_ablation_against_without_ensemble_is_an_error():
     """--against only qualifies --ensemble: alone it would be silently ignored."""
-    script = Path(__file__).parent.parent / "scripts" / "cv_ablations.py"
-    r = subprocess.run([sys.executable, str(script), "--against", "eyenet16_e30"], capture_output=True, text=True)
-    assert r.returncode == 2 and "--against pairs an --ensemble with a run" in r.stderr
+    assert "--against pairs an --ensemble with a run" in refused_before_the_data("--against", "eyenet16_e30")
 
 
 def test_seeds_of_a_single_run_is_an_error():
-    script = Path(__file__).parent.parent / "scripts" / "cv_ablations.py"
-    r = subprocess.run([sys.executable, str(script), "--seeds", "eyenet16_e30", "eyenet16_e30"], capture_output=True,
-                       text=True)
-    assert r.returncode == 2 and "--seeds needs two or more different runs" in r.stderr
+    assert "--seeds needs two or more different runs" in refused_before_the_data("--seeds", "eyenet16_e30",
+                                                                                  "eyenet16_e30")
 
 
 def test_ablation_run_prints_each_folds_paired_difference(monkeypatch, tmp_path, capsys):
@@ -688,17 +699,13 @@ def test_reproduce_trains_a_run_again_and_tells_identical_folds_from_others(monk
     ablations.reproduce("eyenet16_e60", images, targets, None, tmp_path / "again", only=[0])  # resumed: said so
     assert f"(found in {tmp_path / 'again'})" in capsys.readouterr().out
     assert sorted(p.name for p in (tmp_path / "again").glob("*.json")) == ["fold0.json", "fold1.json"]
-    script = Path(__file__).parent.parent / "scripts" / "cv_ablations.py"
-    r = subprocess.run([sys.executable, str(script), "--reproduce", "eyenet16_e60", "--into",
-                        str(script.parent.parent / "results" / "cv" / "x")], capture_output=True, text=True)
-    assert r.returncode == 2 and "--into a folder outside results/" in r.stderr
-    r = subprocess.run([sys.executable, str(script), "eyenet16_e60", "--into", str(tmp_path)], capture_output=True,
-                       text=True)
-    assert r.returncode == 2 and "--into is --reproduce's fold folder" in r.stderr
+    results = Path(__file__).resolve().parent.parent / "results"
+    assert "--into a folder outside results/" in refused_before_the_data("--reproduce", "eyenet16_e60", "--into",
+                                                                         str(results / "cv" / "x"))
+    assert "--into is --reproduce's fold folder" in refused_before_the_data("eyenet16_e60", "--into", str(tmp_path))
     (tmp_path / "a_file").write_text("")
-    r = subprocess.run([sys.executable, str(script), "--reproduce", "eyenet16_e60", "--into", str(tmp_path / "a_file")],
-                       capture_output=True, text=True)
-    assert r.returncode == 2 and "a_file is a file; give a folder" in r.stderr
+    assert "a_file is a file; give a folder" in refused_before_the_data("--reproduce", "eyenet16_e60", "--into",
+                                                                        str(tmp_path / "a_file"))
 
 
 @pytest.mark.parametrize("change, field", [(dict(epochs=0), "epochs"), (dict(epochs=-1), "epochs"),

@@ -4,6 +4,7 @@ Executed in memory with the current interpreter as kernel, in the notebook's fol
 folder (../shared/data or $EYE_CLF_DATA).
 """
 import json
+import subprocess
 import sys
 from pathlib import Path
 
@@ -26,6 +27,13 @@ OUTPUTS = {  # notebook: the files its full run writes (smoke mode must leave th
 def snapshot(files):
     """mtime of each file (None when absent)."""
     return {f: (ROOT / f).stat().st_mtime_ns if (ROOT / f).exists() else None for f in files}
+
+
+def changed_files():
+    """The checkout's changed and untracked (not ignored) files, as git lists them; None outside a git checkout."""
+    r = subprocess.run(["git", "status", "--porcelain", "--untracked-files=all"], cwd=ROOT, capture_output=True,
+                       text=True)
+    return r.stdout if r.returncode == 0 else None
 
 
 @pytest.fixture
@@ -65,10 +73,11 @@ def test_committed_outputs_are_of_a_full_run_on_a_committed_tree(name):
 def test_notebook_runs_in_smoke_mode(name, kernel, tmp_path):
     path = ROOT / name
     nb = nbformat.read(path, as_version=4)
-    before = snapshot(OUTPUTS[name])
+    before, tree = snapshot(OUTPUTS[name]), changed_files()
     NotebookClient(nb, timeout=1200, kernel_name=kernel,
                    resources={"metadata": {"path": str(path.parent)}}).execute()  # raises on any cell error
     assert snapshot(OUTPUTS[name]) == before, "smoke mode must not touch committed outputs"
+    assert changed_files() == tree, "smoke mode must write nothing into the checkout"
     assert not list((tmp_path / "tmp").glob("eye_clf_smoke_*")), "smoke mode must remove its temporary folder"
     text = "\n".join(o.get("text", "") for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", []))
     assert "smoke mode: True" in text

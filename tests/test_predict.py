@@ -313,15 +313,21 @@ def test_a_shipped_pair_replaced_keeps_one_session(tiny_ckpt, tmp_path, monkeypa
 def test_threads_that_predict_at_once_load_a_model_once(tiny_ckpt, tmp_path, monkeypatch):
     """A service calling predict_proba from several threads: the first calls share one load of the model."""
     import threading
-    import time
     model = tmp_path / "shared.pt"
     model.write_bytes(tiny_ckpt.read_bytes())
-    loads, real = [], predict._load_torch
+    loads, real, entered, real_cached, all_in = [], predict._load_torch, set(), predict._cached, threading.Event()
 
-    def slow_load(path, device):
+    def counting(*args, **kwargs):
+        entered.add(threading.get_ident())
+        if len(entered) == 4:
+            all_in.set()
+        return real_cached(*args, **kwargs)
+
+    def slow_load(path, device):  # returns only once every thread is in the cache lookup, however slow they start
         loads.append(path)
-        time.sleep(0.3)
+        all_in.wait(60)
         return real(path, device)
+    monkeypatch.setattr(predict, "_cached", counting)
     monkeypatch.setattr(predict, "_load_torch", slow_load)
     results = []
     threads = [threading.Thread(target=lambda: results.append(predict_proba(BRIGHT, checkpoint=model)))
@@ -330,7 +336,7 @@ def test_threads_that_predict_at_once_load_a_model_once(tiny_ckpt, tmp_path, mon
         t.start()
     for t in threads:
         t.join()
-    assert len(loads) == 1 and len(results) == 4 and len(set(results)) == 1
+    assert all_in.is_set() and len(loads) == 1 and len(results) == 4 and len(set(results)) == 1
 
 
 def test_loading_a_model_holds_up_no_prediction_with_another(tiny_ckpt, tmp_path, monkeypatch):
