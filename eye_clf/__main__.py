@@ -87,11 +87,11 @@ def config_from(args):
         device_of(cfg.device)  # a CUDA device this machine lacks: refused before the data loads
     except ConfigError as err:
         sys.exit(f"error: --{err.field.replace('_', '-')}: {str(err).removeprefix(f'{err.field}: ')}")
-    if cfg.weights not in (None, "imagenet"):  # a weights file that does not fit, too
+    if cfg.weights is not None:  # weights that do not fit, or ImageNet weights neither cached nor downloadable, too
         from .models import build_model
         try:
             build_model(cfg.arch, cfg.method, cfg.weights, cfg.width, cfg.dropout, cfg.input_size)
-        except (ValueError, FileNotFoundError) as err:  # models.load_weights: "weights: <file> ..."
+        except (ValueError, FileNotFoundError) as err:  # models.load_weights / resnet: "weights: <file> ..."
             sys.exit(f"error: --{err}")
     return cfg
 
@@ -339,6 +339,9 @@ def cmd_evaluate(args):
     images, _ = read_images([images_dir / n for n in labels["img_name"]])
     images, targets = np.stack(images), labels["target"].to_numpy()
     p = predict_proba(images, checkpoint=args.checkpoint)
+    config = info.get("config") or {}
+    print(f"model: {(info.get('model') or {}).get('arch', config.get('arch', 'unknown'))}, weights: "
+          f"{info.get('weights') or config.get('weights') or 'random init'} ({args.checkpoint or 'the shipped model'})")
     print(f"{len(p)} images: {scores_line(targets, p, threshold)}\n"
           f"accuracy at threshold {threshold:.3f} ({origin})")
     if "training_images" not in info:

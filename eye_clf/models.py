@@ -16,7 +16,7 @@ from torch import nn
 from torch.nn.utils.fusion import fuse_conv_bn_eval
 
 from .predict import model_file
-from .preprocess import IMG_SIZE, MEAN, MODE, STD, normalize
+from .preprocess import IMG_SIZE, MEAN, MODE, RESIZE, STD, normalize
 
 EYENETS = ("eyenet", "res_eyenet", "dw_eyenet", "cn_eyenet")  # small nets for 24x24 eyes, no pretrained weights
 ARCHS = (*EYENETS, "resnet18", "resnet34", "resnet50", "efficientnet_lite0", "efficientnet_lite2")
@@ -24,7 +24,8 @@ METHODS = ("finetune", "feature_extraction")
 CHECKPOINT_FORMAT = "eye_clf/1"
 NORMALIZED_AT_ONCE = 1024  # images that scores() turns into float32 at a time (2.4 MB; more if batch_size is larger)
 # Pretrained backbones expect their own input scaling; ours is (p - MEAN) / STD with p in 0..1.
-IMAGENET_GRAY_MEAN, IMAGENET_GRAY_STD = 0.449, 0.226  # mean of torchvision's per-channel ImageNet constants
+IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)  # torchvision's, per colour channel
+IMAGENET_GRAY_MEAN, IMAGENET_GRAY_STD = 0.449, 0.226  # their means: the gray input a pretrained ResNet's stem takes
 
 
 class Classifier(nn.Module):
@@ -49,7 +50,7 @@ class Classifier(nn.Module):
         return self
 
     def forward(self, x):
-        if x.shape[-1] != self.input_size:
+        if x.shape[-2:] != (self.input_size, self.input_size):
             x = F.interpolate(x, size=self.input_size, mode="bilinear", align_corners=False)
         x = x * self.in_scale + self.in_shift
         return self.head(self.dropout(self.backbone(x))).squeeze(1)
@@ -98,6 +99,18 @@ def _gray_stem(conv):
     conv.in_channels = 1
 
 
+def _imagenet_gray_stem(model):
+    """Make a pretrained ResNet's RGB stem take the gray input (p - IMAGENET_GRAY_MEAN) / IMAGENET_GRAY_STD as it
+    took a gray image in all three channels, each normalised with its own ImageNet mean and std (in place): the
+    weights are scaled per colour channel and summed, and the constant left over comes off bn1's running mean
+    (exact but at the zero-padded border)."""
+    w = model.conv1.weight.detach()
+    mean, std = (torch.tensor(v).view(1, 3, 1, 1) for v in (IMAGENET_MEAN, IMAGENET_STD))
+    model.bn1.running_mean -= (w * (IMAGENET_GRAY_MEAN - mean) / std).sum((1, 2, 3))
+    model.conv1.weight = nn.Parameter((w * IMAGENET_GRAY_STD / std).sum(1, keepdim=True))
+    model.conv1.in_channels = 1
+
+
 def resnet(arch="resnet18", weights=None, pretrained_layout=None):
     """A torchvision ResNet trunk (fc removed).
 
@@ -110,24 +123,37 @@ def resnet(arch="resnet18", weights=None, pretrained_layout=None):
     import torchvision
 
     if weights == "imagenet":
-        model = getattr(torchvision.models, arch)(weights="IMAGENET1K_V1")
+        url = torchvision.models.get_model_weights(arch)["IMAGENET1K_V1"].url
+        cached = Path(torch.hub.get_dir()) / "checkpoints" / Path(url).name
+        try:
+            model = getattr(torchvision.models, arch)(weights="IMAGENET1K_V1")  # from the cache, else downloaded
+        except OSError as err:  # no network (URLError), a failed download
+            raise FileNotFoundError(f"weights imagenet: {arch}'s ImageNet weights are not in torch hub's cache "
+                                    f"({cached}; $TORCH_HOME sets where) and could not be downloaded from {url} "
+                                    f"({err}): put that file there, or pass the path of a weights file") from None
+        except MemoryError:
+            raise
+        except Exception as err:  # a damaged or foreign file in the cache
+            raise ValueError(f"weights imagenet: {cached} in torch hub's cache is not {arch}'s ImageNet weights "
+                             f"({type(err).__name__}: {err}); delete it to download it again") from None
     else:
         model = getattr(torchvision.models, arch)()
         if weights is not None:
-            load_weights(model, weights)
+            load_weights(model, weights, arch)
     n = model.fc.in_features
     model.fc = nn.Identity()
     if not (weights is not None if pretrained_layout is None else pretrained_layout):
         model.conv1 = nn.Conv2d(1, 64, 3, 1, 1, bias=False)
         model.maxpool = nn.Identity()
         return model, n, dict(input_size=24)
-    _gray_stem(model.conv1)
+    _imagenet_gray_stem(model)
     return model, n, dict(input_size=112, in_scale=STD / IMAGENET_GRAY_STD,
                           in_shift=(MEAN - IMAGENET_GRAY_MEAN) / IMAGENET_GRAY_STD)
 
 
-def load_weights(model, path):
-    """Load a state-dict file of ``model``'s architecture into it; a ValueError names a file that is not one."""
+def load_weights(model, path, arch):
+    """Load a state-dict file of ``model``'s architecture (``arch``) into it, its classifier (``fc``, ``_fc``)
+    aside, which is replaced; a ValueError names a file that is not one, and the keys or shapes that do not fit."""
     try:
         state = torch.load(Path(path), map_location="cpu", weights_only=True)
     except FileNotFoundError:
@@ -139,11 +165,21 @@ def load_weights(model, path):
     if isinstance(state, dict) and "format" in state and "state_dict" in state:
         raise ValueError(f"weights: {path} is an eye_clf checkpoint, not the state dict of a {type(model).__name__}; "
                          "--weights takes torchvision or EfficientNet-Lite weights")
-    try:
-        model.load_state_dict(state)
-    except (RuntimeError, TypeError, AttributeError) as err:
-        raise ValueError(f"weights: {path} does not fit a {type(model).__name__}: "
-                         f"{str(err).strip().splitlines()[0]}") from None
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        held = next((f"{k!r} holds a {type(v).__name__}" for k, v in state.items() if not isinstance(v, torch.Tensor)),
+                    "") if isinstance(state, dict) else f"it holds a {type(state).__name__}"
+        raise ValueError(f"weights: {path} is not a state dict (names to tensors): {held}")
+    head = ("fc.", "_fc.")
+    state = {k: v for k, v in state.items() if not k.startswith(head)}
+    own = model.state_dict()
+    problems = [f"{len(keys)} {what}, e.g. {', '.join(keys[:3])}" for what, keys in (
+        ("missing", [k for k in own if k not in state and not k.startswith(head)]),
+        ("unexpected", [k for k in state if k not in own]),
+        ("of another shape", [f"{k} {tuple(v.shape)} (needs {tuple(own[k].shape)})" for k, v in state.items()
+                              if k in own and v.shape != own[k].shape])) if keys]
+    if problems:
+        raise ValueError(f"weights: {path} does not fit a {arch}: keys {'; '.join(problems)}")
+    model.load_state_dict(state, strict=False)
 
 
 def efficientnet_lite(k=0, weights=None, input_size=96):
@@ -163,7 +199,7 @@ def efficientnet_lite(k=0, weights=None, input_size=96):
                                       "afterwards)") from None
         weights = getattr(package, f"EfficientnetLite{k}ModelFile").get_model_file_path()
     if weights is not None:
-        load_weights(model, weights)
+        load_weights(model, weights, f"efficientnet_lite{k}")
     _gray_stem(model._conv_stem)
     model._fc, model._dropout = nn.Identity(), nn.Identity()
     # the Lite models were trained on (p - 0.5) / 0.5, i.e. 2p - 1.
@@ -250,7 +286,7 @@ def load_checkpoint(path):
     missing = [k for k in ("state_dict", "model", "preprocessing") if not isinstance(ckpt.get(k), dict)]
     if missing:
         raise ValueError(f"{path}: checkpoint has no {', '.join(missing)} dict")
-    expected = dict(size=IMG_SIZE, mode=MODE, mean=MEAN, std=STD)
+    expected = dict(size=IMG_SIZE, mode=MODE, resize=RESIZE, mean=MEAN, std=STD)
     for field, value in expected.items():
         if ckpt["preprocessing"].get(field) != value:
             raise ValueError(f"{path}: preprocessing {field} is {ckpt['preprocessing'].get(field)!r}, but this "

@@ -12,6 +12,7 @@ from tqdm.auto import tqdm
 from . import data, metrics
 from .files import atomic_write, provenance
 from .models import CHECKPOINT_FORMAT, build_model, logits, scores, torch_device
+from .preprocess import RESIZE
 
 
 class ConfigError(ValueError):
@@ -436,7 +437,7 @@ def checkpoint(model, cfg, metrics_=None, history=None, prov=None):
         "format": CHECKPOINT_FORMAT,
         "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
         "model": model_spec(cfg),
-        "preprocessing": dict(size=data.IMG_SIZE, mode=data.MODE, resize="bilinear, antialiased",
+        "preprocessing": dict(size=data.IMG_SIZE, mode=data.MODE, resize=RESIZE,
                               mean=data.MEAN, std=data.STD, tta=cfg.tta),
         "weights": cfg.weights or "random init",
         "metrics": metrics_ or {},

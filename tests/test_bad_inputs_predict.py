@@ -301,6 +301,8 @@ BAD_CHECKPOINTS = [
     (corrupt(preprocessing=lambda p: {**p, "mean": 0.4}), r"preprocessing mean is 0.4, but this code .* 0.5"),
     (corrupt(preprocessing=lambda p: {**p, "size": 32}), r"preprocessing size is 32, but this code .* 24"),
     (corrupt(preprocessing=lambda p: {**p, "mode": "RGB"}), r"preprocessing mode is 'RGB'"),
+    (corrupt(preprocessing=lambda p: {**p, "resize": "nearest"}), r"preprocessing resize is 'nearest', but this code "
+                                                                  r"preprocesses with resize 'bilinear, antialiased'"),
     (corrupt(preprocessing=lambda p: {k: v for k, v in p.items() if k != "std"}), r"preprocessing std is None"),
     (corrupt(preprocessing=None), r"checkpoint has no preprocessing dict"),
     (corrupt(model=lambda m: {**m, "depth": 3}), r"weights do not fit the model .*depth"),

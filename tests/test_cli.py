@@ -5,6 +5,7 @@ import subprocess
 import sys
 from dataclasses import fields
 from pathlib import Path
+from urllib.error import URLError
 
 import numpy as np
 import pandas as pd
@@ -79,6 +80,15 @@ def test_a_weights_file_that_does_not_fit_is_refused_before_the_data_is_read(rea
             assert f"error: --weights: {weights} {says}" in exit_message(
                 [command, "--data", str(real_root), "--arch", "resnet18", "--weights", str(weights), "--epochs", "1",
                  "--out", str(out)])
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))  # an empty cache, and no network
+
+    def offline(*args, **kwargs):
+        raise URLError("offline")
+    monkeypatch.setattr(torch.hub, "download_url_to_file", offline)
+    for command, out in (("train", tmp_path / "run"), ("cv", tmp_path / "cv.json")):
+        assert "error: --weights imagenet: resnet18's ImageNet weights are not in torch hub's cache" in exit_message(
+            [command, "--data", str(real_root), "--arch", "resnet18", "--weights", "imagenet", "--epochs", "1",
+             "--out", str(out)])
 
 
 def test_train_run_never_writes_into_the_shipped_model_or_its_curves(real_root, tmp_path, monkeypatch):
@@ -184,7 +194,7 @@ def test_evaluate(labelled_folder, tiny_ckpt, capsys):
     main(["evaluate", "--images", str(folder), "--labels", str(labels), "--checkpoint", str(tiny_ckpt)])
     out = capsys.readouterr().out
     m = metrics.summary(targets, predict_proba(folder, checkpoint=tiny_ckpt))
-    assert out.startswith("40 images: ")
+    assert out.startswith(f"model: eyenet, weights: random init ({tiny_ckpt})\n40 images: ")
     assert f"EER {100 * m['eer']:.2f}%" in out and f"accuracy {100 * m['accuracy']:.2f}%" in out
     assert f"AUC {m['auc']:.4f}" in out
     assert "seen in training: cannot tell" in out  # the tiny checkpoint does not list its training images
@@ -195,7 +205,9 @@ def test_evaluate_an_onnx_file_points_to_its_checkpoint(labelled_folder, tiny_ck
     folder, labels, _, _ = labelled_folder
     onnx = export_onnx(tiny_ckpt, tmp_path / "t.onnx")
     main(["evaluate", "--images", str(folder), "--labels", str(labels), "--checkpoint", str(onnx)])
-    assert "(an ONNX file never does: evaluate its .pt checkpoint to tell)" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "(an ONNX file never does: evaluate its .pt checkpoint to tell)" in out
+    assert out.startswith(f"model: eyenet, weights: random init ({onnx})\n")  # from the graph's metadata
 
 
 def test_evaluate_scores_seen_and_unseen_images_apart(labelled_folder, tiny_ckpt, tmp_path, capsys):

@@ -1,4 +1,6 @@
+import re
 from pathlib import Path
+from urllib.error import URLError
 
 import numpy as np
 import pytest
@@ -53,11 +55,11 @@ def test_random_resnet_has_a_small_gray_stem():
 def test_eyenet_width_and_other_input_sizes_are_resized_to_24_inside():
     model = build_model("eyenet", width=4, dropout=0.3).eval()
     assert model.head.in_features == 16
-    x = torch.randn(2, 1, 48, 40)
-    seen = capture_backbone_input(model, x)  # global pooling would accept 48 x 40 too: look at what it gets
-    assert torch.equal(seen, F.interpolate(x, size=24, mode="bilinear", align_corners=False))
-    with torch.no_grad():
-        assert model(x).shape == (2,)
+    for x in (torch.randn(2, 1, 48, 40), torch.randn(2, 1, 30, 24)):  # the second only as wide as the model's input
+        seen = capture_backbone_input(model, x)  # global pooling would accept other sizes too: look at what it gets
+        assert torch.equal(seen, F.interpolate(x, size=24, mode="bilinear", align_corners=False))
+        with torch.no_grad():
+            assert model(x).shape == (2,)
 
 
 def test_res_eyenet_keeps_eyenet_stages_with_residual_blocks():
@@ -139,24 +141,42 @@ def torch_home(tmp_path, monkeypatch, fake_resnet18_state, no_download):
     return tmp_path
 
 
-def gray_equivalent_of_rgb(model, state, size):
-    """Does the 1-channel pretrained backbone equal the original 3-channel one on gray (equal-channel) input?"""
+IMAGENET = [torch.tensor(v).view(1, 3, 1, 1) for v in (models.IMAGENET_MEAN, models.IMAGENET_STD)]
+
+
+def gray_gap_to_rgb(backbone, state, size=64):
+    """How far (relative to its spread) the 1-channel pretrained stem (conv1, bn1) on a gray image, normalised as it
+    is fed, is from the original 3-channel one on that image in all three channels, each normalised with its own
+    ImageNet statistics; away from the border, where the two zero paddings differ."""
     reference = torchvision.models.resnet18()
     reference.load_state_dict(state)
-    reference.fc = torch.nn.Identity()
-    x = torch.randn(2, 1, size, size)
+    pixels = torch.rand(2, 1, size, size)
+    mean, std = IMAGENET
     with torch.no_grad():
-        return torch.allclose(model.backbone.eval()(x), reference.eval()(x.expand(-1, 3, -1, -1)), atol=1e-4)
+        ours = backbone.eval().bn1(backbone.conv1((pixels - models.IMAGENET_GRAY_MEAN) / models.IMAGENET_GRAY_STD))
+        theirs = reference.eval().bn1(reference.conv1((pixels.expand(-1, 3, -1, -1) - mean) / std))
+    inside = (..., slice(2, -2), slice(2, -2))  # output pixels whose 7x7 window (stride 2, padding 3) is all image
+    return float((ours[inside] - theirs[inside]).abs().max() / theirs[inside].std())
 
 
 def check_loaded(model, state):
     bb = model.backbone
-    assert torch.allclose(bb.conv1.weight, state["conv1.weight"].sum(1, keepdim=True))
+    scaled = state["conv1.weight"] * models.IMAGENET_GRAY_STD / IMAGENET[1]  # each colour channel's ImageNet std
+    assert torch.allclose(bb.conv1.weight, scaled.sum(1, keepdim=True))
     assert bb.conv1.in_channels == 1 and bb.conv1.kernel_size == (7, 7)
     for k in ["layer3.0.conv1.weight", "layer4.1.bn2.running_var", "layer2.0.downsample.0.weight"]:
         assert torch.equal(bb.state_dict()[k], state[k]), k
     assert model.input_size == 112
-    assert gray_equivalent_of_rgb(model, state, 64)
+    assert gray_gap_to_rgb(bb, state) < 1e-4  # exact up to rounding
+
+
+def test_the_gray_stem_keeps_each_colour_channels_imagenet_statistics(fake_resnet18_state):
+    """Summing the stem's colour channels alone (one gray mean and std for all three) is measurably off."""
+    summed = torchvision.models.resnet18()
+    summed.load_state_dict(fake_resnet18_state)
+    summed.fc = torch.nn.Identity()
+    models._gray_stem(summed.conv1)
+    assert gray_gap_to_rgb(summed, fake_resnet18_state) > 0.01
 
 
 def test_imagenet_weights_come_from_the_torch_hub_cache(torch_home, fake_resnet18_state):
@@ -164,9 +184,23 @@ def test_imagenet_weights_come_from_the_torch_hub_cache(torch_home, fake_resnet1
     check_loaded(model, fake_resnet18_state)
 
 
-def test_imagenet_weights_without_cache_try_to_download(tmp_path, monkeypatch, no_download):
+def test_imagenet_weights_without_cache_try_to_download_and_name_the_file_they_need(tmp_path, monkeypatch):
+    tried = []
+
+    def offline(url, *args, **kwargs):
+        tried.append(url)
+        raise URLError("[Errno -2] Name or service not known")
+    monkeypatch.setattr(torch.hub, "download_url_to_file", offline)
     monkeypatch.setenv("TORCH_HOME", str(tmp_path))
-    with pytest.raises(RuntimeError, match="resnet18-.*pth"):
+    cached = tmp_path / "hub" / "checkpoints" / Path(ResNet18_Weights.IMAGENET1K_V1.url).name
+    with pytest.raises(FileNotFoundError, match=rf"weights imagenet: resnet18's ImageNet weights are not in torch "
+                                                rf"hub's cache \({re.escape(str(cached))};.*could not be downloaded"):
+        build_model("resnet18", weights="imagenet")
+    assert tried == [ResNet18_Weights.IMAGENET1K_V1.url]
+    cached.parent.mkdir(parents=True, exist_ok=True)
+    cached.write_bytes(b"half a download")
+    with pytest.raises(ValueError, match=rf"{re.escape(str(cached))} in torch hub's cache is not resnet18's ImageNet "
+                                         "weights .*delete it to download it again"):
         build_model("resnet18", weights="imagenet")
 
 
@@ -306,5 +340,21 @@ def test_weights_files_that_are_not_state_dicts_of_the_architecture_are_named(tm
     with pytest.raises(ValueError, match=r"weights: .* is an eye_clf checkpoint, not the state dict of a ResNet"):
         build_model("resnet18", weights=str(tiny_ckpt))
     torch.save({"conv1.weight": torch.zeros(1)}, tmp_path / "other.pt")
-    with pytest.raises(ValueError, match=r"weights: .*other.pt does not fit a ResNet: "):
+    with pytest.raises(ValueError, match=r"weights: .*other.pt does not fit a resnet18: keys 119 missing, e\.g\. "
+                                         r"bn1\.weight, .*; 1 of another shape, e\.g\. conv1\.weight \(1,\) "
+                                         r"\(needs \(64, 3, 7, 7\)\)"):
         build_model("resnet18", weights=str(tmp_path / "other.pt"))
+    torch.save(torchvision.models.resnet34().state_dict(), tmp_path / "r34.pt")
+    with pytest.raises(ValueError, match=r"r34.pt does not fit a resnet18: keys \d+ unexpected, e\.g\. layer1\.2\."):
+        build_model("resnet18", weights=str(tmp_path / "r34.pt"))
+    torch.save({"state_dict": torchvision.models.resnet18().state_dict()}, tmp_path / "wrapped.pt")
+    with pytest.raises(ValueError, match=r"wrapped.pt is not a state dict \(names to tensors\): 'state_dict' holds a "):
+        build_model("resnet18", weights=str(tmp_path / "wrapped.pt"))
+
+
+def test_weights_of_another_classifier_head_load(tmp_path):
+    """The head is replaced, so a 10-class fc does not make a ResNet's weights unusable."""
+    state = torchvision.models.resnet18(num_classes=10).state_dict()
+    torch.save(state, tmp_path / "ten.pt")
+    model = build_model("resnet18", weights=str(tmp_path / "ten.pt"))
+    assert torch.equal(model.backbone.layer4[1].conv2.weight, state["layer4.1.conv2.weight"])
