@@ -128,7 +128,7 @@ def output_file(text):
     path = Path(text).absolute()
     if path.is_dir():
         raise argparse.ArgumentTypeError(f"{text} is an existing folder; give a file name")
-    if path.is_file() and not (os.access(path, os.W_OK) and path.stat().st_mode & 0o222):  # root may, but is asked not
+    if path.is_file() and not (os.access(path, os.W_OK) and path.stat().st_mode & 0o222):  # root could: refused too
         raise argparse.ArgumentTypeError(f"{text} is a read-only file, which eye_clf does not replace; give another "
                                          "name, or make it writable")
     _outside_shipped(path, text)
