@@ -1,6 +1,7 @@
 """Label audit: cleanlab ranking on out-of-fold P(open), the review list, and the CLI (with and without training)."""
 import json
 import shlex
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -113,6 +114,27 @@ def test_audit_cli_with_given_oof_feeds_the_studio(partly_labelled_xlsx, tmp_pat
     with pytest.raises(SystemExit, match=r"error: .*oof.csv: p_open ranks the labels backwards \(AUC 0\.000 "):
         main(["audit", "--images", str(images), "--labels", str(labels), "--oof", str(oof),
               "--out", str(tmp_path / "review.csv")])
+
+
+def test_audit_keeps_its_out_of_fold_scores_when_the_review_list_fails_to_write(partly_labelled_xlsx, tmp_path,
+                                                                                   monkeypatch):
+    """--save-oof (the costly part, minutes of training) is written before --out, so a failing --out loses nothing."""
+    import eye_clf.__main__ as cli
+    images, labels = partly_labelled_xlsx
+    oof, saved, out = tmp_path / "oof.csv", tmp_path / "saved.csv", tmp_path / "review.csv"
+    pd.DataFrame({"img_name": [f"{i:03d}.png" for i in range(38)],
+                  "p_open": [0.95 if i % 2 else 0.05 for i in range(38)]}).to_csv(oof, index=False)
+    write = cli.atomic_write
+
+    def full_disk_for_out(path, writer):
+        if Path(path) == out:
+            raise OSError(28, "No space left on device")
+        return write(path, writer)
+    monkeypatch.setattr(cli, "atomic_write", full_disk_for_out)
+    with pytest.raises(SystemExit, match="No space left on device"):
+        main(["audit", "--images", str(images), "--labels", str(labels), "--oof", str(oof), "--out", str(out),
+              "--save-oof", str(saved)])
+    assert len(pd.read_csv(saved)) == 38 and not out.exists()
 
 
 def test_audit_cli_trains_folds_and_resumes_from_its_fold_dir(partly_labelled_xlsx, tmp_path, monkeypatch):
