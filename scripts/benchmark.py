@@ -7,9 +7,9 @@ Prints, side by side: images/s on a batch of 4000 in-memory images and on a fold
 milliseconds of one call on one image (a webcam loop: SINGLE images one call each), each the median and range of
 ``--repeats`` rounds that time the three in turn; each EyeNet backend's speed as a multiple of the ResNet18's (per
 round, then median and range); then for each backend the cold start (a fresh interpreter, timed from its launch:
-start Python, import eye_clf, load the model, predict one file) and the peak memory (max RSS) of that process. ``--threads`` sets
-torch's threads and, through $OMP_NUM_THREADS, onnxruntime's; ``--batch-size`` is predict_proba's (default: its
-own). The ResNet18's throughput does not depend on its weights, so it is random init, with its BatchNorm folded
+start Python, import eye_clf, load the model, predict one file) and the peak memory (max RSS) of that process.
+``--threads`` sets torch's threads and, through $OMP_NUM_THREADS, onnxruntime's; ``--batch-size`` is
+predict_proba's (default: its own). The ResNet18's throughput does not depend on its weights, so it is random init, with its BatchNorm folded
 like the shipped model's.
 """
 import argparse

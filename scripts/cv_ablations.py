@@ -29,14 +29,13 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import torch
-from sklearn.linear_model import LogisticRegression
 
 from eye_clf import data, experiment, metrics, plots
 from eye_clf.__main__ import int_at_least
 from eye_clf.cv import (TeacherSawStudent, check_data, check_teachers, cross_val_predict, data_id, interval,
                         out_of_fold, predicted, same_key)
 from eye_clf.files import atomic_write, provenance
-from eye_clf.train import TrainConfig
+from eye_clf.train import TrainConfig, fit_temperature
 
 OUT = Path(__file__).resolve().parent.parent / "results"
 DATA = []  # (targets, fingerprint cv.data_id) of the data once main has loaded it
@@ -546,13 +545,13 @@ def calibrated_reach(draws, observed):
 
 def oracle_temperature(rows, targets):
     """The folds' mean ECE, and that of a calibrated model with the same scores, after refitting each fold's
-    temperature on its own test fold (a logistic regression on the logit, without intercept): an oracle, not a
-    result, which shows how much of the ECE a better-fit temperature alone would remove."""
+    temperature on its own test fold (train.fit_temperature, as the recipe fits it on the validation part): an
+    oracle, not a result, which shows how much of the ECE a better-fit temperature alone would remove."""
     ece, floor = [], []
     for k, r in enumerate(rows):
         p, y = np.clip(predicted(r), 1e-7, 1 - 1e-7), targets[r["test_idx"]]
-        z = np.log(p / (1 - p))[:, None]
-        q = LogisticRegression(C=1e6, fit_intercept=False).fit(z, y).predict_proba(z)[:, 1]
+        z = torch.logit(torch.as_tensor(p, dtype=torch.float64)).float()  # the logits, up to the temperature
+        q = torch.sigmoid(z / fit_temperature(z, y)).numpy()
         ece.append(metrics.ece(y, q))
         floor.append(metrics.calibrated_eces(q, seed=k).mean())
     return (f"with each fold's temperature refit on its own test fold (an oracle): ECE {100 * np.mean(ece):.2f}% "

@@ -1027,8 +1027,8 @@ def test_label_noise_splits_the_cv_errors_between_the_images_both_annotators_lab
                        env={**os.environ, "EYE_CLF_DATA": str(real_root)})
     assert r.returncode == 0, r.stderr
     wrong, n = map(int, re.search(r"(\d+) of (\d+) images wrong out of fold", r.stdout).groups())
-    part = re.search(r"disagree with the reference on ([\d.]+)% of the (\d+) images both extra annotators label, and on "
-                     r"([\d.]+)% of the (\d+) others \((\d+) of the (\d+) errors\)", r.stdout).groups()
+    part = re.search(r"disagree with the reference on ([\d.]+)% of the (\d+) images both extra annotators label, "
+                     r"and on ([\d.]+)% of the (\d+) others \((\d+) of the (\d+) errors\)", r.stdout).groups()
     rate_both, n_both, rate_other, n_other, wrong_other, total = map(float, part)
     assert n_both + n_other == n and total == wrong and round(rate_other * n_other / 100) == wrong_other
     assert round(rate_both * n_both / 100) + wrong_other == wrong
