@@ -350,6 +350,18 @@ RUNS = {
     "eyenet16_e100_refit_tta_ls02_seed3": dict(epochs=100, refit=True, tta=True, label_smoothing=0.2, seed=3),
     # ... not met: EER 2.42 and 2.79 % with seeds 2 and 3; over seeds 0-3 2.45 % against the shipped recipe's 2.46 %,
     # ECE 1.54 against 1.45 %, accuracy 97.49 against 97.56 % (`--seeds` of each four): the two-seed lead was luck
+    # the shipped recipe's ECE is 1.48 % over its five seeds against 1.26 % for a calibrated model with its scores,
+    # and refitting each fold's temperature on its test fold (an oracle) removes the gap (--ece-floor): the temperature,
+    # fit on 320 validation images, is what is off. With the refit the validation part trains the shipped weights all
+    # the same, so a larger one costs the refit nothing: 20 % of the training part (640 images) picks the epoch, the
+    # temperature and the threshold. Rule set before its folds: shipped if over seeds 0-4 its ECE is at least 0.1
+    # points below the shipped recipe's (1.48 %), its EER at most 0.1 above (2.45 %) and its accuracy at the
+    # validation threshold no more than 0.1 points below (97.54 %)
+    "eyenet16_e100_refit_tta_val20": dict(epochs=100, refit=True, tta=True, val_fraction=0.2),
+    "eyenet16_e100_refit_tta_val20_seed1": dict(epochs=100, refit=True, tta=True, val_fraction=0.2, seed=1),
+    "eyenet16_e100_refit_tta_val20_seed2": dict(epochs=100, refit=True, tta=True, val_fraction=0.2, seed=2),
+    "eyenet16_e100_refit_tta_val20_seed3": dict(epochs=100, refit=True, tta=True, val_fraction=0.2, seed=3),
+    "eyenet16_e100_refit_tta_val20_seed4": dict(epochs=100, refit=True, tta=True, val_fraction=0.2, seed=4),
 }
 EXTRA = ("teachers", "train_fraction", "undisputed_only", "prune_folds")  # RUNS keys that are not TrainConfig fields
 BASE = dict(refit=False, tta=False)
