@@ -26,6 +26,8 @@ DECIMALS = 6  # of P(open) and the threshold in predict's output
 MIN_LIMIT = 20  # the smallest --limit whose stratified training/validation split holds both classes in each part
 COMMANDS = ("train", "ship", "export", "predict", "evaluate", "cv", "label", "audit")
 FOLDS = 5  # the default k of cv and audit
+IMAGES_FOLDER = "EyesDataset"  # a data folder's images; beside them its labels and extra annotations, lower case (the
+DATASET_FILES = ("img_name_target.xlsx", "other_annotations.csv")  # names of data.py, which predict does not import)
 
 try:
     import pandas as pd
@@ -122,6 +124,19 @@ def _outside_shipped(path, text):
                                              "which change only through `eye-clf ship RUN_FOLDER`; write it elsewhere")
 
 
+def _outside_data(path, text):
+    """Refuse a dataset's own files: anything in an EyesDataset/ folder (the images), and the labels and extra
+    annotations beside one, which eye_clf reads and never writes (a symlink is judged by what it points to)."""
+    path = path.resolve()
+    images = next((a for a in (path, *path.parents) if a.name == IMAGES_FOLDER), None)
+    if images:
+        raise argparse.ArgumentTypeError(f"{text} is in {images}, a dataset's images folder, which eye_clf reads and "
+                                         "never writes; write it elsewhere")
+    if (path.parent / IMAGES_FOLDER).is_dir() and path.name.lower() in DATASET_FILES:
+        raise argparse.ArgumentTypeError(f"{text} is a dataset's own file (beside {path.parent / IMAGES_FOLDER}), "
+                                         "which eye_clf reads and never writes; write it elsewhere")
+
+
 def output_file(text):
     """argparse type: a file to write (not an existing folder, nor a write-protected file, nor in the shipped model's
     folders; its folder exists or can be created)."""
@@ -132,6 +147,7 @@ def output_file(text):
         raise argparse.ArgumentTypeError(f"{text} is a read-only file, which eye_clf does not replace; give another "
                                          "name, or make it writable")
     _outside_shipped(path, text)
+    _outside_data(path, text)
     _writable(path.parent, text)
     return text
 
@@ -172,6 +188,7 @@ def output_folder(text):
     if path.exists() and not path.is_dir():
         raise argparse.ArgumentTypeError(f"{text} is an existing file, not a folder")
     _outside_shipped(path, text)
+    _outside_data(path, text)
     held = [name for name in ("eye_clf.pt", "run.json") if (path / name).exists()]
     if held:  # a second run would replace the first one's weights and figures
         raise argparse.ArgumentTypeError(f"{text} holds a run already ({held[0]}); choose a new folder, or remove "

@@ -65,6 +65,29 @@ def test_no_output_goes_into_the_shipped_model_or_its_curves(tmp_path, capsys, m
         assert (folder / "kept.csv").read_text() == "the shipped file"
 
 
+def test_no_output_goes_into_a_dataset(tmp_path, capsys):
+    from eye_clf import __main__ as cli, data
+    assert cli.IMAGES_FOLDER == "EyesDataset" and cli.DATASET_FILES == (data.LABELS_NAME, data.ANNOTATIONS_NAME)
+    root = tmp_path / "data"
+    images = root / "EyesDataset"
+    images.mkdir(parents=True)
+    kept = {p: p.name for p in (images / "000000.jpg", root / "img_name_target.xlsx", root / "other_annotations.csv")}
+    for path, text in kept.items():
+        path.write_text(text)
+    link = tmp_path / "out.csv"
+    link.symlink_to(root / "other_annotations.csv")
+    for argv in (["predict", "--out", root / "other_annotations.csv", "eye.png"],
+                 ["predict", "--out", root / "Other_Annotations.csv", "eye.png"], ["predict", "--out", link, "eye.png"],
+                 ["audit", "--out", images / "review.csv"], ["audit", "--save-oof", root / "other_annotations.csv"],
+                 ["cv", "--out", images / "cv.json"], ["cv", "--fold-dir", images / "folds"],
+                 ["train", "--out", images], ["export", "--out", images / "m.onnx"]):
+        message = refused([*map(str, argv), *NO_DATA[:2 * (argv[0] != "predict")]], capsys)
+        assert message.startswith(f"error: {argv[1]}: {argv[2]} is "), message
+        assert "which eye_clf reads and never writes; write it elsewhere" in message, message
+    assert {p: p.read_text() for p in kept} == kept and sorted(p.name for p in images.iterdir()) == ["000000.jpg"]
+    assert cli.output_file(str(root / "predictions.csv"))  # a new file beside the dataset is the user's own
+
+
 def test_cv_out_is_a_json_file(tmp_path, capsys):
     (tmp_path / "eye_clf.pt").write_bytes(b"another run's weights")
     assert refused(["cv", "--out", str(tmp_path / "eye_clf.pt"), *NO_DATA], capsys) == (
