@@ -82,8 +82,13 @@ def url(dataset, tmp_path):
         yield address
 
 
-def open_page(browser, url):
+def open_page(browser, url, server=None):
+    """The studio's page, its big image loaded. ``server``: a dict whose "up" says whether the page's saves reach
+    the studio or fail as if it had stopped; its route is set before the page loads (one added later let a save
+    through once in a full run)."""
     page = browser.new_page(viewport={"width": 1000, "height": 820})
+    if server is not None:
+        page.route("**/api/changes", lambda route: route.continue_() if server["up"] else route.abort())
     page.goto(url)
     # functions, not expression strings: the page's CSP forbids the eval Playwright uses for the latter
     page.wait_for_function("() => (i => i.complete && i.naturalWidth)(document.getElementById('big'))")
@@ -295,23 +300,25 @@ def test_a_held_key_acts_once_and_caps_lock_changes_nothing(browser, url, tmp_pa
 
 
 def test_labels_made_while_the_studio_does_not_answer_are_sent_when_it_does(browser, url, tmp_path):
-    page = open_page(browser, url)
+    server = {"up": True}
+    page = open_page(browser, url, server)
     name = page.text_content("#name")
-    page.route("**/api/changes", lambda route: route.abort())  # the server stopped (Ctrl+C) or crashed
+    server["up"] = False                                    # the server stopped (Ctrl+C) or crashed
     page.keyboard.press("o")
     expect(page.locator("#banner")).to_contain_text("the studio server does not answer")
     expect(page.locator("#save")).to_have_text("1 waiting: no answer from the studio")
     page.keyboard.press("c")                                # labelling goes on meanwhile
     expect(page.locator("#save")).to_have_text("2 waiting: no answer from the studio")
     assert pd.isna(read_table(tmp_path / "labels.xlsx").set_index("img_name").loc[name, "target"])
-    page.unroute("**/api/changes")                          # restarted
+    server["up"] = True                                     # restarted
     expect(page.locator("#save")).to_have_text("all saved", timeout=60_000)
     table = read_table(tmp_path / "labels.xlsx").set_index("img_name")
     assert table.loc[name, "target"] == 1 and table["target"].notna().sum() == 2
 
 
 def test_a_save_another_program_refused_stays_in_view(browser, url, tmp_path):
-    page = open_page(browser, url)
+    server = {"up": True}
+    page = open_page(browser, url, server)
     page.keyboard.press("o")
     saved(page)
     path = tmp_path / "labels.xlsx"
@@ -325,7 +332,7 @@ def test_a_save_another_program_refused_stays_in_view(browser, url, tmp_path):
     expect(page.locator("#banner")).to_be_visible()
     expect(page.locator("#save")).to_have_text("1 NOT SAVED")
     assert (tmp_path / "labels.unsaved-1.xlsx").is_file()
-    page.route("**/api/changes", lambda route: route.abort())  # then the studio is stopped, as the message asks
+    server["up"] = False                                    # then the studio is stopped, as the message asks
     page.keyboard.press("o")
     expect(page.locator("#save")).to_have_text("1 NOT SAVED · 1 waiting: no answer from the studio")
     page.keyboard.press("ArrowRight")                       # the newer state is the one kept in view
