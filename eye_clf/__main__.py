@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from . import __version__
-from .files import atomic_write, checkout
+from .files import ANNOTATIONS_NAME, IMAGES_FOLDER, LABELS_NAME, atomic_write, checkout
 from .predict import SHIPPED
 from .preprocess import list_images, load_image
 
@@ -26,8 +26,6 @@ DECIMALS = 6  # of P(open) and the threshold in predict's output
 MIN_LIMIT = 20  # the smallest --limit whose stratified training/validation split holds both classes in each part
 COMMANDS = ("train", "ship", "export", "predict", "evaluate", "cv", "label", "audit")
 FOLDS = 5  # the default k of cv and audit
-IMAGES_FOLDER = "EyesDataset"  # a data folder's images; beside them its labels and extra annotations, lower case (the
-DATASET_FILES = ("img_name_target.xlsx", "other_annotations.csv")  # names of data.py, which predict does not import)
 
 try:
     import pandas as pd
@@ -132,7 +130,7 @@ def _outside_data(path, text):
     if images:
         raise argparse.ArgumentTypeError(f"{text} is in {images}, a dataset's images folder, which eye_clf reads and "
                                          "never writes; write it elsewhere")
-    if (path.parent / IMAGES_FOLDER).is_dir() and path.name.lower() in DATASET_FILES:
+    if (path.parent / IMAGES_FOLDER).is_dir() and path.name.lower() in (LABELS_NAME, ANNOTATIONS_NAME):
         raise argparse.ArgumentTypeError(f"{text} is a dataset's own file (beside {path.parent / IMAGES_FOLDER}), "
                                          "which eye_clf reads and never writes; write it elsewhere")
 

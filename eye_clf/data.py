@@ -16,13 +16,12 @@ import torch
 from sklearn.model_selection import StratifiedKFold, train_test_split
 from torchvision.transforms import v2
 
-from .files import checkout
+from .files import ANNOTATIONS_NAME, LABELS_NAME, checkout
 from .preprocess import (IMAGE_SUFFIXES, IMG_SIZE, MEAN, MODE, STD, list_images,  # noqa: F401 (re-exported)
                          load_image, normalize, to_gray24)
 
 DATA_ENV = "EYE_CLF_DATA"
 REPO_ROOT = checkout() or Path.cwd()  # the checkout; installed as a package: the current folder
-LABELS_NAME = "img_name_target.xlsx"
 MAX_CELLS = 50_000_000  # of an xlsx sheet's extent: a million rows of 50 columns
 SAVE_AS = "save it as an Excel Workbook (.xlsx) or as CSV UTF-8"  # (an .xls, .ods or encrypted file renamed .xlsx)
 
@@ -328,9 +327,6 @@ def load_dataset(root=None, labels=None, limit=None):
             raise ValueError(f"limit {limit} of {len(df)} images: {err}; use {len(df)} for all of them") from None
     images = np.stack([load_image(root / "EyesDataset" / n) for n in df["img_name"]])
     return images, df["target"].to_numpy(), df["img_name"].tolist()
-
-
-ANNOTATIONS_NAME = "other_annotations.csv"
 
 
 def read_annotations(names, root=None):

@@ -1,4 +1,5 @@
-"""File helpers: atomic writes, JSON/history output and the provenance recorded beside every result."""
+"""File helpers: atomic writes, JSON/history output, the provenance recorded beside every result, and the names of a
+data folder's files."""
 import hashlib
 import json
 import os
@@ -12,6 +13,8 @@ from contextlib import ExitStack, contextmanager
 from importlib import metadata
 from pathlib import Path
 
+IMAGES_FOLDER = "EyesDataset"  # a data folder's images; beside them its labels and the extra annotators' labels:
+LABELS_NAME, ANNOTATIONS_NAME = "img_name_target.xlsx", "other_annotations.csv"
 PACKAGES = ("eye-clf", "torch", "torchvision", "numpy", "scikit-learn", "pillow", "onnxruntime",
             "efficientnet-lite-pytorch")
 

@@ -9,8 +9,8 @@ milliseconds of one call on one image (a webcam loop: SINGLE images one call eac
 round, then median and range); then for each backend the cold start (a fresh interpreter, timed from its launch:
 start Python, import eye_clf, load the model, predict one file) and the peak memory (max RSS) of that process.
 ``--threads`` sets torch's threads and, through $OMP_NUM_THREADS, onnxruntime's; ``--batch-size`` is
-predict_proba's (default: its own). The ResNet18's throughput does not depend on its weights, so it is random init, with its BatchNorm folded
-like the shipped model's.
+predict_proba's (default: its own). The ResNet18's throughput does not depend on its weights, so it is random init,
+with its BatchNorm folded like the shipped model's.
 """
 import argparse
 import os

@@ -2,7 +2,6 @@
 (``data.read_labels``) serves training, evaluation, the audit and the studio, so each refuses them the same way."""
 import os
 import zipfile
-from pathlib import Path
 
 import openpyxl
 import pandas as pd
