@@ -302,6 +302,10 @@ def _from_array(x, name):
 
 
 def _torch_to_numpy(t, name):
+    if t.is_meta:
+        raise ValueError(f"{name}: a tensor on the meta device holds no pixels")
+    if t.layout != sys.modules["torch"].strided:
+        raise ValueError(f"{name}: a tensor of layout {t.layout} is not supported; pass .to_dense() of it")
     t = t.detach().cpu()
     try:
         return t.numpy()

@@ -58,6 +58,9 @@ BAD_INPUTS = [
     (np.zeros((24, 24), bool), r"input: dtype bool is not supported"),
     (torch.zeros(24, 24, dtype=torch.int64), r"input: dtype int64 is not supported"),
     (torch.zeros(24, 24, dtype=torch.complex32), r"input: dtype torch.complex32 is not supported"),
+    (torch.zeros(2, 24, 24).to_sparse(), r"input: a tensor of layout torch.sparse_coo is not supported; pass "
+                                         r"\.to_dense\(\) of it"),
+    ([EYE, torch.zeros(24, 24, device="meta")], r"input\[1\]: a tensor on the meta device holds no pixels"),
     (np.full((24, 24), 1.5), r"input: float images must hold finite values in 0..1, got 1.5"),
     (np.full((24, 24), 200.0), r"input: float images must hold finite values in 0..1"),
     (np.where(np.eye(24) > 0, 1.0001, 0.5).astype(np.float32), r"input: float images .*got 0\.5\.\.1\.0001$"),
