@@ -18,7 +18,7 @@ from torchvision.transforms import v2
 
 from .files import ANNOTATIONS_NAME, LABELS_NAME, checkout
 from .preprocess import (IMAGE_SUFFIXES, IMG_SIZE, MEAN, MODE, STD, list_images,  # noqa: F401 (re-exported)
-                         load_image, normalize, to_gray24)
+                         load_image, normalize, standardize, to_gray24)
 
 DATA_ENV = "EYE_CLF_DATA"
 REPO_ROOT = checkout() or Path.cwd()  # the checkout; installed as a package: the current folder
@@ -474,4 +474,4 @@ class EyeDataset(torch.utils.data.Dataset):
         x = self.images[i]
         if self.transform is not None:
             x = self.transform(x)
-        return (x.float() / 255 - MEAN) / STD, self.targets[i]
+        return standardize(x.float()), self.targets[i]

@@ -8,7 +8,7 @@ from torch import nn
 
 from .files import atomic_write, sha256
 from .models import fold_batchnorm, load_checkpoint
-from .preprocess import IMG_SIZE, MEAN, STD
+from .preprocess import IMG_SIZE, standardize
 
 OPSET = 18
 GRAPH_DOC = (f"The graph (opset {OPSET}) has one input ``images``, uint8 N x 24 x 24 (N dynamic, grayscale 0..255, "
@@ -28,7 +28,7 @@ class ProbabilityGraph(nn.Module):
         self.model, self.tta = model, tta
 
     def forward(self, images):
-        x = (images.float().unsqueeze(1) / 255 - MEAN) / STD
+        x = standardize(images.float().unsqueeze(1))
         z = self.model(x)
         if self.tta:
             z = (z + self.model(x.flip(-1))) / 2

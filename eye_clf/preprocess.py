@@ -130,7 +130,12 @@ def list_images(folder, links_out=False):
                   and (links_out or p.resolve().is_relative_to(inside)))
 
 
+def standardize(x):
+    """Pixel values 0..255 in a float32 numpy array or torch tensor as the model sees them: ``(x / 255 - MEAN) / STD``
+    (the one place this is written)."""
+    return (x / 255 - MEAN) / STD
+
+
 def normalize(images):
-    """uint8 images (N x 24 x 24) as the float32 N x 1 x 24 x 24 model input ``(pixel / 255 - MEAN) / STD``."""
-    x = np.asarray(images, dtype=np.uint8).astype(np.float32)[:, None] / 255
-    return (x - np.float32(MEAN)) / np.float32(STD)
+    """uint8 images (N x 24 x 24) as the float32 N x 1 x 24 x 24 model input (``standardize``)."""
+    return standardize(np.asarray(images, dtype=np.uint8).astype(np.float32)[:, None])

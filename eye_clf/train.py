@@ -219,7 +219,7 @@ class ViewBank(torch.utils.data.Dataset):
         k = int(torch.randint(len(self.views), ()))
         x = self.views[k, i]
         x = x.flip(-1) if torch.rand(()) < 0.5 else x
-        return (x.float() / 255 - data.MEAN) / data.STD, self.targets[i], self.soft[k, i]
+        return data.standardize(x.float()), self.targets[i], self.soft[k, i]
 
 
 def sam_gradient(model, loss_fn, rho):
