@@ -345,7 +345,7 @@ def scores_line(targets, p, threshold):
 
 def cmd_evaluate(args):
     from .predict import predict_proba
-    images_dir = Path(args.images) if args.images else data.data_dir(args.data) / "EyesDataset"
+    images_dir = Path(args.images) if args.images else data.data_dir(args.data) / IMAGES_FOLDER
     if not images_dir.is_dir():
         raise FileNotFoundError(f"--images {images_dir}: folder not found")
     labels = data.read_labels(data.labels_file(args.labels, args.data, args.images), images_dir=images_dir)
@@ -421,7 +421,7 @@ def cmd_label(args):
         sys.exit(f"error: --labels: {args.labels} does not exist; a review corrects the labels file that the audit "
                  "read (or a copy of it), so a new, blank one would hold nothing to review")
     try:
-        images = args.images or data.data_dir(args.data) / "EyesDataset"
+        images = args.images or data.data_dir(args.data) / IMAGES_FOLDER
         serve(images, args.labels, args.checkpoint, args.review, args.port, not args.no_browser,
               model=not args.no_model)
     except OSError as err:
@@ -447,7 +447,7 @@ def cmd_audit(args):
         sys.exit("error: --soft-labels: the audit judges the labels file alone, not the extra annotators' labels")
     if cfg.distill:
         sys.exit("error: --distill: the audit's CV trains no teachers")
-    images_dir = Path(args.images) if args.images else data.data_dir(args.data) / "EyesDataset"
+    images_dir = Path(args.images) if args.images else data.data_dir(args.data) / IMAGES_FOLDER
     labels = data.labels_file(args.labels, args.data, args.images)
     refuse_overwrite({"--out": args.out, "--save-oof": args.save_oof},
                      [("the labels file", labels), ("--oof", args.oof),

@@ -16,7 +16,7 @@ import torch
 from sklearn.model_selection import StratifiedKFold, train_test_split
 from torchvision.transforms import v2
 
-from .files import ANNOTATIONS_NAME, LABELS_NAME, checkout
+from .files import ANNOTATIONS_NAME, IMAGES_FOLDER, LABELS_NAME, checkout
 from .preprocess import (IMAGE_SUFFIXES, IMG_SIZE, MEAN, MODE, STD, list_images,  # noqa: F401 (re-exported)
                          load_image, normalize, standardize, to_gray24)
 
@@ -49,7 +49,7 @@ def data_dir(path=None):
     installed eye_clf: beside the current folder, see REPO_ROOT)."""
     source = "--data" if path else f"${DATA_ENV}" if os.environ.get(DATA_ENV) else "the default"
     chosen = chosen_data_dir(path)
-    if not (chosen / "EyesDataset").is_dir():
+    if not (chosen / IMAGES_FOLDER).is_dir():
         raise FileNotFoundError(
             f"eye_clf dataset not found in {chosen} ({source}): put EyesDataset/ (the eye images: the 24x24 CEW "
             f"patches, or your own of any size) there, or point ${DATA_ENV} or --data at the folder that holds it.")
@@ -75,7 +75,7 @@ def labels_file(path=None, root=None, images=None):
             raise ValueError(f"{chosen} has no {LABELS_NAME}, and the project's reference labels {reference} are "
                              "those of the CEW patches: pass --labels with its images' labels (or put a copy of the "
                              "reference there if they are those patches)")
-        eyes = chosen_data_dir(root) / "EyesDataset"
+        eyes = chosen_data_dir(root) / IMAGES_FOLDER
         if images is not None and not (eyes.is_dir() and Path(images).is_dir() and os.path.samefile(images, eyes)):
             raise ValueError(f"--images {images}: the project's reference labels {reference} are those of the data "
                              f"folder's EyesDataset/ ({eyes}); pass --labels with these images' labels, or --data "
@@ -319,13 +319,13 @@ def load_dataset(root=None, labels=None, limit=None):
     """
     labels = labels_file(labels, root)
     root = data_dir(root)
-    df = read_labels(labels, images_dir=root / "EyesDataset")
+    df = read_labels(labels, images_dir=root / IMAGES_FOLDER)
     if limit and limit < len(df):
         try:
             df, _ = train_test_split(df, train_size=limit, stratify=df["target"], random_state=0)
         except ValueError as err:  # sklearn: the images left out must hold one of each class
             raise ValueError(f"limit {limit} of {len(df)} images: {err}; use {len(df)} for all of them") from None
-    images = np.stack([load_image(root / "EyesDataset" / n) for n in df["img_name"]])
+    images = np.stack([load_image(root / IMAGES_FOLDER / n) for n in df["img_name"]])
     return images, df["target"].to_numpy(), df["img_name"].tolist()
 
 

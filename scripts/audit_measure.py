@@ -146,8 +146,8 @@ def main():
     cfg = TrainConfig(epochs=args.epochs, seed=args.seed, label_smoothing=0.0, tta=False, calibrate=False, refit=False)
     try:
         root = data.data_dir(args.data)
-        if not (root / "other_annotations.csv").is_file():  # read after the training: refused before it
-            raise FileNotFoundError(f"{root / 'other_annotations.csv'} missing: the other annotators' labels, "
+        if not (root / data.ANNOTATIONS_NAME).is_file():  # read after the training: refused before it
+            raise FileNotFoundError(f"{root / data.ANNOTATIONS_NAME} missing: the other annotators' labels, "
                                     "which the report compares the audit's list with")
         images, targets, names = data.load_dataset(root)
         data.kfold(targets, args.folds, args.seed)

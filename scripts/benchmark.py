@@ -77,7 +77,7 @@ def main():
     os.environ["OMP_NUM_THREADS"] = str(args.threads)  # onnxruntime sessions and the cold-start processes
     torch.set_num_threads(args.threads)
     try:
-        folder = data.data_dir(args.data) / "EyesDataset"
+        folder = data.data_dir(args.data) / data.IMAGES_FOLDER
     except FileNotFoundError as err:
         ap.error(str(err))
     files = data.list_images(folder)

@@ -36,7 +36,7 @@ def main():
         parser.error(f"--chromium: {args.chromium} is not an executable; install Chromium (`make browser`) or set "
                      "$EYE_CLF_CHROMIUM")
     try:
-        images = data.data_dir(args.data) / "EyesDataset"
+        images = data.data_dir(args.data) / data.IMAGES_FOLDER
     except FileNotFoundError as err:
         parser.error(str(err))
     with tempfile.TemporaryDirectory() as tmp:
