@@ -197,7 +197,7 @@ def output_folder(text):
 
 def check_limit(args):
     """--limit may not exceed the number of labelled images (the lower bound is argparse's)."""
-    labels = data.labels_file(getattr(args, "labels", None), args.data)
+    labels = data.labels_file(getattr(args, "labels", None), args.data, getattr(args, "images", None))
     n = len(data.read_labels(labels))
     if args.limit > n:
         sys.exit(f"error: --limit: {args.limit} is more than the {n} labelled images of {labels}")
@@ -213,7 +213,8 @@ def cmd_train(args):
         sys.exit("error: --teacher needs --distill > 0 (the weight of the teachers' P(open) in the target)")
     for teacher in args.teacher or ():
         model_file(teacher, name="--teacher")  # a missing one is named before the data is read
-    res = train_run(cfg, args.data, args.labels, args.out, args.limit, teachers=args.teacher or ())
+    res = train_run(cfg, args.data, args.labels, args.out, args.limit, teachers=args.teacher or (),
+                    images_dir=args.images)
     best = min(res["history"], key=lambda r: r["val_loss"])["epoch"]
     print(f"trained {cfg.arch}/{cfg.method} (weights: {cfg.weights or 'random init'}) in {res['seconds']:.0f} s"
           f"{' for both fits' if cfg.refit else ''} (torch threads: {threads}): {len(res['history'])} epoch(s) on "
@@ -378,13 +379,13 @@ def cmd_cv(args):
     if cfg.distill:
         sys.exit("error: --distill: cv trains no teachers; distil in CV with scripts/cv_ablations.py (teachers: "
                  "finished CV runs on the same folds) or train one student with `eye-clf train --distill`")
-    refuse_overwrite({"--out": args.out}, [("the labels file", data.labels_file(args.labels, args.data))])
+    refuse_overwrite({"--out": args.out}, [("the labels file", data.labels_file(args.labels, args.data, args.images))])
     if args.out and args.fold_dir:
         out, fold_dir = Path(args.out).resolve(), Path(args.fold_dir).resolve()
         if out == fold_dir or fold_dir in out.parents:
             raise ValueError(f"--out: {args.out} is in --fold-dir {args.fold_dir}, whose files are the folds'; write "
                              "it elsewhere")
-    images, targets, names = data.load_dataset(args.data, args.labels, limit=args.limit)
+    images, targets, names = data.load_dataset(args.data, args.labels, limit=args.limit, images_dir=args.images)
     soft = data.soft_targets(targets, names, args.data) if cfg.soft_labels else None
     use_threads(args)
     done = [k for k in range(args.folds) if args.fold_dir and (Path(args.fold_dir) / f"fold{k}.json").exists()]
@@ -514,8 +515,9 @@ def main(argv=None):
 
     p = sub.add_parser("train", help="train on the labelled data, evaluate, write checkpoint and plots")
     add_config_args(p)
+    p.add_argument("--images", help="image folder (default: <data>/EyesDataset)")
     p.add_argument("--data", help=f"data folder (default: ${data.DATA_ENV} or ../shared/data)")
-    p.add_argument("--labels", help=labels_help)
+    p.add_argument("--labels", help=images_labels_help)
     p.add_argument("--out", type=output_folder,
                    help="run folder, new or without a run in it (default: runs/train-<date>-<time>); the shipped "
                         "model is not touched")
@@ -547,8 +549,9 @@ def main(argv=None):
 
     p = sub.add_parser("cv", help="stratified k-fold cross-validation of a training config")
     add_config_args(p)
+    p.add_argument("--images", help="image folder (default: <data>/EyesDataset)")
     p.add_argument("--data", help=f"data folder (default: ${data.DATA_ENV} or ../shared/data)")
-    p.add_argument("--labels", help=labels_help)
+    p.add_argument("--labels", help=images_labels_help)
     p.add_argument("--folds", type=int_at_least(2), default=FOLDS, help="number of folds (default: %(default)s)")
     p.add_argument("--limit", type=int_at_least(MIN_LIMIT),
                    help=f"use a stratified subset of this many images, {MIN_LIMIT} or more")

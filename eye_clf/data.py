@@ -311,21 +311,25 @@ def read_labels(path, images_dir=None, partial=False):
     return pd.concat([out, df[[c for c in df.columns if c not in out.columns]]], axis=1).reset_index(drop=True)
 
 
-def load_dataset(root=None, labels=None, limit=None):
+def load_dataset(root=None, labels=None, limit=None, images_dir=None):
     """Images (N x 24 x 24 uint8), targets (N,) and names of a labelled folder.
 
-    ``root`` is the data folder (see data_dir) holding EyesDataset/; ``labels`` is the spreadsheet (default: see
-    labels_file). ``limit`` keeps a stratified subset (for smoke runs).
+    ``root`` is the data folder (see data_dir) holding EyesDataset/; ``images_dir``: another image folder in its
+    place (whose labels ``labels`` must then name); ``labels`` is the spreadsheet (default: see labels_file). ``limit``
+    keeps a stratified subset (for smoke runs).
     """
-    labels = labels_file(labels, root)
-    root = data_dir(root)
-    df = read_labels(labels, images_dir=root / IMAGES_FOLDER)
+    labels = labels_file(labels, root, images_dir)
+    folder = Path(images_dir) if images_dir else data_dir(root) / IMAGES_FOLDER
+    if not folder.is_dir():
+        raise (ValueError(f"not a folder: {folder}") if folder.exists() else
+               FileNotFoundError(f"image folder not found: {folder}"))
+    df = read_labels(labels, images_dir=folder)
     if limit and limit < len(df):
         try:
             df, _ = train_test_split(df, train_size=limit, stratify=df["target"], random_state=0)
         except ValueError as err:  # sklearn: the images left out must hold one of each class
             raise ValueError(f"limit {limit} of {len(df)} images: {err}; use {len(df)} for all of them") from None
-    images = np.stack([load_image(root / IMAGES_FOLDER / n) for n in df["img_name"]])
+    images = np.stack([load_image(folder / n) for n in df["img_name"]])
     return images, df["target"].to_numpy(), df["img_name"].tolist()
 
 

@@ -156,8 +156,10 @@ def check_outside_shipped(out, name="out", what="the run"):
     return out
 
 
-def train_run(cfg=None, root=None, labels=None, out_dir=None, limit=None, progress=True, teachers=()):
-    """Train ``cfg`` (default: the shipped recipe) on the labelled data and write the run folder.
+def train_run(cfg=None, root=None, labels=None, out_dir=None, limit=None, progress=True, teachers=(),
+              images_dir=None):
+    """Train ``cfg`` (default: the shipped recipe) on the labelled data (``data.load_dataset``: the data folder
+    ``root``, or the image folder ``images_dir`` with its ``labels``) and write the run folder.
 
     ``teachers``: checkpoint files of runs on the same split (same seed and val_fraction) to distil from; a
     distilling ``cfg`` without them first trains ``TEACHERS`` into ``<run folder>/teachers/``.
@@ -170,9 +172,10 @@ def train_run(cfg=None, root=None, labels=None, out_dir=None, limit=None, progre
     out = check_outside_shipped(out_dir or data.REPO_ROOT / "runs" / datetime.now().strftime("train-%Y%m%d-%H%M%S"))
     if cfg.distill and not teachers:
         teachers = [train_run(replace(t, seed=cfg.seed, val_fraction=cfg.val_fraction, refit=False), root, labels,
-                              out / "teachers" / name, limit, progress)["out"] / "eye_clf.pt"
+                              out / "teachers" / name, limit, progress,
+                              images_dir=images_dir)["out"] / "eye_clf.pt"
                     for name, t in TEACHERS.items()]
-    images, targets, names = data.load_dataset(root, labels, limit=limit)
+    images, targets, names = data.load_dataset(root, labels, limit=limit, images_dir=images_dir)
     train_idx, val_idx = split(targets, cfg)
     teacher_models = teachers_for(teachers, images, val_idx)
     t0 = time.perf_counter()

@@ -263,6 +263,22 @@ def test_cv(real_root, tmp_path, capsys, monkeypatch):
         assert f"{folds / 'fold1.json'} is not a fold file of eye_clf's CV" in exit_message(argv)
 
 
+def test_train_and_cv_read_an_image_folder_of_their_own(labelled_folder, tmp_path, capsys):
+    """--images with its --labels: a folder labelled in the studio trains and cross-validates like the dataset."""
+    folder, labels, images, _ = labelled_folder
+    flags = ["--images", str(folder), "--labels", str(labels), "--epochs", "1", "--width", "4"]
+    main(["train", *flags, "--out", str(tmp_path / "run")])
+    ckpt = torch.load(tmp_path / "run" / "eye_clf.pt", weights_only=True)
+    assert sorted(ckpt["training_images"]) == sorted(data.image_hashes(images))  # these images, all of them
+    main(["cv", *flags, "--folds", "2", "--limit", "30", "--out", str(tmp_path / "cv.json")])
+    assert json.loads((tmp_path / "cv.json").read_text())["data"]["n"] == 30
+    assert "error: --limit: 41 is more than the 40 labelled images" in exit_message(["cv", *flags, "--limit", "41"])
+    for command in ("train", "cv"):  # the reference labels are the CEW patches': other images need their own
+        assert "pass --labels with these images' labels" in exit_message([command, "--images", str(folder)])
+        missing = ["--images", str(tmp_path / "typo"), "--labels", str(labels)]
+        assert exit_message([command, *missing]) == f"error: image folder not found: {tmp_path / 'typo'}"
+
+
 @pytest.mark.parametrize("command", ["cv", "audit"])
 def test_seed_changes_the_training_not_the_folds(command, real_root, monkeypatch, tmp_path):
     """The committed seed runs share fold seed 0, so that they pair fold by fold."""
