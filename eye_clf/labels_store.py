@@ -3,7 +3,8 @@ never overwrite each other's labels silently.
 
 Columns: ``img_name``, ``target`` (1 open, 0 closed, blank: not labeled), ``unsure`` (1: skipped as unsure, target
 blank), ``reviewed`` (1: checked in a review queue) and one 0/1 column per tag in TAGS; other columns are kept as
-values (a formula cell keeps only the value the file stores for it).
+values (a formula cell keeps only the value the file stores for it). A workbook with other sheets or cell comments
+is refused: a save would drop them.
 The file is read by the project's one labels reader, ``data.read_labels(path, partial=True)``. Names are written
 as text cells, exactly as the image files are named (a name starting with ``=`` is text, never a formula), so a
 save and a load give back every name byte for byte.
@@ -14,6 +15,7 @@ import re
 import reprlib
 import tempfile
 import threading
+import zipfile
 from pathlib import Path
 
 import openpyxl
@@ -81,9 +83,19 @@ def stamp(content):
     return hashlib.sha256(content).hexdigest()
 
 
+def cell_comments(path):
+    """``{cell: text}`` of the comments (notes) in an xlsx file's first sheet, which a save would drop; openpyxl
+    reads the file only when its zip holds a comments part."""
+    with zipfile.ZipFile(path) as book:
+        if not any(n.startswith(("xl/comments", "xl/threadedComments")) for n in book.namelist()):
+            return {}
+    sheet = openpyxl.load_workbook(path).worksheets[0]
+    return {c.coordinate: c.comment.text for row in sheet.iter_rows() for c in row if c.comment}
+
+
 def same_table(content, other):
-    """Whether two versions (xlsx bytes) of a labels file hold the same table, cell for cell, and the same sheets
-    (a sheet added beside it would be lost at the next save)."""
+    """Whether two versions (xlsx bytes) of a labels file hold the same table, cell for cell, the same sheets and
+    the same cell comments (a sheet or comment added would be lost at the next save)."""
     with tempfile.TemporaryDirectory() as tmp:
         read = []
         for k, version in enumerate((content, other)):
@@ -92,10 +104,10 @@ def same_table(content, other):
             try:
                 with pd.ExcelFile(path) as book:
                     sheets = book.sheet_names
-                read.append((sheets, data.read_labels(path, partial=True)))
-            except (ValueError, OSError):  # not a labels table (any more)
+                read.append((sheets, cell_comments(path), data.read_labels(path, partial=True)))
+            except (ValueError, OSError, zipfile.BadZipFile):  # not a labels table (any more)
                 return False
-    return read[0][0] == read[1][0] and read[0][1].equals(read[1][1])
+    return read[0][:2] == read[1][:2] and read[0][2].equals(read[1][2])
 
 
 def check_writable(path):
@@ -184,6 +196,12 @@ class LabelStore:
                         raise ValueError(f"{self.path} has {len(book.sheet_names)} sheets {book.sheet_names}; the "
                                          "studio rewrites the file and would drop all but the first: give it a file "
                                          "with the labels sheet only")
+                notes = cell_comments(self.path)
+                if notes:
+                    raise ValueError(f"{self.path} has comments (notes) in {len(notes)} cell(s), e.g. "
+                                     f"{', '.join(list(notes)[:3])}; the studio rewrites the file and would drop "
+                                     "them: move them into a column of their own (its cells are kept), or delete "
+                                     "them")
         known = set(df["img_name"])
         self.files = {**own, **subfolder_images(images_dir, known)}
         if not self.files:

@@ -339,6 +339,30 @@ def test_workbook_with_other_sheets_is_refused(folder, tmp_path):
         LabelStore(path, folder)
 
 
+def test_workbook_with_cell_comments_is_refused_and_a_comment_added_meanwhile_is_not_overwritten(folder, tmp_path):
+    import openpyxl
+    from openpyxl.comments import Comment
+    path = tmp_path / "labels.xlsx"
+    book = openpyxl.Workbook()
+    book.active.append(["img_name", "target"])
+    book.active.append(["000.png", 1])
+    book.active["B2"].comment = Comment("closed? ask Ann", "me")
+    book.save(path)
+    before = path.read_bytes()
+    with pytest.raises(ValueError, match=r"has comments \(notes\) in 1 cell\(s\), e\.g\. B2; the studio rewrites"):
+        LabelStore(path, folder)
+    assert path.read_bytes() == before
+    book.active["B2"].comment = None
+    book.save(path)
+    store = LabelStore(path, folder)
+    book.active["A2"].comment = Comment("added in Excel while the studio runs", "me")
+    book.save(path)
+    with_comment = path.read_bytes()
+    with pytest.raises(OSError, match="changed by another program"):
+        store.apply([change("001.png", BLANK, target=0)])
+    assert path.read_bytes() == with_comment
+
+
 def test_stale_change_is_a_conflict_not_an_overwrite(folder, tmp_path):
     path = tmp_path / "labels.xlsx"
     server = Studio(LabelStore(path, folder))
