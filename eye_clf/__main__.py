@@ -18,7 +18,7 @@ import numpy as np
 from . import __version__
 from .files import ANNOTATIONS_NAME, IMAGES_FOLDER, LABELS_NAME, atomic_write, checkout
 from .predict import SHIPPED
-from .preprocess import list_images, load_image
+from .preprocess import list_images, load_image, subfolder_hint
 
 DESCRIPTION = ("Is the eye in a 24x24 grayscale patch open? Train a model, predict P(open), evaluate, "
                "cross-validate, label images in a local web page, audit labels.")
@@ -309,7 +309,8 @@ def cmd_predict(args):
     from .predict import DEFAULT_CHECKPOINT, DEFAULT_ONNX, predict_proba, recommended_threshold
     files = expand(args.paths)
     if not files:
-        raise ValueError(f"no image files found in {', '.join(args.paths)}")
+        raise ValueError(f"no image files found in {', '.join(args.paths)}"
+                         + "".join(subfolder_hint(p) for p in args.paths if Path(p).is_dir()))
     models = [args.checkpoint] if args.checkpoint else [DEFAULT_CHECKPOINT, DEFAULT_ONNX]
     refuse_overwrite({"--out": None if args.out == "-" else args.out},
                      [("one of the input images", f) for f in files] + [("the model", m) for m in models])

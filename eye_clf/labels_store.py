@@ -25,6 +25,7 @@ from openpyxl.cell import WriteOnlyCell
 from . import data
 from .data import FLAGS, TAGS
 from .files import atomic_write, locked
+from .preprocess import subfolder_hint
 
 STATE_KEYS = {"target", "unsure", "reviewed", "tags"}
 LOCK_WAIT_S = 10.0  # a save waits this long for another one's lock, then fails (the page keeps its changes, retries)
@@ -175,7 +176,7 @@ class LabelStore:
             raise ValueError(f"{self.path}: a folder, not a labels file")
         own = {p.name: p for p in data.list_images(images_dir)}  # new rows come from these alone
         if not own and not self.path.exists():  # a new file would list nothing: refuse before creating anything
-            raise ValueError(f"no image files in {images_dir}")
+            raise ValueError(f"no image files in {images_dir}{subfolder_hint(images_dir)}")
         why = {n: "has control characters, U+FFFE, U+FFFF or bytes that are not UTF-8" if any(map(unwritable, n))
                else data.name_problem(n) for n in own}
         odd = [f"{n!r} {w}" for n, w in why.items() if w]
@@ -205,7 +206,7 @@ class LabelStore:
         known = set(df["img_name"])
         self.files = {**own, **subfolder_images(images_dir, known)}
         if not self.files:
-            raise ValueError(f"no image files in {images_dir}")
+            raise ValueError(f"no image files in {images_dir}{subfolder_hint(images_dir)}")
         df = pd.concat([df, blank_table([n for n in self.files if n not in known])], ignore_index=True)
         self.df = df.set_index("img_name")
         self.given = self.df["target"].copy()  # the labels the file held when the studio opened it

@@ -14,7 +14,7 @@ import numpy as np
 from PIL import Image
 
 from .files import sha256
-from .preprocess import IMG_SIZE, list_images, load_image, to_gray24, value_range
+from .preprocess import IMG_SIZE, list_images, load_image, subfolder_hint, to_gray24, value_range
 
 SHIPPED = Path(str(resources.files("eye_clf") / "shipped"))  # package data; plots_checkpoints/ links to its files
 DEFAULT_CHECKPOINT = SHIPPED / "eye_clf.pt"
@@ -325,7 +325,7 @@ def _to_images(x, name="input"):
         if path.is_dir():
             files = list_images(path, links_out=True)
             if not files:
-                raise ValueError(f"{name}: no image files in folder {path}")
+                raise ValueError(f"{name}: no image files in folder {path}{subfolder_hint(path)}")
             return [np.stack([load_image(f) for f in files])], False
         return [load_image(path)[None]], True
     if isinstance(x, Image.Image):

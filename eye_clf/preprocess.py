@@ -136,6 +136,18 @@ def standardize(x):
     return (x / 255 - MEAN) / STD
 
 
+def subfolder_hint(folder):
+    """For a folder without image files of its own: its subfolders that hold some (folders are not read
+    recursively), as a hint to add to the message; "" when there are none."""
+    subs = sorted(p for p in Path(folder).iterdir() if p.is_dir() and not p.name.startswith(".") and list_images(p))
+    if not subs:
+        return ""
+    shown = ", ".join(f"{p.name}/" for p in subs[:3]) + (f" and {len(subs) - 3} more" if len(subs) > 3 else "")
+    one = len(subs) == 1
+    return (f" (its subfolder{'' if one else 's'} {shown} hold{'s' if one else ''} images, which are not read: pass "
+            f"{'it' if one else 'each'} as a folder of its own)")
+
+
 def normalize(images):
     """uint8 images (N x 24 x 24) as the float32 N x 1 x 24 x 24 model input (``standardize``)."""
     return standardize(np.asarray(images, dtype=np.uint8).astype(np.float32)[:, None])

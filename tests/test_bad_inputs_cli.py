@@ -286,6 +286,15 @@ def test_predict_empty_folder(tmp_path, tiny_ckpt, capsys):
                    capsys) == f"error: no image files found in {tmp_path / 'empty'}"
 
 
+def test_predict_a_folder_of_subfolders_names_them(tmp_path, tiny_ckpt, capsys):
+    (tmp_path / "eyes" / "left").mkdir(parents=True)
+    pd.DataFrame().to_csv(tmp_path / "eyes" / "notes.csv")  # no image of its own
+    (tmp_path / "eyes" / "left" / "a.png").write_bytes((tmp_path / "eyes" / "notes.csv").read_bytes())  # any content
+    assert refused(["predict", str(tmp_path / "eyes"), "--checkpoint", str(tiny_ckpt)], capsys) == (
+        f"error: no image files found in {tmp_path / 'eyes'} (its subfolder left/ holds images, which are not read: "
+        "pass it as a folder of its own)")
+
+
 def bad_checkpoints(tiny_ckpt, folder):
     """Checkpoint files that load as something else than a usable eye_clf checkpoint."""
     good = torch.load(tiny_ckpt, weights_only=True)

@@ -113,6 +113,20 @@ def test_pixels_in_nested_lists_are_told_to_be_an_array(backend):
         predict_proba(EYE.tolist(), backend=backend)
 
 
+def test_a_folder_without_images_of_its_own_names_its_subfolders_that_have_some(tmp_path):
+    for sub in ("left", "right", ".thumbs", "notes"):
+        (tmp_path / sub).mkdir()
+        if sub != "notes":
+            Image.fromarray(EYE).save(tmp_path / sub / "a.png")
+    with pytest.raises(ValueError, match=rf"^input: no image files in folder {tmp_path} \(its subfolders left/, right/ "
+                                         r"hold images, which are not read: pass each as a folder of its own\)$"):
+        predict_proba(tmp_path)
+    for sub in ("left", "right"):
+        (tmp_path / sub / "a.png").unlink()
+    with pytest.raises(ValueError, match=rf"^input: no image files in folder {tmp_path}$"):
+        predict_proba(tmp_path)
+
+
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_an_empty_list_gives_no_scores_and_a_generator_is_told_to_be_a_list(backend, tmp_path):
     for empty in ([], (), np.zeros((0, 24, 24), np.uint8), torch.zeros(0, 1, 24, 24), [[], np.zeros((0, 9, 9))]):

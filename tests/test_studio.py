@@ -585,7 +585,8 @@ def test_a_folder_without_images_of_its_own_or_labelled_ones_is_refused_before_a
         LabelStore(tmp_path / "new" / "labels.xlsx", tmp_path / "empty")
     assert not (tmp_path / "new").exists()  # no folder, no lock file
     LabelStore(tmp_path / "labels.xlsx", folder)  # labels of the folder's images ...
-    with pytest.raises(ValueError, match="no image files in"):  # ... with the folder above it: none is there
+    with pytest.raises(ValueError, match=r"no image files in .* \(its subfolder images/ holds images, which are not "
+                                         "read"):  # ... with the folder above it: none is there
         LabelStore(tmp_path / "labels.xlsx", tmp_path)
     pd.DataFrame({"img_name": ["000.png"], "target": ["x"]}).to_csv(tmp_path / "labels.csv", index=False)
     with pytest.raises(ValueError, match="labels file must be an .xlsx file"):  # not the CSV's bad row first
