@@ -358,8 +358,14 @@ def read_annotations(names, root=None):
     return values.set_index(df["img_name"]).reindex(names).to_numpy(float)
 
 
-def soft_targets(targets, names, root=None):
-    """Each image's share of "open" among all its labels: its target and the extra annotators' (read_annotations)."""
+def soft_targets(targets, names, root=None, images_dir=None):
+    """Each image's share of "open" among all its labels: its target and the extra annotators' (read_annotations).
+    ``images_dir``: the images' folder, refused unless it is the data folder's EyesDataset/, which the annotations
+    label (other images may share its file names)."""
+    eyes = data_dir(root) / IMAGES_FOLDER
+    if images_dir is not None and not (Path(images_dir).is_dir() and os.path.samefile(images_dir, eyes)):
+        raise ValueError(f"soft labels: the extra annotators' labels ({eyes.parent / ANNOTATIONS_NAME}) are those "
+                         f"of {eyes}, not of the images in {images_dir}")
     return np.nanmean(np.column_stack([np.asarray(targets, float), read_annotations(names, root)]), axis=1)
 
 

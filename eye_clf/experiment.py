@@ -179,7 +179,7 @@ def train_run(cfg=None, root=None, labels=None, out_dir=None, limit=None, progre
     train_idx, val_idx = split(targets, cfg)
     teacher_models = teachers_for(teachers, images, val_idx)
     t0 = time.perf_counter()
-    soft = data.soft_targets(targets, names, root) if cfg.soft_labels else None
+    soft = data.soft_targets(targets, names, root, images_dir) if cfg.soft_labels else None
     model, histories, p_val, extras = fit_recipe(images, targets, train_idx, val_idx, cfg, progress, teacher_models,
                                                  soft)
     history, val = histories[0], metrics.summary(targets[val_idx], p_val)  # (of the validated fit)

@@ -263,7 +263,7 @@ def test_cv(real_root, tmp_path, capsys, monkeypatch):
         assert f"{folds / 'fold1.json'} is not a fold file of eye_clf's CV" in exit_message(argv)
 
 
-def test_train_and_cv_read_an_image_folder_of_their_own(labelled_folder, tmp_path, capsys):
+def test_train_and_cv_read_an_image_folder_of_their_own(labelled_folder, real_root, tmp_path, capsys):
     """--images with its --labels: a folder labelled in the studio trains and cross-validates like the dataset."""
     folder, labels, images, _ = labelled_folder
     flags = ["--images", str(folder), "--labels", str(labels), "--epochs", "1", "--width", "4"]
@@ -277,6 +277,8 @@ def test_train_and_cv_read_an_image_folder_of_their_own(labelled_folder, tmp_pat
         assert "pass --labels with these images' labels" in exit_message([command, "--images", str(folder)])
         missing = ["--images", str(tmp_path / "typo"), "--labels", str(labels)]
         assert exit_message([command, *missing]) == f"error: image folder not found: {tmp_path / 'typo'}"
+        soft = [*flags, "--soft-labels", "--data", str(real_root)]  # the annotations label the data folder's images
+        assert "error: soft labels: the extra annotators' labels" in exit_message([command, *soft])
 
 
 @pytest.mark.parametrize("command", ["cv", "audit"])
