@@ -138,8 +138,14 @@ def standardize(x):
 
 def subfolder_hint(folder):
     """For a folder without image files of its own: its subfolders that hold some (folders are not read
-    recursively), as a hint to add to the message; "" when there are none."""
-    subs = sorted(p for p in Path(folder).iterdir() if p.is_dir() and not p.name.startswith(".") and list_images(p))
+    recursively), as a hint to add to the message; "" when there are none (or one cannot be listed)."""
+    subs = []
+    for p in sorted(Path(folder).iterdir()):
+        try:
+            if p.is_dir() and not p.name.startswith(".") and list_images(p):
+                subs.append(p)
+        except OSError:  # no permission to list it: the message goes without it
+            pass
     if not subs:
         return ""
     shown = ", ".join(f"{p.name}/" for p in subs[:3]) + (f" and {len(subs) - 3} more" if len(subs) > 3 else "")
