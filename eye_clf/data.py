@@ -311,6 +311,12 @@ def read_labels(path, images_dir=None, partial=False):
     return pd.concat([out, df[[c for c in df.columns if c not in out.columns]]], axis=1).reset_index(drop=True)
 
 
+def dataset_paths(root=None, labels=None, images_dir=None):
+    """The image folder and the labels file that ``load_dataset`` reads (see data_dir and labels_file)."""
+    labels = labels_file(labels, root, images_dir)
+    return Path(images_dir) if images_dir else data_dir(root) / IMAGES_FOLDER, labels
+
+
 def load_dataset(root=None, labels=None, limit=None, images_dir=None):
     """Images (N x 24 x 24 uint8), targets (N,) and names of a labelled folder.
 
@@ -318,8 +324,7 @@ def load_dataset(root=None, labels=None, limit=None, images_dir=None):
     place (whose labels ``labels`` must then name); ``labels`` is the spreadsheet (default: see labels_file). ``limit``
     keeps a stratified subset (for smoke runs).
     """
-    labels = labels_file(labels, root, images_dir)
-    folder = Path(images_dir) if images_dir else data_dir(root) / IMAGES_FOLDER
+    folder, labels = dataset_paths(root, labels, images_dir)
     if not folder.is_dir():
         raise (ValueError(f"not a folder: {folder}") if folder.exists() else
                FileNotFoundError(f"image folder not found: {folder}"))

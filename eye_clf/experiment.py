@@ -175,7 +175,10 @@ def train_run(cfg=None, root=None, labels=None, out_dir=None, limit=None, progre
                               out / "teachers" / name, limit, progress,
                               images_dir=images_dir)["out"] / "eye_clf.pt"
                     for name, t in TEACHERS.items()]
-    images, targets, names = data.load_dataset(root, labels, limit=limit, images_dir=images_dir)
+    folder, labels = data.dataset_paths(root, labels, images_dir)
+    images, targets, names = data.load_dataset(root, labels, limit=limit, images_dir=folder)
+    source = dict(images=str(folder.resolve()), labels=str(Path(labels).resolve()), labels_sha256=sha256(labels),
+                  n=len(targets), n_open=int(targets.sum()), data_id=cv.data_id(images, targets))
     train_idx, val_idx = split(targets, cfg)
     teacher_models = teachers_for(teachers, images, val_idx)
     t0 = time.perf_counter()
@@ -193,7 +196,7 @@ def train_run(cfg=None, root=None, labels=None, out_dir=None, limit=None, progre
     plt.close(plot_history(history, out / "train_val_loss_metrics_history.png",
                            title=f"{cfg.arch} / {cfg.method} / weights: {cfg.weights or 'random init'}",
                            keep_last=cfg.keep_last, smoothing=cfg.label_smoothing))  # a file
-    write_json(out / "run.json", dict(config=ckpt["config"], val=val, shipped_on_same_val=shipped,
+    write_json(out / "run.json", dict(config=ckpt["config"], data=source, val=val, shipped_on_same_val=shipped,
                                       best_epoch=ckpt["best_epoch"], train_seconds=seconds,
                                       n_train=len(train_idx) + cfg.refit * len(val_idx), n_val=len(val_idx),
                                       provenance=prov),

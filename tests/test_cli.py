@@ -270,6 +270,8 @@ def test_train_and_cv_read_an_image_folder_of_their_own(labelled_folder, real_ro
     main(["train", *flags, "--out", str(tmp_path / "run")])
     ckpt = torch.load(tmp_path / "run" / "eye_clf.pt", weights_only=True)
     assert sorted(ckpt["training_images"]) == sorted(data.image_hashes(images))  # these images, all of them
+    source = json.loads((tmp_path / "run" / "run.json").read_text())["data"]
+    assert (source["images"], source["labels"], source["n"]) == (str(folder.resolve()), str(labels.resolve()), 40)
     main(["cv", *flags, "--folds", "2", "--limit", "30", "--out", str(tmp_path / "cv.json")])
     assert json.loads((tmp_path / "cv.json").read_text())["data"]["n"] == 30
     assert "error: --limit: 41 is more than the 40 labelled images" in exit_message(["cv", *flags, "--limit", "41"])

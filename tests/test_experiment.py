@@ -16,6 +16,7 @@ import torch
 from PIL import Image
 
 from eye_clf import cv, data, experiment, metrics, models, train
+from eye_clf.files import sha256
 from eye_clf.train import ConfigError, TrainConfig
 
 from conftest import synthetic
@@ -60,6 +61,10 @@ def test_train_run_writes_a_run_folder_and_leaves_the_shipped_model_alone(real_r
     assert sorted(ckpt["training_images"]) == sorted({data.image_hash(im) for im in res["images"]})
     run = json.loads((out / "run.json").read_text())
     assert run["config"] == asdict(cfg) and len(run["provenance"]["git_commit"]) == 40
+    reference = (data.REPO_ROOT / "img_name_target.xlsx").resolve()  # what it read: the default labels file
+    assert run["data"] == dict(images=str((real_root / "EyesDataset").resolve()), labels=str(reference),
+                               labels_sha256=sha256(reference), n=200, n_open=int(res["targets"].sum()),
+                               data_id=cv.data_id(res["images"], res["targets"]))
     with Image.open(out / "train_val_loss_metrics_history.png") as im:
         assert im.format == "PNG" and im.width > 300
 
