@@ -5,4 +5,4 @@ Importing the package loads only numpy and Pillow; onnxruntime or torch are impo
 from .predict import load_model, load_session, predict_proba, recommended_threshold
 
 __all__ = ["predict_proba", "recommended_threshold", "load_model", "load_session"]
-__version__ = "0.2.0"
+__version__ = "0.3.0"
