@@ -378,9 +378,9 @@ def test_real_annotations_cover_the_dataset(real_root):
 def test_soft_targets_refuse_images_the_annotations_do_not_label(real_root, tmp_path):
     """Another folder's images may carry the dataset's file names (000000.jpg ...): its annotations are not theirs."""
     (tmp_path / "000000.jpg").write_bytes((real_root / "EyesDataset" / "000000.jpg").read_bytes())
-    with pytest.raises(ValueError, match=rf"soft labels: the extra annotators' labels \({real_root}/other_annotations"
-                                         rf"\.csv\) are those of {real_root}/EyesDataset, not of the images in "
-                                         rf"{tmp_path}$"):
+    eyes, notes = (re.escape(str(real_root / name)) for name in ("EyesDataset", "other_annotations.csv"))
+    with pytest.raises(ValueError, match=rf"soft labels: the extra annotators' labels \({notes}\) are those of {eyes}, "
+                                         rf"not of the images in {re.escape(str(tmp_path))}$"):
         data.soft_targets([1], ["000000.jpg"], real_root, tmp_path)
 
 
