@@ -288,8 +288,8 @@ def test_predict_empty_folder(tmp_path, tiny_ckpt, capsys):
 
 def test_predict_a_folder_of_subfolders_names_them(tmp_path, tiny_ckpt, capsys):
     (tmp_path / "eyes" / "left").mkdir(parents=True)
-    pd.DataFrame().to_csv(tmp_path / "eyes" / "notes.csv")  # no image of its own
-    (tmp_path / "eyes" / "left" / "a.png").write_bytes((tmp_path / "eyes" / "notes.csv").read_bytes())  # any content
+    (tmp_path / "eyes" / "notes.txt").write_text("no image of its own")
+    (tmp_path / "eyes" / "left" / "a.png").write_bytes(b"")  # an image file by its name: none is read
     assert refused(["predict", str(tmp_path / "eyes"), "--checkpoint", str(tiny_ckpt)], capsys) == (
         f"error: no image files found in {tmp_path / 'eyes'} (its subfolder left/ holds images, which are not read: "
         "pass it as a folder of its own)")
