@@ -347,9 +347,7 @@ def scores_line(targets, p, threshold):
 
 def cmd_evaluate(args):
     from .predict import predict_proba
-    images_dir = Path(args.images) if args.images else data.data_dir(args.data) / IMAGES_FOLDER
-    if not images_dir.is_dir():
-        raise FileNotFoundError(f"--images {images_dir}: folder not found")
+    images_dir = data.images_folder(args.data, args.images)
     labels = data.read_labels(data.labels_file(args.labels, args.data, args.images), images_dir=images_dir)
     info = checkpoint_info(args.checkpoint)
     threshold, origin = decision_threshold(info.get("threshold"))
@@ -386,6 +384,8 @@ def cmd_cv(args):
         if out == fold_dir or fold_dir in out.parents:
             raise ValueError(f"--out: {args.out} is in --fold-dir {args.fold_dir}, whose files are the folds'; write "
                              "it elsewhere")
+    if cfg.soft_labels:
+        data.check_annotated(args.data, args.images)
     images, targets, names = data.load_dataset(args.data, args.labels, limit=args.limit, images_dir=args.images)
     soft = data.soft_targets(targets, names, args.data, args.images) if cfg.soft_labels else None
     use_threads(args)
@@ -423,7 +423,7 @@ def cmd_label(args):
         sys.exit(f"error: --labels: {args.labels} does not exist; a review corrects the labels file that the audit "
                  "read (or a copy of it), so a new, blank one would hold nothing to review")
     try:
-        images = args.images or data.data_dir(args.data) / IMAGES_FOLDER
+        images = data.images_folder(args.data, args.images)
         serve(images, args.labels, args.checkpoint, args.review, args.port, not args.no_browser,
               model=not args.no_model)
     except OSError as err:
@@ -449,7 +449,7 @@ def cmd_audit(args):
         sys.exit("error: --soft-labels: the audit judges the labels file alone, not the extra annotators' labels")
     if cfg.distill:
         sys.exit("error: --distill: the audit's CV trains no teachers")
-    images_dir = Path(args.images) if args.images else data.data_dir(args.data) / IMAGES_FOLDER
+    images_dir = data.images_folder(args.data, args.images)
     labels = data.labels_file(args.labels, args.data, args.images)
     refuse_overwrite({"--out": args.out, "--save-oof": args.save_oof},
                      [("the labels file", labels), ("--oof", args.oof),

@@ -311,10 +311,18 @@ def read_labels(path, images_dir=None, partial=False):
     return pd.concat([out, df[[c for c in df.columns if c not in out.columns]]], axis=1).reset_index(drop=True)
 
 
+def images_folder(root=None, images_dir=None):
+    """``images_dir``, or the data folder's EyesDataset/ (see data_dir); a missing one, or a file, is refused."""
+    folder = Path(images_dir) if images_dir else data_dir(root) / IMAGES_FOLDER
+    if not folder.is_dir():
+        raise (ValueError(f"not a folder: {folder}") if folder.exists() else
+               FileNotFoundError(f"image folder not found: {folder}"))
+    return folder
+
+
 def dataset_paths(root=None, labels=None, images_dir=None):
-    """The image folder and the labels file that ``load_dataset`` reads (see data_dir and labels_file)."""
-    labels = labels_file(labels, root, images_dir)
-    return Path(images_dir) if images_dir else data_dir(root) / IMAGES_FOLDER, labels
+    """The image folder and the labels file that ``load_dataset`` reads (see images_folder and labels_file)."""
+    return images_folder(root, images_dir), labels_file(labels, root, images_dir)
 
 
 def load_dataset(root=None, labels=None, limit=None, images_dir=None):
@@ -325,9 +333,6 @@ def load_dataset(root=None, labels=None, limit=None, images_dir=None):
     keeps a stratified subset (for smoke runs).
     """
     folder, labels = dataset_paths(root, labels, images_dir)
-    if not folder.is_dir():
-        raise (ValueError(f"not a folder: {folder}") if folder.exists() else
-               FileNotFoundError(f"image folder not found: {folder}"))
     df = read_labels(labels, images_dir=folder)
     if limit and limit < len(df):
         try:
@@ -363,14 +368,19 @@ def read_annotations(names, root=None):
     return values.set_index(df["img_name"]).reindex(names).to_numpy(float)
 
 
-def soft_targets(targets, names, root=None, images_dir=None):
-    """Each image's share of "open" among all its labels: its target and the extra annotators' (read_annotations).
-    ``images_dir``: the images' folder, refused unless it is the data folder's EyesDataset/, which the annotations
-    label (other images may share its file names)."""
+def check_annotated(root=None, images_dir=None):
+    """Refuse (ValueError) an image folder ``images_dir`` other than the data folder's EyesDataset/: the extra
+    annotators' labels are those of its images, and other images may share their file names."""
     eyes = data_dir(root) / IMAGES_FOLDER
     if images_dir is not None and not (Path(images_dir).is_dir() and os.path.samefile(images_dir, eyes)):
         raise ValueError(f"soft labels: the extra annotators' labels ({eyes.parent / ANNOTATIONS_NAME}) are those "
                          f"of {eyes}, not of the images in {images_dir}")
+
+
+def soft_targets(targets, names, root=None, images_dir=None):
+    """Each image's share of "open" among all its labels: its target and the extra annotators' (read_annotations).
+    ``images_dir``: the images' folder (see check_annotated)."""
+    check_annotated(root, images_dir)
     return np.nanmean(np.column_stack([np.asarray(targets, float), read_annotations(names, root)]), axis=1)
 
 

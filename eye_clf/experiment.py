@@ -170,6 +170,8 @@ def train_run(cfg=None, root=None, labels=None, out_dir=None, limit=None, progre
     cfg = cfg or TrainConfig()
     prov = provenance(device_of(cfg.device))  # the code this run loaded: later edits do not change a running process
     out = check_outside_shipped(out_dir or data.REPO_ROOT / "runs" / datetime.now().strftime("train-%Y%m%d-%H%M%S"))
+    if cfg.soft_labels:  # before the teachers' training and the images' reading
+        data.check_annotated(root, images_dir)
     if cfg.distill and not teachers:
         teachers = [train_run(replace(t, seed=cfg.seed, val_fraction=cfg.val_fraction, refit=False), root, labels,
                               out / "teachers" / name, limit, progress,

@@ -273,11 +273,17 @@ def test_label_port_out_of_range(port, tmp_path, capsys):
     assert msg.startswith(f"error: --port: must be in 0..65535, got {port}")
 
 
-def test_evaluate_missing_image_folder_is_one_line(tmp_path, labelled_folder, tiny_ckpt, capsys):
+@pytest.mark.parametrize("command", ["evaluate", "audit", "label"])
+def test_a_missing_image_folder_is_one_line(command, tmp_path, labelled_folder, tiny_ckpt, capsys):
+    """As train and cv say it: not one "image file not found" line per labelled row, and a file is no folder."""
     _, labels, _, _ = labelled_folder
-    msg = refused(["evaluate", "--images", str(tmp_path / "nope"), "--labels", str(labels),
-                   "--checkpoint", str(tiny_ckpt)], capsys)
-    assert msg == f"error: --images {tmp_path / 'nope'}: folder not found"
+    extra = {"evaluate": ["--checkpoint", str(tiny_ckpt)], "audit": ["--out", str(tmp_path / "review.csv")],
+             "label": ["--no-browser"]}[command]
+    a_file = tmp_path / "eyes.zip"
+    a_file.write_bytes(b"PK")
+    for images, message in ((tmp_path / "nope", "image folder not found"), (a_file, "not a folder")):
+        msg = refused([command, "--images", str(images), "--labels", str(labels), *extra], capsys)
+        assert msg == f"error: {message}: {images}"
 
 
 def test_predict_empty_folder(tmp_path, tiny_ckpt, capsys):

@@ -263,7 +263,7 @@ def test_cv(real_root, tmp_path, capsys, monkeypatch):
         assert f"{folds / 'fold1.json'} is not a fold file of eye_clf's CV" in exit_message(argv)
 
 
-def test_train_and_cv_read_an_image_folder_of_their_own(labelled_folder, real_root, tmp_path, capsys):
+def test_train_and_cv_read_an_image_folder_of_their_own(labelled_folder, real_root, tmp_path, capsys, monkeypatch):
     """--images with its --labels: a folder labelled in the studio trains and cross-validates like the dataset."""
     folder, labels, images, _ = labelled_folder
     flags = ["--images", str(folder), "--labels", str(labels), "--epochs", "1", "--width", "4"]
@@ -281,6 +281,10 @@ def test_train_and_cv_read_an_image_folder_of_their_own(labelled_folder, real_ro
         assert exit_message([command, *missing]) == f"error: image folder not found: {tmp_path / 'typo'}"
         soft = [*flags, "--soft-labels", "--data", str(real_root)]  # the annotations label the data folder's images
         assert "error: soft labels: the extra annotators' labels" in exit_message([command, *soft])
+    monkeypatch.setattr(data, "load_dataset", lambda *a, **k: pytest.fail("read the images before refusing"))
+    for command, more in (("train", ["--distill", "0.5", "--out", str(tmp_path / "student")]),
+                          ("cv", ["--out", str(tmp_path / "soft.json")])):  # refused before teachers or images
+        assert "error: soft labels: the extra" in exit_message([command, *soft, *more])
 
 
 @pytest.mark.parametrize("command", ["cv", "audit"])
