@@ -234,6 +234,25 @@ def unicode_twin(root, name):
                  if t != name and (root / t).is_file()), None)
 
 
+def image_problem(root, name, shown):
+    """Why the file ``name`` is not an image file inside the resolved folder ``root`` (``shown`` as the user named
+    it), else None."""
+    try:
+        outside = not (root / name).resolve().is_relative_to(root)
+        found = (root / name).is_file()
+    except OSError as err:  # a name too long for the file system
+        return f"image file cannot be looked up in {shown} ({err.strerror or err})"
+    except RuntimeError:
+        return "image is a symlink loop"
+    if outside:
+        return f"image resolves outside {shown}"
+    if not found:
+        twin = unicode_twin(root, name)
+        return f"image file not found in {shown}" + (f" ({twin!r} is there: the same name in another Unicode "
+                                                      "normalization; rename one)" if twin else "")
+    return None
+
+
 def read_labels(path, images_dir=None, partial=False):
     """Read a labels spreadsheet (xlsx, or UTF-8 csv) with columns ``img_name`` and ``target`` (1 open, 0 closed).
 
@@ -288,19 +307,8 @@ def read_labels(path, images_dir=None, partial=False):
         if why := name_problem(name):
             problems.append(f"{where}: img_name {why}; it must be a relative path inside the images folder")
         elif root is not None and (not partial or pd.notna(values["target"].iloc[i])):
-            try:
-                outside = not (root / name).resolve().is_relative_to(root)
-                found = (root / name).is_file()
-            except (OSError, RuntimeError) as err:  # a name too long for the file system, a symlink loop
-                problems.append(f"{where}: image file cannot be looked up in {images_dir} ({err.strerror or err})"
-                                if isinstance(err, OSError) else f"{where}: image is a symlink loop")
-                continue
-            if outside:
-                problems.append(f"{where}: image resolves outside {images_dir}")
-            elif not found:
-                twin = unicode_twin(root, name)
-                problems.append(f"{where}: image file not found in {images_dir}" + (f" ({twin!r} is there: the same "
-                                "name in another Unicode normalization; rename one)" if twin else ""))
+            if why := image_problem(root, name, images_dir):
+                problems.append(f"{where}: {why}")
     if problems:
         raise LabelError.rows(path, problems)
     if not partial:
