@@ -387,7 +387,7 @@ def cmd_cv(args):
     if cfg.soft_labels:
         data.check_annotated(args.data, args.images)
     images, targets, names = data.load_dataset(args.data, args.labels, limit=args.limit, images_dir=args.images)
-    soft = data.soft_targets(targets, names, args.data, args.images) if cfg.soft_labels else None
+    soft = data.soft_targets(targets, names, args.data) if cfg.soft_labels else None
     use_threads(args)
     done = [k for k in range(args.folds) if args.fold_dir and (Path(args.fold_dir) / f"fold{k}.json").exists()]
     if done:

@@ -385,10 +385,9 @@ def check_annotated(root=None, images_dir=None):
                          f"of {eyes}, not of the images in {images_dir}")
 
 
-def soft_targets(targets, names, root=None, images_dir=None):
-    """Each image's share of "open" among all its labels: its target and the extra annotators' (read_annotations).
-    ``images_dir``: the images' folder (see check_annotated)."""
-    check_annotated(root, images_dir)
+def soft_targets(targets, names, root=None):
+    """Each image's share of "open" among all its labels: its target and the extra annotators' (read_annotations),
+    matched by file name: the images must be the data folder's EyesDataset/ (see check_annotated)."""
     return np.nanmean(np.column_stack([np.asarray(targets, float), read_annotations(names, root)]), axis=1)
 
 

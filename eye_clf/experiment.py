@@ -170,7 +170,7 @@ def train_run(cfg=None, root=None, labels=None, out_dir=None, limit=None, progre
     cfg = cfg or TrainConfig()
     prov = provenance(device_of(cfg.device))  # the code this run loaded: later edits do not change a running process
     out = check_outside_shipped(out_dir or data.REPO_ROOT / "runs" / datetime.now().strftime("train-%Y%m%d-%H%M%S"))
-    if cfg.soft_labels:  # before the teachers' training and the images' reading
+    if cfg.soft_labels:  # the annotations' images; refused before the teachers train or images are read
         data.check_annotated(root, images_dir)
     if cfg.distill and not teachers:
         teachers = [train_run(replace(t, seed=cfg.seed, val_fraction=cfg.val_fraction, refit=False), root, labels,
@@ -184,7 +184,7 @@ def train_run(cfg=None, root=None, labels=None, out_dir=None, limit=None, progre
     train_idx, val_idx = split(targets, cfg)
     teacher_models = teachers_for(teachers, images, val_idx)
     t0 = time.perf_counter()
-    soft = data.soft_targets(targets, names, root, images_dir) if cfg.soft_labels else None
+    soft = data.soft_targets(targets, names, root) if cfg.soft_labels else None
     model, histories, p_val, extras = fit_recipe(images, targets, train_idx, val_idx, cfg, progress, teacher_models,
                                                  soft)
     history, val = histories[0], metrics.summary(targets[val_idx], p_val)  # (of the validated fit)

@@ -371,17 +371,16 @@ def test_real_annotations_cover_the_dataset(real_root):
     soft = data.soft_targets(targets, names, real_root)
     assert soft.shape == (200,) and ((soft >= 0) & (soft <= 1)).all()
     assert 0 < np.mean(soft != targets) < 0.2  # the annotators disagree with the reference on a few images
-    eyes = real_root / "EyesDataset"
-    assert np.array_equal(data.soft_targets(targets, names, real_root, eyes), soft)  # their images, named as such
+    data.check_annotated(real_root, real_root / "EyesDataset")  # their images, named as such
 
 
-def test_soft_targets_refuse_images_the_annotations_do_not_label(real_root, tmp_path):
+def test_soft_labels_refuse_images_the_annotations_do_not_label(real_root, tmp_path):
     """Another folder's images may carry the dataset's file names (000000.jpg ...): its annotations are not theirs."""
     (tmp_path / "000000.jpg").write_bytes((real_root / "EyesDataset" / "000000.jpg").read_bytes())
     eyes, notes = (re.escape(str(real_root / name)) for name in ("EyesDataset", "other_annotations.csv"))
     with pytest.raises(ValueError, match=rf"soft labels: the extra annotators' labels \({notes}\) are those of {eyes}, "
                                          rf"not of the images in {re.escape(str(tmp_path))}$"):
-        data.soft_targets([1], ["000000.jpg"], real_root, tmp_path)
+        data.check_annotated(real_root, tmp_path)
 
 
 # ---- splits ------------------------------------------------------------------------------------------------
