@@ -84,9 +84,17 @@ def model_file(path, how="", name="checkpoint"):
 
 
 def _model_path(checkpoint, default, how):
+    """The model file of a ``checkpoint`` argument, or the shipped ``default`` when it is None (missing: an
+    incomplete install, not a model to make)."""
     if checkpoint is not None and str(checkpoint) == "":
         raise ValueError("checkpoint: empty path")
-    return model_file(Path(checkpoint or default).resolve(), how)
+    if checkpoint is None:
+        other = DEFAULT_ONNX if default == DEFAULT_CHECKPOINT else DEFAULT_CHECKPOINT
+        there = (f"; the shipped {other.name} is there, for backend='{'onnx' if other == DEFAULT_ONNX else 'torch'}'"
+                 if other.is_file() else "")
+        return model_file(Path(default).resolve(), "an incomplete install: `git checkout eye_clf/shipped` in a "
+                          f"checkout, else reinstall eye-clf{there}", "shipped model")
+    return model_file(Path(checkpoint).resolve(), how)
 
 
 def _load_torch(path, device):
@@ -238,8 +246,10 @@ def _choose_backend(backend, model, checkpoint, tta):
     if backend == "onnx" and only:
         if only[0] == "checkpoint" and Path(checkpoint).is_dir():
             model_file(checkpoint)  # a run folder is named as such (and its eye_clf.pt), not as a .pt
-        raise ValueError(f"{only[0]}: needs backend='torch' (the ONNX graph carries the checkpoint's "
-                         "mirror averaging; convert a .pt checkpoint with `python -m eye_clf export`)")
+        why = {"model": "a torch model runs on torch",
+               "tta": "the ONNX graph holds its checkpoint's mirror averaging as exported",
+               "checkpoint": "a .pt checkpoint runs on torch; `python -m eye_clf export` converts it to ONNX"}
+        raise ValueError(f"{only[0]}: needs backend='torch' ({why[only[0]]})")
     if backend == "torch" and onnx_file:
         raise ValueError(f"checkpoint: {checkpoint} is an ONNX model; use backend='onnx' or a .pt checkpoint")
     return backend
@@ -250,7 +260,7 @@ def _gray(a, name, single):
     or float 0..1 array as N x 24 x 24 uint8; an error names the first bad image of a batch (``name[i]``), or
     ``name`` for a ``single`` image."""
     if min(a.shape[1:3]) == 0:
-        raise ValueError(f"{name}: empty image(s) of shape {a.shape}")
+        raise ValueError(f"{name}: empty image(s) of {a.shape[2]} x {a.shape[1]} pixels")
     if a.dtype == np.uint16:
         a = np.round(a / 257).astype(np.uint8)
     if a.dtype != np.uint8:
@@ -279,6 +289,8 @@ def _from_array(x, name):
     if isinstance(x, np.ndarray) and x.dtype.kind in "USO":  # numpy text or objects: not pixels
         raise ValueError(f"{name}: a numpy array of {x.dtype} is not an image; pass several paths or images as a "
                          "list (list(...) of the array), one image as a numeric array")
+    if isinstance(x, np.ndarray):
+        x = np.asarray(x)  # subclasses (np.matrix, a masked array) as their values
     torch_layout = _is_torch(x)
     kind, batch4 = ("tensor", "N x C x H x W") if torch_layout else ("array", "N x H x W x C")
     shape = tuple(x.shape)

@@ -113,6 +113,8 @@ def load_image(path):
     except UnidentifiedImageError:
         raise ValueError(f"not an image file: {path}") from None
     except (OSError, SyntaxError) as err:
+        if getattr(err, "errno", None) is not None:  # the file cannot be read (permission, I/O): not bad data
+            raise
         raise ValueError(f"corrupt image {path}: {err}") from None
 
 

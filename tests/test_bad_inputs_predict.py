@@ -52,7 +52,8 @@ BAD_INPUTS = [
     (np.array(["a.jpg", "b.jpg"]), r"input: a numpy array of <U5 is not an image; pass several paths or images as a "
                                    r"list \(list\(\.\.\.\) of the array\)"),
     (np.array([EYE, EYE[:20]], dtype=object), r"input: a numpy array of object is not an image"),
-    (np.zeros((24, 0), np.uint8), r"input: empty image"),
+    (np.zeros((24, 0), np.uint8), r"input: empty image\(s\) of 0 x 24 pixels"),  # the caller's image, not a batch
+    (np.zeros((2, 0, 30, 3), np.uint8), r"input: empty image\(s\) of 30 x 0 pixels"),
     # values
     (np.zeros((24, 24), np.int32), r"input: dtype int32 is not supported; use uint8 \(0..255\), uint16 "),
     (np.zeros((24, 24), np.complex128), r"input: dtype complex128 is not supported"),
@@ -223,6 +224,26 @@ def test_a_truncated_pil_image_is_named(backend, tmp_path):
     with Image.open(path) as cut, pytest.raises(ValueError, match=r"input\[1\]: cannot read the PIL image \(image "
                                                                    r"file is truncated"):
         predict_proba([EYE, cut], backend=backend)
+
+
+def test_a_file_that_cannot_be_read_is_an_os_error_not_a_corrupt_image(tmp_path, monkeypatch):
+    """Permission or I/O trouble is no fault of the image: it stays an OSError (a service retries it, --skip-bad
+    names it), where a corrupt file is a ValueError."""
+    path = tmp_path / "eye.png"
+    Image.fromarray(EYE).save(path)
+
+    def denied(fp, *args, **kwargs):
+        raise PermissionError(13, "Permission denied", str(fp))
+    monkeypatch.setattr(preprocess.Image, "open", denied)
+    for read in (preprocess.load_image, predict_proba):
+        with pytest.raises(PermissionError, match=re.escape(str(path))):
+            read(path)
+
+
+@pytest.mark.filterwarnings("ignore:the matrix subclass:PendingDeprecationWarning")
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_numpy_subclasses_are_arrays(backend):
+    assert predict_proba(np.matrix(EYE), backend=backend) == predict_proba(EYE, backend=backend)
 
 
 @pytest.mark.parametrize("backend", BACKENDS)

@@ -407,15 +407,30 @@ def test_a_failed_load_is_tried_again(tiny_ckpt, tmp_path):
     assert predict_proba(BRIGHT, checkpoint=path) == pytest.approx(predict_proba(BRIGHT, checkpoint=tiny_ckpt))
 
 
-def test_missing_default_checkpoint_is_a_helpful_error(tmp_path, monkeypatch):
+def test_missing_default_checkpoint_is_a_helpful_error(tmp_path, monkeypatch, tiny_ckpt):
     monkeypatch.setattr(predict, "DEFAULT_CHECKPOINT", tmp_path / "nowhere" / "eye_clf.pt")
     monkeypatch.setattr(predict, "DEFAULT_ONNX", tmp_path / "nowhere" / "eye_clf.onnx")
-    with pytest.raises(FileNotFoundError, match=r"checkpoint not found: .*nowhere.*python -m eye_clf train"):
+    incomplete = r" \(an incomplete install: `git checkout eye_clf/shipped` in a checkout, else reinstall eye-clf"
+    with pytest.raises(FileNotFoundError, match=rf"^shipped model not found: .*nowhere.eye_clf.pt{incomplete}\)$"):
         predict_proba(BRIGHT, backend="torch")
-    with pytest.raises(FileNotFoundError, match=r"checkpoint not found: .*eye_clf.onnx.*python -m eye_clf export"):
+    with pytest.raises(FileNotFoundError, match=rf"^shipped model not found: .*nowhere.eye_clf.onnx{incomplete}\)$"):
         predict_proba(BRIGHT, backend="onnx")
-    with pytest.raises(FileNotFoundError, match="other.pt"):
+    with pytest.raises(FileNotFoundError, match=r"checkpoint not found: .*other.pt .*python -m eye_clf train"):
         predict_proba(BRIGHT, checkpoint=tmp_path / "other.pt")
+    monkeypatch.setattr(predict, "DEFAULT_CHECKPOINT", tiny_ckpt)  # the other of the pair is there: it says so
+    with pytest.raises(FileNotFoundError, match=rf"eye_clf.onnx{incomplete}; the shipped {tiny_ckpt.name} is "
+                                                r"there, for backend='torch'\)$"):
+        predict_proba(BRIGHT)
+    assert 0 <= predict_proba(BRIGHT, backend="torch") <= 1
+
+
+def test_torch_only_arguments_on_the_onnx_backend_say_why(tiny_ckpt):
+    model = predict.load_model(tiny_ckpt)[0]
+    with pytest.raises(ValueError, match=r"^model: needs backend='torch' \(a torch model runs on torch\)$"):
+        predict_proba(BRIGHT, model=model, backend="onnx")
+    with pytest.raises(ValueError, match=r"^tta: needs backend='torch' \(the ONNX graph holds its checkpoint's "
+                                         r"mirror averaging as exported\)$"):
+        predict_proba(BRIGHT, tta=True, backend="onnx")
 
 
 def test_a_run_folder_given_as_the_checkpoint_is_named(tiny_ckpt, tmp_path):
