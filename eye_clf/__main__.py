@@ -24,6 +24,7 @@ DESCRIPTION = ("Is the eye in a 24x24 grayscale patch open? Train a model, predi
                "cross-validate, label images in a local web page, audit labels.")
 DECIMALS = 6  # of P(open) and the threshold in predict's output
 MIN_LIMIT = 20  # the smallest --limit whose stratified training/validation split holds both classes in each part
+CV_MIN_LIMIT = 30  # the same for cv, whose folds split their training part (half the images or more) likewise
 COMMANDS = ("train", "ship", "export", "predict", "evaluate", "cv", "label", "audit")
 FOLDS = 5  # the default k of cv and audit
 
@@ -205,9 +206,14 @@ def check_limit(args):
 
 def cmd_train(args):
     from .cv import interval
-    from .experiment import cv_of, train_run
+    from .experiment import cv_of, new_run_folder, train_run
     from .predict import model_file
     cfg = args.config
+    if args.out is None:  # the default run folder is checked before any work, as --out is
+        try:
+            args.out = output_folder(str(new_run_folder()))
+        except argparse.ArgumentTypeError as err:
+            sys.exit(f"error: {err}; choose a run folder with --out")
     threads = use_threads(args)
     if args.teacher and not cfg.distill:
         sys.exit("error: --teacher needs --distill > 0 (the weight of the teachers' P(open) in the target)")
@@ -554,8 +560,8 @@ def main(argv=None):
     p.add_argument("--data", help=f"data folder (default: ${data.DATA_ENV} or ../shared/data)")
     p.add_argument("--labels", help=images_labels_help)
     p.add_argument("--folds", type=int_at_least(2), default=FOLDS, help="number of folds (default: %(default)s)")
-    p.add_argument("--limit", type=int_at_least(MIN_LIMIT),
-                   help=f"use a stratified subset of this many images, {MIN_LIMIT} or more")
+    p.add_argument("--limit", type=int_at_least(CV_MIN_LIMIT),
+                   help=f"use a stratified subset of this many images, {CV_MIN_LIMIT} or more")
     p.add_argument("--out", type=json_file, help="write the per-fold results here (a .json file)")
     p.add_argument("--fold-dir", type=output_folder,
                    help="write each fold's result (foldK.json) and model (foldK.pt) here as it finishes; a rerun with "

@@ -156,6 +156,11 @@ def check_outside_shipped(out, name="out", what="the run"):
     return out
 
 
+def new_run_folder():
+    """The default run folder of a training: runs/train-<date>-<time> in the checkout (else the current folder)."""
+    return data.REPO_ROOT / "runs" / datetime.now().strftime("train-%Y%m%d-%H%M%S")
+
+
 def train_run(cfg=None, root=None, labels=None, out_dir=None, limit=None, progress=True, teachers=(),
               images_dir=None):
     """Train ``cfg`` (default: the shipped recipe) on the labelled data (``data.load_dataset``: the data folder
@@ -169,7 +174,7 @@ def train_run(cfg=None, root=None, labels=None, out_dir=None, limit=None, progre
     """
     cfg = cfg or TrainConfig()
     prov = provenance(device_of(cfg.device))  # the code this run loaded: later edits do not change a running process
-    out = check_outside_shipped(out_dir or data.REPO_ROOT / "runs" / datetime.now().strftime("train-%Y%m%d-%H%M%S"))
+    out = check_outside_shipped(out_dir or new_run_folder())
     if cfg.soft_labels:  # the annotations' images; refused before the teachers train or images are read
         data.check_annotated(root, images_dir)
     if cfg.distill and not teachers:
@@ -216,6 +221,9 @@ def ship(run_dir):
         raise ValueError(f"ship replaces the model of an eye_clf checkout; this eye_clf is installed ({SHIPPED}), "
                          "so its shipped model stays as installed: predict with --checkpoint (or checkpoint=) instead")
     run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        raise FileNotFoundError(f"run folder not found: {run_dir}" if not run_dir.exists() else
+                                f"not a folder: {run_dir} (ship takes the run folder that `train` wrote)")
     copies = [(run_dir / "eye_clf.pt", SHIPPED / "eye_clf.pt")] + [
         (run_dir / name, FIGURES / name) for name in ("history.csv", "history.json",
                                                       "train_val_loss_metrics_history.png")]

@@ -277,7 +277,12 @@ def load_checkpoint(path):
         raise ValueError(f"{path} is an ONNX graph; this needs a .pt checkpoint (the one it was exported from)")
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    except (OSError, MemoryError):  # a missing or unreadable file says so itself
+    except OSError as err:
+        if err.filename is not None:  # a missing or unreadable file says so itself
+            raise
+        raise ValueError(f"{path} is not a readable eye_clf checkpoint (OSError: {err.strerror or err}; a truncated "
+                         "or damaged copy?)") from None
+    except MemoryError:
         raise
     except Exception as err:  # torch's unpickler raises many types (IndexError, KeyError, ...) on foreign files
         raise ValueError(f"{path} is not a readable eye_clf checkpoint ({type(err).__name__})") from None

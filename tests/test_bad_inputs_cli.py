@@ -1,5 +1,6 @@
 """Hostile command lines: each is refused with one ``error:`` line naming the flag or file, a non-zero exit status
 and no traceback, before any data is read or any model trained."""
+import json
 import subprocess
 import sys
 
@@ -112,11 +113,37 @@ def test_soft_labels_without_the_annotations_file_name_it(command, real_root, tm
     assert message == f"error: annotations file not found: {tmp_path / 'other_annotations.csv'}"
 
 
-@pytest.mark.parametrize("command", ["train", "cv"])
+@pytest.mark.parametrize("command,least", [("train", 20), ("cv", 30)])
 @pytest.mark.parametrize("limit", ["0", "5", "19", "-3"])
-def test_limit_too_small(command, limit, capsys):
+def test_limit_too_small(command, least, limit, capsys):
     msg = refused([command, "--limit", limit, *NO_DATA], capsys)
-    assert msg.startswith(f"error: --limit: must be >= 20, got {limit}")
+    assert msg.startswith(f"error: --limit: must be >= {least}, got {limit}")
+
+
+def test_an_unwritable_default_run_folder_is_refused_before_training(real_root, tmp_path, monkeypatch, capsys):
+    from eye_clf import data, experiment
+    blocked = tmp_path / "a_file"
+    blocked.write_text("")
+    monkeypatch.setattr(experiment, "new_run_folder", lambda: blocked / "runs" / "train-x")
+
+    def read(*args, **kwargs):
+        raise AssertionError("read the images before refusing")
+    monkeypatch.setattr(data, "load_dataset", read)
+    assert refused(["train", "--data", str(real_root)], capsys) == (
+        f"error: cannot write {blocked / 'runs' / 'train-x'}: {blocked} is not a writable folder; choose a run "
+        "folder with --out")
+
+
+def test_the_smallest_limits_train(real_root, tmp_path, capsys):
+    """The least --limit of each command trains: cv's folds keep both classes in their validation parts too."""
+    for folds in ("2", "5"):
+        main(["cv", "--data", str(real_root), "--limit", "30", "--folds", folds, "--epochs", "1", "--width", "4",
+              "--threads", "1", "--out", str(tmp_path / f"cv{folds}.json")])
+        assert len(json.loads((tmp_path / f"cv{folds}.json").read_text())["folds"]) == int(folds)
+    capsys.readouterr()  # (the progress bars)
+    assert "must be >= 30, got 29" in refused(["cv", "--limit", "29", *NO_DATA], capsys)
+    main(["train", "--data", str(real_root), "--limit", "20", "--epochs", "1", "--width", "4", "--threads", "1",
+          "--no-refit", "--out", str(tmp_path / "run")])
 
 
 def test_limit_larger_than_the_dataset(real_root, capsys):

@@ -374,6 +374,17 @@ def test_a_missing_checkpoint_file_says_so(tmp_path):
         models.load_checkpoint(tmp_path / "nope.pt")
 
 
+def test_a_truncated_checkpoint_is_named(tmp_path):
+    """A cut copy: torch's zip reader fails with RuntimeError, or (under about 64 kB) with an OSError that names no
+    file ("[Errno 22] Invalid argument")."""
+    from eye_clf.predict import DEFAULT_CHECKPOINT
+    for size in (5000, 200_000):
+        cut = tmp_path / f"cut{size}.pt"
+        cut.write_bytes(DEFAULT_CHECKPOINT.read_bytes()[:size])
+        with pytest.raises(ValueError, match=rf"cut{size}.pt is not a readable eye_clf checkpoint"):
+            predict_proba(EYE, checkpoint=cut)
+
+
 @pytest.mark.parametrize("text", ["not a checkpoint", "error: could not download model\n", "hello", "."])
 def test_unreadable_checkpoint_is_named(tmp_path, text):
     bad = tmp_path / "bad.pt"

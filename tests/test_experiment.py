@@ -919,6 +919,10 @@ def test_ship_command_promotes_a_complete_run_and_refuses_a_partial_one(monkeypa
     (tmp_path / "checkout" / "pyproject.toml").write_text('[project]\nname = "eye-clf"\n')
     monkeypatch.setattr(experiment, "SHIPPED", shipped)
     monkeypatch.setattr(experiment, "FIGURES", figures)
+    for wrong, message in ((tmp_path / "typo", f"run folder not found: {tmp_path / 'typo'}"),
+                           (tiny_ckpt, f"not a folder: {tiny_ckpt} \\(ship takes the run folder that `train` wrote")):
+        with pytest.raises(SystemExit, match=f"^error: {message}"):
+            main(["ship", str(wrong)])
     (run / "eye_clf.pt").write_bytes(tiny_ckpt.read_bytes())
     with pytest.raises(SystemExit, match="not a complete run folder: missing .*history.csv"):
         main(["ship", str(run)])
