@@ -109,7 +109,7 @@ def test_audit_refuses_soft_labels(capsys):
 def test_soft_labels_without_the_annotations_file_name_it(command, real_root, tmp_path, capsys):
     for name in ("EyesDataset", "img_name_target.xlsx"):  # the data folder without other_annotations.csv
         (tmp_path / name).symlink_to(real_root / name)
-    message = refused([command, "--soft-labels", "--data", str(tmp_path), "--limit", "20", "--epochs", "1"], capsys)
+    message = refused([command, "--soft-labels", "--data", str(tmp_path), "--limit", "30", "--epochs", "1"], capsys)
     assert message == f"error: annotations file not found: {tmp_path / 'other_annotations.csv'}"
 
 
