@@ -48,7 +48,8 @@ def read_oof(path, names):
     if len(bad):
         wrong = set(raw.index[bad])
         shown = [f"row {r} ({n}): {v!r}" for r, n, v in zip(df.index, df["img_name"], df["p_open"]) if n in wrong]
-        raise ValueError(f"{path}: p_open must be numbers in 0..1; {len(bad)} are not, e.g. {', '.join(shown[:3])}")
+        raise ValueError(f"{path}: p_open must be numbers in 0..1; {len(bad)} {'is' if len(bad) == 1 else 'are'} "
+                         f"not, e.g. {', '.join(shown[:3])}")
     return p
 
 

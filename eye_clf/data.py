@@ -406,8 +406,9 @@ def validation_split(idx, targets, fraction, seed):
     idx, y = np.asarray(idx), np.asarray(targets)[idx]
     counts = f"{int(np.sum(y == 1))} open and {int(np.sum(y == 0))} closed images"
     def refuse(name, size):
-        raise ValueError(f"val_fraction {fraction} of {counts} leaves the {name} part ({size} images) without an "
-                         "image of each class; label more images of the smaller class or change the fraction")
+        raise ValueError(f"val_fraction {fraction} of {counts} leaves the {name} part ({size} image"
+                         f"{'' if size == 1 else 's'}) without an image of each class; label more images of the "
+                         "smaller class or change the fraction")
     try:
         train, val = train_test_split(idx, test_size=fraction, stratify=y, random_state=seed)
     except ValueError:  # sklearn: a part smaller than the number of classes, or a class of one image

@@ -70,7 +70,7 @@ def test_audit_refuses_soft_labels_before_any_work(tmp_path):
 def test_read_oof_checks_its_input(tmp_path):
     path = tmp_path / "oof.csv"
     pd.DataFrame({"img_name": ["a", "b"], "p_open": [0.2, 1.5]}).to_csv(path, index=False)
-    with pytest.raises(ValueError, match=r"0\.\.1; 1 are not, e\.g\. row 3 \(b\): 1\.5"):
+    with pytest.raises(ValueError, match=r"0\.\.1; 1 is not, e\.g\. row 3 \(b\): 1\.5"):
         read_oof(path, ["a", "b"])
     with pytest.raises(ValueError, match="no p_open for 1"):
         read_oof(path, ["a", "c"])

@@ -214,10 +214,10 @@ def test_a_validation_part_without_both_classes_is_refused_before_training(monke
                                          r"more folds \(larger training parts\)$"):
         cv.cross_val_predict(images, targets, replace(SMALL, val_fraction=0.1), folds=3, progress=False)
     with pytest.raises(ValueError, match=r"val_fraction 0.01 of 57 open and 3 closed images leaves the validation "
-                                         r"part \(1 images\)"):  # sklearn refuses a part of one image
+                                         r"part \(1 image\)"):  # sklearn refuses a part of one image
         experiment.split(targets, replace(SMALL, val_fraction=0.01))
     with pytest.raises(ValueError, match=r"val_fraction 0.9 of 8 open and 2 closed images leaves the training part "
-                                         r"\(1 images\)"):  # (the config refuses fractions from 0.5 up)
+                                         r"\(1 image\)"):  # (the config refuses fractions from 0.5 up)
         data.validation_split(np.arange(10), np.r_[0, 0, np.ones(8)], 0.9, 0)
 
 
