@@ -83,11 +83,20 @@ def model_file(path, how="", name="checkpoint"):
     raise FileNotFoundError(f"{name} not found: {path}" + (f" ({how})" if how else ""))
 
 
+def _refuse_folder(checkpoint):
+    """A run folder given as ``checkpoint`` is refused by name, with the model in it, whichever backend is there."""
+    if checkpoint is not None and str(checkpoint) != "" and Path(checkpoint).is_dir():  # ("" is refused as empty)
+        model_file(checkpoint)
+
+
 def _model_path(checkpoint, default, how):
     """The model file of a ``checkpoint`` argument, or the shipped ``default`` when it is None (missing: an
     incomplete install, not a model to make)."""
     if checkpoint is not None and str(checkpoint) == "":
         raise ValueError("checkpoint: empty path")
+    if checkpoint is None and not SHIPPED.parent.is_dir():
+        raise FileNotFoundError(f"shipped model not found: eye_clf is imported from {SHIPPED.parent}, which is not a "
+                                "folder (a zip archive?); its model files must be on disk: install eye-clf with pip")
     if checkpoint is None:
         other = DEFAULT_ONNX if default == DEFAULT_CHECKPOINT else DEFAULT_CHECKPOINT
         there = (f"; the shipped {other.name} is there, for backend='{'onnx' if other == DEFAULT_ONNX else 'torch'}'"
@@ -114,7 +123,8 @@ def load_model(checkpoint=None, device=None):
         from .models import torch_device
     except ImportError as err:
         raise ModuleNotFoundError(f"load_model needs torch ({err}): pip install 'eye-clf[torch]'; load_session and "
-                                  "predict_proba predict with onnxruntime alone") from None
+                                  "predict_proba predict with onnxruntime alone"
+                                  + ("" if _installed("onnxruntime") else " (pip install 'eye-clf[onnx]')")) from None
 
     try:
         device = torch_device(device)
@@ -128,12 +138,12 @@ def _load_onnx(path):
     try:
         import onnxruntime as ort
     except ImportError as err:
-        if importlib.util.find_spec("onnxruntime") is None:
-            raise ModuleNotFoundError(f"{path}: an ONNX model needs onnxruntime: pip install 'eye-clf[onnx]', or pass "
-                                      "a .pt checkpoint") from None
+        if not _installed("onnxruntime"):
+            raise ModuleNotFoundError(f"{path}: an ONNX model needs onnxruntime: pip install 'eye-clf[onnx]'"
+                                      + (", or predict with backend='torch'" if _installed("torch") else "")) from None
         raise ImportError(f"{path}: onnxruntime is installed but fails to import ({type(err).__name__}: {err}): "
-                          "reinstall it (pip install --force-reinstall onnxruntime), or predict with "
-                          "backend='torch'") from None
+                          "reinstall it (pip install --force-reinstall onnxruntime)"
+                          + (", or predict with backend='torch'" if _installed("torch") else "")) from None
 
     opts = ort.SessionOptions()
     # idle threads sleep instead of spinning: a loop of one call per frame would otherwise keep a core busy
@@ -170,6 +180,9 @@ def load_session(checkpoint=None):
     shipped checkpoint), on CPU; it honours $OMP_NUM_THREADS, and its idle threads sleep (no spin-waiting between
     calls). The last CACHE_SIZE models loaded are kept."""
     path = _model_path(checkpoint, DEFAULT_ONNX, EXPORT_ONE)
+    if checkpoint is not None and path.suffix.lower() == ".pt":
+        raise ValueError(f"{path} is a .pt checkpoint, which torch reads (load_model, or predict_proba's "
+                         "checkpoint=); load_session reads ONNX files (`python -m eye_clf export` writes one)")
     if checkpoint is not None:
         return _cached("onnx", path, _load_onnx)
     pair = _stamp(DEFAULT_CHECKPOINT) if DEFAULT_CHECKPOINT.is_file() else None
@@ -190,8 +203,9 @@ def recommended_threshold(checkpoint=None):
     calibrated (in cross-validation either gives the same accuracy to a tenth of a point: README section 5).
     ``checkpoint``: a .pt or .onnx file; by default the shipped model, read from its ONNX graph when onnxruntime is
     installed (the model predict_proba runs then), else from its .pt checkpoint."""
+    _refuse_folder(checkpoint)
     onnx_file = checkpoint is not None and Path(checkpoint).suffix.lower() == ".onnx"
-    if onnx_file or checkpoint is None and importlib.util.find_spec("onnxruntime") is not None:
+    if onnx_file or checkpoint is None and _installed("onnxruntime"):
         value = onnx_metadata(checkpoint).get("threshold")
     else:
         try:
@@ -204,6 +218,14 @@ def recommended_threshold(checkpoint=None):
         path = _model_path(checkpoint, DEFAULT_CHECKPOINT, TRAIN_ONE)
         value = load_checkpoint(path)[1].get("threshold")
     return None if value is None else float(value)
+
+
+def _installed(name):
+    """Whether module ``name`` can be imported, as importlib sees it (without importing it)."""
+    try:
+        return importlib.util.find_spec(name) is not None
+    except ImportError:
+        return False
 
 
 def _no_backend(err):
@@ -235,17 +257,16 @@ def _choose_backend(backend, model, checkpoint, tta):
                             "file as checkpoint=")
         if checkpoint is not None:
             raise ValueError("model and checkpoint: pass one of them (the model would be used, the checkpoint not)")
+    _refuse_folder(checkpoint)
     onnx_file = checkpoint is not None and Path(checkpoint).suffix.lower() == ".onnx"
     if onnx_file and tta is not None:
         raise ValueError(f"tta: {checkpoint} is an ONNX model, whose graph holds its mirror averaging as exported; "
                          "tta works with a .pt checkpoint (backend='torch') only")
     only = torch_only(model, checkpoint, tta)
     if backend is None:
-        onnx_ok = onnx_file or importlib.util.find_spec("onnxruntime") is not None
+        onnx_ok = onnx_file or _installed("onnxruntime")
         backend = "onnx" if onnx_ok and not only else "torch"
     if backend == "onnx" and only:
-        if only[0] == "checkpoint" and Path(checkpoint).is_dir():
-            model_file(checkpoint)  # a run folder is named as such (and its eye_clf.pt), not as a .pt
         why = {"model": "a torch model runs on torch",
                "tta": "the ONNX graph holds its checkpoint's mirror averaging as exported",
                "checkpoint": "a .pt checkpoint runs on torch; `python -m eye_clf export` converts it to ONNX"}
@@ -350,7 +371,8 @@ def _to_images(x, name="input"):
     hint = (" (for a file object or bytes, pass PIL.Image.open(it), or PIL.Image.open(io.BytesIO(data)))"
             if hasattr(x, "read") or isinstance(x, (bytes, bytearray, memoryview)) else
             " (for an iterator such as a generator, pass list(...) of it)" if hasattr(x, "__next__") else
-            " (pixel values in nested lists? pass np.asarray(...) of the image)" if isinstance(x, (int, float)) else "")
+            " (pixel values in nested lists? pass np.asarray(rows, dtype=np.uint8) for 0..255, or a float array of "
+            "0..1)" if isinstance(x, (int, float)) else "")
     raise TypeError(f"{name}: cannot read a {type(x).__name__} as an image; pass a path, folder, PIL image, "
                     f"numpy array, torch tensor or a list of these{hint}")
 
@@ -396,7 +418,7 @@ def predict_proba(x, model=None, checkpoint=None, batch_size=64, tta=None, backe
         try:
             from .models import scores
         except ImportError as err:
-            if importlib.util.find_spec("onnxruntime") is None and not torch_only(model, checkpoint, tta):
+            if not _installed("onnxruntime") and not torch_only(model, checkpoint, tta):
                 raise ModuleNotFoundError(_no_backend(err)) from None
             only = torch_only(model, checkpoint, tta)
             cause = (f"checkpoint='{checkpoint}' (not an .onnx file)" if only[:1] == ["checkpoint"] else

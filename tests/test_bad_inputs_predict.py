@@ -111,8 +111,11 @@ def test_unsupported_types(backend, bad):
 
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_pixels_in_nested_lists_are_told_to_be_an_array(backend):
-    with pytest.raises(TypeError, match=r"input\[0\]\[0\]: cannot read a int .*pass np.asarray\(\.\.\.\) of the image"):
+    with pytest.raises(TypeError, match=r"input\[0\]\[0\]: cannot read a int .*pass np.asarray\(rows, "
+                                        r"dtype=np.uint8\) for 0..255, or a float array of 0..1\)$"):
         predict_proba(EYE.tolist(), backend=backend)
+    rows = np.asarray(EYE, np.int64).tolist()  # the hint, followed, reads the image (a plain asarray: int64, refused)
+    assert predict_proba(np.asarray(rows, dtype=np.uint8), backend=backend) == predict_proba(EYE, backend=backend)
 
 
 def test_a_folder_without_images_of_its_own_names_its_subfolders_that_have_some(tmp_path):

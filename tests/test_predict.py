@@ -439,6 +439,15 @@ def test_a_run_folder_given_as_the_checkpoint_is_named(tiny_ckpt, tmp_path):
         with pytest.raises(ValueError, match=rf"checkpoint: {tmp_path} is a folder, not a model file; the run's "
                                              rf"model is {tmp_path / 'eye_clf.pt'}"):
             predict_proba(BRIGHT, checkpoint=tmp_path, backend=backend)
+    out = run_python(BLOCK_TORCH + f"""
+import numpy as np
+import eye_clf
+try:
+    eye_clf.predict_proba({EYE}, checkpoint={str(tmp_path)!r})  # onnxruntime alone: not "needs torch"
+except ValueError as err:
+    print(err)
+""").strip()
+    assert out == f"checkpoint: {tmp_path} is a folder, not a model file; the run's model is {tmp_path / 'eye_clf.pt'}"
 
 
 # ---- what a prediction imports -----------------------------------------------------------------------------
@@ -519,6 +528,44 @@ def test_prediction_without_any_backend_says_what_to_install():
     assert install_advice("eye_clf.predict_proba([])", onnxruntime=False) == NO_BACKEND  # no eye yet: said all the same
     assert install_advice(f"eye_clf.predict_proba({EYE}, checkpoint='model.pt')", onnxruntime=False).startswith(
         "checkpoint='model.pt' (not an .onnx file) needs torch, which is missing")  # not for onnx
+
+
+def test_an_onnx_prediction_without_onnxruntime_offers_torch_only_when_it_is_there():
+    need = f"{predict.DEFAULT_ONNX}: an ONNX model needs onnxruntime: pip install 'eye-clf[onnx]'"
+    assert install_advice(f"eye_clf.predict_proba({EYE}, backend='onnx')", onnxruntime=False) == need
+    assert install_advice("eye_clf.load_session()", onnxruntime=False) == need
+    assert install_advice("eye_clf.load_model()", onnxruntime=False).endswith(
+        "predict with onnxruntime alone (pip install 'eye-clf[onnx]')")
+    out = run_python(f"""
+        import sys
+        sys.modules["onnxruntime"] = None  # torch installed, onnxruntime not
+        import numpy as np
+        import eye_clf
+        try:
+            eye_clf.predict_proba({EYE}, backend='onnx')
+        except ModuleNotFoundError as err:
+            print(err)
+        """).strip()
+    assert out == need + ", or predict with backend='torch'"
+
+
+def test_load_session_of_a_pt_checkpoint_says_torch_reads_it(tiny_ckpt):
+    with pytest.raises(ValueError, match=rf"^{re.escape(str(tiny_ckpt))} is a .pt checkpoint, which torch reads "
+                                         r"\(load_model, or predict_proba's checkpoint=\); load_session reads ONNX"):
+        predict.load_session(tiny_ckpt)
+
+
+def test_an_unpacked_install_is_needed_for_the_shipped_model(tmp_path, monkeypatch):
+    archive = tmp_path / "app.zip"  # eye_clf imported from a zip archive: its files are not on disk
+    archive.write_bytes(b"PK")
+    monkeypatch.setattr(predict, "SHIPPED", archive / "eye_clf" / "shipped")
+    monkeypatch.setattr(predict, "DEFAULT_CHECKPOINT", predict.SHIPPED / "eye_clf.pt")
+    monkeypatch.setattr(predict, "DEFAULT_ONNX", predict.SHIPPED / "eye_clf.onnx")
+    for backend in predict.BACKENDS:
+        with pytest.raises(FileNotFoundError, match=rf"^shipped model not found: eye_clf is imported from "
+                                                    rf"{re.escape(str(archive / 'eye_clf'))}, which is not a folder "
+                                                    r"\(a zip archive\?\); .*install eye-clf with pip$"):
+            predict_proba(BRIGHT, backend=backend)
 
 
 def test_the_threshold_without_any_backend_says_what_to_install():
@@ -605,6 +652,12 @@ def test_the_command_without_the_training_libraries_names_what_to_install(tmp_pa
     Image.fromarray(BRIGHT).save(tmp_path / "x.png")
     out = run_runtime_cli(tmp_path, "predict", tmp_path / "x.png", "--checkpoint", DEFAULT_CHECKPOINT)
     assert out.returncode == 1 and "torch" in out.stderr and "pip install 'eye-clf[torch]'" in out.stderr
+    run = tmp_path / "run"  # a run folder: named as one, not taken for a .pt that needs torch
+    run.mkdir()
+    (run / "eye_clf.pt").write_bytes(DEFAULT_CHECKPOINT.read_bytes())
+    out = run_runtime_cli(tmp_path, "predict", tmp_path / "x.png", "--checkpoint", run)
+    assert out.returncode == 1 and out.stderr == (f"error: checkpoint: {run} is a folder, not a model file; the run's "
+                                                  f"model is {run / 'eye_clf.pt'}\n")
 
 
 def test_the_shipped_model_tells_open_from_closed_on_the_real_images(real_root):
