@@ -47,6 +47,8 @@ def export_onnx(checkpoint_path, out_path):
                                 opset_version=OPSET, dynamic_shapes={"images": {0: torch.export.Dim("N")}},
                                 dynamo=True, verbose=False)
     proto = program.model_proto
+    for node in proto.graph.node:  # torch's debugging notes (source lines and this machine's paths): without them
+        del node.metadata_props[:]  # the same checkpoint exports the same bytes, wherever and whenever it runs
     proto.producer_name = "eye_clf"
     proto.doc_string = GRAPH_DOC
     meta = {"eye_clf.checkpoint_sha256": sha256(checkpoint_path)}

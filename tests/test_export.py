@@ -121,6 +121,16 @@ def test_shipped_onnx_comes_from_the_shipped_checkpoint():
     assert np.abs(torch_p - onnx_p).max() <= PARITY and logit.std() > 0.1
 
 
+def test_the_shipped_onnx_is_byte_for_byte_the_export_of_the_shipped_checkpoint(tmp_path):
+    """Export is reproducible (no source paths or lines in the graph), so the shipped file is checked whole: a
+    changed byte of it, or an export by other code, fails here."""
+    again = export.export_onnx(DEFAULT_CHECKPOINT, tmp_path / "again.onnx")
+    assert again.read_bytes() == DEFAULT_ONNX.read_bytes(), "re-export the shipped ONNX (see the test above)"
+    graph = onnx.load(again).graph
+    assert not any(node.metadata_props for node in graph.node)
+    assert str(data.REPO_ROOT).encode() not in again.read_bytes()
+
+
 def test_shipped_onnx_parity_on_real_images(real_root):
     files = data.list_images(real_root / "EyesDataset")[::20]  # 200 of the 4000
     torch_p, onnx_p = (predict_proba(files, backend=b) for b in ("torch", "onnx"))
