@@ -148,8 +148,8 @@ def _load_onnx(path):
     opts = ort.SessionOptions()
     # idle threads sleep instead of spinning: a loop of one call per frame would otherwise keep a core busy
     opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    threads = os.environ.get("OMP_NUM_THREADS", "")
-    if threads.isdigit():  # the thread count torch honours too
+    threads = os.environ.get("OMP_NUM_THREADS", "").strip()
+    if threads.isdigit():  # the thread count torch honours too (0: onnxruntime's default)
         opts.intra_op_num_threads = int(threads)
     try:
         session = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])

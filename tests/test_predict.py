@@ -549,6 +549,12 @@ def test_an_onnx_prediction_without_onnxruntime_offers_torch_only_when_it_is_the
     assert out == need + ", or predict with backend='torch'"
 
 
+@pytest.mark.parametrize("value, threads", [(" 1 ", 1), ("2", 2), ("", 0), ("two", 0)])
+def test_onnxruntime_threads_follow_omp_num_threads(monkeypatch, value, threads):
+    monkeypatch.setenv("OMP_NUM_THREADS", value)
+    assert predict._load_onnx(predict.DEFAULT_ONNX).get_session_options().intra_op_num_threads == threads
+
+
 def test_load_session_of_a_pt_checkpoint_says_torch_reads_it(tiny_ckpt):
     with pytest.raises(ValueError, match=rf"^{re.escape(str(tiny_ckpt))} is a .pt checkpoint, which torch reads "
                                          r"\(load_model, or predict_proba's checkpoint=\); load_session reads ONNX"):
