@@ -6,7 +6,6 @@ training libraries (``pip install 'eye-clf[onnx]'`` or ``[torch]``) only ``predi
 import argparse
 import csv
 import filecmp
-import json
 import os
 import shlex
 import sys
@@ -16,7 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from . import __version__
-from .files import ANNOTATIONS_NAME, IMAGES_FOLDER, LABELS_NAME, atomic_write, checkout
+from .files import ANNOTATIONS_NAME, IMAGES_FOLDER, LABELS_NAME, atomic_write, checkout, write_json
 from .predict import SHIPPED
 from .preprocess import list_images, load_image, subfolder_hint
 
@@ -410,7 +409,7 @@ def cmd_cv(args):
         result = dict(config=vars(cfg), folds=per_fold.to_dict("records"), pooled=metrics.summary(targets, oof),
                       data=dict(n=len(targets), n_open=int(targets.sum())),
                       provenance=provenance(device_of(cfg.device)), **resumed)
-        atomic_write(args.out, lambda tmp: Path(tmp).write_text(json.dumps(result, indent=1)))
+        write_json(args.out, result, indent=1)
 
 
 def cmd_label(args):

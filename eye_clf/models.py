@@ -16,7 +16,7 @@ from torch import nn
 from torch.nn.utils.fusion import fuse_conv_bn_eval
 
 from .predict import model_file
-from .preprocess import IMG_SIZE, MEAN, MODE, RESIZE, STD, normalize
+from .preprocess import MEAN, PREPROCESSING, STD, normalize
 
 EYENETS = ("eyenet", "res_eyenet", "dw_eyenet", "cn_eyenet")  # small nets for 24x24 eyes, no pretrained weights
 ARCHS = (*EYENETS, "resnet18", "resnet34", "resnet50", "efficientnet_lite0", "efficientnet_lite2")
@@ -291,8 +291,7 @@ def load_checkpoint(path):
     missing = [k for k in ("state_dict", "model", "preprocessing") if not isinstance(ckpt.get(k), dict)]
     if missing:
         raise ValueError(f"{path}: checkpoint has no {', '.join(missing)} dict")
-    expected = dict(size=IMG_SIZE, mode=MODE, resize=RESIZE, mean=MEAN, std=STD)
-    for field, value in expected.items():
+    for field, value in PREPROCESSING.items():
         if ckpt["preprocessing"].get(field) != value:
             raise ValueError(f"{path}: preprocessing {field} is {ckpt['preprocessing'].get(field)!r}, but this "
                              f"code preprocesses with {field} {value!r}")

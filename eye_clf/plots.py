@@ -1,4 +1,4 @@
-"""Figures: training curves, method comparison, image grids and the reliability diagram (written atomically
+"""Figures: training curves, method comparison, image grids, the reliability diagram and the learning curve (written atomically
 as PNG). Rates are labelled in percent, log axes at 1-2-5 steps."""
 import matplotlib.pyplot as plt  # the caller's backend (a notebook's inline one; headless: Agg)
 import numpy as np

@@ -22,6 +22,7 @@ IMG_SIZE = 24
 MODE = "L"
 MEAN, STD = 0.5, 0.2  # the 4000 CEW patches have mean 0.497 and std 0.199 on a 0..1 scale
 RESIZE = "bilinear, antialiased"  # how to_gray24 resizes, as checkpoints record it
+PREPROCESSING = dict(size=IMG_SIZE, mode=MODE, resize=RESIZE, mean=MEAN, std=STD)  # a checkpoint's, besides its tta
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp"}
 MAX_PIXELS = 4096 * 4096  # larger files are refused; JPEGs are first decoded at 1/2, 1/4 or 1/8 scale, up to Pillow's
 # decompression-bomb limit (Image.MAX_IMAGE_PIXELS x 2, about 179 million pixels), above which nothing is decoded

@@ -1,5 +1,6 @@
-"""Training: one ``fit`` loop (AdamW, one-cycle LR, early stopping on validation loss, best-val-loss weights),
-scoring, and checkpoints that hold weights + architecture + preprocessing + metrics + config."""
+"""Training: one ``fit`` loop (AdamW, one-cycle LR, early stopping on validation loss, best-val-loss weights), the
+recipe's optional refit on every image (its last epoch kept), and checkpoints that hold weights + architecture +
+preprocessing + metrics + config."""
 import time
 from dataclasses import asdict, dataclass, field, fields
 
@@ -12,7 +13,7 @@ from tqdm.auto import tqdm
 from . import data, metrics
 from .files import atomic_write, provenance
 from .models import CHECKPOINT_FORMAT, build_model, logits, scores, torch_device
-from .preprocess import RESIZE
+from .preprocess import PREPROCESSING
 
 
 class ConfigError(ValueError):
@@ -264,7 +265,7 @@ def _training_set(images, y_train, cfg, teachers, bank):
 
 
 def _train_epoch(model, loader, step, cfg, dev, batch_aug, teachers, loss_of):
-    """One pass over ``loader``; ``step()`` follows every backward pass (optimizer, schedule, EMA). Returns the
+    """One pass over ``loader``; ``step()`` follows each batch's backward pass(es) (optimizer, schedule, EMA). Returns the
     mean training loss, the batches' (rounded, with mixup) labels and their P(open)."""
     model.train()
     total, ys, ps = 0.0, [], []
@@ -437,8 +438,7 @@ def checkpoint(model, cfg, metrics_=None, history=None, prov=None):
         "format": CHECKPOINT_FORMAT,
         "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
         "model": model_spec(cfg),
-        "preprocessing": dict(size=data.IMG_SIZE, mode=data.MODE, resize=RESIZE,
-                              mean=data.MEAN, std=data.STD, tta=cfg.tta),
+        "preprocessing": dict(PREPROCESSING, tta=cfg.tta),
         "weights": cfg.weights or "random init",
         "metrics": metrics_ or {},
         "best_epoch": kept,
