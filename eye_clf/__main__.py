@@ -498,32 +498,20 @@ def add_predict(sub):
     p.set_defaults(run=cmd_predict)
 
 
-def main(argv=None):
-    argv = sys.argv[1:] if argv is None else argv
-    epilog = "Bad input exits with one 'error: ...' line before any long work."
-    if TRAINING_MISSING is not None:
-        install = f"the training libraries ({TRAINING_MISSING}): pip install 'eye-clf[train]'"
-        command = next((a for a in argv if not a.startswith("-")), None)
-        if command in COMMANDS and command != "predict":
-            sys.exit(f"error: {command} needs {install}")
-        epilog += f" Only predict runs here: {', '.join(c for c in COMMANDS if c != 'predict')} need {install}."
-    prog = "eye-clf" if Path(sys.argv[0]).name == "eye-clf" else "python -m eye_clf"  # the console script or -m
-    parser = Parser(prog=prog, description=DESCRIPTION, epilog=epilog)
-    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
-    sub = parser.add_subparsers(dest="command", required=True)
-    if TRAINING_MISSING is not None:
-        add_predict(sub)
-        return run(parse(parser, sub, argv))
-    labels_help = (f"labels xlsx/csv (default: the reference {data.LABELS_NAME} at the top of the checkout, for the "
-                   "default data folder's images; a --data folder without an identical copy of it must choose with "
-                   "--labels)")
-    images_labels_help = labels_help.replace(" must choose", ", or --images elsewhere, must choose")
-
-    p = sub.add_parser("train", help="train on the labelled data, evaluate, write checkpoint and plots")
-    add_config_args(p)
+def add_data_args(p, labels_note=""):
+    """--images, --data and --labels: the labelled images a command reads."""
     p.add_argument("--images", help="image folder (default: <data>/EyesDataset)")
     p.add_argument("--data", help=f"data folder (default: ${data.DATA_ENV} or ../shared/data)")
-    p.add_argument("--labels", help=images_labels_help)
+    p.add_argument("--labels", help=f"labels xlsx/csv (default: the reference {data.LABELS_NAME} at the top of the "
+                                    "checkout, for the default data folder's images; a --data folder without an "
+                                    "identical copy of it, or --images elsewhere, must choose with --labels)"
+                                    + labels_note)
+
+
+def add_train(sub):
+    p = sub.add_parser("train", help="train on the labelled data, evaluate, write checkpoint and plots")
+    add_config_args(p)
+    add_data_args(p)
     p.add_argument("--out", type=output_folder,
                    help="run folder, new or without a run in it (default: runs/train-<date>-<time>); the shipped "
                         "model is not touched")
@@ -534,30 +522,32 @@ def main(argv=None):
                         "--val-fraction and --no-refit, so it never saw the validation images)")
     p.set_defaults(run=cmd_train)
 
+
+def add_ship(sub):
     p = sub.add_parser("ship", help="make a run folder's model the shipped one (checkpoint, ONNX, curves)")
     p.add_argument("run_dir", metavar="RUN", help="run folder written by `train`")
     p.set_defaults(run=cmd_ship)
 
+
+def add_export(sub):
     p = sub.add_parser("export", help="write the ONNX graph of a checkpoint (uint8 N x 24 x 24 images -> P(open))")
     p.add_argument("--checkpoint", help="checkpoint (default: the shipped eye_clf/shipped/eye_clf.pt)")
     p.add_argument("--out", default="eye_clf.onnx", type=onnx_file, help="ONNX file to write (default: eye_clf.onnx)")
     p.set_defaults(run=cmd_export)
 
-    add_predict(sub)
 
+def add_evaluate(sub):
     p = sub.add_parser("evaluate", help="EER, accuracy, AUC and ECE of a checkpoint on a labelled folder, "
                                         "separately on the images it was trained on and the others")
-    p.add_argument("--images", help="image folder (default: <data>/EyesDataset)")
-    p.add_argument("--labels", help=images_labels_help)
-    p.add_argument("--data", help=f"data folder (default: ${data.DATA_ENV} or ../shared/data)")
+    add_data_args(p)
     p.add_argument("--checkpoint", help="checkpoint, .pt or .onnx (default: the shipped model)")
     p.set_defaults(run=cmd_evaluate)
 
+
+def add_cv(sub):
     p = sub.add_parser("cv", help="stratified k-fold cross-validation of a training config")
     add_config_args(p)
-    p.add_argument("--images", help="image folder (default: <data>/EyesDataset)")
-    p.add_argument("--data", help=f"data folder (default: ${data.DATA_ENV} or ../shared/data)")
-    p.add_argument("--labels", help=images_labels_help)
+    add_data_args(p)
     p.add_argument("--folds", type=int_at_least(2), default=FOLDS, help="number of folds (default: %(default)s)")
     p.add_argument("--limit", type=int_at_least(CV_MIN_LIMIT),
                    help=f"use a stratified subset of this many images, {CV_MIN_LIMIT} or more")
@@ -567,6 +557,8 @@ def main(argv=None):
                         "the same folder resumes, retraining only the missing folds")
     p.set_defaults(run=cmd_cv)
 
+
+def add_label(sub):
     p = sub.add_parser("label", help="labeling studio: a local web page to label images with the keyboard")
     p.add_argument("--images", help="folder of the images to label (default: <data>/EyesDataset)")
     p.add_argument("--data", help=f"data folder (default: ${data.DATA_ENV} or ../shared/data)")
@@ -581,11 +573,11 @@ def main(argv=None):
     p.add_argument("--no-browser", action="store_true", help="do not open the page in a browser")
     p.set_defaults(run=cmd_label)
 
+
+def add_audit(sub):
     p = sub.add_parser("audit", help="rank likely label errors (k-fold out-of-fold P(open) + cleanlab)")
     add_config_args(p)
-    p.add_argument("--images", help="image folder (default: <data>/EyesDataset)")
-    p.add_argument("--labels", help=images_labels_help + "; rows without a target are left out")
-    p.add_argument("--data", help=f"data folder (default: ${data.DATA_ENV} or ../shared/data)")
+    add_data_args(p, "; rows without a target are left out")
     p.add_argument("--oof", help="CSV of out-of-fold P(open) (img_name, p_open) instead of training")
     p.add_argument("--folds", type=int_at_least(2), default=FOLDS, help="number of folds (default: %(default)s)")
     p.add_argument("--out", default="review.csv", type=csv_file,
@@ -599,6 +591,24 @@ def main(argv=None):
                         "resumes, retraining only the missing folds")
     p.set_defaults(run=cmd_audit)
 
+
+def main(argv=None):
+    argv = sys.argv[1:] if argv is None else argv
+    epilog = "Bad input exits with one 'error: ...' line before any long work."
+    if TRAINING_MISSING is not None:
+        install = f"the training libraries ({TRAINING_MISSING}): pip install 'eye-clf[train]'"
+        command = next((a for a in argv if not a.startswith("-")), None)
+        if command in COMMANDS and command != "predict":
+            sys.exit(f"error: {command} needs {install}")
+        epilog += f" Only predict runs here: {', '.join(c for c in COMMANDS if c != 'predict')} need {install}."
+    prog = "eye-clf" if Path(sys.argv[0]).name == "eye-clf" else "python -m eye_clf"  # the console script or -m
+    parser = Parser(prog=prog, description=DESCRIPTION, epilog=epilog)
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True)
+    commands = ((add_predict,) if TRAINING_MISSING is not None else
+                (add_train, add_ship, add_export, add_predict, add_evaluate, add_cv, add_label, add_audit))
+    for add in commands:
+        add(sub)
     return run(parse(parser, sub, argv))
 
 
