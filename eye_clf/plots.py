@@ -1,5 +1,5 @@
-"""Figures: training curves, method comparison, image grids, the reliability diagram and the learning curve (written atomically
-as PNG). Rates are labelled in percent, log axes at 1-2-5 steps."""
+"""Figures: training curves, method comparison, image grids, the reliability diagram and the learning curve
+(written atomically as PNG). Rates are labelled in percent, log axes at 1-2-5 steps."""
 import matplotlib.pyplot as plt  # the caller's backend (a notebook's inline one; headless: Agg)
 import numpy as np
 import pandas as pd

@@ -265,8 +265,8 @@ def _training_set(images, y_train, cfg, teachers, bank):
 
 
 def _train_epoch(model, loader, step, cfg, dev, batch_aug, teachers, loss_of):
-    """One pass over ``loader``; ``step()`` follows each batch's backward pass(es) (optimizer, schedule, EMA). Returns the
-    mean training loss, the batches' (rounded, with mixup) labels and their P(open)."""
+    """One pass over ``loader``; ``step()`` follows each batch's backward pass(es) (optimizer, schedule, EMA).
+    Returns the mean training loss, the batches' (rounded, with mixup) labels and their P(open)."""
     model.train()
     total, ys, ps = 0.0, [], []
     for xb, yb, *soft in loader:
