@@ -1,6 +1,7 @@
 """Hostile command lines: each is refused with one ``error:`` line naming the flag or file, a non-zero exit status
 and no traceback, before any data is read or any model trained."""
 import json
+import re
 import subprocess
 import sys
 
@@ -267,11 +268,11 @@ def test_cv_never_writes_over_its_labels_or_into_its_fold_folder(labelled_folder
     assert labels.read_bytes() == before and not folds.exists()
 
 
-def test_export_never_overwrites_its_checkpoint(tiny_ckpt, capsys):
+def test_export_never_overwrites_its_checkpoint(tiny_ckpt, tmp_path, capsys):
     before = tiny_ckpt.read_bytes()
     msg = refused(["export", "--checkpoint", str(tiny_ckpt), "--out", str(tiny_ckpt)], capsys)
     assert msg.startswith(f"error: --out: {tiny_ckpt}: the file is an ONNX model; give it a .onnx name")
-    onnx_named = tiny_ckpt.with_name("tiny_as.onnx")  # a checkpoint named .onnx is refused before anything is written
+    onnx_named = tmp_path / "tiny_as.onnx"  # a checkpoint named .onnx is refused before anything is written
     onnx_named.write_bytes(before)
     assert refused(["export", "--checkpoint", str(onnx_named), "--out", str(onnx_named)], capsys) == \
         f"error: {onnx_named} is an ONNX graph; this needs a .pt checkpoint (the one it was exported from)"
@@ -329,24 +330,29 @@ def test_predict_a_folder_of_subfolders_names_them(tmp_path, tiny_ckpt, capsys):
 
 
 def bad_checkpoints(tiny_ckpt, folder):
-    """Checkpoint files that load as something else than a usable eye_clf checkpoint."""
+    """Checkpoint files that load as something else than a usable eye_clf checkpoint, each with the end of the
+    error that names it."""
     good = torch.load(tiny_ckpt, weights_only=True)
     shapes = dict(good, state_dict={k: torch.zeros(3, 3) if v.ndim == 4 else v for k, v in good["state_dict"].items()})
-    files = {"not_a_dict.pt": [1, 2, 3], "wrong_shapes.pt": shapes,
-             "no_preprocessing.pt": {k: v for k, v in good.items() if k != "preprocessing"},
-             "non_tensor_weight.pt": dict(good, state_dict={**good["state_dict"], "extra": 3})}
-    for name, obj in files.items():
+    files = {"not_a_dict.pt": ([1, 2, 3], r" is not an eye_clf checkpoint \(format eye_clf/1\)$"),
+             "wrong_shapes.pt": (shapes, r": weights do not fit the model \{'arch': 'eyenet', .*: size mismatch for "),
+             "no_preprocessing.pt": ({k: v for k, v in good.items() if k != "preprocessing"},
+                                     ": checkpoint has no preprocessing dict$"),
+             "non_tensor_weight.pt": (dict(good, state_dict={**good["state_dict"], "extra": 3}),
+                                      ": state_dict entry 'extra' is not a tensor but int$")}
+    for name, (obj, _) in files.items():
         torch.save(obj, folder / name)
     (folder / "garbage.pt").write_bytes(b"\x00not a checkpoint")
-    return [folder / name for name in [*files, "garbage.pt"]]
+    return [(folder / name, why) for name, (_, why) in files.items()] + [
+        (folder / "garbage.pt", re.escape(" is not a readable eye_clf checkpoint (UnpicklingError)") + "$")]
 
 
 def test_unusable_checkpoints_are_one_error_line(tmp_path, labelled_folder, tiny_ckpt, capsys):
     folder, labels, _, _ = labelled_folder
-    for ckpt in bad_checkpoints(tiny_ckpt, tmp_path):
+    for ckpt, why in bad_checkpoints(tiny_ckpt, tmp_path):
         for argv in (["predict", str(folder)], ["evaluate", "--images", str(folder), "--labels", str(labels)]):
             msg = refused([*argv, "--checkpoint", str(ckpt)], capsys)
-            assert str(ckpt) in msg, msg
+            assert re.match(rf"error: {re.escape(str(ckpt))}{why}", msg), msg
     assert refused(["predict", str(folder), "--checkpoint", str(tmp_path / "x.pt")],
                    capsys).startswith("error: checkpoint not found")
     assert refused(["evaluate", "--images", str(folder), "--labels", str(labels), "--checkpoint", str(tmp_path)],

@@ -229,6 +229,20 @@ def test_a_truncated_pil_image_is_named(backend, tmp_path):
         predict_proba([EYE, cut], backend=backend)
 
 
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_one_bad_file_fails_the_whole_call_naming_it(tmp_path, backend):
+    Image.fromarray(EYE).save(tmp_path / "ok.png")
+    (tmp_path / "text.png").write_text("not an image")
+    Image.fromarray(EYE).resize((240, 240)).save(tmp_path / "cut.jpg")
+    (tmp_path / "cut.jpg").write_bytes((tmp_path / "cut.jpg").read_bytes()[:300])
+    ok = tmp_path / "ok.png"
+    for x, error, message in ((tmp_path / "gone.png", FileNotFoundError, f"image not found: {tmp_path / 'gone.png'}"),
+                              ([ok, tmp_path / "text.png"], ValueError, f"not an image file: {tmp_path / 'text.png'}"),
+                              ([ok, str(tmp_path / "cut.jpg")], ValueError, f"corrupt image {tmp_path / 'cut.jpg'}: ")):
+        with pytest.raises(error, match="^" + re.escape(message)):
+            predict_proba(x, backend=backend)
+
+
 def test_a_file_that_cannot_be_read_is_an_os_error_not_a_corrupt_image(tmp_path, monkeypatch):
     """Permission or I/O trouble is no fault of the image: it stays an OSError (a service retries it, --skip-bad
     names it), where a corrupt file is a ValueError."""
@@ -277,6 +291,14 @@ def test_huge_images_are_refused_from_the_header(backend, tmp_path):
     bomb = png_header(tmp_path / "bomb.png", 20000, 20000)  # above PIL's own decompression-bomb limit
     with pytest.raises(ValueError, match=r"image too large: .*bomb.png"):
         predict_proba([EYE, bomb], backend=backend)
+
+
+def test_the_size_limit_is_4096_by_4096_pixels(tmp_path):
+    Image.new("L", (4096, 4096), 128).save(tmp_path / "limit.png")
+    assert 0 <= predict_proba(tmp_path / "limit.png") <= 1
+    over = png_header(tmp_path / "over.png", 4097, 4096)
+    with pytest.raises(ValueError, match=r"image too large: .*over.png is 4097 x 4096 pixels, more than the 16777216"):
+        predict_proba(over)
 
 
 def test_large_jpegs_are_decoded_at_a_reduced_scale(tmp_path, monkeypatch):

@@ -242,9 +242,12 @@ def test_cv(real_root, tmp_path, capsys, monkeypatch):
     result = json.loads(out.read_text())
     assert len(result["folds"]) == 2 and result["config"]["epochs"] == 1 and len(seen["targets"]) == 100
     assert result["pooled"]["eer"] == pytest.approx(brute_force_eer(seen["targets"], seen["oof"])[0], abs=1e-12)
-    for col, name in (("eer", "EER"), ("accuracy_at_val_threshold", "accuracy at the validation threshold")):
+    for col, name in (("eer", "EER"), ("accuracy_at_val_threshold", "accuracy at the validation threshold"),
+                      ("ece", "ECE")):
         m, h = cv.interval([f[col] for f in result["folds"]])
         assert f"{name} {100 * m:.2f} ± {100 * h:.2f}%" in printed  # the mean over the folds written
+    m, h = cv.interval([f["auc"] for f in result["folds"]])
+    assert f"AUC {m:.4f} ± {h:.4f}" in printed
     assert result["data"] == dict(n=100, n_open=int(sum(seen["targets"]))) and result["provenance"]["git_commit"]
     assert sorted(p.name for p in folds.iterdir()) == ["fold0.json", "fold0.pt", "fold1.json", "fold1.pt"]
     monkeypatch.setattr(cv, "fit_recipe", lambda *a, **kw: pytest.fail("a finished fold trained again"))

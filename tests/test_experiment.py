@@ -118,6 +118,7 @@ def test_oof_predictions_never_come_from_a_model_that_saw_the_image(monkeypatch,
     oof, per_fold = cv.cross_val_predict(images, targets, SMALL, folds=3, progress=False, fold_dir=tmp_path)
     rows = [json.loads((tmp_path / f"fold{k}.json").read_text()) for k in range(3)]
     tests = [set(r["test_idx"]) for r in rows]
+    assert len(seen) == 3                                           # one validated fit a fold, each recorded
     assert all(not (t & s) for t, s in zip(tests, seen))           # a fold's model never saw its test images
     assert sorted(i for t in tests for i in t) == list(range(60))   # and every image is predicted exactly once
     assert np.isfinite(oof).all() and len(per_fold) == 3
@@ -782,6 +783,7 @@ def test_cv_students_distil_from_the_teacher_of_their_own_fold(monkeypatch, tmp_
     student = TrainConfig(**{**asdict(SMALL), "distill": 0.5})
     cv.cross_val_predict(images, targets, student, folds=3, progress=False, fold_dir=tmp_path / "student",
                          teacher_dirs=[tmp_path / "teacher"])
+    assert len(used) == 3  # one validated student fit a fold, each recorded
     for k, w in enumerate(used):
         expected = torch.load(tmp_path / "teacher" / f"fold{k}.pt", weights_only=True)["state_dict"]["head.weight"]
         assert torch.equal(w, expected)

@@ -267,13 +267,16 @@ def test_a_shipped_onnx_not_exported_from_the_shipped_checkpoint_is_refused(tiny
     assert predict_proba(BRIGHT) == predict_proba(BRIGHT, checkpoint=tiny_onnx)
 
 
-def test_the_model_cache_is_bounded(tiny_ckpt, tmp_path):
-    for i in range(predict.CACHE_SIZE + 3):
-        copy = tmp_path / f"c{i}.pt"
+def test_the_model_cache_keeps_the_four_last_used(tiny_ckpt, tmp_path):
+    copies = [tmp_path / f"c{i}.pt" for i in range(6)]
+    for copy in copies:
         copy.write_bytes(tiny_ckpt.read_bytes())
+    predict._cache.clear()
+    for copy in copies[:4]:
         predict.load_model(copy)
-    assert len(predict._cache) == predict.CACHE_SIZE
-    assert any(key[1] == copy.resolve() for key in predict._cache)
+    predict.load_model(copies[0])  # used again: now the most recent of the four
+    predict.load_model(copies[4])  # a fifth drops the least recently used, c1, not the first loaded, c0
+    assert predict.CACHE_SIZE == 4 and [key[1].name for key in predict._cache] == ["c2.pt", "c3.pt", "c0.pt", "c4.pt"]
 
 
 @pytest.mark.parametrize("suffix", [".pt", ".onnx"])
@@ -644,6 +647,20 @@ def test_predict_command_runs_with_the_runtime_alone(tmp_path, capsys):
     assert out.stdout.splitlines()[2].startswith(f'"{tmp_path / "eyes" / "d,1.png"}",')
     out = run_runtime_cli(tmp_path, "predict", tmp_path / "eyes", "--out", tmp_path / "p.csv")
     assert out.returncode == 0 and (tmp_path / "p.csv").read_text() == full.out
+
+
+def test_predict_command_takes_an_onnx_checkpoint(tmp_path, tiny_ckpt, tiny_onnx, capsys):
+    Image.fromarray(BRIGHT).save(tmp_path / "b.png")
+    Image.fromarray(DARK).save(tmp_path / "d.png")
+    rows = {}
+    for model in (tiny_onnx, tiny_ckpt):
+        main(["predict", str(tmp_path), "--checkpoint", str(model)])
+        said = capsys.readouterr()
+        rows[model.suffix] = [line.split(",") for line in said.out.splitlines()[1:]]
+        assert said.err == "decision: open when P(open) >= 0.500000 (0.5: the checkpoint records no threshold)\n"
+    assert [r[0] for r in rows[".onnx"]] == [str(tmp_path / "b.png"), str(tmp_path / "d.png")]
+    assert np.allclose([float(r[1]) for r in rows[".onnx"]], [float(r[1]) for r in rows[".pt"]], atol=1e-4)
+    assert [r[2] for r in rows[".onnx"]] == [r[2] for r in rows[".pt"]] == ["open", "closed"]
 
 
 def test_the_command_without_the_training_libraries_names_what_to_install(tmp_path):

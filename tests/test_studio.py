@@ -5,7 +5,6 @@ import json
 import os
 import re
 import threading
-import time
 
 import numpy as np
 import openpyxl
@@ -17,6 +16,7 @@ from eye_clf import files, labels_store, studio
 from eye_clf.__main__ import main
 from eye_clf.data import LabelError, read_labels
 from eye_clf.labels_store import LabelStore
+from eye_clf.predict import predict_proba
 from eye_clf.studio import MAX_CHANGES, Studio, label_order, make_server, pace, read_review
 
 BLANK = dict(target=None, unsure=False, reviewed=False, tags=[])
@@ -239,14 +239,24 @@ def test_metadata_changes_do_not_stop_the_saves(folder, tmp_path):
 def test_two_studios_on_one_file_never_both_save_over_the_same_version(folder, tmp_path, monkeypatch):
     """Two stores (as two studio processes) read the same version; while one is writing its save, the other's save
     waits for it and then refuses, instead of both replacing the file and one change silently vanishing."""
+    fcntl = pytest.importorskip("fcntl")  # POSIX: elsewhere saves take no lock
     path = tmp_path / "labels.xlsx"
     first, second = LabelStore(path, folder), LabelStore(path, folder)
-    writing, real = threading.Event(), labels_store.write_xlsx
+    writing, second_waits, real, real_flock = threading.Event(), threading.Event(), labels_store.write_xlsx, fcntl.flock
 
-    def slow_write(df, tmp):
+    def flock(f, how):  # tells when the second save finds the lock taken
+        try:
+            return real_flock(f, how)
+        except BlockingIOError:
+            if threading.current_thread() is threading.main_thread():
+                second_waits.set()
+            raise
+
+    def slow_write(df, tmp):  # the first save writes only once the second one waits for its lock
         writing.set()
-        time.sleep(0.5)
+        assert second_waits.wait(60)
         real(df, tmp)
+    monkeypatch.setattr(fcntl, "flock", flock)
     monkeypatch.setattr(labels_store, "write_xlsx", slow_write)
     saving = threading.Thread(target=first.apply, args=([change("000.png", BLANK, target=1)],))
     saving.start()
@@ -264,7 +274,7 @@ def test_a_studio_starting_while_another_saves_never_overwrites_that_save(folder
     first = LabelStore(path, folder)
     real = labels_store.data.read_labels
 
-    held = []
+    held, saving = [], threading.Thread(target=first.apply, args=([change("000.png", BLANK, target=1)],))
 
     def read_then_let_the_other_save(*args, **kwargs):  # the other studio saves just after this one has read
         table = real(*args, **kwargs)
@@ -272,15 +282,14 @@ def test_a_studio_starting_while_another_saves_never_overwrites_that_save(folder
             with pytest.raises(BlockingIOError):
                 fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
             held.append(True)
-        threading.Thread(target=first.apply, args=([change("000.png", BLANK, target=1)],)).start()  # waits for it
+        saving.start()  # its save waits for this read's lock
         return table
     monkeypatch.setattr(labels_store.data, "read_labels", read_then_let_the_other_save)
     second = LabelStore(path, folder)
     assert held == [True]
     monkeypatch.setattr(labels_store.data, "read_labels", real)
-    deadline = time.time() + 60  # a hang guard: it lands in milliseconds
-    while first.state("000.png")["target"] != 1 and time.time() < deadline:  # the first studio's save lands
-        time.sleep(0.01)
+    saving.join(60)  # the first studio's save lands
+    assert not saving.is_alive() and first.state("000.png")["target"] == 1
     with pytest.raises(OSError, match="changed by another program"):
         second.apply([change("001.png", BLANK, target=0)])
     assert LabelStore(path, folder).state("000.png")["target"] == 1
@@ -381,19 +390,21 @@ def test_stale_change_is_a_conflict_not_an_overwrite(folder, tmp_path):
     assert answer["conflicts"] == [dict(name="002.png", **dict(BLANK, target=1, tags=["dark"]), p=None)]
 
 
-@pytest.mark.parametrize("bad", [
-    dict(name="../secret.txt", before=BLANK, after=BLANK),
-    dict(name="notes.txt", before=BLANK, after=BLANK),
-    change("000.png", BLANK, target=2),
-    change("000.png", BLANK, target=1, unsure=True),
-    change("000.png", BLANK, tags=["sunglasses"]),
-    dict(name="000.png", before=BLANK),
+@pytest.mark.parametrize("bad, why", [
+    (dict(name="../secret.txt", before=BLANK, after=BLANK), r": '\.\./secret\.txt' is not an image of this folder"),
+    (dict(name="notes.txt", before=BLANK, after=BLANK), r": 'notes\.txt' is not an image of this folder"),
+    (change("000.png", BLANK, target=2), r" after: target 2 is not 0, 1 or null"),
+    (change("000.png", BLANK, target=1, unsure=True), r" after: an unsure image has no target"),
+    (change("000.png", BLANK, tags=["sunglasses"]), r" after: tags \['sunglasses'\] are not a list of"),
+    (dict(name="000.png", before=BLANK), r": expected an object with the keys name, before, after"),
 ])
-def test_invalid_change_is_refused_whole(folder, tmp_path, bad):
+def test_invalid_change_is_refused_whole(folder, tmp_path, bad, why):
     store = LabelStore(tmp_path / "labels.xlsx", folder)
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match=rf"^change 1{why}"):  # the second change, the bad one, is named
         store.apply([change("001.png", BLANK, target=1), bad])
-    assert store.state("001.png") == BLANK
+    assert store.state("001.png") == BLANK  # and the good one before it is not applied either
+    store.apply([change("001.png", BLANK, target=1)])  # (which alone applies)
+    assert store.state("001.png")["target"] == 1
 
 
 def test_orders_resume_and_review(folder, tmp_path):
@@ -425,9 +436,12 @@ def test_pace_caps_pauses():
 
 
 def test_checkpoint_predictions(folder, tmp_path, tiny_ckpt):
-    (folder / "broken.jpg").unlink()
+    """Every readable image gets the model's P(open) of it; the broken one none (the page still shows it)."""
     p = studio.predictions(LabelStore(tmp_path / "labels.xlsx", folder).files, tiny_ckpt)
-    assert sorted(p) == [f"{i:03d}.png" for i in range(6)] and all(0 <= v <= 1 for v in p.values())
+    names = [f"{i:03d}.png" for i in range(6)]
+    assert sorted(p) == names
+    expected = predict_proba([folder / n for n in names], checkpoint=tiny_ckpt)
+    assert np.allclose([p[n] for n in names], expected) and np.ptp(expected) > 0  # (the images differ)
 
 
 def test_a_save_held_up_by_another_lock_fails_with_a_timeout_and_changes_nothing(folder, tmp_path, monkeypatch):
@@ -903,6 +917,14 @@ def serve_once(monkeypatch):
         server.serve_forever = lambda: (_ for _ in ()).throw(KeyboardInterrupt)
         return server
     monkeypatch.setattr(studio, "make_server", no_serving)
+
+
+def test_ctrl_c_ends_the_label_command_normally(folder, tmp_path, serve_once, capsys):
+    """The studio's Ctrl+C is how it is meant to stop: exit status 0, every label already saved (not 130)."""
+    labels = tmp_path / "labels.xlsx"
+    assert main(["label", "--images", str(folder), "--labels", str(labels), "--no-model", "--no-browser",
+                 "--port", "0"]) is None
+    assert labels.is_file() and "interrupted" not in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("lock", ["~$labels.xlsx", "~$bels.xlsx", ".~lock.labels.xlsx#"])
