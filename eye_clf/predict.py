@@ -292,10 +292,8 @@ def _gray(a, name, single):
         bad = ~((flat >= 0) & (flat <= 1)).all(1)  # NaN compares False: out of range too
         if bad.any():
             i = int(bad.argmax())
-            image, where = flat[i], name if single else f"{name}[{i}]"
-            nonfinite = (~np.isfinite(image)).sum()
-            got = f"{nonfinite} NaN or infinite value(s)" if nonfinite else value_range(image)
-            raise ValueError(f"{where}: float images must hold finite values in 0..1, got {got}")
+            where = name if single else f"{name}[{i}]"
+            raise ValueError(f"{where}: float images must hold finite values in 0..1, got {value_range(flat[i])}")
         a = np.round(a * 255).astype(np.uint8)
     if a.ndim == 4 and a.shape[-1] == 1:
         a = a[..., 0]

@@ -30,15 +30,17 @@ THROUGH_L = {"1", "L", "LA", "La", "P", "PA", "RGB", "RGBA", "RGBa", "RGBX", "CM
 
 
 def value_range(a):
-    """The values of an array for a message, "min..max", each as exactly as its dtype holds it (1.0001, not 1)."""
+    """The values of an array for a message: how many are NaN or infinite, if any, else "min..max", each as exactly
+    as its dtype holds it (1.0001, not 1)."""
+    nonfinite = (~np.isfinite(a)).sum()
+    if nonfinite:
+        return f"{nonfinite} NaN or infinite value(s)"
     return "..".join(str(v).removesuffix(".0") for v in (a.min(), a.max()))
 
 
 def _scaled(a, low, high, scale, name, mode):
-    nonfinite = (~np.isfinite(a)).sum()
-    if nonfinite or a.min() < low or a.max() > high:
-        got = f"{nonfinite} NaN or infinite value(s)" if nonfinite else value_range(a)
-        raise ValueError(f"{name}: PIL mode {mode} images must hold values in {low}..{high}, got {got}")
+    if not np.isfinite(a).all() or a.min() < low or a.max() > high:
+        raise ValueError(f"{name}: PIL mode {mode} images must hold values in {low}..{high}, got {value_range(a)}")
     return Image.fromarray(np.round(a * scale).astype(np.uint8))
 
 
