@@ -94,16 +94,19 @@ def _model_path(checkpoint, default, how):
     incomplete install, not a model to make)."""
     if checkpoint is not None and str(checkpoint) == "":
         raise ValueError("checkpoint: empty path")
-    if checkpoint is None and not SHIPPED.parent.is_dir():
+    if checkpoint is not None:
+        return model_file(Path(checkpoint).resolve(), how)
+    path = Path(default).resolve()
+    if path.is_file():  # (every prediction with the shipped model passes here: one stat; the rest explains a miss)
+        return path
+    if not SHIPPED.parent.is_dir():
         raise FileNotFoundError(f"shipped model not found: eye_clf is imported from {SHIPPED.parent}, which is not a "
                                 "folder (a zip archive?); its model files must be on disk: install eye-clf with pip")
-    if checkpoint is None:
-        other = DEFAULT_ONNX if default == DEFAULT_CHECKPOINT else DEFAULT_CHECKPOINT
-        there = (f"; the shipped {other.name} is there, for backend='{'onnx' if other == DEFAULT_ONNX else 'torch'}'"
-                 if other.is_file() else "")
-        return model_file(Path(default).resolve(), "an incomplete install: `git checkout eye_clf/shipped` in a "
-                          f"checkout, else reinstall eye-clf{there}", "shipped model")
-    return model_file(Path(checkpoint).resolve(), how)
+    other = DEFAULT_ONNX if default == DEFAULT_CHECKPOINT else DEFAULT_CHECKPOINT
+    there = (f"; the shipped {other.name} is there, for backend='{'onnx' if other == DEFAULT_ONNX else 'torch'}'"
+             if other.is_file() else "")
+    return model_file(path, "an incomplete install: `git checkout eye_clf/shipped` in a checkout, else reinstall "
+                      f"eye-clf{there}", "shipped model")
 
 
 def _load_torch(path, device):
