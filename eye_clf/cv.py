@@ -157,7 +157,7 @@ def inputs_id(teacher_dirs, soft, trainable, k):
     h = hashlib.sha256()
     for d in teacher_dirs:
         f = Path(d) / f"fold{k}.json"
-        h.update(json.dumps(json.loads(f.read_text())["p"]).encode() if f.exists() else b"missing")
+        h.update(json.dumps(read_fold(f)["p"]).encode() if f.exists() else b"missing")
     for a in (soft, trainable):
         h.update(b"none" if a is None else np.ascontiguousarray(a, dtype=np.float64).tobytes())
     return h.hexdigest()[:16]
@@ -185,7 +185,7 @@ def check_teachers(teacher_dirs, student):
         if not rows:
             raise ValueError(f"{d}: no fold results; a teacher is a finished CV run")
         for row in rows:  # every fold: one made by another run would reach the student as well
-            t = same_key(json.loads(row.read_text())["key"])
+            t = same_key(read_fold(row)["key"])
             pairs = [("folds", t["folds"], student["folds"]), ("fold seed", t["seed"], student["seed"]),
                      ("images", t["n"], student["n"]), ("open images", t["n_open"], student["n_open"]),
                      ("data", t.get("data", student["data"]), student["data"])]  # older folds: no fingerprint
@@ -207,7 +207,7 @@ def check_fold_model(fold_json, images, test=None):
         raise ValueError(f"{fold_json}: no such fold result; finish that CV run first")
     if not pt.is_file():
         raise ValueError(f"{pt}: fold model missing (only the fold files are committed); rerun that fold")
-    row = json.loads(fold_json.read_text())
+    row = read_fold(fold_json)
     if test is not None and row["test_idx"] != list(test):
         raise ValueError(f"{fold_json}: its test fold is not this split's (made by another scikit-learn?), so its "
                          "model may have trained on these test images; rerun that CV")

@@ -238,11 +238,14 @@ def test_cv_of_the_same_data_refuses_one_with_the_same_counts_but_other_labels(t
 def test_inputs_fingerprint_is_per_fold(tmp_path):
     teacher = tmp_path / "teacher"
     teacher.mkdir()
-    (teacher / "fold0.json").write_text(json.dumps(dict(p=[0.1, 0.9])))
+
+    def fold(k, p):
+        (teacher / f"fold{k}.json").write_text(json.dumps(dict(fold=k, key=dict(config={}), test_idx=[0, 1], p=p)))
+    fold(0, [0.1, 0.9])
     before = cv.inputs_id([teacher], None, None, 0)
-    (teacher / "fold1.json").write_text(json.dumps(dict(p=[0.2, 0.8])))  # fold 1 finishes later
+    fold(1, [0.2, 0.8])  # fold 1 finishes later
     assert cv.inputs_id([teacher], None, None, 0) == before != cv.inputs_id([teacher], None, None, 1)
-    (teacher / "fold0.json").write_text(json.dumps(dict(p=[0.3, 0.7])))  # fold 0 retrained
+    fold(0, [0.3, 0.7])  # fold 0 retrained
     assert cv.inputs_id([teacher], None, None, 0) != before
     assert cv.inputs_id([], None, None, 0) is None
 
@@ -377,7 +380,7 @@ def test_ablation_table_tags_a_student_whose_teacher_may_have_seen_its_validatio
             config = asdict(replace(ablations.config(name), seed=seed))
             (tmp_path / "cv" / name).mkdir(parents=True, exist_ok=True)
             for k in range(5):
-                row = dict(fold=k, eer=0.02, eer_tta=0.02, ece=0.01, best_epoch=10, seconds=5.0,
+                row = dict(fold=k, eer=0.02, eer_tta=0.02, ece=0.01, best_epoch=10, seconds=5.0, test_idx=[k], p=[0.5],
                            key=dict(config=config, folds=5, seed=0, n=100, n_open=50))
                 (tmp_path / "cv" / name / f"fold{k}.json").write_text(json.dumps(row))
         ablations.table(None, None)
@@ -1083,7 +1086,7 @@ def test_check_teachers_refuses_fold_models_that_saw_the_students_validation_par
     def teacher(name, *keys):
         (tmp_path / name).mkdir()
         for k, key in enumerate(keys):
-            (tmp_path / name / f"fold{k}.json").write_text(json.dumps(dict(fold=k, key=key)))
+            (tmp_path / name / f"fold{k}.json").write_text(json.dumps(dict(fold=k, key=key, test_idx=[k], p=[0.5])))
         return tmp_path / name
     student = key(distill=0.5)
     cv.check_teachers([teacher("same_split", key(), key())], student)  # the student's data and split, no refit: fine
@@ -1098,6 +1101,10 @@ def test_check_teachers_refuses_fold_models_that_saw_the_students_validation_par
             cv.check_teachers([teacher(name, k)], student)
     with pytest.raises(ValueError, match="no fold results"):
         cv.check_teachers([tmp_path / "missing"], student)
+    cut = teacher("cut", key())
+    (cut / "fold0.json").write_text('{"fold": 0, "key"')  # a copy or a write stopped half-way
+    with pytest.raises(ValueError, match=r"cut/fold0.json is not a fold file of eye_clf's CV"):
+        cv.check_teachers([cut], student)
 
 
 def test_fold_files_belong_to_their_data(tmp_path):
