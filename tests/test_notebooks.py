@@ -30,10 +30,14 @@ def snapshot(files):
 
 
 def changed_files():
-    """The checkout's changed and untracked (not ignored) files, as git lists them; None outside a git checkout."""
+    """The checkout's changed and untracked (not ignored) files, as git lists them; outside a git checkout (an
+    unpacked source archive), every file's mtime, leaving out the caches and the virtual environment."""
     r = subprocess.run(["git", "status", "--porcelain", "--untracked-files=all"], cwd=ROOT, capture_output=True,
                        text=True)
-    return r.stdout if r.returncode == 0 else None
+    if r.returncode == 0:
+        return r.stdout
+    skip = {".venv", "__pycache__", ".pytest_cache", ".git"}
+    return {f: f.stat().st_mtime_ns for f in ROOT.rglob("*") if f.is_file() and not skip & set(f.relative_to(ROOT).parts)}
 
 
 @pytest.fixture
