@@ -23,7 +23,7 @@ import numpy as np
 import torch
 
 from . import cv, data, metrics
-from .files import atomic_write_all, is_checkout, provenance, save_history, sha256, write_json
+from .files import atomic_write_all, checkout, is_checkout, provenance, save_history, sha256, write_json
 from .models import load_checkpoint, scores
 from .plots import plot_history
 from .predict import SHIPPED  # every shipped path here is built from it: pointing it elsewhere moves them all
@@ -147,10 +147,11 @@ def teachers_for(paths, images, val_idx):
 
 
 def check_outside_shipped(out, name="out", what="the run"):
-    """``out`` as a Path, refused when it is, or is inside, the folders of the shipped model and its curves (the
-    error names it as ``name`` and what is written as ``what``)."""
+    """``out`` as a Path, refused when it is, or is inside, the folders of the shipped model and, in a checkout, its
+    curves (an installed eye_clf has none: ``ship`` refuses to run there); the error names it as ``name`` and what is
+    written as ``what``. The command line's argparse types apply the same rule before any work."""
     out = Path(out)
-    if any(out.resolve().is_relative_to(d.resolve()) for d in (SHIPPED, FIGURES)):
+    if any(out.resolve().is_relative_to(d.resolve()) for d in (SHIPPED, *([FIGURES] if checkout() else []))):
         raise ValueError(f"{name}: {out} is in the folders of the shipped model and its curves, which change only "
                          f"through `eye-clf ship RUN_FOLDER`; write {what} elsewhere")
     return out

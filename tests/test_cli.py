@@ -103,6 +103,29 @@ def test_train_run_never_writes_into_the_shipped_model_or_its_curves(real_root, 
         assert not any((tmp_path / name).iterdir())
 
 
+def test_an_installed_eye_clf_has_no_shipped_curves_folder_to_protect(monkeypatch):
+    """Installed, ``ship`` refuses to run, so ./plots_checkpoints is an ordinary folder, for the API as for the
+    command line (the checks only look at the path: nothing is written)."""
+    from argparse import ArgumentTypeError
+
+    from eye_clf import __main__ as cli
+    from eye_clf import experiment
+    curves, model = experiment.FIGURES / "run", experiment.SHIPPED / "run"
+    for path in (curves, model):
+        with pytest.raises(ValueError, match="is in the folders of the shipped model"):
+            experiment.check_outside_shipped(path)
+        with pytest.raises(ArgumentTypeError, match="a folder of the shipped model"):
+            cli._outside_shipped(path, "run")
+    for module in (experiment, cli):
+        monkeypatch.setattr(module, "checkout", lambda: None, raising=False)
+    assert experiment.check_outside_shipped(curves) == curves
+    cli._outside_shipped(curves, "run")  # accepted by both
+    with pytest.raises(ValueError, match="is in the folders of the shipped model"):  # the package's own folder is not
+        experiment.check_outside_shipped(model)
+    with pytest.raises(ArgumentTypeError, match="a folder of the shipped model"):
+        cli._outside_shipped(model, "run")
+
+
 def test_train_keep_last_says_validation_picked_no_epoch(real_root, tmp_path, capsys):
     main(["train", "--data", str(real_root), "--limit", "120", "--epochs", "2", "--width", "8", "--weights", "none",
           "--keep-last", "--no-refit", "--out", str(tmp_path / "run")])
