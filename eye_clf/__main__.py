@@ -80,13 +80,18 @@ def use_threads(args):
     return threads
 
 
+def flag_error(err):
+    """Exit with a ConfigError's message, naming its command-line flag."""
+    sys.exit(f"error: --{err.field.replace('_', '-')}: {str(err).removeprefix(f'{err.field}: ')}")
+
+
 def config_from(args):
     """The TrainConfig of the flags; a value it refuses exits with one line naming the flag."""
     try:
         cfg = TrainConfig(**{f.name: getattr(args, f.name) for f in fields(TrainConfig)})
         device_of(cfg.device)  # a CUDA device this machine lacks: refused before the data loads
     except ConfigError as err:
-        sys.exit(f"error: --{err.field.replace('_', '-')}: {str(err).removeprefix(f'{err.field}: ')}")
+        flag_error(err)
     if cfg.weights is not None:  # weights that do not fit, or ImageNet weights neither cached nor downloadable, too
         from .models import build_model
         try:
@@ -448,12 +453,12 @@ def refuse_overwrite(outputs, inputs):
 
 
 def cmd_audit(args):
-    from .audit import audit
+    from .audit import audit, check_config
     cfg = args.config
-    if cfg.soft_labels:
-        sys.exit("error: --soft-labels: the audit judges the labels file alone, not the extra annotators' labels")
-    if cfg.distill:
-        sys.exit("error: --distill: the audit's CV trains no teachers")
+    try:
+        check_config(cfg)
+    except ConfigError as err:
+        flag_error(err)
     images_dir = data.images_folder(args.data, args.images)
     labels = data.labels_file(args.labels, args.data, args.images)
     refuse_overwrite({"--out": args.out, "--save-oof": args.save_oof},

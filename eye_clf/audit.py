@@ -74,16 +74,24 @@ def review_list(names, targets, p_open):
                          "p_open": p_open[idx], "rank": np.arange(1, len(idx) + 1), "score": score[idx]})
 
 
+def check_config(cfg):
+    """Refuse (ConfigError) the recipe fields the audit's CV cannot train with."""
+    if cfg.soft_labels:
+        raise ConfigError("soft_labels", "the audit judges the labels file alone, not the extra annotators' labels")
+    if cfg.distill:
+        raise ConfigError("distill", "the audit's CV trains no teachers")
+
+
 def audit(images_dir, labels, oof=None, cfg=None, folds=5, progress=True, fold_dir=None):
     """Audit a labels file: returns ``(review_list, names, targets, p_open)``.
 
     ``oof``: a CSV of out-of-fold P(open) (img_name, p_open); without it ``folds`` models are trained with
     ``cfg`` (default: the shipped recipe; each image is scored by the model that did not train on it; soft labels
-    are refused), each fold kept in ``fold_dir`` if given, so that a rerun resumes (see ``cv.cross_val_predict``).
+    and distillation are refused: check_config), each fold kept in ``fold_dir`` if given, so that a rerun resumes
+    (see ``cv.cross_val_predict``).
     """
     cfg = cfg or TrainConfig()
-    if cfg.soft_labels:
-        raise ConfigError("soft_labels", "the audit judges the labels file alone, not the extra annotators' labels")
+    check_config(cfg)
     images, targets, names = labeled(images_dir, labels)
     if oof is not None:
         p_open = read_oof(oof, names)

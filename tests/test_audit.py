@@ -62,9 +62,11 @@ def test_only_labeled_rows_are_audited(partly_labelled_xlsx):
         labeled(images, labels)
 
 
-def test_audit_refuses_soft_labels_before_any_work(tmp_path):
-    with pytest.raises(ConfigError, match="soft_labels: the audit judges the labels file alone"):
-        audit(tmp_path / "no_images", tmp_path / "no_labels.xlsx", cfg=TrainConfig(soft_labels=True))
+def test_audit_refuses_soft_labels_and_distillation_before_any_work(tmp_path):
+    for cfg, says in ((TrainConfig(soft_labels=True), "soft_labels: the audit judges the labels file alone"),
+                      (TrainConfig(distill=0.5), "distill: the audit's CV trains no teachers")):
+        with pytest.raises(ConfigError, match=says):
+            audit(tmp_path / "no_images", tmp_path / "no_labels.xlsx", cfg=cfg)
 
 
 def test_read_oof_checks_its_input(tmp_path):
