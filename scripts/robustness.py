@@ -45,6 +45,24 @@ def edge_colour(im):
     return int(np.concatenate([a[0], a[-1], a[:, 0], a[:, -1]]).mean())
 
 
+def squared(im, how):
+    """A non-square image made square by the caller before predict_proba (which would stretch it): ``pad`` adds bands
+    of the edge colour, ``centre`` keeps the centre square."""
+    side = (max if how == "pad" else min)(im.size)
+    return (ImageOps.pad(im, (side, side), color=edge_colour(im)) if how == "pad" else
+            ImageOps.fit(im, (side, side), UP))
+
+
+def wide(im):
+    """A 3:2 close-up: rows 4-19 of the patch (less above and below the eye), upscaled 4x to 96x64."""
+    return im.crop((0, 4, 24, 20)).resize((96, 64), UP)
+
+
+def tall(im):
+    """A 2:3 close-up: columns 4-19 of the patch (less on either side), upscaled 4x to 64x96."""
+    return im.crop((4, 0, 20, 24)).resize((64, 96), UP)
+
+
 # the images are 24x24 gray; the crops take or add 2 pixels on every side
 CHANGES = {
     "clean (24x24 gray)": lambda im: im,
@@ -60,6 +78,12 @@ CHANGES = {
     "darker (x0.5)": lambda im: im.point(lambda v: v // 2),
     "inverted colours (255 - pixel)": ImageOps.invert,
     "colour, upscaled, JPEG 40, 128x128": lambda im: jpeg(tint(im.resize((128, 128), UP)), 40),
+    "3:2 crop (rows 4-19, 96x64), as given: stretched": wide,
+    "3:2 crop, padded square with the edge colour": lambda im: squared(wide(im), "pad"),
+    "3:2 crop, its centre square": lambda im: squared(wide(im), "centre"),
+    "2:3 crop (columns 4-19, 64x96), as given: stretched": tall,
+    "2:3 crop, padded square with the edge colour": lambda im: squared(tall(im), "pad"),
+    "2:3 crop, its centre square": lambda im: squared(tall(im), "centre"),
 }
 
 
