@@ -3,7 +3,8 @@
 Every image becomes a 24x24 grayscale uint8 array: turned upright as its EXIF orientation says if it is as read
 from a file (a path, or a PIL image straight from ``Image.open``; one made from it by crop, rotate, convert, copy...
 is taken as its pixels are, as an array of them would be), PIL ``convert("L")`` (luminance; alpha is ignored),
-then an antialiased bilinear resize. The model sees ``(pixel / 255 - MEAN) / STD`` as float32 N x 1 x 24 x 24.
+then an antialiased bilinear resize (a non-square image is stretched). The model sees ``(pixel / 255 - MEAN) / STD``
+as float32 N x 1 x 24 x 24.
 
 PIL modes and their scaling to 0..255: ``1`` (0/1 -> 0/255), ``L``, ``LA``, ``La``, ``P``, ``PA``, ``RGB``,
 ``RGBA``, ``RGBa``, ``RGBX``, ``CMYK``, ``YCbCr`` (through ``convert("L")``); ``I;16*`` and ``I`` as 16-bit
