@@ -1060,6 +1060,16 @@ def test_robustness_crops_crop_and_resizes_resize():
     assert (loose[2:26, 2:26] == a).all() and (loose[[0, 1, 26, 27]] == int(border)).all()
     assert changes["downscaled to 20x20"](im).size == (20, 20)
     assert changes["upscaled to 28x28"](im).size == (28, 28)
+    UP = Image.Resampling.BICUBIC
+    wide = np.asarray(changes["3:2 crop (rows 4-19, 96x64), as given: stretched"](im))
+    assert wide.shape == (64, 96) and (wide == np.asarray(im.crop((0, 4, 24, 20)).resize((96, 64), UP))).all()
+    padded = np.asarray(changes["3:2 crop, padded square with the edge colour"](im))  # the crop, not resized, between
+    edge = int(np.concatenate([wide[0], wide[-1], wide[:, 0], wide[:, -1]]).mean())  # bands of its edge colour
+    assert padded.shape == (96, 96) and (padded[16:80] == wide).all() and (padded[[0, 15, 80, 95]] == edge).all()
+    assert (np.asarray(changes["3:2 crop, its centre square"](im)) == wide[:, 16:80]).all()
+    tall = np.asarray(changes["2:3 crop (columns 4-19, 64x96), as given: stretched"](im))
+    assert tall.shape == (96, 64) and (np.asarray(changes["2:3 crop, its centre square"](im)) == tall[16:80]).all()
+    assert (np.asarray(changes["2:3 crop, padded square with the edge colour"](im))[:, 16:80] == tall).all()
 
 
 def test_robustness_refuses_an_unwritable_out_before_scoring(tmp_path, monkeypatch, capsys):
