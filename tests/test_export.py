@@ -160,3 +160,19 @@ def test_readme_figures_for_blank_and_noise_inputs_come_from_its_example():
     exec(code, {"print": lambda p: printed.append(np.atleast_1d(p))})
     said = [float(v) for v in re.findall(r"\d\.\d+", prose)]
     assert said == [round(float(v), 3) for v in np.concatenate(printed)]  # uniform 0, 255, 128, then the noise maximum
+
+
+def test_not_an_eye_results_and_readme_figures_are_what_the_script_prints_now(capsys):
+    import runpy
+    runpy.run_path(str(data.REPO_ROOT / "scripts" / "not_an_eye.py"), run_name="__main__")
+    printed = capsys.readouterr().out.splitlines()[1:]  # after the provenance line
+    assert printed == (data.REPO_ROOT / "results" / "not_an_eye.txt").read_text().splitlines()[1:]
+    text = "\n".join(printed)
+    closed = re.findall(r"jpg.*max (\d\.\d+); called closed: (\d+)%", text)  # the two photos' crops
+    portrait = float(re.search(r"whole portrait.*P\(open\) (\d\.\d+)", text).group(1))
+    eyes = [float(v) for pair in re.findall(r"P\(open\) (\d\.\d+) and (\d\.\d+)", text) for v in pair]
+    readme = " ".join((data.REPO_ROOT / "README.md").read_text().split())
+    assert (f"{closed[0][1]} and {closed[1][1]} are called closed; the other {100 - int(closed[0][1])} and "
+            f"{100 - int(closed[1][1])} are called open, with P(open) up to {float(closed[0][0]):.2f} and "
+            f"{float(closed[1][0]):.2f}") in readme
+    assert f"gets {portrait:.3f}, while square crops" in readme and f"get {min(eyes):.2f} to {max(eyes):.2f}" in readme
