@@ -14,15 +14,20 @@ from .train import ConfigError, TrainConfig
 
 
 def labeled(images_dir, labels):
-    """Images, targets and names of the labeled rows of a labels file (blank and unsure rows are left out).
+    """Targets and names of the labeled rows of a labels file (blank and unsure rows are left out).
 
-    Read by ``data.read_labels`` (partial): every labeled row's image must be a file inside ``images_dir``."""
+    Read by ``data.read_labels`` (partial): every labeled row's image must be a file inside ``images_dir``; the
+    images themselves are read only when the audit trains (``load_images``)."""
     df = data.read_labels(labels, images_dir, partial=True)
     df = df[df["target"].notna()]
     if df["target"].nunique() < 2:
         raise LabelError(f"{labels}: the audit needs labeled images of both classes")
-    images = np.stack([data.load_image(Path(images_dir) / n) for n in df["img_name"]])
-    return images, df["target"].to_numpy(int), df["img_name"].tolist()
+    return df["target"].to_numpy(int), df["img_name"].tolist()
+
+
+def load_images(images_dir, names):
+    """The images ``names`` of ``images_dir``, as an N x 24 x 24 uint8 array."""
+    return np.stack([data.load_image(Path(images_dir) / n) for n in names])
 
 
 def read_oof(path, names):
@@ -92,12 +97,13 @@ def audit(images_dir, labels, oof=None, cfg=None, folds=5, progress=True, fold_d
     """
     cfg = cfg or TrainConfig()
     check_config(cfg)
-    images, targets, names = labeled(images_dir, labels)
-    if oof is not None:
+    targets, names = labeled(images_dir, labels)
+    if oof is not None:  # nothing is trained, so no image is read
         p_open = read_oof(oof, names)
         if metrics.auc(targets, p_open) < 0.5:  # worse than chance: the column holds P(closed), or labels 1 = closed
             raise ValueError(f"{oof}: p_open ranks the labels backwards (AUC {metrics.auc(targets, p_open):.3f} "
                              "against them): it must be P(open), with target 1 = open; is it P(closed)?")
     else:
-        p_open, _ = cross_val_predict(images, targets, cfg, folds, 0, progress, fold_dir=fold_dir)
+        p_open, _ = cross_val_predict(load_images(images_dir, names), targets, cfg, folds, 0, progress,
+                                      fold_dir=fold_dir)
     return review_list(names, targets, p_open), names, targets, p_open

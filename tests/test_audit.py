@@ -9,7 +9,7 @@ import pytest
 
 from eye_clf import data
 from eye_clf.__main__ import main
-from eye_clf.audit import audit, labeled, read_oof, review_list
+from eye_clf.audit import audit, labeled, load_images, read_oof, review_list
 from eye_clf.data import LabelError
 from eye_clf.labels_store import LabelStore
 from eye_clf.studio import Studio, read_review
@@ -54,8 +54,8 @@ def partly_labelled_xlsx(tmp_path):
 
 def test_only_labeled_rows_are_audited(partly_labelled_xlsx):
     images, labels = partly_labelled_xlsx
-    x, y, names = labeled(images, labels)
-    assert x.shape == (38, 24, 24) and len(y) == 38 and names[-1] == "037.png"
+    y, names = labeled(images, labels)
+    assert load_images(images, names).shape == (38, 24, 24) and len(y) == 38 and names[-1] == "037.png"
     (images / "010.png").unlink()
     (images / "038.png").unlink()  # not labeled yet: its image may be missing
     with pytest.raises(LabelError, match=r"1 bad row.*\n  row 12 \(010.png\): image file not found"):
@@ -84,11 +84,12 @@ def test_read_oof_checks_its_input(tmp_path):
         read_oof(path, ["a", "b"])
 
 
-def test_audit_cli_with_given_oof_feeds_the_studio(partly_labelled_xlsx, tmp_path, capsys):
+def test_audit_cli_with_given_oof_feeds_the_studio(partly_labelled_xlsx, tmp_path, capsys, monkeypatch):
     images, labels = partly_labelled_xlsx
     oof = tmp_path / "oof.csv"
     pd.DataFrame({"img_name": [f"{i:03d}.png" for i in range(38)],
                   "p_open": [0.95 if i % 2 else 0.05 for i in range(38)]}).to_csv(oof, index=False)
+    monkeypatch.setattr(data, "load_image", lambda *a: pytest.fail("--oof trains nothing: no image is read"))
     main(["audit", "--images", str(images), "--labels", str(labels), "--oof", str(oof),
           "--out", str(tmp_path / "review.csv")])
     out = capsys.readouterr().out
