@@ -45,12 +45,16 @@ def edge_colour(im):
     return int(np.concatenate([a[0], a[-1], a[:, 0], a[:, -1]]).mean())
 
 
-def squared(im, how):
-    """A non-square image made square by the caller before predict_proba (which would stretch it): ``pad`` adds bands
-    of the edge colour, ``centre`` keeps the centre square."""
-    side = (max if how == "pad" else min)(im.size)
-    return (ImageOps.pad(im, (side, side), color=edge_colour(im)) if how == "pad" else
-            ImageOps.fit(im, (side, side), UP))
+def padded_square(im):
+    """A non-square image made square before predict_proba (which would stretch it) by bands of its edge colour."""
+    side = max(im.size)
+    return ImageOps.pad(im, (side, side), color=edge_colour(im))
+
+
+def centre_square(im):
+    """The centre square of a non-square image (the rest is cut away)."""
+    side = min(im.size)
+    return ImageOps.fit(im, (side, side), UP)
 
 
 def wide(im):
@@ -63,7 +67,8 @@ def tall(im):
     return im.crop((4, 0, 20, 24)).resize((64, 96), UP)
 
 
-# the images are 24x24 gray; the crops take or add 2 pixels on every side
+# the images are 24x24 gray; the tight and loose crops take or add 2 pixels on every side, the 3:2 and 2:3
+# crops keep 16 of the 24 rows or columns
 CHANGES = {
     "clean (24x24 gray)": lambda im: im,
     "upscaled 4x (96x96)": lambda im: im.resize((96, 96), UP),
@@ -79,11 +84,11 @@ CHANGES = {
     "inverted colours (255 - pixel)": ImageOps.invert,
     "colour, upscaled, JPEG 40, 128x128": lambda im: jpeg(tint(im.resize((128, 128), UP)), 40),
     "3:2 crop (rows 4-19, 96x64), as given: stretched": wide,
-    "3:2 crop, padded square with the edge colour": lambda im: squared(wide(im), "pad"),
-    "3:2 crop, its centre square": lambda im: squared(wide(im), "centre"),
+    "3:2 crop, padded square with the edge colour": lambda im: padded_square(wide(im)),
+    "3:2 crop, its centre square": lambda im: centre_square(wide(im)),
     "2:3 crop (columns 4-19, 64x96), as given: stretched": tall,
-    "2:3 crop, padded square with the edge colour": lambda im: squared(tall(im), "pad"),
-    "2:3 crop, its centre square": lambda im: squared(tall(im), "centre"),
+    "2:3 crop, padded square with the edge colour": lambda im: padded_square(tall(im)),
+    "2:3 crop, its centre square": lambda im: centre_square(tall(im)),
 }
 
 
