@@ -37,7 +37,8 @@ def changed_files():
     if r.returncode == 0:
         return r.stdout
     skip = {".venv", "__pycache__", ".pytest_cache", ".git"}
-    return {f: f.stat().st_mtime_ns for f in ROOT.rglob("*") if f.is_file() and not skip & set(f.relative_to(ROOT).parts)}
+    files = (f for f in ROOT.rglob("*") if f.is_file() and not skip & set(f.relative_to(ROOT).parts))
+    return {f: f.stat().st_mtime_ns for f in files}
 
 
 @pytest.fixture
