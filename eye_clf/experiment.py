@@ -8,7 +8,6 @@ them follows, see train.refit). It writes into its own folder
 come from cross-validating it (``scripts/cv_ablations.py``): the validation part picked the epoch, so its numbers
 are optimistic.
 """
-import json
 import os
 import shutil
 import tempfile
@@ -85,8 +84,8 @@ def cv_rows(name, results=CV_RESULTS):
     first = Path(results) / name / "fold0.json"
     if not first.exists():
         return None
-    paths = [first.with_name(f"fold{k}.json") for k in range(json.loads(first.read_text())["key"]["folds"])]
-    return [json.loads(p.read_text()) for p in paths] if all(p.exists() for p in paths) else None
+    paths = [first.with_name(f"fold{k}.json") for k in range(cv.read_fold(first)["key"]["folds"])]
+    return [cv.read_fold(p) for p in paths] if all(p.exists() for p in paths) else None
 
 
 def cv_of(cfg, results=CV_RESULTS, images=None, targets=None, folds=5):

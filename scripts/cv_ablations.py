@@ -33,7 +33,7 @@ import torch
 from eye_clf import data, experiment, metrics, plots
 from eye_clf.__main__ import int_at_least
 from eye_clf.cv import (TeacherSawStudent, check_data, check_teachers, cross_val_predict, data_id, interval,
-                        out_of_fold, predicted, same_key)
+                        out_of_fold, predicted, read_fold, same_key)
 from eye_clf.files import atomic_write, provenance
 from eye_clf.train import TrainConfig, fit_temperature
 
@@ -410,7 +410,7 @@ def load(name, partial=False):
     than those of the split every run is paired on."""
     rows = experiment.cv_rows(name, OUT / "cv")
     if rows is None and partial:
-        rows = [json.loads(p.read_text()) for p in sorted((OUT / "cv" / name).glob("fold*.json"))] or None
+        rows = [read_fold(p) for p in sorted((OUT / "cv" / name).glob("fold*.json"))] or None
     if rows and DATA:
         check_data(rows, *DATA[0], name)
         keys = [{k: v for k, v in same_key(r["key"]).items() if k not in ("data", "inputs")}  # per fold, or absent

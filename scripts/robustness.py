@@ -116,12 +116,15 @@ def main():
     unfinished = [run for run, rows in runs.items() if rows is None]
     if unfinished:
         ap.error(f"no finished CV in {CV} for {', '.join(unfinished)} (run it with scripts/cv_ablations.py)")
-    missing = [str(CV / run / f"fold{r['fold']}.pt") for run, rows in runs.items() for r in rows
-               if not (CV / run / f"fold{r['fold']}.pt").is_file()]
+    missing = {run: [str(pt) for pt in (CV / run / f"fold{r['fold']}.pt" for r in rows) if not pt.is_file()]
+               for run, rows in runs.items()}
+    missing = {run: gone for run, gone in missing.items() if gone}
     if missing:  # refused before any scoring
-        ap.error(f"fold models missing: {', '.join(missing)} (only the fold files are committed; a finished fold "
-                 "is never retrained, so move its foldK.json out of results/cv/NAME/ and rerun scripts/cv_ablations.py "
-                 "NAME: a new training, whose scores may differ slightly from the committed ones)")
+        ap.error(f"fold models missing: {', '.join(sum(missing.values(), []))} (only the fold files are committed): "
+                 "train them again (" + "; ".join(f"python scripts/cv_ablations.py --reproduce {run} --into DIR"
+                                                  for run in missing)
+                 + ") and copy DIR/foldK.pt into results/cv/RUN/; a model that does not reproduce its fold file's "
+                 "P(open) is refused")
     try:
         images, targets, _ = data.load_dataset(args.data)
     except (FileNotFoundError, ValueError) as err:

@@ -135,6 +135,9 @@ def test_oof_predictions_never_come_from_a_model_that_saw_the_image(monkeypatch,
     assert [r["fold"] for r in experiment.cv_rows(tmp_path.name, tmp_path.parent)] == [0, 1, 2]  # its own fold count
     (tmp_path / "fold2.json").unlink()
     assert experiment.cv_rows(tmp_path.name, tmp_path.parent) is None  # unfinished
+    (tmp_path / "fold2.json").write_text('{"fold": 2')  # cut short: named, as the fold files a CV resumes
+    with pytest.raises(ValueError, match=r"fold2\.json is not a fold file of eye_clf's CV"):
+        experiment.cv_rows(tmp_path.name, tmp_path.parent)
 
 
 def test_cv_of_finds_a_cv_of_the_config_and_if_asked_of_the_same_data(tmp_path):
@@ -143,11 +146,13 @@ def test_cv_of_finds_a_cv_of_the_config_and_if_asked_of_the_same_data(tmp_path):
     for name, extra in (("old", {}), ("other", dict(data="0123456789abcdef"))):
         (tmp_path / name).mkdir()
         for k in range(2):
-            (tmp_path / name / f"fold{k}.json").write_text(json.dumps(dict(fold=k, key=dict(key, **extra))))
+            (tmp_path / name / f"fold{k}.json").write_text(
+                json.dumps(dict(fold=k, key=dict(key, **extra), test_idx=[], p=[])))
     assert experiment.cv_of(SMALL, tmp_path) is None  # 2 folds: not the 5-fold CV the figures quote
     (tmp_path / "a_seed1").mkdir()
     for k in range(2):  # other folds (fold seed 1) of the same config: never the answer
-        (tmp_path / "a_seed1" / f"fold{k}.json").write_text(json.dumps(dict(fold=k, key=dict(key, seed=1))))
+        (tmp_path / "a_seed1" / f"fold{k}.json").write_text(
+            json.dumps(dict(fold=k, key=dict(key, seed=1), test_idx=[], p=[])))
     assert experiment.cv_of(SMALL, tmp_path, folds=2)[0] == "old"  # the first of the config, whatever its data
     (tmp_path / "old" / "fold1.json").unlink()
     assert experiment.cv_of(SMALL, tmp_path, folds=2)[0] == "other"
@@ -184,7 +189,7 @@ def test_cv_of_never_answers_with_a_distilled_run(tmp_path):
     key = dict(config=asdict(SMALL), folds=2, seed=0, n=60, n_open=int(targets.sum()), teachers=["lite0_96px"])
     (tmp_path / "student").mkdir()
     for k in range(2):
-        (tmp_path / "student" / f"fold{k}.json").write_text(json.dumps(dict(fold=k, key=key)))
+        (tmp_path / "student" / f"fold{k}.json").write_text(json.dumps(dict(fold=k, key=key, test_idx=[], p=[])))
     assert experiment.cv_of(SMALL, tmp_path, folds=2) is None  # its teachers need not be the ones a training uses
 
 
@@ -359,7 +364,7 @@ def test_ablation_table_shows_paired_differences(monkeypatch, tmp_path):
                        ("eyenet16_e60", [0.04, 0.03, 0.04, 0.05, 0.04])):
         for k, e in enumerate(eers):
             row = dict(fold=k, eer=e, eer_tta=e, accuracy=0.97, ece=0.01, best_epoch=10, seconds=5.0,
-                       key=dict(config={}, folds=5))
+                       key=dict(config={}, folds=5), test_idx=[], p=[])
             (tmp_path / "cv" / name).mkdir(parents=True, exist_ok=True)
             (tmp_path / "cv" / name / f"fold{k}.json").write_text(json.dumps(row))
     ablations.table(None, None)
@@ -402,7 +407,7 @@ def test_ablation_table_pairs_each_run_with_the_shipped_recipe_too(monkeypatch, 
         (tmp_path / "cv" / name).mkdir(parents=True)
         for k, e in enumerate(eers):
             row = dict(fold=k, eer=e, eer_tta=e, ece=0.01, best_epoch=10, seconds=5.0,
-                       key=dict(config=config, folds=5, seed=0))
+                       key=dict(config=config, folds=5, seed=0), test_idx=[], p=[])
             (tmp_path / "cv" / name / f"fold{k}.json").write_text(json.dumps(row))
     ablations.table(None, None)
     lines = {l.split("|")[1].strip(): [c.strip() for c in l.split("|")[1:-1]]
@@ -429,10 +434,11 @@ def test_learning_curves_place_finished_runs_by_their_training_images(monkeypatc
                                                                           else {}))
         (tmp_path / "cv" / name).mkdir(parents=True)
         for k in range(5):
-            row = dict(fold=k, eer=eer + 0.001 * (k - 2), key=key)
+            row = dict(fold=k, eer=eer + 0.001 * (k - 2), key=key, test_idx=[], p=[])
             (tmp_path / "cv" / name / f"fold{k}.json").write_text(json.dumps(row))
     (tmp_path / "cv" / "eyenet16_e100_train75").mkdir()
-    (tmp_path / "cv" / "eyenet16_e100_train75" / "fold0.json").write_text(json.dumps(dict(fold=0, eer=0.0, key=dict(folds=5))))
+    (tmp_path / "cv" / "eyenet16_e100_train75" / "fold0.json").write_text(  # unfinished: fold 0 only
+        json.dumps(dict(fold=0, eer=0.0, key=dict(config={}, folds=5), test_idx=[], p=[])))
     ablations.learning_curves(tmp_path / "lc.png")
     half = cv.interval(0.001 * np.arange(-2, 3))[1]
     assert list(drawn) == ["EyeNet-16, the base recipe"]
@@ -452,7 +458,8 @@ def test_a_refit_learning_curve_counts_the_validation_images_its_weights_trained
         key = dict(config={}, folds=5, seed=0, n=4000, **({"train_fraction": fraction} if fraction < 1 else {}))
         (tmp_path / "cv" / name).mkdir(parents=True)
         for k in range(5):
-            (tmp_path / "cv" / name / f"fold{k}.json").write_text(json.dumps(dict(fold=k, eer=eer, key=key)))
+            (tmp_path / "cv" / name / f"fold{k}.json").write_text(
+                json.dumps(dict(fold=k, eer=eer, key=key, test_idx=[], p=[])))
     ablations.learning_curves(tmp_path / "lc.png")
     assert [p[0] for p in drawn["EyeNet-16, the shipped recipe, seed 0"]] == [720 + 320, 3200]
 
@@ -679,7 +686,8 @@ def test_ablation_run_prints_each_folds_paired_difference(monkeypatch, tmp_path,
     monkeypatch.setattr(ablations, "OUT", tmp_path)
     for k, e in enumerate([0.03, 0.02, 0.04, 0.03, 0.03]):
         (tmp_path / "cv" / ablations.REFERENCE).mkdir(parents=True, exist_ok=True)
-        (tmp_path / "cv" / ablations.REFERENCE / f"fold{k}.json").write_text(json.dumps(dict(fold=k, eer=e, key=dict(folds=5))))
+        (tmp_path / "cv" / ablations.REFERENCE / f"fold{k}.json").write_text(
+            json.dumps(dict(fold=k, eer=e, key=dict(config={}, folds=5), test_idx=[], p=[])))
     per_fold = pd.DataFrame(dict(fold=[0, 1, 2, 3, 4], eer=[0.04, 0.02, 0.035, 0.03, 0.03]))
     monkeypatch.setattr(ablations, "cross_val_predict", lambda *a, **kw: (None, per_fold))
     ablations.run("eyenet16_e60", None, None, None)
@@ -1088,6 +1096,22 @@ def test_robustness_refuses_an_unwritable_out_before_scoring(tmp_path, monkeypat
         robustness.main()
 
 
+def test_robustness_without_fold_models_names_the_command_that_trains_them_again(tmp_path, monkeypatch, capsys):
+    robustness = load_script("robustness")
+    monkeypatch.setattr(robustness, "CV", tmp_path)
+    (tmp_path / "run").mkdir()
+    for k in range(5):  # a finished run's committed fold files, fold 3's model on disk
+        shutil.copy(experiment.CV_RESULTS / "eyenet16_e100_refit_tta" / f"fold{k}.json", tmp_path / "run")
+    (tmp_path / "run" / "fold3.pt").write_bytes(b"")
+    monkeypatch.setattr("sys.argv", ["robustness.py", "run", "--out", str(tmp_path / "table.md")])
+    with pytest.raises(SystemExit):
+        robustness.main()
+    err = capsys.readouterr().err
+    assert f"fold models missing: {tmp_path / 'run' / 'fold0.pt'}, " in err and "fold3.pt" not in err
+    assert "python scripts/cv_ablations.py --reproduce run --into DIR) and copy DIR/foldK.pt" in err
+    assert not (tmp_path / "table.md").exists()
+
+
 def test_check_teachers_refuses_fold_models_that_saw_the_students_validation_part(tmp_path):
     def key(**change):
         return dict(config=asdict(TrainConfig(**{"refit": False, **change})), folds=5, seed=0, n=10, n_open=5,
@@ -1175,3 +1199,4 @@ def test_a_student_refuses_a_missing_or_foreign_teacher_model_before_training(mo
     with pytest.raises(ValueError, match=r"teacher/fold1.json: no such fold result"):
         cv.cross_val_predict(images, targets, student, folds=3, progress=False, only=[1],
                              fold_dir=tmp_path / "student", teacher_dirs=[tmp_path / "teacher"])
+
