@@ -342,3 +342,25 @@ def test_label_smoothing_reaches_the_training_and_validation_targets(monkeypatch
     assert len(seen) >= 2 and len(seen[-1]) == 16  # training batches, then the 16 validation images' loss
     for y in seen:
         assert y.unique().tolist() == pytest.approx([0.1, 0.9])
+
+
+def test_fit_has_glibc_keep_freed_memory_with_settings_it_takes(toy, monkeypatch):
+    images, targets, tr, va = toy
+    calls = []
+
+    class Libc:
+        def mallopt(self, param, value):
+            calls.append((param, value))
+            return 1
+
+    monkeypatch.setattr(train.ctypes, "CDLL", lambda name: Libc())
+    for libc, expected in ((("glibc", "2.36"), [(-1, 1 << 30), (-3, 32 << 20)]), (("", ""), [])):
+        monkeypatch.setattr(train.platform, "libc_ver", lambda: libc)
+        train.keep_freed_memory.cache_clear()
+        calls.clear()
+        fit(images, targets, tr, va, replace(CFG, epochs=1), progress=False)
+        assert calls == expected  # the trim and mmap thresholds on glibc; elsewhere nothing
+    monkeypatch.undo()
+    train.keep_freed_memory.cache_clear()
+    if train.platform.libc_ver()[0] == "glibc":
+        assert train.keep_freed_memory()  # this glibc accepts both values (mallopt returns 0 for one it refuses)
