@@ -1200,3 +1200,20 @@ def test_a_student_refuses_a_missing_or_foreign_teacher_model_before_training(mo
         cv.cross_val_predict(images, targets, student, folds=3, progress=False, only=[1],
                              fold_dir=tmp_path / "student", teacher_dirs=[tmp_path / "teacher"])
 
+
+def test_near_duplicates_finds_a_shifted_mirrored_brighter_copy_and_nothing_else():
+    best_correlation = load_script("near_duplicates").best_correlation
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 256, (5, 24, 24)).astype(np.uint8)
+    copy = np.roll(images[1][:, ::-1], (1, -1), axis=(0, 1)).astype(np.float64) * 0.5 + 60  # mirrored, shifted, dimmer
+    best = best_correlation(np.concatenate([images, copy[None].astype(np.uint8)]))
+    assert best[1, 5] == best[5, 1] > 0.99  # the copy, whichever side is shifted
+    others = best[np.triu_indices(6, 1)]
+    assert np.sort(others)[-2] < 0.5 and (np.diag(best) == -1).all()  # noise images: no other pair
+
+
+def test_near_duplicates_results_are_what_the_script_prints_now(real_root, monkeypatch, capsys):
+    monkeypatch.setattr(sys, "argv", ["near_duplicates.py"])
+    load_script("near_duplicates").main()
+    printed = capsys.readouterr().out.splitlines()[1:]  # after the provenance line
+    assert printed == (data.REPO_ROOT / "results" / "near_duplicates.txt").read_text().splitlines()[1:]
