@@ -155,7 +155,7 @@ def device_of(name="auto"):
 def keep_freed_memory():
     """Have glibc's malloc keep freed memory for the next batch (blocks up to 32 MiB from its heap, which it trims
     only past 1 GiB free) rather than return it to the system and fault it in again: the same weights, without the
-    page faults that took a fifth of training's CPU time on the 2-core machines (README section 5). Process-wide;
+    page faults that took up to a fifth of training's CPU time (results/train_timing.txt). Process-wide;
     returns whether glibc took both settings (other C libraries: nothing is set)."""
     if platform.libc_ver()[0] != "glibc":
         return False

@@ -1217,3 +1217,13 @@ def test_near_duplicates_results_are_what_the_script_prints_now(real_root, monke
     load_script("near_duplicates").main()
     printed = capsys.readouterr().out.splitlines()[1:]  # after the provenance line
     assert printed == (data.REPO_ROOT / "results" / "near_duplicates.txt").read_text().splitlines()[1:]
+    text = "\n".join(printed)
+    top = float(re.search(r"and the mirror: (\d\.\d+)", text).group(1))
+    pairs, images, split, wrong, other_wrong, others = map(int, re.search(
+        r"above 0\.95: (\d+) \((\d+) images; .*folds: (\d+)\); .*errors: (\d+) of \d+ images in them, (\d+) of the "
+        r"other (\d+)", text).groups())
+    readme = " ".join((data.REPO_ROOT / "README.md").read_text().split())
+    assert f"the most alike pair correlates at {top:.3f}" in readme
+    assert (f"The {pairs} pairs above 0.95 hold {images} images, and {split} of those pairs are split across the "
+            f"folds; the shipped recipe's CV errs on {wrong} of those {images} images and on {other_wrong} of the other "
+            f"{others:,}") in readme
