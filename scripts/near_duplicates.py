@@ -15,6 +15,7 @@ import itertools
 import numpy as np
 
 from eye_clf import data, experiment
+from eye_clf.__main__ import int_at_least
 from eye_clf.cv import out_of_fold
 from eye_clf.files import provenance
 from eye_clf.train import TrainConfig
@@ -47,12 +48,15 @@ def best_correlation(images):
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--data", help=f"data folder (default: ${data.DATA_ENV} or ../shared/data)")
-    ap.add_argument("--top", type=int, default=10, help="pairs to list (default: 10)")
+    ap.add_argument("--top", type=int_at_least(0), default=10, help="pairs to list (default: 10)")
     args = ap.parse_args()
-    images, targets, names = data.load_dataset(args.data)
+    try:
+        images, targets, names = data.load_dataset(args.data)
+    except (FileNotFoundError, ValueError) as err:
+        ap.error(str(err))
     found = experiment.cv_of(TrainConfig(), experiment.CV_RESULTS, images, targets)
     if found is None:
-        raise SystemExit("error: results/cv/ has no complete CV of the shipped recipe on this data")
+        ap.error(f"{experiment.CV_RESULTS} has no complete CV of the shipped recipe on this data")
     run, rows = found
     fold = np.empty(len(targets), int)
     for r in rows:

@@ -1227,3 +1227,9 @@ def test_near_duplicates_results_are_what_the_script_prints_now(real_root, monke
     assert (f"The {pairs} pairs above 0.95 hold {images} images, and {split} of those pairs are split across the "
             f"folds; the shipped recipe's CV errs on {wrong} of those {images} images and on {other_wrong} of the other "
             f"{others:,}") in readme
+
+
+def test_near_duplicates_without_the_dataset_says_where_to_put_it(tmp_path):
+    out = subprocess.run([sys.executable, str(data.REPO_ROOT / "scripts" / "near_duplicates.py"), "--data",
+                          str(tmp_path)], capture_output=True, text=True)
+    assert out.returncode == 2 and f"eye_clf dataset not found in {tmp_path} (--data): put EyesDataset/" in out.stderr
