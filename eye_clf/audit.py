@@ -35,14 +35,8 @@ def read_oof(path, names):
     df = data.read_sheet(path, "out-of-fold predictions")
     if {"img_name", "p_open"} - set(df.columns):
         raise ValueError(f"{path}: needs columns img_name and p_open; found {list(df.columns)}")
-    if df["img_name"].isna().any():
-        raise ValueError(f"{path}: row {df.index[df['img_name'].isna().to_numpy()][0]}: img_name is empty")
-    twice = df["img_name"].duplicated(keep=False)
-    if twice.any():
-        name = df["img_name"][twice].iloc[0]
-        rows = ", ".join(map(str, df.index[(df["img_name"] == name).to_numpy()]))
-        raise ValueError(f"{path}: rows {rows}: the same img_name {name!r} ({twice.sum()} rows name an image twice "
-                         "or more)")
+    if named := data.name_problems(df["img_name"]):
+        raise LabelError.rows(path, list(named.values()))
     p = df.set_index("img_name")["p_open"]
     missing = [n for n in names if n not in p.index]
     if missing:

@@ -91,9 +91,21 @@ TAGS = ("dark", "blurry", "glasses", "angle", "inverted", "other")
 FLAGS = ("unsure", "reviewed") + TAGS  # 0/1 columns of a labels file still being made (the studio's)
 
 
-def _filled(cell):
+def filled(cell):
     """Whether a cell holds something: not empty, not only spaces (a non-breaking one too)."""
     return not (pd.isna(cell) or (isinstance(cell, str) and not cell.strip()))
+
+
+def name_problems(names):
+    """The img_name problem of each row of ``names`` (a Series indexed by row number), as every reader words it:
+    ``{position: "row R: img_name is empty"}`` (blank or only spaces), or ``"row R (NAME): duplicate img_name
+    (another row names the same file)"`` (``./a.jpg`` names ``a.jpg``). Rows without a problem are left out."""
+    named = names.map(filled)
+    same_file = names.map(lambda n: str(PurePosixPath(n)) if filled(n) else None)
+    twice = same_file.duplicated(keep=False) & named
+    return {i: f"row {row}: img_name is empty" if not named.iloc[i] else
+            f"row {row} ({name}): duplicate img_name (another row names the same file)"
+            for i, (row, name) in enumerate(names.items()) if not named.iloc[i] or twice.iloc[i]}
 
 
 def check_span(path):
@@ -157,7 +169,7 @@ def read_sheet(path, what="labels file"):
         if csv:
             text = path.read_text(encoding="utf-8-sig")
             lines = text.replace("\r\n", "\n").replace("\r", "\n").split("\n")  # as pandas splits them
-            lead = next((i for i, line in enumerate(lines) if _filled(line.replace(",", "").replace('"', ""))), 0)
+            lead = next((i for i, line in enumerate(lines) if filled(line.replace(",", "").replace('"', ""))), 0)
             if ";" in lines[lead] and "," not in lines[lead]:  # Excel's CSV where the decimal mark is a comma
                 raise LabelError(f"{path}: line {lead + 1} is separated by semicolons, not commas (as Excel saves CSV "
                                  "where the decimal mark is a comma): save it as an Excel Workbook (.xlsx)")
@@ -180,7 +192,7 @@ def read_sheet(path, what="labels file"):
         raise LabelError(f"{path}: not a readable {'CSV' if csv else 'xlsx'} file "
                          f"({type(err).__name__}: {err}){'' if csv else f'; {SAVE_AS}'}") from None
     cells.index += 1  # rows as a spreadsheet numbers them
-    blank = ~cells.map(_filled).any(axis=1)
+    blank = ~cells.map(filled).any(axis=1)
     if blank.all():
         raise LabelError(f"{path}: empty file{first_sheet_note(cells)}")
     header = cells.loc[blank.idxmin()]
@@ -282,13 +294,11 @@ def read_labels(path, images_dir=None, partial=False):
     raw = {c: raw[c].tolist() for c in cols}  # Python values, for the messages
     unsure = pd.to_numeric(df.get("unsure", pd.Series(np.nan, index=df.index)), errors="coerce")
     names, root = df["img_name"], None if images_dir is None else Path(images_dir).resolve()
-    rows = df.index
-    same_file = names.map(lambda n: str(PurePosixPath(n)) if isinstance(n, str) else n)  # "./a.jpg" is "a.jpg"
-    duplicated = same_file.duplicated(keep=False) & names.notna()
+    rows, named = df.index, name_problems(names)
     problems = []
     for i, name in enumerate(names):
-        if pd.isna(name) or not name.strip():
-            problems.append(f"row {rows[i]}: img_name is empty")
+        if not filled(name):
+            problems.append(named[i])
             continue
         where = f"row {rows[i]} ({name})"
         for c in cols:
@@ -300,8 +310,8 @@ def read_labels(path, images_dir=None, partial=False):
                 problems.append(f"{where}: {c} {got}")
         if partial and values["unsure"].iloc[i] == 1 and pd.notna(values["target"].iloc[i]):
             problems.append(f"{where}: unsure is 1 but target is set")
-        if duplicated.iloc[i]:
-            problems.append(f"{where}: duplicate img_name (another row names the same file)")
+        if i in named:
+            problems.append(named[i])
         if partial and str(PurePosixPath(name)) != name:  # the studio would write "./a.jpg" as a second row
             problems.append(f"{where}: write it as {PurePosixPath(name)}")
         if why := name_problem(name):
@@ -361,12 +371,9 @@ def read_annotations(names, root=None):
     if "img_name" not in df.columns or not cols:
         raise LabelError(f"{path}: needs an img_name column and one column per annotator; found {list(df.columns)}")
     values, names_ = df[cols].apply(pd.to_numeric, errors="coerce"), df["img_name"]
-    blank = names_.isna() | names_.map(lambda n: isinstance(n, str) and not n.strip())
-    problems = [f"row {r}: img_name is empty" for r in df.index[blank.to_numpy()]]
+    problems = list(name_problems(names_).values())
     problems += [f"row {df.index[i]} ({names_.iloc[i]}): {c} {df[c].iloc[i]!r} is not 0, 1 or blank"
                  for c in cols for i in np.flatnonzero(~(values[c].isin([0, 1]) | df[c].isna()))]
-    problems += [f"row {df.index[i]} ({names_.iloc[i]}): duplicate img_name"
-                 for i in np.flatnonzero(names_.duplicated(keep=False) & names_.notna())]
     if problems:
         raise LabelError.rows(path, problems)
     names = list(names)

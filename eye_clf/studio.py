@@ -65,14 +65,14 @@ def read_review(path, names):
               "rank": lambda v: np.isfinite(v) and v == int(v), "score": np.isfinite}
     need = {"target": "0 or 1", "p_open": "a number in 0..1", "rank": "an integer", "score": "a number"}
     raw = {c: df[c].tolist() for c in num}  # Python values, for the messages
-    duplicated = df["img_name"].duplicated(keep=False)
+    named = data.name_problems(df["img_name"])
     problems = []
     for i, (row, name) in enumerate(zip(df.index, df["img_name"])):
         where = f"row {row} ({name})"
-        if pd.isna(name) or name not in names:
+        if i in named:
+            problems.append(named[i])
+        if data.filled(name) and name not in names:
             problems.append(f"{where}: image not in the image folder")
-        if duplicated.iloc[i]:
-            problems.append(f"{where}: duplicate img_name")
         problems += [f"{where}: {c} {raw[c][i]!r} is not {need[c]}"
                      for c, ok in checks.items() if pd.isna(num[c].iloc[i]) or not ok(num[c].iloc[i])]
     if problems:

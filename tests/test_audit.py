@@ -80,7 +80,7 @@ def test_read_oof_checks_its_input(tmp_path):
     with pytest.raises(ValueError, match="needs columns"):
         read_oof(path, ["a"])
     pd.DataFrame({"img_name": ["a", "b", "a"], "p_open": [0.2, 0.5, 0.3]}).to_csv(path, index=False)
-    with pytest.raises(ValueError, match=r"oof.csv: rows 2, 4: the same img_name 'a' \(2 rows name"):
+    with pytest.raises(ValueError, match=r"oof.csv: 2 bad row\(s\):\n  row 2 \(a\): duplicate img_name"):
         read_oof(path, ["a", "b"])
 
 

@@ -366,6 +366,24 @@ def test_bad_annotations_name_every_row(tmp_path):
         data.read_annotations(["a.jpg"], root)
 
 
+def test_every_reader_words_an_empty_or_repeated_name_alike(tmp_path):
+    """Labels, extra annotations, out-of-fold predictions and review lists: one check, one wording."""
+    from eye_clf.audit import read_oof
+    from eye_clf.studio import read_review
+    names = ["a.jpg", " ", "./a.jpg"]  # row 3 is empty; rows 2 and 4 name the same file
+    want = ("row 3: img_name is empty", "row 2 (a.jpg): duplicate img_name (another row names the same file)",
+            "row 4 (./a.jpg): duplicate img_name (another row names the same file)")
+    root = annotations_root(tmp_path, pd.DataFrame({"img_name": names, "annotator_a": 1}).to_csv(index=False))
+    sheet = pd.DataFrame({"img_name": names, "target": 1, "p_open": 0.5, "rank": [1, 2, 3], "score": 0.5})
+    sheet.to_csv(path := tmp_path / "sheet.csv", index=False)
+    for read in (lambda: data.read_labels(path), lambda: data.read_labels(path, partial=True),
+                 lambda: data.read_annotations(["a.jpg"], root), lambda: read_oof(path, ["a.jpg"]),
+                 lambda: read_review(path, ["a.jpg"])):
+        with pytest.raises(LabelError) as err:
+            read()
+        assert all(line in str(err.value) for line in want), str(err.value)
+
+
 def test_real_annotations_cover_the_dataset(real_root):
     _, targets, names = data.load_dataset(real_root, limit=200)
     soft = data.soft_targets(targets, names, real_root)
