@@ -208,9 +208,26 @@ def check_limit(args):
         sys.exit(f"error: --limit: {args.limit} is more than the {n} labelled images of {labels}")
 
 
-def cmd_train(args):
+def cv_line(cfg, res):
+    """The closing line of ``train``: the committed CV of this recipe on this data, if there is one. A damaged file in
+    results/cv/ is named here, not fatal: the run is written by then."""
     from .cv import interval
-    from .experiment import cv_of, new_run_folder, train_run
+    from .experiment import cv_of
+    try:
+        found = cv_of(cfg, images=res["images"], targets=res["targets"])
+    except ValueError as err:
+        return f"this recipe's CV could not be looked up in results/cv/: {err}"
+    if not found:
+        return "this recipe has no CV of this data in results/cv/ (see scripts/cv_ablations.py): no unbiased figure"
+    name, rows = found
+    eer, acc = interval([r["eer"] for r in rows]), interval([r["accuracy_at_val_threshold"] for r in rows])
+    return (f"this recipe's {len(rows)}-fold CV on this data (results/cv/{name}/): EER {100 * eer[0]:.2f} ± "
+            f"{100 * eer[1]:.2f}%, accuracy {100 * acc[0]:.2f} ± {100 * acc[1]:.2f}% at each fold's validation "
+            "threshold")
+
+
+def cmd_train(args):
+    from .experiment import new_run_folder, train_run
     from .predict import model_file
     cfg = args.config
     if args.out is None:  # the default run folder is checked before any work, as --out is
@@ -242,15 +259,7 @@ def cmd_train(args):
         s = res["shipped"]
         print(f"shipped model on the {s['images']} of these validation images it never trained on: "
               f"EER {100 * s['eer']:.2f}%, ECE {100 * s['ece']:.2f}%")
-    found = cv_of(cfg, images=res["images"], targets=res["targets"])
-    if found:
-        name, rows = found
-        eer, acc = interval([r["eer"] for r in rows]), interval([r["accuracy_at_val_threshold"] for r in rows])
-        print(f"this recipe's {len(rows)}-fold CV on this data (results/cv/{name}/): EER {100 * eer[0]:.2f} ± "
-              f"{100 * eer[1]:.2f}%, accuracy {100 * acc[0]:.2f} ± {100 * acc[1]:.2f}% at each fold's validation "
-              "threshold")
-    else:
-        print("this recipe has no CV of this data in results/cv/ (see scripts/cv_ablations.py): no unbiased figure")
+    print(cv_line(cfg, res))
     ship = f"; to make it the shipped model: eye-clf ship {res['out']}" if checkout() else ""
     print(f"wrote {res['out']}/ (eye_clf.pt, history.csv/json, curves, run.json){ship}")
 

@@ -134,6 +134,21 @@ def test_train_keep_last_says_validation_picked_no_epoch(real_root, tmp_path, ca
     assert torch.load(tmp_path / "run" / "eye_clf.pt", weights_only=True)["best_epoch"] == 2
 
 
+def test_train_names_a_damaged_cv_file_but_keeps_its_run(real_root, tmp_path, capsys, monkeypatch):
+    """The closing CV line searches results/cv/; a damaged file there (another run's) must not fail a written run."""
+    from eye_clf import experiment
+    (tmp_path / "cv" / "other").mkdir(parents=True)
+    (tmp_path / "cv" / "other" / "fold0.json").write_text('{"fold": 0, "key": ')  # cut short
+    search = experiment.cv_of
+    monkeypatch.setattr(experiment, "cv_of", lambda cfg, **kw: search(cfg, tmp_path / "cv", **kw))
+    main(["train", "--data", str(real_root), "--limit", "60", "--epochs", "1", "--width", "8", "--no-refit",
+          "--out", str(tmp_path / "run")])
+    printed = capsys.readouterr().out
+    assert (f"this recipe's CV could not be looked up in results/cv/: {tmp_path / 'cv' / 'other' / 'fold0.json'} is "
+            "not a fold file of eye_clf's CV") in printed
+    assert f"wrote {tmp_path / 'run'}/" in printed and (tmp_path / "run" / "eye_clf.pt").is_file()
+
+
 def test_an_unknown_flag_points_to_its_commands_help(capsys):
     assert exit_message(["audit", "--limit", "200"]) == "2"
     assert capsys.readouterr().err == "error: unrecognized arguments: --limit 200 (see python -m eye_clf audit --help)\n"
