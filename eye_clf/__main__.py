@@ -513,7 +513,8 @@ def add_predict(sub):
 
 
 def add_data_args(p, labels_note=""):
-    """--images, --data and --labels: the labelled images a command reads."""
+    """--images, --data and --labels: the labelled images a command reads (see check_data_flag)."""
+    p.set_defaults(data_flags=True)
     p.add_argument("--images", help="image folder (default: <data>/EyesDataset)")
     p.add_argument("--data", help=f"data folder (default: ${data.DATA_ENV} or ../shared/data)")
     p.add_argument("--labels", help=f"labels xlsx/csv (default: the reference {data.LABELS_NAME} at the top of the "
@@ -634,10 +635,23 @@ def parse(parser, sub, argv):
     return args
 
 
+def check_data_flag(args):
+    """Refuse a --data that would do nothing: --labels and an --images folder other than its EyesDataset/ name all
+    that the command reads (with soft labels, data.check_annotated refuses them, saying why)."""
+    cfg = getattr(args, "config", None)
+    if args.data and args.images and args.labels and not (cfg and cfg.soft_labels):
+        own = Path(args.data) / IMAGES_FOLDER
+        if not (own.is_dir() and Path(args.images).resolve() == own.resolve()):
+            sys.exit(f"error: --data: {args.data} would be ignored, as --images and --labels name the images and "
+                     f"their labels; drop --data, or drop --images to read {own}")
+
+
 def run(args):
     try:
         if getattr(args, "config_flags", False):
             args.config = config_from(args)  # a bad recipe flag is refused before any data is read
+        if getattr(args, "data_flags", False):
+            check_data_flag(args)
         if getattr(args, "limit", None):
             check_limit(args)
         args.run(args)

@@ -388,7 +388,7 @@ def test_console_exit_status_and_no_traceback():
     assert r.returncode == 1 and r.stderr == "error: --epochs: must be >= 1, got 0\n"
 
 
-def test_audit_never_writes_over_its_inputs_or_its_other_output(labelled_folder, tmp_path, capsys):
+def test_audit_never_writes_over_its_inputs_or_its_other_output(labelled_folder, tmp_path, capsys, monkeypatch):
     folder, labels, _, _ = labelled_folder
     before = labels.read_bytes()
     given = ["audit", "--images", str(folder), "--labels", str(labels)]
@@ -403,7 +403,8 @@ def test_audit_never_writes_over_its_inputs_or_its_other_output(labelled_folder,
     annotations = tmp_path / "data" / "other_annotations.csv"  # in the data folder, beside the reference labels
     annotations.parent.mkdir()
     annotations.write_text("img_name,annotator_a,annotator_b\n")
-    assert refused(given + ["--data", str(annotations.parent), "--out", str(annotations)], capsys).startswith(
+    monkeypatch.setenv("EYE_CLF_DATA", str(annotations.parent))  # (--data would be refused: --images is elsewhere)
+    assert refused(given + ["--out", str(annotations)], capsys).startswith(
         f"error: --out: {annotations} is the extra annotators' labels; write it elsewhere")
     protected = tmp_path / "kept.csv"
     protected.write_text("a write-protected file")
@@ -411,3 +412,18 @@ def test_audit_never_writes_over_its_inputs_or_its_other_output(labelled_folder,
     assert refused(given + ["--out", str(protected)], capsys).startswith(
         f"error: --out: {protected} is a read-only file, which eye_clf does not replace")
     assert protected.read_text() == "a write-protected file" and annotations.read_text().startswith("img_name")
+
+
+@pytest.mark.parametrize("command", ["train", "evaluate", "cv", "audit"])
+def test_a_data_folder_that_would_be_ignored_is_refused(command, tmp_path, capsys):
+    from argparse import Namespace
+
+    from eye_clf.__main__ import check_data_flag
+    data, images, labels = tmp_path / "data", tmp_path / "images", tmp_path / "labels.csv"
+    (data / "EyesDataset").mkdir(parents=True)
+    images.mkdir()
+    msg = refused([command, "--data", str(data), "--images", str(images), "--labels", str(labels)], capsys)
+    assert msg == (f"error: --data: {data} would be ignored, as --images and --labels name the images and their "
+                   f"labels; drop --data, or drop --images to read {data / 'EyesDataset'}")
+    for given in (dict(images=str(data / "EyesDataset")), dict(images=None), dict(labels=None)):  # each one is read
+        check_data_flag(Namespace(**{**dict(data=str(data), images=str(images), labels=str(labels)), **given}))
