@@ -516,7 +516,8 @@ def add_data_args(p, labels_note=""):
     """--images, --data and --labels: the labelled images a command reads (see check_data_flag)."""
     p.set_defaults(data_flags=True)
     p.add_argument("--images", help="image folder (default: <data>/EyesDataset)")
-    p.add_argument("--data", help=f"data folder (default: ${data.DATA_ENV} or ../shared/data)")
+    p.add_argument("--data", help=f"data folder (default: ${data.DATA_ENV} or ../shared/data); refused beside "
+                                  "--labels and an --images folder other than its EyesDataset/, which leave it unused")
     p.add_argument("--labels", help=f"labels xlsx/csv (default: the reference {data.LABELS_NAME} at the top of the "
                                     "checkout, for the default data folder's images; a --data folder without an "
                                     "identical copy of it, or --images elsewhere, must choose with --labels)"
