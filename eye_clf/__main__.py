@@ -656,7 +656,7 @@ def run(args):
         if getattr(args, "limit", None):
             check_limit(args)
         args.run(args)
-    except BrokenPipeError:  # the reader stopped early (`eye-clf predict DIR | head`): not an error
+    except BrokenPipeError:  # the reader stopped early (`eye-clf predict DIR | head`): no traceback, status 1
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # so that Python's final flush is silent
         sys.exit(1)
     except (ValueError, OSError, ImportError) as err:  # FileNotFoundError is an OSError; ImportError: an extra
