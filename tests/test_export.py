@@ -6,6 +6,7 @@ import numpy as np
 import onnx
 import pytest
 import torch
+from PIL import Image
 
 from eye_clf import data, export, models
 from eye_clf.__main__ import main
@@ -147,6 +148,9 @@ def test_readme_onnxruntime_example_runs_without_eye_clf_or_torch(real_root, tmp
     files = data.list_images(real_root / "EyesDataset")[:8]
     for f in [DEFAULT_ONNX, *files]:  # the example's working folder: the model and some eye images
         (tmp_path / f.name).symlink_to(f)
+    for f, size in zip(files[:2], [(40, 30), (17, 17)]):  # and crops of other sizes, which it resizes as eye_clf does
+        Image.open(f).resize(size, Image.BICUBIC).save(tmp_path / f"resized_{f.name}", quality=95)
+    files = sorted(tmp_path.glob("*.jpg"))
     out = subprocess.run([sys.executable, "-c", blocker + code], capture_output=True, text=True, cwd=tmp_path)
     assert out.returncode == 0, out.stderr
     assert np.abs(np.array(eval(out.stdout)) - predict_proba(files, backend="onnx")).max() <= 1e-6
