@@ -488,10 +488,12 @@ def cmd_audit(args):
     atomic_write(args.out, lambda tmp: review.to_csv(tmp, index=False))
     rows = data.read_labels(labels, partial=True)
     reviewed = rows["img_name"][rows["reviewed"] == 1].isin(review["img_name"]).sum() if "reviewed" in rows else 0
+    unused = (~data.read_sheet(args.oof, "out-of-fold predictions")["img_name"].isin(names)).sum() if args.oof else 0
     print(f"{len(review)} of {len(names)} labels look wrong (cleanlab, out-of-fold P(open)); wrote {args.out}"
           + (f"\n({len(rows) - len(names)} row(s) of {labels} without a label, blank or marked unsure, were left out)"
              if len(rows) > len(names) else "")
-          + (f"\n({reviewed} of them were reviewed already: marked reviewed in {labels})" if reviewed else ""))
+          + (f"\n({reviewed} of them were reviewed already: marked reviewed in {labels})" if reviewed else "")
+          + (f"\n({unused} row(s) of {args.oof} name no labelled image of {labels}; not used)" if unused else ""))
     if len(review):
         as_xlsx = "" if Path(labels).suffix.lower() == ".xlsx" else " saved as .xlsx"
         print(f"review them: python -m eye_clf label --images {shlex.quote(str(images_dir))} --labels COPY.xlsx "

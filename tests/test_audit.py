@@ -112,6 +112,13 @@ def test_audit_cli_with_given_oof_feeds_the_studio(partly_labelled_xlsx, tmp_pat
     main(["audit", "--images", str(images), "--labels", str(labels), "--oof", str(oof),
           "--out", str(tmp_path / "review.csv")])
     assert "0 of 38 labels look wrong" in (out := capsys.readouterr().out) and "review them" not in out
+    assert "not used" not in out  # every row of the scores was audited
+    extra = pd.concat([pd.read_csv(oof), pd.DataFrame({"img_name": ["038.png", "other.png"], "p_open": [0.5, 0.5]})])
+    extra.to_csv(oof, index=False)  # scores of an image not labelled yet and of one the labels do not hold
+    main(["audit", "--images", str(images), "--labels", str(labels), "--oof", str(oof),
+          "--out", str(tmp_path / "review.csv")])
+    assert f"(2 row(s) of {oof} name no labelled image of {labels}; not used)" in capsys.readouterr().out
+    extra.iloc[:38].to_csv(oof, index=False)
     inverted = pd.read_csv(oof).assign(p_open=lambda d: 1 - d["p_open"])  # P(closed) by mistake
     inverted.to_csv(oof, index=False)
     with pytest.raises(SystemExit, match=r"error: .*oof.csv: p_open ranks the labels backwards \(AUC 0\.000 "):
