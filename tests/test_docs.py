@@ -1,4 +1,4 @@
-"""The README and docs/ link only to files and headings that exist."""
+"""The README and docs/ link only to files and headings that exist; the README quotes the CV table as it is."""
 import re
 
 from eye_clf import data
@@ -29,3 +29,17 @@ def test_every_relative_link_names_a_file_and_heading_that_exist():
 def test_slug_is_githubs():
     assert slug("Against the goal of issue 7") == "against-the-goal-of-issue-7"
     assert slug("6. Speed, robustness, calibration") == "6-speed-robustness-calibration"
+
+
+def table_rows(text):
+    return [line for line in text.splitlines() if line.startswith("| ")]
+
+
+def test_readme_excerpt_of_the_cv_table_is_verbatim():
+    """README section 4 quotes rows of the full CV table; each quoted run row must stand in docs/ as it is."""
+    readme = PAGES[0].read_text()
+    excerpt = readme.split("Some rows of the full table, verbatim", 1)[1].split("\n\n", 2)[1]
+    runs = [row for row in table_rows(excerpt)[1:] if not row.startswith("| *")]  # group headings are reworded
+    full = set(table_rows((data.REPO_ROOT / "docs" / "recipe_search.md").read_text()))
+    assert len(runs) >= 10
+    assert [row for row in runs if row not in full] == []
