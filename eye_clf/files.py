@@ -158,10 +158,20 @@ def _git(*args):
     return out.stdout.strip() if out.returncode == 0 else None
 
 
+def _cpu_model():
+    """The CPU's model name ("model name" of /proc/cpuinfo on Linux, else what platform says; may be empty)."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            return next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
+    except (OSError, StopIteration):
+        return platform.processor()
+
+
 def provenance(device=None):
     """Where a result came from: git commit (and whether the tree had uncommitted changes), the command line,
-    library versions and the machine (cores, threads, and ``device``: the torch device the result was computed on;
-    by default CUDA when present, else the CPU)."""
+    library versions and the machine (cores, CPU model, threads, ``device``: the torch device the result was computed
+    on, by default CUDA when present, else the CPU; and the instruction set of torch's CPU kernels, which decides
+    whether a training run on CPU repeats another's floats bit for bit)."""
     versions = {}
     for name in PACKAGES:
         try:
@@ -169,11 +179,13 @@ def provenance(device=None):
         except metadata.PackageNotFoundError:
             pass
     status = _git("status", "--porcelain", "--untracked-files=no")
-    machine = dict(platform=platform.platform(), python=platform.python_version(), cpu_count=os.cpu_count())
+    machine = dict(platform=platform.platform(), python=platform.python_version(), cpu_count=os.cpu_count(),
+                   cpu=_cpu_model())
     if "torch" in sys.modules:
         torch = sys.modules["torch"]
         device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
         machine.update(torch_threads=torch.get_num_threads(),
-                       device=torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu")
+                       device=torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
+                       cpu_capability=torch.backends.cpu.get_cpu_capability())  # its kernels: AVX2, AVX512, ...
     return dict(git_commit=_git("rev-parse", "HEAD"), git_dirty=bool(status) if status is not None else None,
                 command=" ".join(sys.argv), versions=versions, machine=machine)

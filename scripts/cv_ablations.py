@@ -543,7 +543,8 @@ def reproduce(name, images, targets, names, into, only=None):
               + ", ".join(f"{k} {g:.3g}" + (" (bit-identical)" if g == 0 else "") for k, g in gap.items())
               + f"; EER {100 * was['eer']:.2f} % committed, {100 * again['eer']:.2f} % again; trained at commits "
               f"{commits[0]} and {commits[1]} ({'found in' if path.name in found else 'now, into'} {into}), the "
-              f"second on data {again['key'].get('data', '(not recorded)')}")
+              f"second on data {again['key'].get('data', '(not recorded)')}; machines: "
+              + " and ".join(" ".join(x for x in machine_of(r) if x) for r in (was, again)))
 
 
 def calibrated_eces(rows):
@@ -627,10 +628,17 @@ def best_epoch(name, folds):
     return f"{config(name).epochs} (refit; validated fit {best})" if config(name).refit else best
 
 
+def machine_of(row):
+    """The machine a fold trained on, from its provenance (kernel build, CPU model, torch's CPU kernels; fold files
+    written before the last two were recorded have the kernel build only)."""
+    m = (row.get("provenance") or {}).get("machine") or {}
+    kernel = (m.get("platform") or "?").removeprefix("Linux-").split("-x86_64")[0]
+    return [kernel, m.get("cpu"), m.get("cpu_capability")]
+
+
 def machines(rows):
-    """The platforms (kernel builds) a run's folds trained on, from their provenance."""
-    names = {((r.get("provenance") or {}).get("machine") or {}).get("platform") or "?" for r in rows}
-    return ", ".join(sorted(n.removeprefix("Linux-").split("-x86_64")[0] for n in names))
+    """The platforms (kernel builds) a run's folds trained on."""
+    return ", ".join(sorted({machine_of(r)[0] for r in rows}))
 
 
 def table(images, targets):

@@ -15,7 +15,7 @@ import pytest
 import torch
 from PIL import Image
 
-from eye_clf import cv, data, experiment, metrics, models, train
+from eye_clf import cv, data, experiment, files, metrics, models, train
 from eye_clf.files import sha256
 from eye_clf.train import ConfigError, TrainConfig
 
@@ -713,6 +713,9 @@ def test_reproduce_trains_a_run_again_and_tells_identical_folds_from_others(monk
     assert f"max |difference| in P(open) p {gap:.3g}, p_tta 0 (bit-identical); EER" in out["fold 1"]
     assert "fold 2" not in out and f"on data {cv.data_id(images, targets)}" in out["fold 0"]
     assert f"(now, into {tmp_path / 'again'})" in out["fold 0"]
+    cpu = files.provenance("cpu")["machine"]  # where floats differ, the machines say whether the CPU kernels did
+    assert out["fold 0"].endswith(f"{cpu['cpu']} {cpu['cpu_capability']}".strip())
+    assert out["fold 0"].count(cpu["platform"].removeprefix("Linux-").split("-x86_64")[0]) == 2
     ablations.reproduce("eyenet16_e60", images, targets, None, tmp_path / "again", only=[0])  # resumed: said so
     assert f"(found in {tmp_path / 'again'})" in capsys.readouterr().out
     assert sorted(p.name for p in (tmp_path / "again").glob("*.json")) == ["fold0.json", "fold1.json"]

@@ -72,6 +72,15 @@ def test_provenance_names_the_commit_versions_and_machine():
     prov = files.provenance()
     assert len(prov["git_commit"]) == 40 and isinstance(prov["git_dirty"], bool)
     assert prov["versions"]["numpy"] and prov["machine"]["cpu_count"] >= 1
+    assert isinstance(prov["machine"]["cpu"], str)
+
+
+def test_provenance_names_the_instruction_set_of_torchs_cpu_kernels():
+    """Two CPU trainings agree bit for bit only where torch picks the same kernels (AVX2 vs AVX512, ...)."""
+    import torch
+    machine = files.provenance("cpu")["machine"]
+    assert machine["device"] == "cpu" and machine["cpu_capability"] == torch.backends.cpu.get_cpu_capability()
+    assert machine["cpu_capability"]  # e.g. "AVX2"
 
 
 def test_provenance_names_no_commit_for_a_copy_inside_another_repository(tmp_path):
