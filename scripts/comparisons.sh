@@ -2,7 +2,7 @@
 # Every paired difference, average of runs, multi-seed summary and learning-curve rate that README sections 4 and 5
 # and docs/recipe_search.md quote and that no row of results/cv_ablations.md holds, printed again from the committed
 # fold files (results/cv/NAME/foldK.json) into results/comparisons.txt. Trains nothing; 10 to 15 minutes, mostly
-# reading the 4000 images again for each of the 54 commands; --learning-curve also redraws results/learning_curve.png
+# reading the 4000 images again for each of the 55 commands; --learning-curve also redraws results/learning_curve.png
 # from the same folds.
 #   bash scripts/comparisons.sh        (in the project's environment: `python` with eye_clf installed)
 set -euo pipefail
@@ -12,6 +12,7 @@ tmp=$(mktemp "$out.XXXXXX")
 trap 'rm -f "$tmp" "$tmp.all"' EXIT
 grep -v '^\s*\(#.*\)\?$' <<'ARGS' | while read -r args; do
 --seeds eyenet16_e100_refit_tta eyenet16_e100_refit_tta_seed1 eyenet16_e100_refit_tta_seed2 eyenet16_e100_refit_tta_seed3 eyenet16_e100_refit_tta_seed4
+--seeds eyenet16_e100_refit_tta eyenet16_e100_refit_tta_seed1 eyenet16_e100_refit_tta_seed2 eyenet16_e100_refit_tta_seed3 eyenet16_e100_refit_tta_seed4 eyenet16_e100_refit_tta_avx2
 --seeds eyenet16_e100_refit_tta eyenet16_e100_refit_tta_seed1 eyenet16_e100_refit_tta_seed2 eyenet16_e100_refit_tta_seed3
 --seeds eyenet16_e100_refit_tta eyenet16_e100_refit_tta_seed1 eyenet16_e100_refit_tta_seed2
 --seeds eyenet16_e100_refit_tta eyenet16_e100_refit_tta_seed1

@@ -263,6 +263,10 @@ RUNS = {
     "eyenet16_e100_refit_tta_seed2": dict(epochs=100, refit=True, tta=True, seed=2),
     "eyenet16_e100_refit_tta_seed3": dict(epochs=100, refit=True, tta=True, seed=3),
     "eyenet16_e100_refit_tta_seed4": dict(epochs=100, refit=True, tta=True, seed=4),
+    # the shipped recipe, seed 0, trained again (--reproduce) on an AMD EPYC whose torch runs AVX2 kernels (kernel
+    # fc-v1045; the committed folds: fc-v657, and fc-v857 repeated them bit for bit): its floats differ, so it is
+    # another draw of the same recipe and seed; reported whatever it shows, nothing is chosen by it
+    "eyenet16_e100_refit_tta_avx2": dict(epochs=100, refit=True, tta=True),
     # the shipped recipe calibrates the refit's last epoch with the temperature and threshold that the validated fit
     # fit on its best-validation-loss epoch (69-79 of 100), a less trained state than the one shipped; keep_last has
     # the validated fit keep and calibrate its last epoch instead. The refit's weights are unchanged (same seed), so
