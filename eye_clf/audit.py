@@ -94,8 +94,9 @@ def audit(images_dir, labels, oof=None, cfg=None, folds=5, progress=True, fold_d
     targets, names = labeled(images_dir, labels)
     if oof is not None:  # nothing is trained, so no image is read
         p_open = read_oof(oof, names)
-        if metrics.auc(targets, p_open) < 0.5:  # worse than chance: the column holds P(closed), or labels 1 = closed
-            raise ValueError(f"{oof}: p_open ranks the labels backwards (AUC {metrics.auc(targets, p_open):.3f} "
+        auc = metrics.auc(targets, p_open)
+        if auc < 0.5:  # worse than chance: the column holds P(closed), or labels 1 = closed
+            raise ValueError(f"{oof}: p_open ranks the labels backwards (AUC {auc:.3f} "
                              "against them): it must be P(open), with target 1 = open; is it P(closed)?")
     else:
         p_open, _ = cross_val_predict(load_images(images_dir, names), targets, cfg, folds, 0, progress,
