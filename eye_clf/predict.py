@@ -284,7 +284,7 @@ def _gray(a, name, single):
     or float 0..1 array as N x 24 x 24 uint8; an error names the first bad image of a batch (``name[i]``), or
     ``name`` for a ``single`` image."""
     if min(a.shape[1:3]) == 0:
-        raise ValueError(f"{name}: empty image(s) of {a.shape[2]} x {a.shape[1]} pixels")
+        raise ValueError(f"{name}: empty image(s) of {a.shape[1]} rows x {a.shape[2]} columns of pixels")
     if a.dtype == np.uint16:
         a = np.round(a / 257).astype(np.uint8)
     if a.dtype != np.uint8:
