@@ -52,7 +52,8 @@ BAD_INPUTS = [
     (np.array(["a.jpg", "b.jpg"]), r"input: a numpy array of <U5 is not an image; pass several paths or images as a "
                                    r"list \(list\(\.\.\.\) of the array\)"),
     (np.array([EYE, EYE[:20]], dtype=object), r"input: a numpy array of object is not an image"),
-    (np.zeros((24, 0), np.uint8), r"input: empty image\(s\) of 24 rows x 0 columns of pixels"),  # the caller's image, not a batch
+    # the caller's image (its shape, not a batch's)
+    (np.zeros((24, 0), np.uint8), r"input: empty image\(s\) of 24 rows x 0 columns of pixels"),
     (np.zeros((2, 0, 30, 3), np.uint8), r"input: empty image\(s\) of 0 rows x 30 columns of pixels"),
     # values
     (np.zeros((24, 24), np.int32), r"input: dtype int32 is not supported; use uint8 \(0..255\), uint16 "),
