@@ -267,6 +267,9 @@ RUNS = {
     # fc-v1045; the committed folds: fc-v657, and fc-v857 repeated them bit for bit): its floats differ, so it is
     # another draw of the same recipe and seed; reported whatever it shows, nothing is chosen by it
     "eyenet16_e100_refit_tta_avx2": dict(epochs=100, refit=True, tta=True),
+    # the same again on an Intel Xeon whose torch runs AVX512 kernels (kernel fc-v1147): other floats than both, so a
+    # seventh draw of the recipe; reported whatever it shows, nothing is chosen by it
+    "eyenet16_e100_refit_tta_avx512": dict(epochs=100, refit=True, tta=True),
     # the shipped recipe calibrates the refit's last epoch with the temperature and threshold that the validated fit
     # fit on its best-validation-loss epoch (69-79 of 100), a less trained state than the one shipped; keep_last has
     # the validated fit keep and calibrate its last epoch instead. The refit's weights are unchanged (same seed), so
