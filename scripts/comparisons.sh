@@ -13,7 +13,7 @@ trap 'rm -f "$tmp" "$tmp.all"' EXIT
 grep -v '^\s*\(#.*\)\?$' <<'ARGS' | while read -r args; do
 --seeds eyenet16_e100_refit_tta eyenet16_e100_refit_tta_seed1 eyenet16_e100_refit_tta_seed2 eyenet16_e100_refit_tta_seed3 eyenet16_e100_refit_tta_seed4
 --seeds eyenet16_e100_refit_tta eyenet16_e100_refit_tta_seed1 eyenet16_e100_refit_tta_seed2 eyenet16_e100_refit_tta_seed3 eyenet16_e100_refit_tta_seed4 eyenet16_e100_refit_tta_avx2
-eyenet16_e100_refit_tta_seed4 eyenet16_e100_refit_tta_avx2 eyenet16_e100_refit_tta_avx512
+--seeds eyenet16_e100_refit_tta eyenet16_e100_refit_tta_seed1 eyenet16_e100_refit_tta_seed2 eyenet16_e100_refit_tta_seed3 eyenet16_e100_refit_tta_seed4 eyenet16_e100_refit_tta_avx2 eyenet16_e100_refit_tta_avx512
 --seeds eyenet16_e100_refit_tta eyenet16_e100_refit_tta_seed1 eyenet16_e100_refit_tta_seed2 eyenet16_e100_refit_tta_seed3
 --seeds eyenet16_e100_refit_tta eyenet16_e100_refit_tta_seed1 eyenet16_e100_refit_tta_seed2
 --seeds eyenet16_e100_refit_tta eyenet16_e100_refit_tta_seed1
