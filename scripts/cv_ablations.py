@@ -372,6 +372,22 @@ RUNS = {
     # ... not met: ECE 1.54, 1.57, 1.51, 1.58 and 1.42 % (1.52 %, against 1.48 %), EER 2.51 %, accuracy 97.41 %; the
     # fold temperatures narrow (0.50-0.67 against 0.40-0.69), and the ECE does not fall; even the oracle temperature
     # leaves these refits at 1.43 % against 1.34 % for a calibrated model (--ece-floor)
+    # Runs named *_cuda trained on a lent GPU machine (one H200, bfloat16 autocast, several folds at once:
+    # scripts/gpu_runs.sh), where the CPU could not afford them. The shipped recipe there: does CUDA training give
+    # the recipe's quality (another draw, as the AVX2/AVX512 ones)? Reported whatever it shows
+    "eyenet16_e100_refit_tta_cuda": dict(epochs=100, refit=True, tta=True),
+    # the strongest teacher, Lite2 at 96 px, as an online teacher: it scores every augmented batch the student sees
+    # and its mirror (issue 7's online distillation, which the CPU afforded only for EyeNet-16 teachers), as the mix
+    # of the earlier students (half its P(open), half the smoothed label), in the base recipe and in the shipped one
+    # (its refit distils too). Measured, nothing ships from it: online Lite2 scoring would take the student's own
+    # training far past 5 minutes on 2 cores
+    "lite2_imagenet_96px_e20_cuda": LITE2_96,
+    "student16_lite2_online_cuda": dict(distill=0.5, teachers=["lite2_imagenet_96px_e20_cuda"]),
+    "student16_lite2_online_refit_tta_cuda": dict(epochs=100, refit=True, tta=True, distill=0.5,
+                                                  teachers=["lite2_imagenet_96px_e20_cuda"]),
+    # more draws of the strongest teacher, for the ensemble lever: how far does averaging Lite2 runs go?
+    "lite2_imagenet_96px_e20_cuda_seed1": dict(LITE2_96, seed=1),
+    "lite2_imagenet_96px_e20_cuda_seed2": dict(LITE2_96, seed=2),
 }
 EXTRA = ("teachers", "train_fraction", "undisputed_only", "prune_folds")  # RUNS keys that are not TrainConfig fields
 BASE = dict(refit=False, tta=False)
