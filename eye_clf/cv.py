@@ -212,8 +212,12 @@ def check_fold_model(fold_json, images, test=None):
         raise ValueError(f"{fold_json}: its test fold is not this split's (made by another scikit-learn?), so its "
                          "model may have trained on these test images; rerun that CV")
     model, _ = load_checkpoint(pt)
+    cuda = same_key(row["key"])["device"] == "cuda"
+    model.to(device_of("auto") if cuda else "cpu")  # scored where it trained, if this machine has CUDA
     gap = np.abs(scores(model, images[row["test_idx"]], tta=model.tta) - np.asarray(predicted(row))).max()
-    if gap > 1e-3:  # another training differs by far more; CUDA's TF32 convolutions by less
+    # another training differs by far more (0.27-0.63 on AVX512 against AVX2); CUDA's TF32 convolutions moved a
+    # Lite2's P(open) by up to 0.007 between two scorings on one H200
+    if gap > (2e-2 if cuda else 1e-3):
         raise ValueError(f"{pt} does not reproduce {fold_json.name}'s P(open) (max difference {gap:.2g}); rerun "
                          "that fold")
 

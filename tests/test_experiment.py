@@ -1181,6 +1181,26 @@ def test_fold_models_that_do_not_reproduce_their_fold_files_are_refused(tmp_path
         cv.check_fold_model(tmp_path / "fold0.json", images)
 
 
+def test_a_cuda_fold_model_is_checked_on_cuda_within_tf32s_tolerance(tmp_path):
+    images, targets = synthetic(60)
+    cv.cross_val_predict(images, targets, SMALL, folds=2, progress=False, fold_dir=tmp_path)
+    row = json.loads((tmp_path / "fold1.json").read_text())
+    p = np.asarray(row["p"])
+    row["key"]["device"] = "cuda"  # as if trained on a GPU: its scores may differ by TF32 rounding
+    row["p"] = row["p_tta"] = np.clip(p + np.where(p < 0.5, 0.007, -0.007), 0, 1).tolist()
+    (tmp_path / "fold1.json").write_text(json.dumps(row))
+    cv.check_fold_model(tmp_path / "fold1.json", images)
+    row["key"]["device"] = "cpu"  # the same gap on the CPU: another training
+    (tmp_path / "fold1.json").write_text(json.dumps(row))
+    with pytest.raises(ValueError, match=r"fold1.pt does not reproduce fold1.json's P\(open\) \(max difference 0.007"):
+        cv.check_fold_model(tmp_path / "fold1.json", images)
+    row["key"]["device"] = "cuda"
+    row["p"] = row["p_tta"] = (1 - p).tolist()  # far more than TF32: another training
+    (tmp_path / "fold1.json").write_text(json.dumps(row))
+    with pytest.raises(ValueError, match=r"fold1.pt does not reproduce"):
+        cv.check_fold_model(tmp_path / "fold1.json", images)
+
+
 def test_a_student_refuses_a_missing_or_foreign_teacher_model_before_training(monkeypatch, tmp_path):
     images, targets = synthetic(60)
     cv.cross_val_predict(images, targets, replace(SMALL, refit=False), folds=3, progress=False,
