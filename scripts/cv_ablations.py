@@ -82,7 +82,16 @@ ENSEMBLES = [("eyenet16_e30", "eyenet16_e60", "eyenet16_e100"), ("eyenet16_e100"
               "lite2_imagenet_96px_e20", "lite2_imagenet_96px_e20_seed1"),
              # the shipped recipe's five seeds: how far averaging shipped models goes (five times the inference)
              ("eyenet16_e100_refit_tta", "eyenet16_e100_refit_tta_seed1", "eyenet16_e100_refit_tta_seed2",
-              "eyenet16_e100_refit_tta_seed3", "eyenet16_e100_refit_tta_seed4")]
+              "eyenet16_e100_refit_tta_seed3", "eyenet16_e100_refit_tta_seed4"),
+             # the ensemble lever at the scale a GPU allowed (added after the CUDA folds came in, every run of each
+             # recipe, none picked): all five Lite2 draws, and with them the shipped recipe's five seeds and both
+             # EyeNet-48s
+             ("lite2_imagenet_96px_e20", "lite2_imagenet_96px_e20_seed1", "lite2_imagenet_96px_e20_cuda",
+              "lite2_imagenet_96px_e20_cuda_seed1", "lite2_imagenet_96px_e20_cuda_seed2"),
+             ("lite2_imagenet_96px_e20", "lite2_imagenet_96px_e20_seed1", "lite2_imagenet_96px_e20_cuda",
+              "lite2_imagenet_96px_e20_cuda_seed1", "lite2_imagenet_96px_e20_cuda_seed2", "eyenet16_e100_refit_tta",
+              "eyenet16_e100_refit_tta_seed1", "eyenet16_e100_refit_tta_seed2", "eyenet16_e100_refit_tta_seed3",
+              "eyenet16_e100_refit_tta_seed4", "eyenet48_e100", "eyenet48_e100_seed1")]
 # ImageNet EfficientNet-Lite2 fine-tuned at 96 px for 20 epochs: the best single run (with mirror TTA), not repeated
 # by its second seed
 LITE2_96 = dict(arch="efficientnet_lite2", weights="imagenet", input_size=96, epochs=20, lr=1e-3)
@@ -388,6 +397,12 @@ RUNS = {
     # more draws of the strongest teacher, for the ensemble lever: how far does averaging Lite2 runs go?
     "lite2_imagenet_96px_e20_cuda_seed1": dict(LITE2_96, seed=1),
     "lite2_imagenet_96px_e20_cuda_seed2": dict(LITE2_96, seed=2),
+    # ... measured (results/gpu_runs.txt; their folds record commit 738a906 with uncommitted changes, the GPU
+    # machine's copy of the repository's history lagging: the code of b758894, and c940225 for the Lite2 teacher and
+    # its student, whose first try stopped on check_fold_model's tolerance): the shipped recipe on CUDA 2.47 % (+0.02
+    # ± 0.57 paired), ECE 1.76 %; the online Lite2 student 2.89 % (+0.30 ± 0.75 against the base recipe); five
+    # Lite2 draws averaged 2.17 % (2.12 % with mirror TTA), and with the shipped recipe's five seeds and both
+    # EyeNet-48s (twelve models) 2.11 %
 }
 EXTRA = ("teachers", "train_fraction", "undisputed_only", "prune_folds")  # RUNS keys that are not TrainConfig fields
 BASE = dict(refit=False, tta=False)
@@ -706,7 +721,9 @@ def table(images, targets):
           "are training wall-clock (online students: with the teachers' scoring of every batch; students of scored "
           "views: without the one-off, cached scoring of the views) on one thread of a 2-core CPU machine shared "
           "with other jobs: compare them loosely, and only between runs on the same machine (the last column: "
-          "the platform in the folds' provenance; this project's machines differed up to threefold in speed).\n\n"
+          "the platform in the folds' provenance; this project's machines differed up to threefold in speed). Runs "
+          "named *_cuda trained on one H200 GPU (platform *-gpu; bfloat16 autocast, 5-20 folds sharing it at once: "
+          "scripts/gpu_runs.sh).\n\n"
           + pd.DataFrame(rows).to_markdown(index=False) + "\n")
     atomic_write(OUT / "cv_ablations.md", lambda tmp: Path(tmp).write_text(md))
     print(md)
