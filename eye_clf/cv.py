@@ -215,8 +215,8 @@ def check_fold_model(fold_json, images, test=None):
     cuda = same_key(row["key"])["device"] == "cuda"
     model.to(device_of("auto") if cuda else "cpu")  # scored where it trained, if this machine has CUDA
     gap = np.abs(scores(model, images[row["test_idx"]], tta=model.tta) - np.asarray(predicted(row))).max()
-    # another training differs by far more (0.27-0.63 on AVX512 against AVX2); CUDA's TF32 convolutions moved a
-    # Lite2's P(open) by up to 0.007 between two scorings on one H200
+    # another training differs by far more (0.27-0.63 on AVX512 against AVX2); a Lite2 trained on an H200 scored up
+    # to 0.007 apart there (TF32 convolutions) and on the CPU
     if gap > (2e-2 if cuda else 1e-3):
         raise ValueError(f"{pt} does not reproduce {fold_json.name}'s P(open) (max difference {gap:.2g}); rerun "
                          "that fold")

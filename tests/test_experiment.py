@@ -1181,7 +1181,7 @@ def test_fold_models_that_do_not_reproduce_their_fold_files_are_refused(tmp_path
         cv.check_fold_model(tmp_path / "fold0.json", images)
 
 
-def test_a_cuda_fold_model_is_checked_on_cuda_within_tf32s_tolerance(tmp_path):
+def test_a_cuda_trained_fold_model_is_held_to_tf32s_tolerance(tmp_path):
     images, targets = synthetic(60)
     cv.cross_val_predict(images, targets, SMALL, folds=2, progress=False, fold_dir=tmp_path)
     row = json.loads((tmp_path / "fold1.json").read_text())
