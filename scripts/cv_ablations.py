@@ -399,7 +399,8 @@ RUNS = {
     "lite2_imagenet_96px_e20_cuda_seed2": dict(LITE2_96, seed=2),
     # ... measured (results/gpu_runs.txt; their folds record commit 738a906 with uncommitted changes, the GPU
     # machine's copy of the repository's history lagging: the code of b758894, and c940225 for the Lite2 teacher and
-    # its student, whose first try stopped on check_fold_model's tolerance): the shipped recipe on CUDA 2.47 % (+0.02
+    # its student, whose first try stopped on check_fold_model's tolerance; the refit student stopped there too and was
+    # left out of the second try for the lease's time, so it has no folds): the shipped recipe on CUDA 2.47 % (+0.02
     # ± 0.57 paired), ECE 1.76 %; the online Lite2 student 2.89 % (+0.30 ± 0.75 against the base recipe); five
     # Lite2 draws averaged 2.17 % (2.12 % with mirror TTA), and with the shipped recipe's five seeds and both
     # EyeNet-48s (twelve models) 2.11 %

@@ -13,6 +13,11 @@
 # new fold files (results/cv/*cuda*/fold*.json).
 set -u
 cd "$(dirname "$0")/.."
+known=" tests shipped student refit_student draws "
+[[ ${1:-480} =~ ^[0-9]+$ ]] || { echo "gpu_runs.sh: SECONDS must be a whole number, got '$1'" >&2; exit 2; }
+for g in "${@:2}"; do
+    [[ "$known" == *" $g "* ]] || { echo "gpu_runs.sh: unknown group '$g' (choose among:$known)" >&2; exit 2; }
+done
 end=$(( $(date +%s) + ${1:-480} ))
 out=${OUT:?set OUT to the folder for logs and results}
 py=${PY:-python3}
@@ -25,7 +30,7 @@ cv() {  # cv NAME K: train fold K of run NAME (resuming), stopped at the deadlin
 { nvidia-smi; "$py" -c "import torch; print('torch', torch.__version__, torch.cuda.get_device_name())"
   ls -la ~/.cache/torch/hub/checkpoints ~/.cache/huggingface/hub; } > "$out/logs/machine.txt" 2>&1
 
-groups=" ${*:2} "; [ "$groups" = "  " ] && groups=" tests shipped student refit_student draws "
+groups=" ${*:2} "; [ "$groups" = "  " ] && groups=$known
 has() { [[ "$groups" == *" $1 "* ]]; }
 students=$(has student && echo student16_lite2_online_cuda; has refit_student && echo student16_lite2_online_refit_tta_cuda)
 
