@@ -2,7 +2,7 @@
 # Every paired difference, average of runs, multi-seed summary and learning-curve rate that README sections 4 and 5
 # and docs/recipe_search.md quote and that no row of results/cv_ablations.md holds, printed again from the committed
 # fold files (results/cv/NAME/foldK.json) into results/comparisons.txt. Trains nothing; 10 to 17 minutes (13.5 and 17
-# in two runs on fc-v1045), mostly reading the 4000 images again for each of the 62 commands; --learning-curve also
+# in two runs on fc-v1045), mostly reading the 4000 images again for each of the 65 commands; --learning-curve also
 # redraws results/learning_curve.png from the same folds.
 #   bash scripts/comparisons.sh        (in the project's environment: `python` with eye_clf installed)
 set -euo pipefail
@@ -78,6 +78,10 @@ grep -v '^\s*\(#.*\)\?$' <<'ARGS' | while read -r args; do
 --average-curve lite2_imagenet_96px_e20 lite2_imagenet_96px_e20_seed1 lite2_imagenet_96px_e20_cuda lite2_imagenet_96px_e20_cuda_seed1 lite2_imagenet_96px_e20_cuda_seed2
 --ensemble student16_lite2_online_cuda
 --ensemble student16_lite2_online_cuda --against student16_self_online
+# the second lent GPU: two Lite1 draws, against the shipped recipe
+--seeds lite1_imagenet_96px_e20_cuda lite1_imagenet_96px_e20_cuda_seed1
+--ensemble lite1_imagenet_96px_e20_cuda --against eyenet16_e100_refit_tta
+--ensemble lite1_imagenet_96px_e20_cuda_seed1 --against eyenet16_e100_refit_tta
 ARGS
     echo "\$ python scripts/cv_ablations.py $args"
     # shellcheck disable=SC2086  # the arguments split on spaces
