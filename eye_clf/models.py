@@ -1,5 +1,6 @@
 """Models: a small EyeNet (plain, residual, depthwise-separable or contrast-normalized), torchvision ResNets and
-the ImageNet EfficientNet-Lite0 and -Lite2 for 1x24x24 input; loading checkpoints and scoring images with them.
+the ImageNet EfficientNet-Lite0, -Lite1 and -Lite2 for 1x24x24 input; loading checkpoints and scoring images with
+them.
 
 Every model is a ``Classifier``: a backbone that maps the normalized 1x24x24 input to a feature vector and a
 linear head that gives one logit (P(open) = sigmoid(logit)). Two training methods:

@@ -37,7 +37,7 @@ class TrainConfig:
     """A training recipe; the defaults are the shipped model's (see results/cv_ablations.md)."""
     arch: str = option("eyenet", "architecture")
     method: str = option("finetune", "finetune: every layer trains; feature_extraction: frozen backbone, only the head")
-    weights: str | None = option(None, 'initial weights: none (random init), or for the ResNets and Lite0/2 '
+    weights: str | None = option(None, 'initial weights: none (random init), or for the ResNets and Lite0/1/2 '
                                        '"imagenet" or a state-dict path')
     width: int = option(16, "EyeNet width (all four kinds): channels of its first stage (x2, x4 in the next ones)")
     dropout: float = option(0.0, "dropout before the final linear layer")

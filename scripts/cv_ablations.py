@@ -96,13 +96,13 @@ ENSEMBLES = [("eyenet16_e30", "eyenet16_e60", "eyenet16_e100"), ("eyenet16_e100"
              # both Lite1s, every ImageNet Lite draw, and every one of the above with them
              ("lite1_imagenet_96px_e20_cuda", "lite1_imagenet_96px_e20_cuda_seed1"),
              ("lite2_imagenet_96px_e20", "lite2_imagenet_96px_e20_seed1", "lite2_imagenet_96px_e20_cuda",
-              "lite2_imagenet_96px_e20_cuda_seed1", "lite2_imagenet_96px_e20_cuda_seed2", "lite1_imagenet_96px_e20_cuda",
-              "lite1_imagenet_96px_e20_cuda_seed1"),
+              "lite2_imagenet_96px_e20_cuda_seed1", "lite2_imagenet_96px_e20_cuda_seed2",
+              "lite1_imagenet_96px_e20_cuda", "lite1_imagenet_96px_e20_cuda_seed1"),
              ("lite2_imagenet_96px_e20", "lite2_imagenet_96px_e20_seed1", "lite2_imagenet_96px_e20_cuda",
-              "lite2_imagenet_96px_e20_cuda_seed1", "lite2_imagenet_96px_e20_cuda_seed2", "lite1_imagenet_96px_e20_cuda",
-              "lite1_imagenet_96px_e20_cuda_seed1", "eyenet16_e100_refit_tta", "eyenet16_e100_refit_tta_seed1",
-              "eyenet16_e100_refit_tta_seed2", "eyenet16_e100_refit_tta_seed3", "eyenet16_e100_refit_tta_seed4",
-              "eyenet48_e100", "eyenet48_e100_seed1")]
+              "lite2_imagenet_96px_e20_cuda_seed1", "lite2_imagenet_96px_e20_cuda_seed2",
+              "lite1_imagenet_96px_e20_cuda", "lite1_imagenet_96px_e20_cuda_seed1", "eyenet16_e100_refit_tta",
+              "eyenet16_e100_refit_tta_seed1", "eyenet16_e100_refit_tta_seed2", "eyenet16_e100_refit_tta_seed3",
+              "eyenet16_e100_refit_tta_seed4", "eyenet48_e100", "eyenet48_e100_seed1")]
 # ImageNet EfficientNet-Lite2 fine-tuned at 96 px for 20 epochs: the best single run (with mirror TTA), not repeated
 # by its second seed
 LITE2_96 = dict(arch="efficientnet_lite2", weights="imagenet", input_size=96, epochs=20, lr=1e-3)

