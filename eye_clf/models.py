@@ -1,6 +1,6 @@
-"""Models: a small EyeNet (plain, residual, depthwise-separable or contrast-normalized), torchvision ResNets and
-the ImageNet EfficientNet-Lite0, -Lite1 and -Lite2 for 1x24x24 input; loading checkpoints and scoring images with
-them.
+"""Models: a small EyeNet (plain, residual, depthwise-separable or contrast-normalized), torchvision ResNets, the
+ImageNet EfficientNet-Lite0, -Lite1 and -Lite2 and MediaPipe's iris-landmark network for 1x24x24 input; loading
+checkpoints and scoring images with them.
 
 Every model is a ``Classifier``: a backbone that maps the normalized 1x24x24 input to a feature vector and a
 linear head that gives one logit (P(open) = sigmoid(logit)). Two training methods:
@@ -21,7 +21,7 @@ from .preprocess import MEAN, PREPROCESSING, STD, normalize
 
 EYENETS = ("eyenet", "res_eyenet", "dw_eyenet", "cn_eyenet")  # small nets for 24x24 eyes, no pretrained weights
 ARCHS = (*EYENETS, "resnet18", "resnet34", "resnet50", "efficientnet_lite0", "efficientnet_lite1",
-         "efficientnet_lite2")
+         "efficientnet_lite2", "iris_net")
 METHODS = ("finetune", "feature_extraction")
 CHECKPOINT_FORMAT = "eye_clf/1"
 NORMALIZED_AT_ONCE = 1024  # images that scores() turns into float32 at a time (2.4 MB; more if batch_size is larger)
@@ -208,6 +208,57 @@ def efficientnet_lite(k=0, weights=None, input_size=96):
     return model, 1280, dict(input_size=input_size, in_scale=2 * STD, in_shift=2 * MEAN - 1)
 
 
+class IrisBlock(nn.Module):
+    """MediaPipe's residual block: a 1x1 conv (2x2 stride 2 to halve the size), a 3x3 depthwise and a 1x1 conv to
+    ``out`` channels, added to the input (max-pooled and zero-padded to ``out`` channels when they change), PReLUs."""
+
+    def __init__(self, c, out=None, mid=64, stride=1):
+        super().__init__()
+        out = out or c
+        self.reduce = nn.Conv2d(c, mid, stride, stride)
+        self.act_mid = nn.PReLU(mid)
+        self.depthwise = nn.Conv2d(mid, mid, 3, padding=1, groups=mid)
+        self.expand = nn.Conv2d(mid, out, 1)
+        self.act = nn.PReLU(out)
+        self.shortcut = nn.MaxPool2d(stride) if stride > 1 else nn.Identity()
+        self.extra = out - c
+
+    def forward(self, x):
+        y = self.expand(self.depthwise(self.act_mid(self.reduce(x))))
+        return self.act(y + F.pad(self.shortcut(x), (0, 0, 0, 0, 0, self.extra)))
+
+
+class IrisNet(nn.Module):
+    """MediaPipe's iris-landmark network (64x64 RGB eye crop in 0..1) without its two landmark heads: a shared trunk
+    to 8x8x128, then an eye-contour and an iris branch to 2x2x128 each; their average-pooled features side by side
+    (256). Its stem's "same" padding is TensorFlow's (one pixel, bottom and right)."""
+
+    def __init__(self):
+        super().__init__()
+        self.stem = nn.Conv2d(3, 64, 3, 2)
+        self.stem_act = nn.PReLU(64)
+        self.trunk = nn.Sequential(*[IrisBlock(64, mid=32) for _ in range(4)], IrisBlock(64, 128, stride=2),
+                                   *[IrisBlock(128) for _ in range(4)], IrisBlock(128, stride=2))
+        self.branches = nn.ModuleList(nn.Sequential(IrisBlock(128), IrisBlock(128), IrisBlock(128, stride=2),
+                                                    IrisBlock(128), IrisBlock(128), IrisBlock(128, stride=2),
+                                                    IrisBlock(128), IrisBlock(128)) for _ in range(2))
+
+    def forward(self, x):
+        x = self.trunk(self.stem_act(self.stem(F.pad(x, (0, 1, 0, 1)))))
+        return torch.cat([b(x).mean((2, 3)) for b in self.branches], 1)
+
+
+def iris_net(weights=None, input_size=64):
+    """MediaPipe's iris-landmark trunk and branches (``IrisNet``) for the eye upsampled to ``input_size`` (its own
+    64 px). ``weights``: None (random init) or a state dict that scripts/iris_weights.py converted from the
+    model file in MediaPipe's Python package (trained on eye crops of faces to find the eyelid contour and iris)."""
+    model = IrisNet()
+    if weights is not None:
+        load_weights(model, weights, "iris_net")
+    _gray_stem(model.stem)
+    return model, 256, dict(input_size=input_size, in_scale=STD, in_shift=MEAN)  # back to p in 0..1
+
+
 def build_model(arch="eyenet", method="finetune", weights=None, width=16, dropout=0.0, input_size=None,
                 pretrained_layout=None):
     """A Classifier for 1x24x24 input, in channels-last memory format: faster convolutions on CPU (the shipped
@@ -224,6 +275,8 @@ def build_model(arch="eyenet", method="finetune", weights=None, width=16, dropou
         if arch == "cn_eyenet":
             trunk = contrast_normalized(*trunk)
         backbone, n, kw = *trunk, dict(input_size=24)
+    elif arch == "iris_net":
+        backbone, n, kw = iris_net(weights)
     elif arch.startswith("efficientnet_lite"):
         backbone, n, kw = efficientnet_lite(int(arch[-1]), weights,
                                             **({"input_size": input_size} if input_size else {}))

@@ -38,7 +38,8 @@ class TrainConfig:
     arch: str = option("eyenet", "architecture")
     method: str = option("finetune", "finetune: every layer trains; feature_extraction: frozen backbone, only the head")
     weights: str | None = option(None, 'initial weights: none (random init), or for the ResNets and Lite0/1/2 '
-                                       '"imagenet" or a state-dict path')
+                                       '"imagenet" or a state-dict path, for iris_net a state-dict path (from '
+                                       'scripts/iris_weights.py)')
     width: int = option(16, "EyeNet width (all four kinds): channels of its first stage (x2, x4 in the next ones)")
     dropout: float = option(0.0, "dropout before the final linear layer")
     input_size: int | None = option(None, "resize inside the model to this size (none: the architecture's default)")

@@ -422,6 +422,13 @@ RUNS = {
     # ... measured (results/gpu_runs.txt, its second lease; the code of commit edd335b): 2.82 and 2.55 % (2.56 and
     # 2.55 % with mirror TTA), within the five Lite2 draws' spread; averaged with them, seven ImageNet models give
     # 2.23 %, and with the shipped recipe's five seeds and both EyeNet-48s, fourteen models, 2.14 %
+    # eye-domain pretraining instead of ImageNet: MediaPipe's iris-landmark network (trained to find the eyelid
+    # contour and iris in eye crops of faces; weights converted by scripts/iris_weights.py into runs/iris_net.pt),
+    # its landmark heads replaced by our logit, fine-tuned at its own 64 px in Lite2's schedule
+    "iris_mediapipe_e20": dict(arch="iris_net", weights="runs/iris_net.pt", epochs=20, lr=1e-3),
+    # ... measured (fc-v1147, two threads, about 5.5 minutes a fold; the code of the commit that adds it): 2.91 %
+    # (2.84 % with mirror TTA), +0.33 ± 0.54 against the base recipe and +0.38 ± 0.72 against the shipped one with
+    # TTA, paired: eye-domain pretraining is no stronger a start than ImageNet's
 }
 EXTRA = ("teachers", "train_fraction", "undisputed_only", "prune_folds")  # RUNS keys that are not TrainConfig fields
 BASE = dict(refit=False, tta=False)
