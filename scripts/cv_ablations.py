@@ -427,8 +427,9 @@ RUNS = {
     # its landmark heads replaced by our logit, fine-tuned at its own 64 px in Lite2's schedule
     "iris_mediapipe_e20": dict(arch="iris_net", weights="runs/iris_net.pt", epochs=20, lr=1e-3),
     # ... measured (fc-v1147, two threads, about 5.5 minutes a fold; the code of the commit that adds it): 2.91 %
-    # (2.84 % with mirror TTA), +0.33 ± 0.54 against the base recipe and +0.38 ± 0.72 against the shipped one with
-    # TTA, paired: eye-domain pretraining is no stronger a start than ImageNet's
+    # (2.84 % with mirror TTA), +0.33 ± 0.54 against the base recipe and +0.45 ± 0.76 against the shipped one,
+    # paired (+0.38 ± 0.72 with mirror TTA on both sides: --ensemble iris_mediapipe_e20 --against
+    # eyenet16_e100_refit_tta): eye-domain pretraining is no stronger a start than ImageNet's
 }
 EXTRA = ("teachers", "train_fraction", "undisputed_only", "prune_folds")  # RUNS keys that are not TrainConfig fields
 BASE = dict(refit=False, tta=False)
