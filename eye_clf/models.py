@@ -248,15 +248,17 @@ class IrisNet(nn.Module):
         return torch.cat([b(x).mean((2, 3)) for b in self.branches], 1)
 
 
-def iris_net(weights=None, input_size=64):
-    """MediaPipe's iris-landmark trunk and branches (``IrisNet``) for the eye upsampled to ``input_size`` (its own
-    64 px). ``weights``: None (random init) or a state dict that scripts/iris_weights.py converted from the
-    model file in MediaPipe's Python package (trained on eye crops of faces to find the eyelid contour and iris)."""
+def iris_net(weights=None):
+    """MediaPipe's iris-landmark trunk and branches (``IrisNet``) for the eye upsampled to its own 64 px.
+    ``weights``: None (random init) or a state dict that scripts/iris_weights.py converted from the model file in
+    MediaPipe's Python package (trained on eye crops of faces to find the eyelid contour and iris)."""
+    if weights == "imagenet":
+        raise ValueError("iris_net has no ImageNet weights: pass the state dict that scripts/iris_weights.py writes")
     model = IrisNet()
     if weights is not None:
         load_weights(model, weights, "iris_net")
     _gray_stem(model.stem)
-    return model, 256, dict(input_size=input_size, in_scale=STD, in_shift=MEAN)  # back to p in 0..1
+    return model, 256, dict(input_size=64, in_scale=STD, in_shift=MEAN)  # back to p in 0..1
 
 
 def build_model(arch="eyenet", method="finetune", weights=None, width=16, dropout=0.0, input_size=None,

@@ -33,6 +33,11 @@ def test_iris_net_gives_one_logit_per_image_from_the_eye_at_64_px():
     assert z.shape == (3,) and torch.isfinite(z).all()
 
 
+def test_iris_net_refuses_imagenet_weights_and_names_where_its_own_come_from():
+    with pytest.raises(ValueError, match="iris_net has no ImageNet weights: .*scripts/iris_weights.py"):
+        build_model("iris_net", weights="imagenet")
+
+
 def test_a_halving_block_adds_its_path_to_the_max_pooled_input_padded_with_zero_channels():
     torch.manual_seed(0)
     block = IrisBlock(2, 4, mid=3, stride=2).eval()
