@@ -430,6 +430,8 @@ RUNS = {
     # (2.84 % with mirror TTA), +0.33 ± 0.54 against the base recipe and +0.45 ± 0.76 against the shipped one,
     # paired (+0.38 ± 0.72 with mirror TTA on both sides: --ensemble iris_mediapipe_e20 --against
     # eyenet16_e100_refit_tta): eye-domain pretraining is no stronger a start than ImageNet's
+    # ... and the same network from random init: what the pretraining gives
+    "iris_random_e20": dict(arch="iris_net", epochs=20, lr=1e-3),
 }
 EXTRA = ("teachers", "train_fraction", "undisputed_only", "prune_folds")  # RUNS keys that are not TrainConfig fields
 BASE = dict(refit=False, tta=False)
