@@ -166,7 +166,7 @@ def load_weights(model, path, arch):
         raise ValueError(f"weights: {path} is not a readable state dict ({type(err).__name__}: {err})") from None
     if isinstance(state, dict) and "format" in state and "state_dict" in state:
         raise ValueError(f"weights: {path} is an eye_clf checkpoint, not the state dict of a {type(model).__name__}; "
-                         "--weights takes torchvision or EfficientNet-Lite weights")
+                         "--weights takes torchvision, EfficientNet-Lite or converted iris_net weights")
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
         held = next((f"{k!r} holds a {type(v).__name__}" for k, v in state.items() if not isinstance(v, torch.Tensor)),
                     "") if isinstance(state, dict) else f"it holds a {type(state).__name__}"

@@ -23,12 +23,16 @@ PARAMETRIC = {"CONV_2D": "conv", "DEPTHWISE_CONV_2D": "depthwise", "PRELU": "pre
 
 
 def tflite_parameters(path):
-    """[(branch, kind, [constant arrays])] of the file's conv, depthwise and PReLU ops in order; branch is None for
-    the shared trunk, else 0, 1, ... in the order the branches begin (a conv reading a tensor that another conv
-    reads too starts one; every op after it that reads its outputs belongs to it)."""
+    """[(branch, kind, [constant arrays], input tensor)] of the file's conv, depthwise and PReLU ops in order; branch
+    is None for the shared trunk, else 0, 1, ... in the order the branches begin (a conv reading a tensor that another
+    conv reads too starts one; every op after it that reads its outputs belongs to it). A ValueError names a file
+    that is no float32 TensorFlow Lite model."""
     import tflite
 
-    model = tflite.Model.GetRootAsModel(Path(path).read_bytes(), 0)
+    buf = Path(path).read_bytes()
+    if not tflite.Model.ModelBufferHasIdentifier(buf, 0):
+        raise ValueError(f"{path} is not a TensorFlow Lite model (no TFL3 identifier)")
+    model = tflite.Model.GetRootAsModel(buf, 0)
     graph, names = model.Subgraphs(0), {v: k for k, v in vars(tflite.BuiltinOperator).items() if k.isupper()}
     ops = []
     for k in range(graph.OperatorsLength()):
@@ -41,6 +45,8 @@ def tflite_parameters(path):
 
     def array(i):
         t = graph.Tensors(i)
+        if t.Type() != tflite.TensorType.FLOAT32:
+            raise ValueError(f"{path}: tensor {i} is not float32 (a quantized model?); the converter reads float32")
         return np.frombuffer(model.Buffers(t.Buffer()).DataAsNumpy().tobytes(), np.float32).reshape(t.ShapeAsNumpy())
 
     branch_of, started, out = {}, 0, []
@@ -111,7 +117,15 @@ def main():
     p.add_argument("--check", action="store_true", help="compare IrisNet's features with the tflite model's on "
                    "random crops (needs the ai-edge-litert package)")
     args = p.parse_args()
-    state = convert(args.tflite)
+    if args.check:
+        try:
+            import ai_edge_litert  # noqa: F401
+        except ModuleNotFoundError:
+            p.error("--check runs the tflite model with the ai-edge-litert package: pip install it")
+    try:
+        state = convert(args.tflite)
+    except (OSError, ValueError) as err:
+        p.error(str(err))
     atomic_write(args.out, lambda f: torch.save(state, f))
     print(f"{args.out}: {len(state)} tensors, {sum(v.numel() for v in state.values())} weights")
     if args.check:

@@ -139,7 +139,7 @@ class Graph:
         tflite.ModelAddSubgraphs(b, graphs)
         tflite.ModelAddOperatorCodes(b, codes_v)
         tflite.ModelAddBuffers(b, buffers_v)
-        b.Finish(tflite.ModelEnd(b))
+        b.Finish(tflite.ModelEnd(b), file_identifier=b"TFL3")
         Path(path).write_bytes(b.Output())
 
 
@@ -186,6 +186,20 @@ def test_converter_names_the_part_that_does_not_fit(tmp_path):
     mediapipe_like(random_state(), tmp_path / "short.tflite", branch_blocks=7)
     with pytest.raises(ValueError, match=r"short.tflite: \d+ tensors for the branch 0, IrisNet has \d+"):
         iris_weights.convert(tmp_path / "short.tflite")
+
+
+def test_the_converter_script_names_a_file_that_is_no_tflite_model_and_writes_nothing(tmp_path):
+    import subprocess
+    import sys
+
+    (tmp_path / "notes.txt").write_text("not a model")
+    out = subprocess.run([sys.executable, str(ROOT / "scripts" / "iris_weights.py"), str(tmp_path / "notes.txt"),
+                          str(tmp_path / "w.pt")], capture_output=True, text=True)
+    assert out.returncode == 2 and "notes.txt is not a TensorFlow Lite model" in out.stderr
+    missing = subprocess.run([sys.executable, str(ROOT / "scripts" / "iris_weights.py"), str(tmp_path / "gone.tflite"),
+                              str(tmp_path / "w.pt")], capture_output=True, text=True)
+    assert missing.returncode == 2 and "gone.tflite" in missing.stderr and "Traceback" not in missing.stderr
+    assert not (tmp_path / "w.pt").exists()
 
 
 @pytest.mark.skipif(not os.environ.get("EYE_CLF_IRIS_TFLITE"), reason="set EYE_CLF_IRIS_TFLITE to MediaPipe's "
