@@ -34,6 +34,15 @@ def smooth_image(size=24, seed=0):
     return np.clip(im, 0, 255).astype(np.uint8)
 
 
+def capture_backbone_input(model, x):
+    """What ``model.backbone`` receives when the model (in eval mode) scores ``x``."""
+    seen = []
+    model.backbone.register_forward_pre_hook(lambda _, args: seen.append(args[0]))
+    with torch.no_grad():
+        model.eval()(x)
+    return seen[0]
+
+
 TINY = train.TrainConfig(arch="eyenet", width=4, epochs=2, batch_size=32, lr=1e-2, augment=0, patience=5,
                          tta=False, device="cpu")
 

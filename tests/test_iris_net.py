@@ -13,6 +13,8 @@ import torch.nn.functional as F
 from eye_clf import data
 from eye_clf.models import IrisBlock, IrisNet, build_model
 
+from conftest import capture_backbone_input
+
 ROOT = Path(__file__).resolve().parent.parent
 spec = importlib.util.spec_from_file_location("iris_weights", ROOT / "scripts" / "iris_weights.py")
 iris_weights = importlib.util.module_from_spec(spec)
@@ -58,12 +60,9 @@ def test_weights_load_and_the_gray_eye_is_seen_as_the_rgb_crop_the_network_was_t
     reference = IrisNet().eval()
     reference.load_state_dict(state)
     pixels = torch.rand(2, 1, 24, 24)
-    seen = []
-    model.backbone.register_forward_pre_hook(lambda _, args: seen.append(args[0]))
+    up = F.interpolate(pixels, size=64, mode="bilinear", align_corners=False)
+    assert torch.allclose(capture_backbone_input(model, (pixels - data.MEAN) / data.STD), up, atol=1e-5)  # 0..1
     with torch.no_grad():
-        model((pixels - data.MEAN) / data.STD)
-        up = F.interpolate(pixels, size=64, mode="bilinear", align_corners=False)
-        assert torch.allclose(seen[0], up, atol=1e-5)  # its own 0..1 scale
         assert torch.allclose(model.backbone(up), reference(up.expand(-1, 3, -1, -1)), atol=1e-4)
 
 

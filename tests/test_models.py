@@ -12,6 +12,8 @@ from torchvision.models import ResNet18_Weights
 from eye_clf import data, models
 from eye_clf.models import build_model
 
+from conftest import capture_backbone_input
+
 X = torch.randn(3, 1, 24, 24)
 
 
@@ -211,14 +213,6 @@ def test_weights_from_a_local_file(tmp_path, fake_resnet18_state, no_download):
     check_loaded(build_model("resnet18", weights=path), fake_resnet18_state)
     with pytest.raises(FileNotFoundError):
         build_model("resnet18", weights=tmp_path / "missing.pth")
-
-
-def capture_backbone_input(model, x):
-    seen = []
-    model.backbone.register_forward_pre_hook(lambda _, args: seen.append(args[0]))
-    with torch.no_grad():
-        model.eval()(x)
-    return seen[0]
 
 
 def test_pretrained_input_is_rescaled_to_imagenet_statistics(torch_home):
