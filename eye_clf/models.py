@@ -256,7 +256,10 @@ def iris_net(weights=None):
         raise ValueError("iris_net has no ImageNet weights: pass the state dict that scripts/iris_weights.py writes")
     model = IrisNet()
     if weights is not None:
-        load_weights(model, weights, "iris_net")
+        try:
+            load_weights(model, weights, "iris_net")
+        except FileNotFoundError as err:
+            raise FileNotFoundError(f"{err}: scripts/iris_weights.py writes it from MediaPipe's model file") from None
     _gray_stem(model.stem)
     return model, 256, dict(input_size=64, in_scale=STD, in_shift=MEAN)  # back to p in 0..1
 

@@ -40,6 +40,11 @@ def test_iris_net_refuses_imagenet_weights_and_names_where_its_own_come_from():
         build_model("iris_net", weights="imagenet")
 
 
+def test_missing_iris_weights_name_the_script_that_writes_them(tmp_path):
+    with pytest.raises(FileNotFoundError, match=r"weights: .*iris\.pt not found: scripts/iris_weights.py writes it"):
+        build_model("iris_net", weights=tmp_path / "iris.pt")
+
+
 def test_a_halving_block_adds_its_path_to_the_max_pooled_input_padded_with_zero_channels():
     torch.manual_seed(0)
     block = IrisBlock(2, 4, mid=3, stride=2).eval()
