@@ -2,7 +2,7 @@
 # Every paired difference, average of runs, multi-seed summary and learning-curve rate that README sections 4 and 5
 # and docs/recipe_search.md quote and that no row of results/cv_ablations.md holds, printed again from the committed
 # fold files (results/cv/NAME/foldK.json) into results/comparisons.txt. Trains nothing; 7 to 17 minutes (13.5 and 17
-# in two runs on fc-v1045, 6.6 on fc-v1147), mostly reading the 4000 images again for each of the 66 commands;
+# in two runs on fc-v1045, 6.6 to 8.5 on fc-v1147), mostly reading the 4000 images again for each of the 68 commands;
 # --learning-curve also redraws results/learning_curve.png from the same folds.
 #   bash scripts/comparisons.sh        (in the project's environment: `python` with eye_clf installed)
 set -euo pipefail
@@ -78,7 +78,10 @@ grep -v '^\s*\(#.*\)\?$' <<'ARGS' | while read -r args; do
 --average-curve lite2_imagenet_96px_e20 lite2_imagenet_96px_e20_seed1 lite2_imagenet_96px_e20_cuda lite2_imagenet_96px_e20_cuda_seed1 lite2_imagenet_96px_e20_cuda_seed2
 --ensemble student16_lite2_online_cuda
 --ensemble student16_lite2_online_cuda --against student16_self_online
-# eye-domain pretraining: the iris network from random init against MediaPipe's weights (docs/recipe_search.md)
+# eye-domain pretraining: MediaPipe's iris network per fold, and from random init against MediaPipe's weights
+# (docs/recipe_search.md)
+--ensemble iris_mediapipe_e20
+--ensemble iris_mediapipe_e20 --against eyenet16_e100_refit_tta
 --ensemble iris_random_e20 --against iris_mediapipe_e20
 # the second lent GPU: two Lite1 draws, against the shipped recipe
 --seeds lite1_imagenet_96px_e20_cuda lite1_imagenet_96px_e20_cuda_seed1
