@@ -1,6 +1,8 @@
 """The iris_net arch (MediaPipe's iris-landmark network) and scripts/iris_weights.py, its weights' converter."""
 import importlib.util
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import flatbuffers
@@ -83,8 +85,8 @@ class Graph:
     def __init__(self):
         self.tensors, self.ops = [None], []  # tensor 0: the input
 
-    def const(self, array):
-        self.tensors.append(np.ascontiguousarray(array, np.float32))
+    def const(self, array, dtype=np.float32):
+        self.tensors.append(np.ascontiguousarray(array, dtype))
         return len(self.tensors) - 1
 
     def op(self, name, *inputs, into=None):
@@ -111,6 +113,8 @@ class Graph:
             shape = vector(tflite.TensorStartShapeVector, list(array.shape if array is not None else (1,)),
                            b.PrependInt32)
             tflite.TensorStart(b)
+            tflite.TensorAddType(b, tflite.TensorType.INT8 if array is not None and array.dtype == np.int8 else
+                                 tflite.TensorType.FLOAT32)
             tflite.TensorAddShape(b, shape)
             tflite.TensorAddBuffer(b, i)
             tensors.append(tflite.TensorEnd(b))
@@ -192,17 +196,36 @@ def test_converter_names_the_part_that_does_not_fit(tmp_path):
         iris_weights.convert(tmp_path / "short.tflite")
 
 
-def test_the_converter_script_names_a_file_that_is_no_tflite_model_and_writes_nothing(tmp_path):
-    import subprocess
-    import sys
+def test_converter_names_a_quantized_tensor(tmp_path):
+    g = Graph()
+    g.op("CONV_2D", 0, g.const(np.zeros((4, 3, 3, 3)), np.int8), g.const(np.zeros(4)))
+    g.save(tmp_path / "int8.tflite")
+    with pytest.raises(ValueError, match=r"int8.tflite: tensor 1 is not float32 \(a quantized model\?\)"):
+        iris_weights.convert(tmp_path / "int8.tflite")
 
+
+def run_script(*args, env=None):
+    return subprocess.run([sys.executable, str(ROOT / "scripts" / "iris_weights.py"), *map(str, args)],
+                          capture_output=True, text=True, env=env)
+
+
+def test_the_converter_script_names_a_file_that_is_no_tflite_model_and_writes_nothing(tmp_path):
     (tmp_path / "notes.txt").write_text("not a model")
-    out = subprocess.run([sys.executable, str(ROOT / "scripts" / "iris_weights.py"), str(tmp_path / "notes.txt"),
-                          str(tmp_path / "w.pt")], capture_output=True, text=True)
+    out = run_script(tmp_path / "notes.txt", tmp_path / "w.pt")
     assert out.returncode == 2 and "notes.txt is not a TensorFlow Lite model" in out.stderr
-    missing = subprocess.run([sys.executable, str(ROOT / "scripts" / "iris_weights.py"), str(tmp_path / "gone.tflite"),
-                              str(tmp_path / "w.pt")], capture_output=True, text=True)
+    missing = run_script(tmp_path / "gone.tflite", tmp_path / "w.pt")
     assert missing.returncode == 2 and "gone.tflite" in missing.stderr and "Traceback" not in missing.stderr
+    assert not (tmp_path / "w.pt").exists()
+
+
+def test_check_without_ai_edge_litert_says_to_install_it_and_writes_nothing(tmp_path):
+    mediapipe_like(random_state(), tmp_path / "iris.tflite")
+    shadow = tmp_path / "shadow" / "ai_edge_litert"  # found first on the path, and not importable
+    shadow.mkdir(parents=True)
+    (shadow / "__init__.py").write_text("raise ModuleNotFoundError('ai_edge_litert', name='ai_edge_litert')")
+    out = run_script(tmp_path / "iris.tflite", tmp_path / "w.pt", "--check",
+                     env={**os.environ, "PYTHONPATH": str(shadow.parent)})
+    assert out.returncode == 2 and "--check runs the tflite model with the ai-edge-litert package" in out.stderr
     assert not (tmp_path / "w.pt").exists()
 
 
