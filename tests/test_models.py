@@ -347,6 +347,17 @@ def test_weights_files_that_are_not_state_dicts_of_the_architecture_are_named(tm
         build_model("resnet18", weights=str(tmp_path / "wrapped.pt"))
 
 
+def test_a_checkpoint_holding_only_its_state_dict_under_model_loads(tmp_path):
+    """Gaze estimators' checkpoints (e.g. the ETH-XGaze ResNet18 in scripts/cv_ablations.py) are {"model": state}."""
+    state = torchvision.models.resnet18(num_classes=2).state_dict()
+    torch.save({"model": state}, tmp_path / "gaze.pth")
+    model = build_model("resnet18", weights=str(tmp_path / "gaze.pth"))
+    assert torch.equal(model.backbone.layer4[1].conv2.weight, state["layer4.1.conv2.weight"])
+    torch.save({"model": state, "epoch": 3}, tmp_path / "more.pth")  # anything beside it is no bare state dict
+    with pytest.raises(ValueError, match=r"more.pth is not a state dict \(names to tensors\): 'model' holds a OrderedDict"):
+        build_model("resnet18", weights=str(tmp_path / "more.pth"))
+
+
 def test_weights_of_another_classifier_head_load(tmp_path):
     """The head is replaced, so a 10-class fc does not make a ResNet's weights unusable."""
     state = torchvision.models.resnet18(num_classes=10).state_dict()
