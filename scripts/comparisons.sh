@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Every paired difference, average of runs, multi-seed summary and learning-curve rate that README sections 4 and 5
 # and docs/recipe_search.md quote and that no row of results/cv_ablations.md holds, printed again from the committed
-# fold files (results/cv/NAME/foldK.json) into results/comparisons.txt. Trains nothing; 7 to 17 minutes (13.5 and 17
-# in two runs on fc-v1045, 6.6 to 8.5 on fc-v1147), mostly reading the 4000 images again for each of the 68 commands;
+# fold files (results/cv/NAME/foldK.json) into results/comparisons.txt. Trains nothing; 6.5 to 17 minutes (13.5 and
+# 17 in two runs on fc-v1045, 6.6 to 9 on fc-v1147), mostly reading the 4000 images again for each of the 71 commands;
 # --learning-curve also redraws results/learning_curve.png from the same folds.
 #   bash scripts/comparisons.sh        (in the project's environment: `python` with eye_clf installed)
 set -euo pipefail
@@ -87,6 +87,11 @@ grep -v '^\s*\(#.*\)\?$' <<'ARGS' | while read -r args; do
 --seeds lite1_imagenet_96px_e20_cuda lite1_imagenet_96px_e20_cuda_seed1
 --ensemble lite1_imagenet_96px_e20_cuda --against eyenet16_e100_refit_tta
 --ensemble lite1_imagenet_96px_e20_cuda_seed1 --against eyenet16_e100_refit_tta
+# a larger network pretrained in a neighbouring domain: ETH-XGaze's gaze ResNet18 against the shipped recipe, averaged
+# with it, and Lite2 against it (docs/recipe_search.md)
+--ensemble gaze_xgaze_64px_e20 --against eyenet16_e100_refit_tta
+--ensemble eyenet16_e100_refit_tta gaze_xgaze_64px_e20 --against eyenet16_e100_refit_tta
+--ensemble lite2_imagenet_96px_e20 --against gaze_xgaze_64px_e20
 ARGS
     echo "\$ python scripts/cv_ablations.py $args"
     # shellcheck disable=SC2086  # the arguments split on spaces
