@@ -155,8 +155,9 @@ def resnet(arch="resnet18", weights=None, pretrained_layout=None):
 
 def load_weights(model, path, arch):
     """Load a state-dict file of ``model``'s architecture (``arch``) into it, its classifier (``fc``, ``_fc``)
-    aside, which is replaced; a training checkpoint that holds only its state dict under ``"model"`` (as gaze
-    estimators' do) is unwrapped. A ValueError names a file that is not one, and the keys or shapes that do not fit."""
+    aside, which is replaced; a training checkpoint that holds nothing but its state dict, under ``"model"`` (as gaze
+    estimators' do) or ``"state_dict"``, is unwrapped. A ValueError names a file that is not one, and the keys or
+    shapes that do not fit."""
     try:
         state = torch.load(Path(path), map_location="cpu", weights_only=True)
     except FileNotFoundError:
@@ -168,8 +169,8 @@ def load_weights(model, path, arch):
     if isinstance(state, dict) and "format" in state and "state_dict" in state:
         raise ValueError(f"weights: {path} is an eye_clf checkpoint, not the state dict of a {type(model).__name__}; "
                          "--weights takes torchvision, EfficientNet-Lite or converted iris_net weights")
-    if isinstance(state, dict) and list(state) == ["model"] and isinstance(state["model"], dict):
-        state = state["model"]
+    if isinstance(state, dict) and list(state) in (["model"], ["state_dict"]):
+        state = next(iter(state.values()))
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
         held = next((f"{k!r} holds a {type(v).__name__}" for k, v in state.items() if not isinstance(v, torch.Tensor)),
                     "") if isinstance(state, dict) else f"it holds a {type(state).__name__}"

@@ -342,20 +342,21 @@ def test_weights_files_that_are_not_state_dicts_of_the_architecture_are_named(tm
     torch.save(torchvision.models.resnet34().state_dict(), tmp_path / "r34.pt")
     with pytest.raises(ValueError, match=r"r34.pt does not fit a resnet18: keys \d+ unexpected, e\.g\. layer1\.2\."):
         build_model("resnet18", weights=str(tmp_path / "r34.pt"))
-    torch.save({"state_dict": torchvision.models.resnet18().state_dict()}, tmp_path / "wrapped.pt")
-    with pytest.raises(ValueError, match=r"wrapped.pt is not a state dict \(names to tensors\): 'state_dict' holds a "):
-        build_model("resnet18", weights=str(tmp_path / "wrapped.pt"))
 
 
-def test_a_checkpoint_holding_only_its_state_dict_under_model_loads(tmp_path):
+@pytest.mark.parametrize("key", ["model", "state_dict"])
+def test_a_checkpoint_holding_only_its_state_dict_loads(tmp_path, key):
     """Gaze estimators' checkpoints (e.g. the ETH-XGaze ResNet18 in scripts/cv_ablations.py) are {"model": state}."""
     state = torchvision.models.resnet18(num_classes=2).state_dict()
-    torch.save({"model": state}, tmp_path / "gaze.pth")
+    torch.save({key: state}, tmp_path / "gaze.pth")
     model = build_model("resnet18", weights=str(tmp_path / "gaze.pth"))
     assert torch.equal(model.backbone.layer4[1].conv2.weight, state["layer4.1.conv2.weight"])
-    torch.save({"model": state, "epoch": 3}, tmp_path / "more.pth")  # anything beside it is no bare state dict
-    with pytest.raises(ValueError, match=r"more.pth is not a state dict \(names to tensors\): 'model' holds a "):
+    torch.save({key: state, "epoch": 3}, tmp_path / "more.pth")  # anything beside it: no bare state dict to take
+    with pytest.raises(ValueError, match=rf"more.pth is not a state dict \(names to tensors\): '{key}' holds a "):
         build_model("resnet18", weights=str(tmp_path / "more.pth"))
+    torch.save({key: torch.zeros(3)}, tmp_path / "tensor.pth")  # unwrapped, and still named
+    with pytest.raises(ValueError, match=r"tensor.pth is not a state dict \(names to tensors\): it holds a Tensor"):
+        build_model("resnet18", weights=str(tmp_path / "tensor.pth"))
 
 
 def test_weights_of_another_classifier_head_load(tmp_path):
