@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Every paired difference, average of runs, multi-seed summary and learning-curve rate that README sections 4 and 5
 # and docs/recipe_search.md quote and that no row of results/cv_ablations.md holds, printed again from the committed
-# fold files (results/cv/NAME/foldK.json) into results/comparisons.txt. Trains nothing; 6.5 to 17 minutes (13.5 and
+# fold files (results/cv/NAME/foldK.json) into results/comparisons.txt. Trains nothing; 6.6 to 17 minutes (13.5 and
 # 17 in two runs on fc-v1045, 6.6 to 9 on fc-v1147), mostly reading the 4000 images again for each of the 71 commands;
 # --learning-curve also redraws results/learning_curve.png from the same folds.
 #   bash scripts/comparisons.sh        (in the project's environment: `python` with eye_clf installed)
