@@ -465,13 +465,19 @@ def recipe(name):
 
 
 def run(name, images, targets, names, only=None, fold_dir=None):
-    """Train (or resume) run ``name``'s folds in ``fold_dir`` (default: results/cv/NAME)."""
-    cfg = config(name)
+    """Train (or resume) run ``name``'s folds in ``fold_dir`` (default: results/cv/NAME). A weights file in RUNS is
+    a path from the repository root, made as the comment above its run says; missing, it is named before any fold
+    trains."""
+    cfg, fold_dir = config(name), Path(fold_dir or OUT / "cv" / name)
+    untrained = [k for k in (only or range(FOLDS)) if not (fold_dir / f"fold{k}.json").exists()]
+    if untrained and cfg.weights not in (None, "imagenet") and not Path(cfg.weights).is_file():
+        raise FileNotFoundError(f"{name}: its weights {cfg.weights} are not found from {Path.cwd()}: run this from "
+                                f"the repository root, after making them as the comment above {name} in RUNS says")
     soft = data.soft_targets(targets, names) if cfg.soft_labels else None
     teachers = [OUT / "cv" / t for t in RUNS[name].get("teachers", ())]
     trainable = data.soft_targets(targets, names) == targets if RUNS[name].get("undisputed_only") else None
     oof, per_fold = cross_val_predict(images, targets, cfg, folds=FOLDS, seed=0,
-                                      fold_dir=fold_dir or OUT / "cv" / name, teacher_dirs=teachers,
+                                      fold_dir=fold_dir, teacher_dirs=teachers,
                                       train_fraction=RUNS[name].get("train_fraction", 1.0),
                                       soft=soft, trainable=trainable, only=only,
                                       prune_folds=RUNS[name].get("prune_folds", 0))
@@ -835,7 +841,7 @@ if __name__ == "__main__":
         unfinished = [n for n in (args.ensemble or []) + (args.average_curve or []) + (args.ece_floor or [])
                       + (args.seeds or []) + ([args.against] if args.ensemble else [])
                       + ([args.reproduce] if args.reproduce else []) if load(n) is None]
-    except ValueError as err:  # fold files of other data or config
+    except (FileNotFoundError, ValueError) as err:  # a run's weights file; fold files of other data or config
         ap.error(str(err))
     if unfinished:
         ap.error(f"no complete {FOLDS}-fold CV in {OUT / 'cv'} for {sorted(set(unfinished))}")
@@ -846,7 +852,7 @@ if __name__ == "__main__":
     if args.reproduce:
         try:
             reproduce(args.reproduce, images, targets, names, args.into, args.only)
-        except ValueError as err:  # fold files in --into of another config or data
+        except (FileNotFoundError, ValueError) as err:  # its weights file; fold files in --into of another config
             ap.error(str(err))
     if args.ensemble:
         ensemble(args.ensemble, targets, against=args.against)

@@ -161,6 +161,19 @@ def test_cv_of_finds_a_cv_of_the_config_and_if_asked_of_the_same_data(tmp_path):
     assert experiment.cv_of(replace(SMALL, device="auto"), tmp_path, folds=2)[0] == "other"  # the device: no recipe
 
 
+def test_a_run_whose_weights_file_is_missing_is_named_before_any_fold_trains(monkeypatch, tmp_path):
+    """RUNS' weights paths are from the repository root: from elsewhere (or before the file is made) the run, the
+    file and the folder looked in are named, and no fold folder is started."""
+    ablations = load_script("cv_ablations")
+    monkeypatch.chdir(tmp_path)
+    images, targets = synthetic(60)
+    with pytest.raises(FileNotFoundError, match=r"^iris_mediapipe_e20: its weights runs/iris_net.pt are not found "
+                                                rf"from {tmp_path}: run this from the repository root, after making "
+                                                r"them as the comment above iris_mediapipe_e20 in RUNS says$"):
+        ablations.run("iris_mediapipe_e20", images, targets, None, fold_dir=tmp_path / "folds")
+    assert not (tmp_path / "folds").exists()
+
+
 def test_the_default_teacher_is_the_cross_validated_config():
     ablations = load_script("cv_ablations")
     assert experiment.TEACHERS["lite0_imagenet"] == ablations.config("lite0_imagenet_e12")
