@@ -171,10 +171,12 @@ def load_weights(model, path, arch):
                          "--weights takes torchvision, EfficientNet-Lite or converted iris_net weights")
     if isinstance(state, dict) and list(state) in (["model"], ["state_dict"]):
         state = next(iter(state.values()))
-    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
-        held = next((f"{k!r} holds a {type(v).__name__}" for k, v in state.items() if not isinstance(v, torch.Tensor)),
-                    "") if isinstance(state, dict) else f"it holds a {type(state).__name__}"
-        raise ValueError(f"weights: {path} is not a state dict (names to tensors): {held}")
+    not_state = f"weights: {path} is not a state dict (names to tensors)"
+    if not isinstance(state, dict):
+        raise ValueError(f"{not_state}: it is of type {type(state).__name__}")
+    for k, v in state.items():
+        if not isinstance(v, torch.Tensor):
+            raise ValueError(f"{not_state}: {k!r} is of type {type(v).__name__}")
     head = ("fc.", "_fc.")
     state = {k: v for k, v in state.items() if not k.startswith(head)}
     own = model.state_dict()
