@@ -168,8 +168,9 @@ def test_a_run_whose_weights_file_is_missing_is_named_before_any_fold_trains(mon
     monkeypatch.chdir(tmp_path)
     images, targets = synthetic(60)
     with pytest.raises(FileNotFoundError, match=r"^iris_mediapipe_e20: its weights runs/iris_net.pt are not found "
-                                                rf"from {tmp_path}: run this from the repository root, after making "
-                                                r"them as the comment above iris_mediapipe_e20 in RUNS says$"):
+                                                rf"from {re.escape(str(Path.cwd()))}: run this from the repository "
+                                                r"root, after making them as the comment above iris_mediapipe_e20 "
+                                                r"in RUNS says$"):
         ablations.run("iris_mediapipe_e20", images, targets, None, fold_dir=tmp_path / "folds")
     assert not (tmp_path / "folds").exists()
 
