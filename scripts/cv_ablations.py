@@ -852,7 +852,7 @@ if __name__ == "__main__":
     if args.reproduce:
         try:
             reproduce(args.reproduce, images, targets, names, args.into, args.only)
-        except (FileNotFoundError, ValueError) as err:  # its weights file; fold files in --into of another config
+        except (FileNotFoundError, ValueError) as err:  # its weights; --into's fold files of another config or data
             ap.error(str(err))
     if args.ensemble:
         ensemble(args.ensemble, targets, against=args.against)
